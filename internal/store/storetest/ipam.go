@@ -22,7 +22,9 @@ func v4(cidr, gw string) []ipam.RangeSet {
 	return []ipam.RangeSet{{r}}
 }
 
-func key(i int) ipam.Key { return ipam.Key{Network: "net", ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"} }
+func key(i int) ipam.Key {
+	return ipam.Key{Network: "net", ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"}
+}
 
 // RunIPAM runs the allocator against a store from open.
 func RunIPAM(t *testing.T, open Opener) {

@@ -1,0 +1,248 @@
+// Package agent is weftd: it composes the node store, IPAM, the CNI socket, the node
+// contract, NAT and metrics, and keeps the node's kernel state converged.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/weftnet/weft/internal/cniapi"
+	"github.com/weftnet/weft/internal/dataplane/masq"
+	"github.com/weftnet/weft/internal/ipam"
+	"github.com/weftnet/weft/internal/netcalc"
+	"github.com/weftnet/weft/internal/store/boltstore"
+)
+
+// Options configure an agent.
+type Options struct {
+	NodeName      string
+	StateDir      string
+	RunDir        string
+	PodCIDRs      []netip.Prefix
+	MTU           int // 0: the MTU of the default route's device, else 1500
+	MetricsAddr   string
+	ManageSysctls bool
+	Masquerade    bool
+	ResyncEvery   time.Duration
+	Log           *slog.Logger
+}
+
+// Agent is a running weftd.
+type Agent struct {
+	opts    Options
+	store   *boltstore.Store
+	alloc   *ipam.Allocator
+	metrics *metrics
+
+	mu       sync.Mutex
+	problems map[string]string // component → what is wrong, for STATUS
+}
+
+// New opens the node store and prepares the agent; Run starts it.
+func New(opts Options) (*Agent, error) {
+	if len(opts.PodCIDRs) == 0 {
+		return nil, errors.New("no pod CIDR configured (--pod-cidr)")
+	}
+	for _, p := range opts.PodCIDRs {
+		if p != p.Masked() {
+			return nil, fmt.Errorf("pod CIDR %s has host bits set (did you mean %s?)", p, p.Masked())
+		}
+		if p.Addr().BitLen()-p.Bits() < 2 {
+			return nil, fmt.Errorf("pod CIDR %s is too small for a gateway and a pod", p)
+		}
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.ResyncEvery == 0 {
+		opts.ResyncEvery = 30 * time.Second
+	}
+	st, err := boltstore.Open(filepath.Join(opts.StateDir, "node.db"))
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{opts: opts, store: st, alloc: ipam.New(st), problems: map[string]string{}}
+	a.metrics = newMetrics(a)
+	return a, nil
+}
+
+// Close releases the node store.
+func (a *Agent) Close() error { return a.store.Close() }
+
+// NodeSets are the range sets of the node's pod CIDRs; the first usable address of each is
+// the gateway.
+func (a *Agent) NodeSets() []ipam.RangeSet {
+	var sets []ipam.RangeSet
+	for _, p := range a.opts.PodCIDRs {
+		first, _ := netcalc.UsableBounds(p)
+		sets = append(sets, ipam.RangeSet{{Subnet: p, Gateway: first}})
+	}
+	return sets
+}
+
+// Run starts the agent and blocks until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	log := a.opts.Log
+	if freed, err := a.SweepDeadNamespaces(); err != nil {
+		log.Warn("sweep of dead attachments failed", "err", err)
+	} else if len(freed) > 0 {
+		log.Info("released allocations of vanished pods", "count", len(freed))
+	}
+	if a.opts.ManageSysctls {
+		if err := enableForwarding(); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
+	}
+	a.syncDataplane()
+	contract := cniapi.NodeContract{
+		NodeName: a.opts.NodeName,
+		PodCIDRs: a.opts.PodCIDRs,
+		MTU:      a.mtu(),
+		Fabric:   "none",
+		Socket:   a.socketPath(),
+	}
+	for _, s := range a.NodeSets() {
+		contract.Gateways = append(contract.Gateways, s[0].Gateway)
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- cniapi.Serve(ctx, a.socketPath(), a.Handle) }()
+	if a.opts.MetricsAddr != "" {
+		go func() { errc <- a.serveMetrics(ctx) }()
+	}
+	// The contract goes out once the socket is accepting, so a pod that sees it can ADD.
+	if err := waitForSocket(ctx, a.socketPath()); err != nil {
+		return err
+	}
+	if err := cniapi.WriteNodeContract(a.opts.RunDir, contract); err != nil {
+		return fmt.Errorf("write node contract: %w", err)
+	}
+	log.Info("weftd ready", "node", a.opts.NodeName, "podCIDRs", fmt.Sprint(a.opts.PodCIDRs), "mtu", contract.MTU, "socket", a.socketPath())
+
+	tick := time.NewTicker(a.opts.ResyncEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			if err != nil {
+				return err
+			}
+		case <-tick.C:
+			a.syncDataplane()
+		}
+	}
+}
+
+// syncDataplane renders and applies the node's NAT; failures are reported through STATUS
+// and retried at the next resync.
+func (a *Agent) syncDataplane() {
+	if !a.opts.Masquerade {
+		return
+	}
+	err := masq.Apply(masq.Rules(a.opts.PodCIDRs, nil))
+	a.setProblem("nat", err)
+	if err != nil {
+		a.opts.Log.Error("NAT sync failed", "err", err)
+	}
+}
+
+// SweepDeadNamespaces frees allocations whose pod namespace no longer exists.
+func (a *Agent) SweepDeadNamespaces() ([]ipam.Allocation, error) {
+	return a.alloc.ReleaseWhere(func(al ipam.Allocation) bool {
+		if al.Netns == "" {
+			return false
+		}
+		_, err := os.Stat(al.Netns)
+		return errors.Is(err, os.ErrNotExist)
+	})
+}
+
+func (a *Agent) setProblem(component string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil {
+		delete(a.problems, component)
+	} else {
+		a.problems[component] = err.Error()
+	}
+}
+
+// Status summarises health for CNI STATUS and `weft status`.
+func (a *Agent) Status() cniapi.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := cniapi.Status{Ready: len(a.problems) == 0}
+	for c, p := range a.problems {
+		st.Problems = append(st.Problems, c+": "+p)
+	}
+	return st
+}
+
+func (a *Agent) socketPath() string { return filepath.Join(a.opts.RunDir, "weft.sock") }
+
+func (a *Agent) mtu() int {
+	if a.opts.MTU > 0 {
+		return a.opts.MTU
+	}
+	if m, err := defaultRouteMTU(); err == nil && m > 0 {
+		return m
+	}
+	return 1500
+}
+
+func enableForwarding() error {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return err
+	}
+	// IPv6 may be disabled on the node; that only matters to IPv6 pods.
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+	return nil
+}
+
+func waitForSocket(ctx context.Context, path string) error {
+	for range 200 {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("socket %s did not appear", path)
+}
+
+// errCode maps allocator errors to CNI codes.
+func errCode(err error) *cniapi.Error {
+	code := uint(cniapi.CodeInternal)
+	switch {
+	case errors.Is(err, ipam.ErrExhausted):
+		code = cniapi.CodeExhausted
+	case errors.Is(err, ipam.ErrAddressInUse):
+		code = cniapi.CodeAddressInUse
+	case errors.Is(err, ipam.ErrAddressNotInRange):
+		code = cniapi.CodeNotInRange
+	case errors.Is(err, ipam.ErrInvalidRange):
+		code = cniapi.CodeInvalidConfig
+	}
+	return &cniapi.Error{Code: code, Msg: err.Error()}
+}
+
+func joinKeys(keys []ipam.Key) string {
+	s := make([]string, len(keys))
+	for i, k := range keys {
+		s[i] = k.String()
+	}
+	return strings.Join(s, ",")
+}

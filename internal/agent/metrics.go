@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/internal/ipam"
+	"github.com/weftnet/weft/internal/netlinkx"
+)
+
+type metrics struct {
+	reg      *prometheus.Registry
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+func newMetrics(a *Agent) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weft_agent_requests_total", Help: "Requests served on the CNI socket, by operation and result.",
+		}, []string{"op", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "weft_agent_request_duration_seconds", Help: "Time to serve a CNI socket request.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14),
+		}, []string{"op"}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	for _, set := range a.NodeSets() {
+		r := set[0]
+		for _, state := range []string{"allocated", "free"} {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name:        "weft_ipam_addresses",
+				Help:        "Addresses of a node pod CIDR, by state.",
+				ConstLabels: prometheus.Labels{"pool": r.Subnet.String(), "state": state},
+			}, func() float64 {
+				var v float64
+				_ = a.store.View(func(tx ipam.Tx) error {
+					used, free, err := ipam.Usage(tx, r)
+					if err != nil {
+						return err
+					}
+					n := used
+					if state == "free" {
+						n = free
+					}
+					v, _ = n.Float64()
+					return nil
+				})
+				return v
+			}))
+		}
+	}
+	return m
+}
+
+func (m *metrics) observe(op, result string, d time.Duration) {
+	m.requests.WithLabelValues(op, result).Inc()
+	m.latency.WithLabelValues(op).Observe(d.Seconds())
+}
+
+func (a *Agent) serveMetrics(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		st := a.Status()
+		if !st.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			for _, p := range st.Problems {
+				_, _ = w.Write([]byte(p + "\n"))
+			}
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	ln, err := net.Listen("tcp", a.opts.MetricsAddr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// defaultRouteMTU returns the MTU of the device holding the IPv4 (else IPv6) default route.
+func defaultRouteMTU() (int, error) {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlinkx.Retry(func() ([]netlink.Route, error) {
+			return netlink.RouteListFiltered(fam, &netlink.Route{Dst: nil}, netlink.RT_FILTER_DST)
+		})
+		if err != nil {
+			continue
+		}
+		for _, r := range routes {
+			if r.Dst != nil && !r.Dst.IP.IsUnspecified() {
+				continue
+			}
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				return l.Attrs().MTU, nil
+			}
+		}
+	}
+	return 0, errors.New("no default route")
+}

@@ -1,0 +1,81 @@
+package cni
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/weftnet/weft/internal/config"
+	"github.com/weftnet/weft/internal/ipam"
+	"github.com/weftnet/weft/internal/podnet"
+)
+
+func buildResult(conf *config.NetConf, alloc []ipam.IPConfig, res podnet.Result) *current.Result {
+	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	if res.Bridge != nil {
+		r.Interfaces = append(r.Interfaces, &current.Interface{Name: res.Bridge.Name, Mac: res.Bridge.MAC})
+	}
+	r.Interfaces = append(r.Interfaces,
+		&current.Interface{Name: res.Host.Name, Mac: res.Host.MAC},
+		&current.Interface{Name: res.Pod.Name, Mac: res.Pod.MAC, Sandbox: res.Pod.Sandbox},
+	)
+	podIdx := len(r.Interfaces) - 1
+	for _, ip := range alloc {
+		c := &current.IPConfig{Interface: current.Int(podIdx), Address: *ipNet(ip.Address)}
+		if conf.Mode == config.ModeBridge && ip.Gateway.IsValid() {
+			c.Gateway = ip.Gateway.AsSlice()
+		}
+		r.IPs = append(r.IPs, c)
+	}
+	for _, rt := range res.Routes {
+		r.Routes = append(r.Routes, &types.Route{Dst: *ipNet(rt.Dst), GW: rt.GW.AsSlice()})
+	}
+	r.DNS = resultDNS(conf)
+	return r
+}
+
+// resultDNS merges the config's dns with the runtime's dns capability; the runtime wins.
+func resultDNS(conf *config.NetConf) types.DNS {
+	dns := conf.DNS
+	if d := conf.RuntimeConfig.DNS; d != nil {
+		if len(d.Servers) > 0 {
+			dns.Nameservers = d.Servers
+		}
+		if len(d.Searches) > 0 {
+			dns.Search = d.Searches
+		}
+		if len(d.Options) > 0 {
+			dns.Options = d.Options
+		}
+		if d.Domain != "" {
+			dns.Domain = d.Domain
+		}
+	}
+	return dns
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// fromIPNet converts a result address back to a prefix.
+func fromIPNet(n net.IPNet) netip.Prefix {
+	a, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones)
+}
+
+// allocFromResult reads the addresses of an IPAM plugin's result.
+func allocFromResult(r *current.Result) []ipam.IPConfig {
+	var out []ipam.IPConfig
+	for _, ip := range r.IPs {
+		c := ipam.IPConfig{Address: fromIPNet(ip.Address)}
+		if g, ok := netip.AddrFromSlice(ip.Gateway); ok {
+			c.Gateway = g.Unmap()
+		}
+		out = append(out, c)
+	}
+	return out
+}

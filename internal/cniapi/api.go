@@ -1,0 +1,72 @@
+// Package cniapi is the wire protocol between weft-cni and weftd on the node's unix socket.
+//
+// One request per connection: the client writes a JSON Request and half-closes, the server
+// answers one JSON Response. It deliberately avoids net/http so that weft-cni, which is
+// exec'd on every pod start, links and initialises as little as possible.
+package cniapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+
+	"github.com/weftnet/weft/internal/ipam"
+)
+
+// Ops the agent serves.
+const (
+	OpAllocate = "allocate"
+	OpRelease  = "release"
+	OpGet      = "get"
+	OpGC       = "gc"
+	OpStatus   = "status"
+	OpList     = "list"
+)
+
+// Error codes weftd returns; they are the CNI codes weft-cni passes on.
+const (
+	CodeUnknownContainer = 3
+	CodeInvalidConfig    = 7
+	CodeTryAgain         = 11
+	CodeDegraded         = 51
+	CodeExhausted        = 100 // no free address in the pool
+	CodeAddressInUse     = 101 // a requested static address is held by another attachment
+	CodeNotInRange       = 102 // a requested static address fits no range
+	CodeInternal         = 999
+)
+
+// Request is what weft-cni asks of the agent.
+type Request struct {
+	Op     string            `json:"op"`
+	Key    ipam.Key          `json:"key"`
+	Netns  string            `json:"netns,omitempty"`
+	Sets   []ipam.RangeSet   `json:"sets,omitempty"` // empty: the node's pod CIDRs
+	Static []netip.Addr      `json:"static,omitempty"`
+	Meta   map[string]string `json:"meta,omitempty"`
+	Valid  []ipam.Key        `json:"valid,omitempty"` // GC: attachments still in use
+}
+
+// Response carries the outcome of one Request.
+type Response struct {
+	Error      *Error            `json:"error,omitempty"`
+	Allocation *ipam.Allocation  `json:"allocation,omitempty"`
+	Allocations []ipam.Allocation `json:"allocations,omitempty"` // GC: those released; list: all
+	Status     *Status           `json:"status,omitempty"`
+}
+
+// Status describes the agent's health for CNI STATUS and `weft status`.
+type Status struct {
+	Ready    bool     `json:"ready"`
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Error is an error with a CNI code.
+type Error struct {
+	Code uint   `json:"code"`
+	Msg  string `json:"msg"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s (code %d)", e.Msg, e.Code) }
+
+// Encode is a small helper shared by both ends.
+func Encode(v any) ([]byte, error) { return json.Marshal(v) }

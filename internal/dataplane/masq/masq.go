@@ -1,0 +1,126 @@
+// Package masq masquerades pod traffic that leaves the pod network, from weft's own
+// nftables table. Each sync renders the whole table and replaces it in one netlink
+// transaction, so the ruleset is never seen half-written and nothing outside the table is
+// touched.
+package masq
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is weft's NAT table, in family inet.
+const TableName = "weft-nat"
+
+// Rule masquerades packets from Source to anywhere outside Source and every Exempt prefix.
+type Rule struct {
+	Source netip.Prefix
+	Exempt []netip.Prefix // destinations kept unNATed (the cluster's pod networks, later)
+}
+
+// Rules renders the desired NAT rules for the given pod networks.
+func Rules(podCIDRs []netip.Prefix, exempt []netip.Prefix) []Rule {
+	var out []Rule
+	for _, p := range podCIDRs {
+		r := Rule{Source: p.Masked()}
+		for _, e := range append([]netip.Prefix{p}, exempt...) {
+			if e.Addr().Is4() == p.Addr().Is4() {
+				r.Exempt = append(r.Exempt, e.Masked())
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Exprs compiles one rule to nftables expressions:
+// meta nfproto X; ip saddr Source; ip daddr != each Exempt; masquerade.
+func Exprs(r Rule) []expr.Any {
+	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
+	if r.Source.Addr().Is6() {
+		proto, off = byte(unix.NFPROTO_IPV6), 8
+	}
+	size := uint32(r.Source.Addr().BitLen() / 8)
+	ex := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+	ex = append(ex, match(off, size, r.Source, expr.CmpOpEq)...)
+	for _, e := range r.Exempt {
+		ex = append(ex, match(off+size, size, e, expr.CmpOpNeq)...)
+	}
+	return append(ex, &expr.Masq{})
+}
+
+func match(offset, size uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
+	mask := make([]byte, size)
+	for i := 0; i < p.Bits(); i++ {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: size, Mask: mask, Xor: make([]byte, size)},
+		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+// Apply replaces weft's NAT table in the current network namespace with rules.
+func Apply(rules []Rule) error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	table := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
+	c.FlushTable(table)
+	chain := c.AddChain(&nftables.Chain{
+		Name:     "postrouting",
+		Table:    table,
+		Type:     nftables.ChainTypeNAT,
+		Hooknum:  nftables.ChainHookPostrouting,
+		Priority: nftables.ChainPriorityNATSource,
+	})
+	for _, r := range rules {
+		c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: Exprs(r)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("apply table %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// Remove deletes weft's NAT table, if present.
+func Remove() error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if t.Name == TableName {
+			c.DelTable(t)
+			return c.Flush()
+		}
+	}
+	return nil
+}
+
+// Count returns how many rules weft's NAT table holds, for health reporting.
+func Count() (int, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return 0, err
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	rules, err := c.GetRules(t, &nftables.Chain{Name: "postrouting", Table: t})
+	if err != nil {
+		return 0, err
+	}
+	return len(rules), nil
+}
