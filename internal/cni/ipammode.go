@@ -17,14 +17,15 @@ import (
 // ipamConf is the part of another plugin's config that weft reads when it serves as that
 // plugin's IPAM. The rest belongs to the main plugin and is ignored.
 type ipamConf struct {
-	CNIVersion       string               `json:"cniVersion"`
-	Name             string               `json:"name"`
-	IPAM             config.IPAMConf      `json:"ipam"`
-	DNS              types.DNS            `json:"dns"`
-	RuntimeConfig    config.RuntimeConfig `json:"runtimeConfig"`
-	Args             *config.Args         `json:"args,omitempty"`
-	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
-	RawPrevResult    json.RawMessage      `json:"prevResult,omitempty"`
+	CNIVersion        string               `json:"cniVersion"`
+	Name              string               `json:"name"`
+	IPAM              config.IPAMConf      `json:"ipam"`
+	DNS               types.DNS            `json:"dns"`
+	RuntimeConfig     config.RuntimeConfig `json:"runtimeConfig"`
+	Args              *config.Args         `json:"args,omitempty"`
+	ValidAttachments  []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
+	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
+	RawPrevResult     json.RawMessage      `json:"prevResult,omitempty"`
 }
 
 func parseIPAMConf(data []byte) (*ipamConf, *config.NetConf, error) {
@@ -44,6 +45,9 @@ func parseIPAMConf(data []byte) (*ipamConf, *config.NetConf, error) {
 		return nil, nil, err
 	}
 	nc.RuntimeConfig, nc.Args, nc.ValidAttachments = c.RuntimeConfig, c.Args, c.ValidAttachments
+	if len(nc.ValidAttachments) == 0 {
+		nc.ValidAttachments = c.LegacyAttachments
+	}
 	return &c, nc, nil
 }
 

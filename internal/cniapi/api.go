@@ -48,10 +48,10 @@ type Request struct {
 
 // Response carries the outcome of one Request.
 type Response struct {
-	Error      *Error            `json:"error,omitempty"`
-	Allocation *ipam.Allocation  `json:"allocation,omitempty"`
+	Error       *Error            `json:"error,omitempty"`
+	Allocation  *ipam.Allocation  `json:"allocation,omitempty"`
 	Allocations []ipam.Allocation `json:"allocations,omitempty"` // GC: those released; list: all
-	Status     *Status           `json:"status,omitempty"`
+	Status      *Status           `json:"status,omitempty"`
 }
 
 // Status describes the agent's health for CNI STATUS and `weft status`.

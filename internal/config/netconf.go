@@ -51,6 +51,8 @@ type NetConf struct {
 	Args             *Args                `json:"args,omitempty"`
 	RawPrevResult    json.RawMessage      `json:"prevResult,omitempty"`
 	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
+	// The 1.1.0 spec's first name for the same list; libcni still sends both.
+	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
 
 	// Keys that libcni or runtimes may add; accepted and ignored.
 	CNIVersions  json.RawMessage `json:"cniVersions,omitempty"`
@@ -147,6 +149,9 @@ func Parse(data []byte) (*NetConf, error) {
 				return nil, prefixErr("ipam", err)
 			}
 		}
+	}
+	if len(conf.ValidAttachments) == 0 {
+		conf.ValidAttachments = conf.LegacyAttachments
 	}
 	if err := conf.validate(); err != nil {
 		return nil, err

@@ -1,0 +1,51 @@
+// Package cli is the `weft` command line.
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// ExitError carries an exit code out of a command.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+
+// NewRoot builds the command tree.
+func NewRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "weft",
+		Short:         "weft: container networking",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newStatusCmd(), newPodCmd(), newLabCmd())
+	return root
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(args []string) int {
+	root := NewRoot()
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "weft:", err)
+		if e, ok := err.(*ExitError); ok {
+			return e.Code
+		}
+		return 1
+	}
+	return 0
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
