@@ -31,11 +31,11 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		if len(sets) == 0 {
 			sets = a.NodeSets()
 		}
-		al, err := a.alloc.Allocate(ipam.Request{Key: req.Key, Netns: req.Netns, Sets: sets, Static: req.Static, Meta: req.Meta})
+		al, reused, err := a.alloc.Allocate(ipam.Request{Key: req.Key, Netns: req.Netns, Sets: sets, Static: req.Static, Meta: req.Meta})
 		if err != nil {
 			return cniapi.Response{Error: errCode(err)}
 		}
-		return cniapi.Response{Allocation: &al}
+		return cniapi.Response{Allocation: &al, Reused: reused}
 	case cniapi.OpRelease:
 		if _, _, err := a.alloc.Release(req.Key); err != nil {
 			return cniapi.Response{Error: errCode(err)}

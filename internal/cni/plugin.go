@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/types/create"
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/internal/cniapi"
@@ -59,12 +60,15 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		if err != nil {
 			return err
 		}
-		alloc, aerr := p.allocate(conf, key, args.Netns, static, podMeta(conf, env))
+		alloc, reused, aerr := p.allocate(conf, key, args.Netns, static, podMeta(conf, env))
 		if aerr != nil {
 			return aerr
 		}
 		addrs = alloc.IPs
-		release = func() { _, _ = agent(conf).Do(cniapi.Request{Op: cniapi.OpRelease, Key: key}) }
+		release = func() {}
+		if !reused {
+			release = func() { _, _ = agent(conf).Do(cniapi.Request{Op: cniapi.OpRelease, Key: key}) }
+		}
 	} else {
 		r, derr := delegate(conf, args, "ADD")
 		if derr != nil {
@@ -252,16 +256,18 @@ func agentStatus(socket string) error {
 	return nil
 }
 
-func (p *Plugin) allocate(conf *config.NetConf, key ipam.Key, netns string, static []netip.Addr, meta map[string]string) (*ipam.Allocation, error) {
+// allocate asks the agent for the attachment's addresses; reused reports that they were
+// allocated by an earlier ADD, so a failure now must not release them.
+func (p *Plugin) allocate(conf *config.NetConf, key ipam.Key, netns string, static []netip.Addr, meta map[string]string) (alloc *ipam.Allocation, reused bool, err error) {
 	sets, err := conf.IPAM.RangeSets()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	resp, err := agent(conf).Do(cniapi.Request{Op: cniapi.OpAllocate, Key: key, Netns: netns, Sets: sets, Static: static, Meta: meta})
 	if err != nil {
-		return nil, asCNIError(err)
+		return nil, false, asCNIError(err)
 	}
-	return resp.Allocation, nil
+	return resp.Allocation, resp.Reused, nil
 }
 
 func agent(conf *config.NetConf) cniapi.Client {
@@ -331,7 +337,7 @@ func prevResult(conf *config.NetConf) (*current.Result, error) {
 	if len(conf.RawPrevResult) == 0 {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "CHECK needs prevResult", "")
 	}
-	r, err := current.NewResult(conf.RawPrevResult)
+	r, err := create.CreateFromBytes(conf.RawPrevResult)
 	if err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "prevResult: "+err.Error(), "")
 	}

@@ -50,6 +50,7 @@ type Request struct {
 type Response struct {
 	Error       *Error            `json:"error,omitempty"`
 	Allocation  *ipam.Allocation  `json:"allocation,omitempty"`
+	Reused      bool              `json:"reused,omitempty"`      // the allocation predates this request
 	Allocations []ipam.Allocation `json:"allocations,omitempty"` // GC: those released; list: all
 	Status      *Status           `json:"status,omitempty"`
 }

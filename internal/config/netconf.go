@@ -71,6 +71,19 @@ type IPAMConf struct {
 	Raw     json.RawMessage `json:"-"`
 }
 
+// UnmarshalJSON is lenient: a delegated IPAM plugin's keys are not weft's to judge.
+// Parse checks weft's own IPAM section strictly.
+func (i *IPAMConf) UnmarshalJSON(b []byte) error {
+	type plain IPAMConf
+	if err := json.Unmarshal(b, (*plain)(i)); err != nil {
+		return decodeErr("ipam: %v", err)
+	}
+	return nil
+}
+
+// strictIPAM has IPAMConf's fields without its lenient decoder.
+type strictIPAM IPAMConf
+
 // RangeConf is one range as written in the config (host-local's spelling).
 type RangeConf struct {
 	Subnet     string `json:"subnet"`
@@ -144,7 +157,7 @@ func Parse(data []byte) (*NetConf, error) {
 		raw, _ := rawField(data, "ipam")
 		conf.IPAM.Raw = raw
 		if conf.IsWeftIPAM("") {
-			var strict IPAMConf
+			var strict strictIPAM
 			if err := strictDecode(raw, &strict); err != nil {
 				return nil, prefixErr("ipam", err)
 			}

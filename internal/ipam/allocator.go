@@ -29,18 +29,19 @@ type Allocator struct {
 func New(store Store) *Allocator { return &Allocator{store: store, now: time.Now} }
 
 // Allocate returns the addresses of req.Key, assigning them on first use. Repeating a
-// request returns the same addresses. Nothing is written unless every set got an address.
-func (a *Allocator) Allocate(req Request) (Allocation, error) {
+// request returns the same addresses (and reused=true). Nothing is written unless every set
+// got an address.
+func (a *Allocator) Allocate(req Request) (out Allocation, reused bool, err error) {
 	sets, err := canonicalSets(req.Sets)
 	if err != nil {
-		return Allocation{}, err
+		return Allocation{}, false, err
 	}
-	var out Allocation
 	err = a.store.Update(func(tx Tx) error {
+		reused = false
 		if prev, ok, err := tx.Get(req.Key); err != nil {
 			return err
 		} else if ok {
-			out = prev
+			out, reused = prev, true
 			return nil
 		}
 		alloc := Allocation{Key: req.Key, Netns: req.Netns, Created: a.now().UTC(), Meta: req.Meta}
@@ -67,7 +68,7 @@ func (a *Allocator) Allocate(req Request) (Allocation, error) {
 		out = alloc
 		return tx.Put(alloc)
 	})
-	return out, err
+	return out, reused, err
 }
 
 // pickFromSet takes a requested static address that belongs to set, or else the next free one.

@@ -121,31 +121,34 @@ func Setup(node *netlink.Handle, s Spec) (res Result, err error) {
 	}
 
 	hostName := HostVethName(s.ContainerID, s.IfName)
-	if _, err := pod.LinkByName(s.IfName); err == nil {
-		return res, fmt.Errorf("interface %q already exists in %s", s.IfName, s.Netns)
+	adopted, err := adoptExisting(node, pod, hostName, s.IfName)
+	if err != nil {
+		return res, fmt.Errorf("%w in %s", err, s.Netns)
 	}
-	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{
-			Name:  hostName,
-			MTU:   s.MTU,
-			Flags: net.FlagUp,
-		},
-		PeerName:         s.IfName,
-		PeerNamespace:    netlink.NsFd(podNS),
-		PeerHardwareAddr: s.MAC,
-		PeerMTU:          uint32(s.MTU),
-	}
-	if br != nil {
-		veth.MasterIndex = br.Index
-	}
-	if err := addVeth(node, veth); err != nil {
-		return res, err
-	}
-	defer func() {
-		if err != nil {
-			_ = node.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName}})
+	if !adopted {
+		veth := &netlink.Veth{
+			LinkAttrs: netlink.LinkAttrs{
+				Name:  hostName,
+				MTU:   s.MTU,
+				Flags: net.FlagUp,
+			},
+			PeerName:         s.IfName,
+			PeerNamespace:    netlink.NsFd(podNS),
+			PeerHardwareAddr: s.MAC,
+			PeerMTU:          uint32(s.MTU),
 		}
-	}()
+		if br != nil {
+			veth.MasterIndex = br.Index
+		}
+		if err := addVeth(node, veth); err != nil {
+			return res, err
+		}
+		defer func() {
+			if err != nil {
+				_ = node.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName}})
+			}
+		}()
+	}
 
 	host, err := node.LinkByName(hostName)
 	if err != nil {
@@ -175,6 +178,24 @@ func Setup(node *netlink.Handle, s Spec) (res Result, err error) {
 		}
 	}
 	return res, nil
+}
+
+// adoptExisting reports whether the pod already has ifName as the peer of our host veth
+// (a repeated ADD), in which case Setup re-applies its configuration to it. An ifName that
+// is anything else is an error.
+func adoptExisting(node, pod *netlink.Handle, hostName, ifName string) (bool, error) {
+	podLink, err := pod.LinkByName(ifName)
+	if netlinkx.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up %s: %w", ifName, err)
+	}
+	host, err := node.LinkByName(hostName)
+	if err == nil && podLink.Type() == "veth" && podLink.Attrs().ParentIndex == host.Attrs().Index && host.Attrs().ParentIndex == podLink.Attrs().Index {
+		return true, nil
+	}
+	return false, fmt.Errorf("interface %q already exists", ifName)
 }
 
 // addVeth creates the pair, replacing a leftover from an attempt that died half-way.

@@ -30,7 +30,7 @@ func TestSurvivesReopen(t *testing.T) {
 	}
 	sets := []ipam.RangeSet{{{Subnet: netip.MustParsePrefix("10.9.0.0/24")}}}
 	k := ipam.Key{Network: "n", ContainerID: "c", IfName: "eth0"}
-	first, err := ipam.New(s).Allocate(ipam.Request{Key: k, Sets: sets})
+	first, _, err := ipam.New(s).Allocate(ipam.Request{Key: k, Sets: sets})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	again, err := ipam.New(s).Allocate(ipam.Request{Key: k, Sets: sets})
+	again, _, err := ipam.New(s).Allocate(ipam.Request{Key: k, Sets: sets})
 	if err != nil {
 		t.Fatal(err)
 	}

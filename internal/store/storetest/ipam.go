@@ -31,15 +31,15 @@ func RunIPAM(t *testing.T, open Opener) {
 	t.Run("SameKeySameAddress", func(t *testing.T) {
 		a := ipam.New(open(t))
 		req := ipam.Request{Key: key(1), Sets: v4("10.1.0.0/24", "10.1.0.1")}
-		first, err := a.Allocate(req)
+		first, _, err := a.Allocate(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		again, err := a.Allocate(req)
+		again, reused, err := a.Allocate(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if first.IPs[0] != again.IPs[0] {
+		if !reused || first.IPs[0] != again.IPs[0] {
 			t.Fatalf("repeat ADD got %v, first got %v", again.IPs, first.IPs)
 		}
 		if got := first.IPs[0].Address.String(); got != "10.1.0.2/24" {
@@ -52,7 +52,7 @@ func RunIPAM(t *testing.T, open Opener) {
 		sets := v4("10.2.0.0/29", "10.2.0.1") // 6 usable, minus gateway = 5
 		seen := map[netip.Addr]bool{}
 		for i := range 5 {
-			al, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
+			al, _, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
 			if err != nil {
 				t.Fatalf("allocation %d: %v", i, err)
 			}
@@ -62,7 +62,7 @@ func RunIPAM(t *testing.T, open Opener) {
 			}
 			seen[ip] = true
 		}
-		_, err := a.Allocate(ipam.Request{Key: key(99), Sets: sets})
+		_, _, err := a.Allocate(ipam.Request{Key: key(99), Sets: sets})
 		if !errors.Is(err, ipam.ErrExhausted) {
 			t.Fatalf("sixth allocation: got %v, want ErrExhausted", err)
 		}
@@ -70,7 +70,7 @@ func RunIPAM(t *testing.T, open Opener) {
 		if err != nil || !ok {
 			t.Fatalf("release: %v %v", ok, err)
 		}
-		al, err := a.Allocate(ipam.Request{Key: key(99), Sets: sets})
+		al, _, err := a.Allocate(ipam.Request{Key: key(99), Sets: sets})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,17 +83,17 @@ func RunIPAM(t *testing.T, open Opener) {
 		a := ipam.New(open(t))
 		sets := v4("10.3.0.0/24", "10.3.0.1")
 		want := netip.MustParseAddr("10.3.0.50")
-		al, err := a.Allocate(ipam.Request{Key: key(1), Sets: sets, Static: []netip.Addr{want}})
+		al, _, err := a.Allocate(ipam.Request{Key: key(1), Sets: sets, Static: []netip.Addr{want}})
 		if err != nil || al.IPs[0].Address.Addr() != want {
 			t.Fatalf("static: %v %v", al.IPs, err)
 		}
-		if _, err := a.Allocate(ipam.Request{Key: key(2), Sets: sets, Static: []netip.Addr{want}}); !errors.Is(err, ipam.ErrAddressInUse) {
+		if _, _, err := a.Allocate(ipam.Request{Key: key(2), Sets: sets, Static: []netip.Addr{want}}); !errors.Is(err, ipam.ErrAddressInUse) {
 			t.Fatalf("taken static: %v", err)
 		}
-		if _, err := a.Allocate(ipam.Request{Key: key(3), Sets: sets, Static: []netip.Addr{netip.MustParseAddr("10.9.0.5")}}); !errors.Is(err, ipam.ErrAddressNotInRange) {
+		if _, _, err := a.Allocate(ipam.Request{Key: key(3), Sets: sets, Static: []netip.Addr{netip.MustParseAddr("10.9.0.5")}}); !errors.Is(err, ipam.ErrAddressNotInRange) {
 			t.Fatalf("foreign static: %v", err)
 		}
-		if _, err := a.Allocate(ipam.Request{Key: key(4), Sets: sets, Static: []netip.Addr{netip.MustParseAddr("10.3.0.1")}}); !errors.Is(err, ipam.ErrAddressNotInRange) {
+		if _, _, err := a.Allocate(ipam.Request{Key: key(4), Sets: sets, Static: []netip.Addr{netip.MustParseAddr("10.3.0.1")}}); !errors.Is(err, ipam.ErrAddressNotInRange) {
 			t.Fatalf("gateway as static: %v", err)
 		}
 		all, _ := a.List()
@@ -110,7 +110,7 @@ func RunIPAM(t *testing.T, open Opener) {
 		}
 		var got []ipam.Allocation
 		for i := range 3 {
-			al, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
+			al, _, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
 			if i < 2 && err != nil {
 				t.Fatalf("allocation %d: %v", i, err)
 			}
@@ -144,7 +144,7 @@ func RunIPAM(t *testing.T, open Opener) {
 		}}}
 		var got []string
 		for i := range 3 {
-			al, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
+			al, _, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -159,12 +159,12 @@ func RunIPAM(t *testing.T, open Opener) {
 		a := ipam.New(open(t))
 		sets := v4("10.6.0.0/24", "")
 		for i := range 6 {
-			if _, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets}); err != nil {
+			if _, _, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		other := ipam.Key{Network: "other", ContainerID: "x", IfName: "eth0"}
-		if _, err := a.Allocate(ipam.Request{Key: other, Sets: sets}); err != nil {
+		if _, _, err := a.Allocate(ipam.Request{Key: other, Sets: sets}); err != nil {
 			t.Fatal(err)
 		}
 		freed, err := a.GC("net", map[ipam.Key]bool{key(1): true, key(4): true})
@@ -190,7 +190,7 @@ func RunIPAM(t *testing.T, open Opener) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				al, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
+				al, _, err := a.Allocate(ipam.Request{Key: key(i), Sets: sets})
 				if err != nil {
 					t.Error(err)
 					return
