@@ -1,9 +1,12 @@
 package cni_test
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -23,19 +26,18 @@ func TestMetricsAndHealthz(t *testing.T) {
 		t.Helper()
 		var code int
 		var body string
-		// The client's socket must live in the node namespace; keep-alives off so no
-		// connection outlives the call.
-		err := probe.InNS(n.ns.Path, func() error {
-			c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			resp, err := c.Get("http://" + addr + path)
-			if err != nil {
-				return err
-			}
+		// http.Transport dials on goroutines of its own, so the dial is done by probe on a
+		// thread inside the node namespace.
+		dial := func(ctx context.Context, _, a string) (net.Conn, error) {
+			return probe.DialTCP(n.ns.Path, netip.MustParseAddrPort(a), 5*time.Second)
+		}
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+		resp, err := c.Get("http://" + addr + path)
+		if err == nil {
 			defer resp.Body.Close()
 			b, _ := io.ReadAll(resp.Body)
 			code, body = resp.StatusCode, string(b)
-			return nil
-		})
+		}
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}
