@@ -247,6 +247,9 @@ func (i *IPAMConf) RangeSets() ([]ipam.RangeSet, error) {
 			if _, err := r.Canonical(); err != nil {
 				return nil, invalid("%s: %v", where, err)
 			}
+			if len(rs) > 0 && rs[0].Subnet.Addr().Is4() != r.Subnet.Addr().Is4() {
+				return nil, invalid("%s: a range set mixes IPv4 and IPv6; put each family in its own set", where)
+			}
 			rs = append(rs, r)
 		}
 		if len(rs) == 0 {
@@ -310,6 +313,8 @@ func strictDecode(data []byte, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var ute *json.UnmarshalTypeError
 		switch {
+		case errors.As(err, &ute) && ute.Field == "":
+			return decodeErr("malformed configuration: expected a JSON object, got JSON %s", ute.Value)
 		case errors.As(err, &ute):
 			return decodeErr("key %q: expected %s, got JSON %s", ute.Field, ute.Type, ute.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field"):
