@@ -1,0 +1,379 @@
+// Package lab builds weft clusters out of network namespaces on one machine: node
+// namespaces each running a real weftd, and pod namespaces attached through the real
+// weft-cni exec path. Everything it makes is named after the lab and recorded in its state
+// file, so Down can remove exactly that and nothing else.
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/internal/cniapi"
+	"github.com/weftnet/weft/internal/probe"
+)
+
+// Root is where labs keep their state.
+const Root = "/run/weft-lab"
+
+// Options describe a lab.
+type Options struct {
+	Name   string // prefix of every namespace; default "weft"
+	BinDir string // folder holding weftd and weft-cni
+	Mode   string // bridge or ptp
+}
+
+// Node is one node namespace with its weftd.
+type Node struct {
+	Name     string         `json:"name"`
+	Netns    string         `json:"netns"`
+	PodCIDRs []netip.Prefix `json:"podCIDRs"`
+	PID      int            `json:"pid"`
+	RunDir   string         `json:"runDir"`
+	StateDir string         `json:"stateDir"`
+}
+
+// Pod is one pod namespace attached to a node.
+type Pod struct {
+	Name  string       `json:"name"`
+	Node  string       `json:"node"`
+	Netns string       `json:"netns"`
+	IPs   []netip.Addr `json:"ips"`
+	MAC   string       `json:"mac"`
+}
+
+// State is what a lab made, persisted so another process can tear it down.
+type State struct {
+	Name  string  `json:"name"`
+	Mode  string  `json:"mode"`
+	Nodes []*Node `json:"nodes"`
+	Pods  []*Pod  `json:"pods"`
+}
+
+// Lab is a lab being driven.
+type Lab struct {
+	opts  Options
+	State State
+}
+
+func (o *Options) defaults() error {
+	if o.Name == "" {
+		o.Name = "weft"
+	}
+	if o.Mode == "" {
+		o.Mode = "bridge"
+	}
+	if len(o.Name) > 8 || strings.ContainsAny(o.Name, "/ .:") {
+		return fmt.Errorf("lab name %q: use at most 8 letters, digits or dashes", o.Name)
+	}
+	if o.BinDir == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		o.BinDir = filepath.Dir(self)
+	}
+	for _, b := range []string{"weftd", "weft-cni"} {
+		if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
+			return fmt.Errorf("%s not found in %s (build with: go build -o bin/ ./cmd/...)", b, o.BinDir)
+		}
+	}
+	return nil
+}
+
+func (l *Lab) dir() string       { return filepath.Join(Root, l.opts.Name) }
+func (l *Lab) stateFile() string { return filepath.Join(l.dir(), "lab.json") }
+
+// Up creates a lab of one node (cross-node fabrics come with the cluster agent).
+func Up(opts Options) (*Lab, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the lab needs root (it creates network namespaces)")
+	}
+	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode}}
+	if _, err := os.Stat(l.stateFile()); err == nil {
+		return nil, fmt.Errorf("lab %q already exists: run `weft lab down --name %s` first", opts.Name, opts.Name)
+	}
+	if err := os.MkdirAll(l.dir(), 0o755); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = l.Down()
+		}
+	}()
+	if err := l.addNode("node1", []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}); err != nil {
+		return nil, err
+	}
+	ok = true
+	return l, nil
+}
+
+func (l *Lab) nsName(short string) string { return l.opts.Name + "-" + short }
+
+func (l *Lab) addNode(name string, cidrs []netip.Prefix) error {
+	nsName := l.nsName(name)
+	nsPath, err := createNS(nsName)
+	if err != nil {
+		return err
+	}
+	n := &Node{Name: name, Netns: nsPath, PodCIDRs: cidrs, RunDir: filepath.Join(l.dir(), name, "run"), StateDir: filepath.Join(l.dir(), name, "state")}
+	l.State.Nodes = append(l.State.Nodes, n)
+	if err := l.save(); err != nil {
+		return err
+	}
+	var cidrList []string
+	for _, c := range cidrs {
+		cidrList = append(cidrList, c.String())
+	}
+	if err := os.MkdirAll(filepath.Join(l.dir(), name), 0o755); err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(l.dir(), name, "weftd.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("nsenter", "--net="+nsPath, "--", filepath.Join(l.opts.BinDir, "weftd"),
+		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--pod-cidr", strings.Join(cidrList, ","))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start weftd on %s: %w", name, err)
+	}
+	n.PID = cmd.Process.Pid // nsenter execs weftd: this is weftd's PID
+	go func() { _ = cmd.Wait() }()
+	if err := l.save(); err != nil {
+		return err
+	}
+	client := cniapi.Client{Socket: filepath.Join(n.RunDir, "weft.sock"), Timeout: time.Second}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err := client.Do(cniapi.Request{Op: cniapi.OpStatus}); err == nil {
+			if _, err := cniapi.ReadNodeContract(n.RunDir); err == nil {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("weftd on %s did not come up; see %s", name, logf.Name())
+}
+
+func (l *Lab) node(name string) (*Node, error) {
+	for _, n := range l.State.Nodes {
+		if n.Name == name {
+			return n, nil
+		}
+	}
+	return nil, fmt.Errorf("no node %q in lab %s", name, l.opts.Name)
+}
+
+func (l *Lab) netconf(n *Node) (*libcni.NetworkConfigList, error) {
+	raw := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"weft-lab","plugins":[{"type":"weft-cni","mode":%q,"socket":%q}]}`,
+		l.State.Mode, filepath.Join(n.RunDir, "weft.sock"))
+	return libcni.ConfListFromBytes([]byte(raw))
+}
+
+func (l *Lab) cni() *libcni.CNIConfig {
+	return libcni.NewCNIConfigWithCacheDir([]string{l.opts.BinDir}, filepath.Join(l.dir(), "cni-cache"), nil)
+}
+
+// AddPod creates a pod namespace and attaches it to node through weft-cni.
+func (l *Lab) AddPod(name, nodeName string) (*Pod, error) {
+	n, err := l.node(nodeName)
+	if err != nil {
+		return nil, err
+	}
+	nsPath, err := createNS(l.nsName(name))
+	if err != nil {
+		return nil, err
+	}
+	p := &Pod{Name: name, Node: nodeName, Netns: nsPath}
+	l.State.Pods = append(l.State.Pods, p)
+	if err := l.save(); err != nil {
+		return nil, err
+	}
+	list, err := l.netconf(n)
+	if err != nil {
+		return nil, err
+	}
+	var res *current.Result
+	err = probe.InNS(n.Netns, func() error {
+		r, err := l.cni().AddNetworkList(context.Background(), list, l.runtimeConf(p))
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(r)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", name, err)
+	}
+	for _, ip := range res.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		p.IPs = append(p.IPs, a.Unmap())
+	}
+	for _, i := range res.Interfaces {
+		if i.Sandbox != "" {
+			p.MAC = i.Mac
+		}
+	}
+	return p, l.save()
+}
+
+func (l *Lab) runtimeConf(p *Pod) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: "lab-" + l.opts.Name + "-" + p.Name, NetNS: p.Netns, IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_NAMESPACE", "lab"}}}
+}
+
+// PingResult is one cell of the connectivity matrix.
+type PingResult struct {
+	From, To string
+	Dst      netip.Addr
+	RTT      time.Duration
+	Err      error
+}
+
+// PingMatrix pings every pod address from every other pod.
+func (l *Lab) PingMatrix() []PingResult {
+	var out []PingResult
+	for _, src := range l.State.Pods {
+		for _, dst := range l.State.Pods {
+			if src == dst {
+				continue
+			}
+			for _, ip := range dst.IPs {
+				r := PingResult{From: src.Name, To: dst.Name, Dst: ip}
+				for range 3 {
+					if r.RTT, r.Err = probe.Ping(src.Netns, ip, 56, false, time.Second); r.Err == nil {
+						break
+					}
+				}
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+// Down removes everything the lab recorded: pods (DEL through weft-cni), weftd processes
+// (by the PIDs it started), namespaces and files. Running it twice is fine.
+func (l *Lab) Down() error {
+	var errs []error
+	for _, p := range l.State.Pods {
+		if n, err := l.node(p.Node); err == nil && pidAlive(n.PID) {
+			if list, err := l.netconf(n); err == nil {
+				_ = probe.InNS(n.Netns, func() error {
+					return l.cni().DelNetworkList(context.Background(), list, l.runtimeConf(p))
+				})
+			}
+		}
+		errs = append(errs, deleteNS(p.Netns))
+	}
+	for _, n := range l.State.Nodes {
+		stopPID(n.PID)
+		errs = append(errs, deleteNS(n.Netns))
+	}
+	errs = append(errs, os.RemoveAll(l.dir()))
+	return errors.Join(errs...)
+}
+
+// Load reads a lab's state.
+func Load(name string) (*Lab, error) {
+	o := Options{Name: name}
+	if o.Name == "" {
+		o.Name = "weft"
+	}
+	l := &Lab{opts: o}
+	b, err := os.ReadFile(l.stateFile())
+	if err != nil {
+		return nil, fmt.Errorf("lab %q: %w", o.Name, err)
+	}
+	if err := json.Unmarshal(b, &l.State); err != nil {
+		return nil, fmt.Errorf("lab %q state: %w", o.Name, err)
+	}
+	return l, nil
+}
+
+func (l *Lab) save() error {
+	b, err := json.MarshalIndent(l.State, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(l.stateFile(), b, 0o644)
+}
+
+func createNS(name string) (string, error) {
+	path := filepath.Join("/run/netns", name)
+	if _, err := os.Stat(path); err == nil {
+		return "", fmt.Errorf("network namespace %s already exists", name)
+	}
+	errc := make(chan error, 1)
+	// A fresh goroutine whose thread never returns to the pool: it may end up in the new
+	// namespace, and it dies with the goroutine instead of serving other work there.
+	go func() {
+		lockThreadForever()
+		h, err := netns.NewNamed(name)
+		if err == nil {
+			h.Close()
+			err = upLoopback(path)
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		return "", fmt.Errorf("create namespace %s: %w", name, err)
+	}
+	return path, nil
+}
+
+func deleteNS(path string) error {
+	if path == "" {
+		return nil
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return netns.DeleteNamed(filepath.Base(path))
+}
+
+func pidAlive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil
+}
+
+// stopPID ends a weftd the lab started: SIGTERM, then SIGKILL after 5 s.
+func stopPID(pid int) {
+	if !pidAlive(pid) || !isWeftd(pid) {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for range 100 {
+		if !pidAlive(pid) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// isWeftd guards against a recycled PID: only a weftd process is ever signalled.
+func isWeftd(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	argv0, _, _ := strings.Cut(string(b), "\x00")
+	return filepath.Base(argv0) == "weftd"
+}

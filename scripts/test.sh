@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# weft's whole test suite. As root it installs the real peers and runs every privileged
+# test; a privileged test that skips is a failure then.
+source "$(dirname "$0")/lib.sh"
+
+if [ "$(id -u)" -eq 0 ]; then
+  apt_need iproute2 util-linux nftables containernetworking-plugins busybox-static iperf3 sockperf
+  export WEFT_REQUIRE_PRIVILEGED=1
+else
+  echo "not root: privileged tests will skip"
+fi
+build
+command -v cnitool >/dev/null 2>&1 || go install github.com/containernetworking/cni/cnitool@v1.3.1
+
+echo "== go vet"
+go vet ./...
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+echo "== go test"
+set +e
+go test -v -count=1 -timeout 15m ./... >"$log" 2>&1
+rc=$?
+set -e
+# Package lines, then whatever failed, in full.
+grep -E '^(ok|FAIL|---|panic:)|^\s+--- FAIL' "$log" | grep -v -- '--- PASS' | grep -v -- '--- SKIP' || true
+if [ $rc -ne 0 ]; then
+  echo "== failures (full output of failing tests)"
+  awk '/^=== RUN/{buf=""} {buf=buf $0 "\n"} /^\s*--- FAIL/{printf "%s", buf; buf=""}' "$log" | tail -400
+fi
+
+echo "== fuzz (brief)"
+for target in FuzzParse FuzzParseAddrOrPrefix; do
+  if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime 10s ./internal/config/ >"$log.fuzz" 2>&1; then
+    cat "$log.fuzz"; rc=1
+  fi
+done
+rm -f "$log.fuzz"
+
+passed=$(grep -cE '^\s*--- PASS' "$log" || true)
+failed=$(grep -cE '^\s*--- FAIL' "$log" || true)
+skipped=$(grep -cE '^\s*--- SKIP' "$log" || true)
+if [ "${WEFT_REQUIRE_PRIVILEGED:-}" = 1 ] && [ "$skipped" -gt 0 ]; then
+  echo "== skipped tests (forbidden as root):"
+  grep -E '^\s*--- SKIP' "$log"
+  rc=1
+fi
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
+exit $rc
