@@ -27,5 +27,5 @@ apt_need() {
 
 build() {
   go mod download
-  go build -o bin/ ./cmd/...
+  CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o bin/ ./cmd/...
 }

@@ -36,79 +36,117 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
 }
 
-// Add attaches a pod.
+// Add attaches a pod. Address allocation (a round trip to weftd, or a delegated IPAM
+// plugin) runs concurrently with link creation, which needs no address; both are undone if
+// either fails.
 func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if p.isIPAMCall(args.StdinData) {
 		return p.ipamAdd(args)
 	}
+	pt := newPhaseTimer()
+	defer pt.done("ADD")
 	conf, err := config.Parse(args.StdinData)
 	if err != nil {
 		return err
 	}
+	pt.mark("parse")
 	env := envArgs(args.Args)
 	static, err := staticAddrs(conf, env)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
-	key := ipam.Key{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
-
-	node, err := readContract(conf)
-	mtu := conf.MTU
-	var addrs []ipam.IPConfig
-	var release func()
-	if conf.IsWeftIPAM(p.Self) {
-		if err != nil {
-			return err
+	var mac []byte
+	if m := conf.RuntimeConfig.Mac; m != "" {
+		mac, _ = parseMAC(m) // validated by config.Parse
+	} else if m := env["MAC"]; m != "" {
+		if mac, err = parseMAC(m); err != nil {
+			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("CNI_ARGS MAC %q is not a MAC address", m), "")
 		}
-		alloc, reused, aerr := p.allocate(conf, key, args.Netns, static, podMeta(conf, env))
-		if aerr != nil {
-			return aerr
-		}
-		addrs = alloc.IPs
-		release = func() {}
-		if !reused {
-			release = func() { _, _ = agent(conf).Do(cniapi.Request{Op: cniapi.OpRelease, Key: key}) }
-		}
-	} else {
-		r, derr := delegate(conf, args, "ADD")
-		if derr != nil {
-			return derr
-		}
-		addrs = allocFromResult(r)
-		release = func() { _, _ = delegate(conf, args, "DEL") }
 	}
+	node, contractErr := readContract(conf)
+	weftIPAM := conf.IsWeftIPAM(p.Self)
+	if weftIPAM && contractErr != nil {
+		return contractErr
+	}
+	mtu := conf.MTU
 	if mtu == 0 && node != nil {
 		mtu = node.MTU
 	}
 	if mtu == 0 {
 		mtu = 1500
 	}
-	addrs = podAddrs(conf, addrs)
+
+	ipamDone := make(chan ipamOutcome, 1)
+	go func() { ipamDone <- p.runIPAM(conf, args, env, static, weftIPAM) }()
 
 	spec := podnet.Spec{
 		Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
-		PTP: conf.Mode == config.ModePTP, Bridge: conf.Bridge, MTU: mtu, Routes: routesFor(conf, addrs),
+		PTP: conf.Mode == config.ModePTP, Bridge: conf.Bridge, MTU: mtu, MAC: mac,
 	}
-	if conf.RuntimeConfig.Mac != "" {
-		spec.MAC, _ = parseMAC(conf.RuntimeConfig.Mac)
-	} else if m := env["MAC"]; m != "" {
-		if spec.MAC, err = parseMAC(m); err != nil {
-			release()
-			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("CNI_ARGS MAC %q is not a MAC address", m), "")
+	pending, linkErr := podnet.Link(nodeHandle(), spec)
+	pt.mark("link")
+	got := <-ipamDone
+	pt.mark("ipam-wait")
+	if linkErr != nil || got.err != nil {
+		if got.err == nil {
+			got.release()
 		}
+		if pending != nil { // Link returns nil on error, so only a good link is undone here
+			pending.Abort()
+			pending.Close()
+		}
+		if got.err != nil {
+			return got.err
+		}
+		return types.NewError(types.ErrTryAgainLater, "create pod interface: "+linkErr.Error(), "")
 	}
+	defer pending.Close()
+
+	addrs := podAddrs(conf, got.addrs)
+	var prefixes []netip.Prefix
+	var gateways []netip.Addr
 	for _, a := range addrs {
-		spec.Addrs = append(spec.Addrs, a.Address)
+		prefixes = append(prefixes, a.Address)
 		if a.Gateway.IsValid() {
-			spec.Gateways = append(spec.Gateways, a.Gateway)
+			gateways = append(gateways, a.Gateway)
 		}
 	}
-	res, err := podnet.Setup(nodeHandle(), spec)
+	res, err := pending.Configure(prefixes, gateways, routesFor(conf, addrs))
+	pt.mark("configure")
 	if err != nil {
-		release()
-		return types.NewError(types.ErrTryAgainLater, "plumb pod interface: "+err.Error(), "")
+		pending.Abort()
+		got.release()
+		return types.NewError(types.ErrTryAgainLater, "configure pod interface: "+err.Error(), "")
 	}
-	return types.PrintResult(buildResult(conf, addrs, res), conf.CNIVersion)
+	defer pt.mark("print")
+	return types.PrintResult(buildResult(conf, got.addrs, res, conf.Mode == config.ModePTP), conf.CNIVersion)
+}
+
+// ipamOutcome is what address allocation produced, and how to undo it.
+type ipamOutcome struct {
+	addrs   []ipam.IPConfig
+	release func()
+	err     error
+}
+
+func (p *Plugin) runIPAM(conf *config.NetConf, args *skel.CmdArgs, env map[string]string, static []netip.Addr, weftIPAM bool) ipamOutcome {
+	if !weftIPAM {
+		r, err := delegate(conf, args, "ADD")
+		if err != nil {
+			return ipamOutcome{err: err}
+		}
+		return ipamOutcome{addrs: allocFromResult(r), release: func() { _, _ = delegate(conf, args, "DEL") }}
+	}
+	key := ipam.Key{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+	alloc, reused, err := p.allocate(conf, key, args.Netns, static, podMeta(conf, env))
+	if err != nil {
+		return ipamOutcome{err: err}
+	}
+	release := func() {}
+	if !reused { // an earlier ADD owns these addresses: a failure now must not free them
+		release = func() { _, _ = agent(conf).Do(cniapi.Request{Op: cniapi.OpRelease, Key: key}) }
+	}
+	return ipamOutcome{addrs: alloc.IPs, release: release}
 }
 
 // Del detaches a pod. It succeeds when there is nothing left to remove, whatever the

@@ -12,7 +12,10 @@ import (
 	"github.com/weftnet/weft/internal/podnet"
 )
 
-func buildResult(conf *config.NetConf, alloc []ipam.IPConfig, res podnet.Result) *current.Result {
+func buildResult(conf *config.NetConf, alloc []ipam.IPConfig, res podnet.Result, ptp bool) *current.Result {
+	if ptp {
+		alloc = podAddrs(conf, alloc)
+	}
 	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	if res.Bridge != nil {
 		r.Interfaces = append(r.Interfaces, &current.Interface{Name: res.Bridge.Name, Mac: res.Bridge.MAC})

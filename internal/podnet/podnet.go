@@ -98,87 +98,128 @@ func ParseAlias(alias string) (network, containerID, ifName string, ok bool) {
 	return parts[0], parts[1], parts[2], true
 }
 
-// Setup builds the attachment. On error it removes whatever it created.
-func Setup(node *netlink.Handle, s Spec) (res Result, err error) {
+// Setup builds the attachment in one go. On error it removes whatever it created.
+func Setup(node *netlink.Handle, s Spec) (Result, error) {
+	p, err := Link(node, s)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := p.Configure(s.Addrs, s.Gateways, s.Routes)
+	if err != nil {
+		p.Abort()
+	}
+	p.Close()
+	return res, err
+}
+
+// Pending is an attachment whose links exist but carry no addresses yet. Splitting the
+// two lets weft-cni create links while the agent is still allocating addresses.
+type Pending struct {
+	node, pod *netlink.Handle
+	spec      Spec
+	created   bool
+	br        *netlink.Bridge
+	host      netlink.Link
+	podLink   netlink.Link
+}
+
+// Link creates (or, for a repeated ADD, adopts) the bridge and the veth pair. It needs no
+// addresses; s.Addrs, s.Gateways and s.Routes are ignored.
+func Link(node *netlink.Handle, s Spec) (p *Pending, err error) {
 	pod, err := netlinkx.HandleAt(s.Netns)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
-	defer pod.Close()
-	podNS, err := netns.GetFromPath(s.Netns)
-	if err != nil {
-		return res, fmt.Errorf("open pod namespace: %w", err)
-	}
-	defer podNS.Close()
-
-	var br *netlink.Bridge
-	if !s.PTP {
-		br, err = EnsureBridge(node, s.Bridge, s.MTU, gatewayPrefixes(s))
+	p = &Pending{node: node, pod: pod, spec: s}
+	defer func() {
 		if err != nil {
-			return res, err
+			p.Abort()
+			p.Close()
+			p = nil
 		}
-		res.Bridge = &Iface{Name: br.Name, MAC: br.HardwareAddr.String()}
+	}()
+	if !s.PTP {
+		if p.br, err = EnsureBridge(node, s.Bridge, s.MTU, nil); err != nil {
+			return p, err
+		}
 	}
-
 	hostName := HostVethName(s.ContainerID, s.IfName)
 	adopted, err := adoptExisting(node, pod, hostName, s.IfName)
 	if err != nil {
-		return res, fmt.Errorf("%w in %s", err, s.Netns)
+		return p, fmt.Errorf("%w in %s", err, s.Netns)
 	}
 	if !adopted {
+		podNS, err := netns.GetFromPath(s.Netns)
+		if err != nil {
+			return p, fmt.Errorf("open pod namespace: %w", err)
+		}
+		defer podNS.Close()
 		veth := &netlink.Veth{
-			LinkAttrs: netlink.LinkAttrs{
-				Name:  hostName,
-				MTU:   s.MTU,
-				Flags: net.FlagUp,
-			},
+			LinkAttrs:        netlink.LinkAttrs{Name: hostName, MTU: s.MTU, Flags: net.FlagUp},
 			PeerName:         s.IfName,
 			PeerNamespace:    netlink.NsFd(podNS),
 			PeerHardwareAddr: s.MAC,
 			PeerMTU:          uint32(s.MTU),
 		}
-		if br != nil {
-			veth.MasterIndex = br.Index
+		if p.br != nil {
+			veth.MasterIndex = p.br.Index
 		}
 		if err := addVeth(node, veth); err != nil {
+			return p, err
+		}
+		p.created = true
+	}
+	if p.host, err = node.LinkByName(hostName); err != nil {
+		return p, fmt.Errorf("find host veth %s: %w", hostName, err)
+	}
+	_ = node.LinkSetAlias(p.host, Alias(s.Network, s.ContainerID, s.IfName))
+	if p.br != nil {
+		if err := node.LinkSetHairpin(p.host, true); err != nil {
+			return p, fmt.Errorf("enable hairpin on %s: %w", hostName, err)
+		}
+	}
+	if p.podLink, err = pod.LinkByName(s.IfName); err != nil {
+		return p, fmt.Errorf("find %s in pod: %w", s.IfName, err)
+	}
+	return p, nil
+}
+
+// Configure puts addresses, gateways and routes on the links.
+func (p *Pending) Configure(addrs []netip.Prefix, gateways []netip.Addr, routes []Route) (Result, error) {
+	s := p.spec
+	s.Addrs, s.Gateways, s.Routes = addrs, gateways, routes
+	var res Result
+	if p.br != nil {
+		if _, err := EnsureBridge(p.node, s.Bridge, s.MTU, gatewayPrefixes(s)); err != nil {
 			return res, err
 		}
-		defer func() {
-			if err != nil {
-				_ = node.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName}})
-			}
-		}()
+		res.Bridge = &Iface{Name: p.br.Name, MAC: p.br.HardwareAddr.String()}
 	}
-
-	host, err := node.LinkByName(hostName)
-	if err != nil {
-		return res, fmt.Errorf("find host veth %s: %w", hostName, err)
-	}
-	_ = node.LinkSetAlias(host, Alias(s.Network, s.ContainerID, s.IfName))
-	if br != nil {
-		if err := node.LinkSetHairpin(host, true); err != nil {
-			return res, fmt.Errorf("enable hairpin on %s: %w", hostName, err)
-		}
-	}
-	podLink, err := pod.LinkByName(s.IfName)
-	if err != nil {
-		return res, fmt.Errorf("find %s in pod: %w", s.IfName, err)
-	}
-	res.Host = Iface{Name: hostName, MAC: host.Attrs().HardwareAddr.String()}
-	res.Pod = Iface{Name: s.IfName, MAC: podLink.Attrs().HardwareAddr.String(), Sandbox: s.Netns}
-
-	routes, err := configurePod(pod, podLink, host.Attrs().HardwareAddr, s)
+	res.Host = Iface{Name: p.host.Attrs().Name, MAC: p.host.Attrs().HardwareAddr.String()}
+	res.Pod = Iface{Name: s.IfName, MAC: p.podLink.Attrs().HardwareAddr.String(), Sandbox: s.Netns}
+	installed, err := configurePod(p.pod, p.podLink, p.host.Attrs().HardwareAddr, s)
 	if err != nil {
 		return res, err
 	}
-	res.Routes = routes
+	res.Routes = installed
 	if s.PTP {
-		if err := routeToPod(node, host, podLink.Attrs().HardwareAddr, s.Addrs); err != nil {
+		if err := routeToPod(p.node, p.host, p.podLink.Attrs().HardwareAddr, s.Addrs); err != nil {
 			return res, err
 		}
 	}
 	return res, nil
 }
+
+// Abort deletes the veth if Link created it.
+func (p *Pending) Abort() {
+	if p.created {
+		_ = p.node.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostVethName(p.spec.ContainerID, p.spec.IfName)}})
+		p.created = false
+	}
+}
+
+// Close releases the pod namespace handle.
+func (p *Pending) Close() { p.pod.Close() }
 
 // adoptExisting reports whether the pod already has ifName as the peer of our host veth
 // (a repeated ADD), in which case Setup re-applies its configuration to it. An ifName that

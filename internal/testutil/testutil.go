@@ -138,7 +138,9 @@ func Binaries(t testing.TB) string {
 			buildErr = err
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "./cmd/weft-cni", "./cmd/weftd", "./cmd/weft")
+		// The same flags as scripts/lib.sh: a static, stripped weft-cni starts ~0.5 ms faster.
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", binDir+"/", "./cmd/weft-cni", "./cmd/weftd", "./cmd/weft")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
