@@ -41,6 +41,7 @@ type Agent struct {
 	store   *boltstore.Store
 	alloc   *ipam.Allocator
 	metrics *metrics
+	reaper  *reaper
 
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
@@ -71,6 +72,11 @@ func New(opts Options) (*Agent, error) {
 	}
 	a := &Agent{opts: opts, store: st, alloc: ipam.New(st), problems: map[string]string{}}
 	a.metrics = newMetrics(a)
+	a.reaper = newReaper(func(err error) {
+		if err != nil {
+			a.opts.Log.Warn("reaping retired veths failed", "err", err)
+		}
+	})
 	return a, nil
 }
 
@@ -102,6 +108,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.syncDataplane()
+	go a.reaper.run(ctx)
+	a.reaper.Trigger() // veths retired while weftd was down
 	contract := cniapi.NodeContract{
 		NodeName: a.opts.NodeName,
 		PodCIDRs: a.opts.PodCIDRs,
@@ -139,6 +147,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 			a.syncDataplane()
+			a.reaper.Trigger()
 		}
 	}
 }

@@ -37,9 +37,15 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		}
 		return cniapi.Response{Allocation: &al, Reused: reused}
 	case cniapi.OpRelease:
+		if req.Reap {
+			a.reaper.Trigger()
+		}
 		if _, _, err := a.alloc.Release(req.Key); err != nil {
 			return cniapi.Response{Error: errCode(err)}
 		}
+		return cniapi.Response{}
+	case cniapi.OpReap:
+		a.reaper.Trigger()
 		return cniapi.Response{}
 	case cniapi.OpGet:
 		al, ok, err := a.alloc.Get(req.Key)

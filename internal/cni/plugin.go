@@ -159,20 +159,35 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	// The veth goes first: releasing first could hand its address to a new pod while the
-	// old interface still holds it.
-	if err := podnet.Teardown(nodeHandle(), args.ContainerID, args.IfName); err != nil {
-		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+	// The veth is made inert first: releasing first could hand its address to a new pod
+	// while the old interface still carries it.
+	retired, err := podnet.Retire(nodeHandle(), args.ContainerID, args.IfName)
+	if err != nil {
+		if err := podnet.Teardown(nodeHandle(), args.ContainerID, args.IfName); err != nil {
+			return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+		}
+		retired = false
 	}
 	if !conf.IsWeftIPAM(p.Self) {
-		if _, err := delegate(conf, args, "DEL"); err != nil {
-			return err
+		if retired {
+			requestReap(conf)
 		}
-		return nil
+		_, err := delegate(conf, args, "DEL")
+		return err
 	}
 	key := ipam.Key{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
-	_, err = agent(conf).Do(cniapi.Request{Op: cniapi.OpRelease, Key: key})
+	_, err = agent(conf).Do(cniapi.Request{Op: cniapi.OpRelease, Key: key, Reap: retired})
+	if retired && errors.Is(err, cniapi.ErrUnreachable) {
+		_ = podnet.ReapAll() // nobody else will
+	}
 	return asCNIError(err)
+}
+
+// requestReap asks weftd to delete retired veths, or deletes them here when it cannot.
+func requestReap(conf *config.NetConf) {
+	if _, err := agent(conf).Do(cniapi.Request{Op: cniapi.OpReap}); err != nil {
+		_ = podnet.ReapAll()
+	}
 }
 
 // Check verifies the attachment against prevResult and the agent's records.
@@ -223,7 +238,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 }
 
 // GC releases every attachment of this network that the runtime no longer lists, and
-// removes their veths.
+// retires their veths, including veths whose allocation is already gone.
 func (p *Plugin) GC(args *skel.CmdArgs) error {
 	if p.isIPAMCall(args.StdinData) {
 		return p.ipamGC(args)
@@ -237,23 +252,31 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		valid[v.ContainerID+"/"+v.IfName] = true
 	}
 	var errs []error
+	stale := map[string][2]string{}
 	if conf.IsWeftIPAM(p.Self) {
 		resp, err := agent(conf).Do(cniapi.Request{Op: cniapi.OpGC, Key: ipam.Key{Network: conf.Name}, Valid: validKeys(conf)})
 		if err != nil {
 			return asCNIError(err)
 		}
 		for _, a := range resp.Allocations {
-			errs = append(errs, podnet.Teardown(nodeHandle(), a.ContainerID, a.IfName))
+			stale[a.ContainerID+"/"+a.IfName] = [2]string{a.ContainerID, a.IfName}
 		}
 	} else if _, err := delegate(conf, args, "GC"); err != nil {
 		errs = append(errs, err)
 	}
 	orphans, err := podnet.Orphans(nodeHandle(), conf.Name, func(cid, ifn string) bool { return valid[cid+"/"+ifn] })
 	errs = append(errs, err)
-	for _, name := range orphans {
-		if l, err := nodeHandle().LinkByName(name); err == nil {
-			errs = append(errs, nodeHandle().LinkDel(l))
-		}
+	for _, o := range orphans {
+		stale[o[0]+"/"+o[1]] = o
+	}
+	retired := false
+	for _, a := range stale {
+		r, err := podnet.Retire(nodeHandle(), a[0], a[1])
+		retired = retired || r
+		errs = append(errs, err)
+	}
+	if retired {
+		requestReap(conf)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return types.NewError(types.ErrTryAgainLater, "gc: "+err.Error(), "")

@@ -21,6 +21,7 @@ const (
 	OpGC       = "gc"
 	OpStatus   = "status"
 	OpList     = "list"
+	OpReap     = "reap" // delete retired veths (see podnet.Retire)
 )
 
 // Error codes weftd returns; they are the CNI codes weft-cni passes on.
@@ -44,6 +45,7 @@ type Request struct {
 	Static []netip.Addr      `json:"static,omitempty"`
 	Meta   map[string]string `json:"meta,omitempty"`
 	Valid  []ipam.Key        `json:"valid,omitempty"` // GC: attachments still in use
+	Reap   bool              `json:"reap,omitempty"`  // release: a veth was retired, reap it
 }
 
 // Response carries the outcome of one Request.

@@ -236,6 +236,9 @@ func adoptExisting(node, pod *netlink.Handle, hostName, ifName string) (bool, er
 	if err == nil && podLink.Type() == "veth" && podLink.Attrs().ParentIndex == host.Attrs().Index && host.Attrs().ParentIndex == podLink.Attrs().Index {
 		return true, nil
 	}
+	if removed, err := removeRetiredPeer(node, podLink); err != nil || removed {
+		return false, err
+	}
 	return false, fmt.Errorf("interface %q already exists", ifName)
 }
 
@@ -368,8 +371,8 @@ func EnsureBridge(node *netlink.Handle, name string, mtu int, gateways []netip.P
 	return br, nil
 }
 
-// Teardown removes the attachment's veth (the pod end goes with it). A missing veth or
-// namespace is not an error: DEL must be idempotent.
+// Teardown removes the attachment's veth synchronously (the pod end goes with it). DEL
+// uses Retire instead; Teardown is for when no weftd will reap.
 func Teardown(node *netlink.Handle, containerID, ifName string) error {
 	name := HostVethName(containerID, ifName)
 	link, err := node.LinkByName(name)
@@ -385,17 +388,18 @@ func Teardown(node *netlink.Handle, containerID, ifName string) error {
 	return nil
 }
 
-// Orphans lists host veths of network whose attachment is not in keep.
-func Orphans(node *netlink.Handle, network string, keep func(containerID, ifName string) bool) ([]string, error) {
+// Orphans lists the (containerID, ifName) of live host veths of network whose attachment
+// is not in keep. Retired veths are weftd's to reap and are not listed.
+func Orphans(node *netlink.Handle, network string, keep func(containerID, ifName string) bool) ([][2]string, error) {
 	links, err := netlinkx.Retry(node.LinkList)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
+	var out [][2]string
 	for _, l := range links {
 		n, cid, ifn, ok := ParseAlias(l.Attrs().Alias)
-		if ok && n == network && l.Type() == "veth" && !keep(cid, ifn) {
-			out = append(out, l.Attrs().Name)
+		if ok && n == network && l.Type() == "veth" && l.Attrs().Group != ReapGroup && !keep(cid, ifn) {
+			out = append(out, [2]string{cid, ifn})
 		}
 	}
 	return out, nil

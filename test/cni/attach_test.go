@@ -65,6 +65,26 @@ func TestBridgeDualStackPodsPingEachOtherAndGateway(t *testing.T) {
 	if allocs, _ := n.weftd.Allocations(); len(allocs) != 0 {
 		t.Errorf("allocations left after DEL: %v", allocs)
 	}
+	n.waitReaped(0)
+}
+
+// TestReAddRightAfterDel is podman's network disconnect + connect: the same interface
+// name in the same pod, before weftd has reaped the old veth.
+func TestReAddRightAfterDel(t *testing.T) {
+	n := newNode(t, "10.75.0.0/24")
+	list := n.conflist("1.1.0", "weft", `"mode":"bridge"`)
+	p, rt := n.pod("re")
+	_, rt2 := n.pod("peer")
+	peer := n.mustAdd(list, rt2)
+	for i := range 5 {
+		n.mustAdd(list, rt)
+		if err := n.del(list, rt); err != nil {
+			t.Fatalf("DEL %d: %v", i, err)
+		}
+	}
+	n.mustAdd(list, rt)
+	ping(t, p, podIPs(peer)[0])
+	n.waitReaped(2)
 }
 
 func TestPTPPodsRouteThroughTheNode(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -134,4 +135,34 @@ func cniCode(err error) uint {
 		return e.Code
 	}
 	return 0
+}
+
+// waitReaped waits until weftd has deleted every retired veth in the node namespace and
+// fails if any other veth remains beyond want.
+func (n *node) waitReaped(want int) {
+	n.t.Helper()
+	h := n.ns.Handle(n.t)
+	var veths, retired int
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		links, err := h.LinkList()
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		veths, retired = 0, 0
+		for _, l := range links {
+			if l.Type() != "veth" {
+				continue
+			}
+			veths++
+			if l.Attrs().Group == podnet.ReapGroup {
+				retired++
+			}
+		}
+		if retired == 0 {
+			break
+		}
+	}
+	if retired > 0 || veths != want {
+		n.t.Errorf("node has %d veths (%d retired, not reaped), want %d live", veths, retired, want)
+	}
 }
