@@ -209,12 +209,20 @@ func (a *Agent) mtu() int {
 	return 1500
 }
 
+// enableForwarding sets the sysctls of weftd's own network namespace: forwarding on, and
+// bridged frames kept out of the IP netfilter hooks. With br_netfilter present a new
+// namespace starts with bridge-nf-call-iptables=1, which would run every pod-to-pod frame
+// on a weft bridge through conntrack; weft filters routed traffic only, in nftables.
 func enableForwarding() error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 		return err
 	}
 	// IPv6 may be disabled on the node; that only matters to IPv6 pods.
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+	for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"} {
+		// Absent without br_netfilter, which is what we want anyway.
+		_ = os.WriteFile("/proc/sys/net/bridge/"+k, []byte("0"), 0o644)
+	}
 	return nil
 }
 

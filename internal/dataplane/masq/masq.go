@@ -1,5 +1,5 @@
-// Package masq masquerades pod traffic that leaves the pod network, from weft's own
-// nftables table. Each sync renders the whole table and replaces it in one netlink
+// Package masq masquerades pod traffic that leaves the pod network, and exempts traffic
+// within it from connection tracking, from weft's own nftables table. Each sync renders the whole table and replaces it in one netlink
 // transaction, so the ruleset is never seen half-written and nothing outside the table is
 // touched.
 package masq
@@ -56,6 +56,24 @@ func Exprs(r Rule) []expr.Any {
 	return append(ex, &expr.Masq{})
 }
 
+// NotrackExprs compiles the pod-to-pod exemption for one pod network:
+// meta nfproto X; ip saddr P; ip daddr P; notrack. Pod-to-pod traffic is never NATed, so
+// tracking it would only cost a conntrack lookup per packet.
+func NotrackExprs(p netip.Prefix) []expr.Any {
+	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
+	if p.Addr().Is6() {
+		proto, off = byte(unix.NFPROTO_IPV6), 8
+	}
+	size := uint32(p.Addr().BitLen() / 8)
+	ex := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+	ex = append(ex, match(off, size, p, expr.CmpOpEq)...)
+	ex = append(ex, match(off+size, size, p, expr.CmpOpEq)...)
+	return append(ex, &expr.Notrack{})
+}
+
 func match(offset, size uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
 	mask := make([]byte, size)
 	for i := 0; i < p.Bits(); i++ {
@@ -83,8 +101,16 @@ func Apply(rules []Rule) error {
 		Hooknum:  nftables.ChainHookPostrouting,
 		Priority: nftables.ChainPriorityNATSource,
 	})
+	raw := c.AddChain(&nftables.Chain{
+		Name:     "prerouting",
+		Table:    table,
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  nftables.ChainHookPrerouting,
+		Priority: nftables.ChainPriorityRaw,
+	})
 	for _, r := range rules {
 		c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: Exprs(r)})
+		c.AddRule(&nftables.Rule{Table: table, Chain: raw, Exprs: NotrackExprs(r.Source)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply table %s: %w", TableName, err)
