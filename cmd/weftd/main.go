@@ -34,6 +34,7 @@ func run(args []string) error {
 		metricsAddr = fs.String("metrics-addr", "", "serve /metrics and /healthz on HOST:PORT")
 		masquerade  = fs.Bool("masquerade", true, "masquerade pod traffic leaving the pod network")
 		sysctls     = fs.Bool("manage-sysctls", true, "enable IP forwarding in weftd's network namespace")
+		fastpath    = fs.Bool("fastpath", true, "short-cut pod-to-pod traffic on this node with eBPF (falls back when unavailable)")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -57,7 +58,7 @@ func run(args []string) error {
 	}
 	a, err := agent.New(agent.Options{
 		NodeName: *nodeName, StateDir: *stateDir, RunDir: *runDir, PodCIDRs: cidrs, MTU: *mtu,
-		MetricsAddr: *metricsAddr, Masquerade: *masquerade, ManageSysctls: *sysctls, Log: log,
+		MetricsAddr: *metricsAddr, Masquerade: *masquerade, ManageSysctls: *sysctls, Fastpath: *fastpath, Log: log,
 	})
 	if err != nil {
 		return err

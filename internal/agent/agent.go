@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/internal/cniapi"
+	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/dataplane/masq"
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netcalc"
@@ -30,6 +31,7 @@ type Options struct {
 	MTU           int // 0: the MTU of the default route's device, else 1500
 	MetricsAddr   string
 	ManageSysctls bool
+	Fastpath      bool // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
 	Masquerade    bool
 	ResyncEvery   time.Duration
 	Log           *slog.Logger
@@ -42,6 +44,7 @@ type Agent struct {
 	alloc   *ipam.Allocator
 	metrics *metrics
 	reaper  *reaper
+	fast    *fastpathSync // nil when the fast path is off or unavailable
 
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
@@ -108,6 +111,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.syncDataplane()
+	if a.opts.Fastpath {
+		a.startFastpath(ctx)
+	}
 	go a.reaper.run(ctx)
 	a.reaper.Trigger() // veths retired while weftd was down
 	contract := cniapi.NodeContract{
@@ -148,6 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-tick.C:
 			a.syncDataplane()
 			a.reaper.Trigger()
+			a.kickFastpath()
 		}
 	}
 }
@@ -162,6 +169,28 @@ func (a *Agent) syncDataplane() {
 	a.setProblem("nat", err)
 	if err != nil {
 		a.opts.Log.Error("NAT sync failed", "err", err)
+	}
+}
+
+func (a *Agent) startFastpath(ctx context.Context) {
+	fp, err := fastpath.Load()
+	if err != nil {
+		a.opts.Log.Warn("eBPF fast path unavailable; pod-to-pod traffic takes the normal path", "err", err)
+		return
+	}
+	go func() { <-ctx.Done(); fp.Close() }()
+	a.fast = newFastpathSync(fp, a.alloc, func(err error) {
+		if err != nil {
+			a.opts.Log.Warn("fast path sync failed", "err", err)
+		}
+	})
+	go a.fast.run(ctx)
+	a.fast.Trigger()
+}
+
+func (a *Agent) kickFastpath() {
+	if a.fast != nil {
+		a.fast.Trigger()
 	}
 }
 

@@ -35,6 +35,7 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		if err != nil {
 			return cniapi.Response{Error: errCode(err)}
 		}
+		a.kickFastpath()
 		return cniapi.Response{Allocation: &al, Reused: reused}
 	case cniapi.OpRelease:
 		if req.Reap {
@@ -43,6 +44,7 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		if _, _, err := a.alloc.Release(req.Key); err != nil {
 			return cniapi.Response{Error: errCode(err)}
 		}
+		a.kickFastpath()
 		return cniapi.Response{}
 	case cniapi.OpReap:
 		a.reaper.Trigger()

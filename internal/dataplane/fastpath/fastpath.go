@@ -1,0 +1,124 @@
+package fastpath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// FilterName names weft's tc filter on host veths.
+const FilterName = "weft_fastpath"
+
+// Fastpath is a loaded program and its map of local pods.
+type Fastpath struct {
+	pods *ebpf.Map
+	prog *ebpf.Program
+}
+
+// Load creates the map and loads the program. It fails on kernels without
+// bpf_redirect_peer (5.10+) or without the rights to load tc programs.
+func Load() (*Fastpath, error) {
+	m, err := ebpf.NewMap(newMapSpec())
+	if err != nil {
+		return nil, fmt.Errorf("create local pod map: %w", err)
+	}
+	p, err := ebpf.NewProgram(programSpec(m))
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("load fast path program: %w", err)
+	}
+	return &Fastpath{pods: m, prog: p}, nil
+}
+
+// Close releases weftd's handles; attached filters keep the program (and its map) alive.
+func (f *Fastpath) Close() {
+	f.prog.Close()
+	f.pods.Close()
+}
+
+// KeyOf converts an address to a map key.
+func KeyOf(a netip.Addr) Key { return Key(a.As16()) }
+
+// ValueOf builds a map value.
+func ValueOf(hostIfindex int, podMAC net.HardwareAddr) Value {
+	v := Value{HostIfindex: uint32(hostIfindex)}
+	copy(v.PodMAC[:], podMAC)
+	return v
+}
+
+// Sync makes the map hold exactly want.
+func (f *Fastpath) Sync(want map[Key]Value) error {
+	var stale []Key
+	var k Key
+	var v Value
+	it := f.pods.Iterate()
+	for it.Next(&k, &v) {
+		if w, ok := want[k]; !ok || w != v {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read local pod map: %w", err)
+	}
+	for _, k := range stale {
+		if _, keep := want[k]; !keep {
+			if err := f.pods.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+		}
+	}
+	for k, v := range want {
+		if err := f.pods.Put(k, v); err != nil {
+			return fmt.Errorf("update local pod map: %w", err)
+		}
+	}
+	return nil
+}
+
+// Attached reports whether link carries this program on ingress.
+func (f *Fastpath) Attached(h *netlink.Handle, link netlink.Link) bool {
+	info, err := f.prog.Info()
+	if err != nil {
+		return false
+	}
+	id, _ := info.ID()
+	filters, err := h.FilterList(link, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return false
+	}
+	for _, fl := range filters {
+		if bf, ok := fl.(*netlink.BpfFilter); ok && bf.Name == FilterName && bf.Id == int(id) {
+			return true
+		}
+	}
+	return false
+}
+
+// Attach puts the program on link's ingress, replacing an older weft program in place, so
+// the link is never without one once it had one.
+func (f *Fastpath) Attach(h *netlink.Handle, link netlink.Link) error {
+	idx := link.Attrs().Index
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := h.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("clsact on %s: %w", link.Attrs().Name, err)
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS, Handle: netlink.MakeHandle(0, 1),
+			Protocol: unix.ETH_P_ALL, Priority: 1,
+		},
+		Fd: f.prog.FD(), Name: FilterName, DirectAction: true,
+	}
+	if err := h.FilterReplace(filter); err != nil {
+		return fmt.Errorf("attach fast path to %s: %w", link.Attrs().Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,104 @@
+// Package fastpath short-cuts pod-to-pod traffic on one node with eBPF.
+//
+// A tc ingress program on every host veth looks the packet's destination address up in a
+// hash map of the node's local pods. On a hit it writes the destination pod's MAC into the
+// frame and hands it to bpf_redirect_peer, which delivers it straight into the destination
+// pod's namespace: the bridge or the node's routing, a second veth backlog pass and
+// netfilter are skipped. On a miss (another node, the outside world, ARP, neighbour
+// discovery) the packet continues on the normal path, so an empty or stale map only costs
+// speed, never correctness.
+//
+// The program is assembled here with cilium/ebpf's asm package: no C toolchain is needed
+// to build weft, and the whole program is the few dozen instructions below.
+package fastpath
+
+import (
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+)
+
+// Key is a destination address: IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
+type Key [16]byte
+
+// Value says where a local pod address lives.
+type Value struct {
+	HostIfindex uint32  // the pod's host-side veth; redirect_peer delivers to its peer
+	PodMAC      [6]byte // written as the frame's destination
+	_           [2]byte
+}
+
+// __sk_buff offsets of data and data_end.
+const (
+	skbData    = 76
+	skbDataEnd = 80
+	tcActOK    = 0
+	ethPIPv4LE = 0x0008 // htons(0x0800) as a little-endian load sees it
+	ethPIPv6LE = 0xdd86 // htons(0x86dd)
+)
+
+func newMapSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{Name: "weft_local_pods", Type: ebpf.Hash, KeySize: 16, ValueSize: 12, MaxEntries: 65536}
+}
+
+func programSpec(m *ebpf.Map) *ebpf.ProgramSpec {
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		// key := 0
+		asm.Mov.Imm(asm.R5, 0),
+		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
+		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JEq.Imm(asm.R5, ethPIPv4LE, "v4"),
+		asm.JEq.Imm(asm.R5, ethPIPv6LE, "v6"),
+		asm.Ja.Label("pass"),
+
+		// IPv4: destination at 14+16; key = ::ffff:dst
+		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("v4"),
+		asm.Add.Imm(asm.R4, 34),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 30, asm.Word),
+		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
+		asm.Mov.Imm(asm.R5, 0xffff),
+		asm.StoreMem(asm.R10, -6, asm.R5, asm.Half),
+		asm.Ja.Label("lookup"),
+
+		// IPv6: destination at 14+24
+		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("v6"),
+		asm.Add.Imm(asm.R4, 54),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 38, asm.DWord),
+		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R2, 46, asm.DWord),
+		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
+
+		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("lookup"),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -16),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Reg(asm.R7, asm.R0),
+		// The helper call clobbered the packet pointers: load and bound them again.
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R7, 4, asm.Word),
+		asm.StoreMem(asm.R2, 0, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, asm.R7, 8, asm.Half),
+		asm.StoreMem(asm.R2, 4, asm.R5, asm.Half),
+		asm.LoadMem(asm.R1, asm.R7, 0, asm.Word),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.FnRedirectPeer.Call(),
+		asm.Return(),
+
+		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
+		asm.Return(),
+	}
+	return &ebpf.ProgramSpec{Name: "weft_fastpath", Type: ebpf.SchedCLS, License: "Apache-2.0", Instructions: insns}
+}
