@@ -37,7 +37,7 @@ func TestWeftCNIStaysLean(t *testing.T) {
 	forbid(t, "github.com/weftnet/weft/cmd/weft-cni",
 		"go.etcd.io/etcd", "go.etcd.io/bbolt", "github.com/osrg/gobgp", "google.golang.org/grpc",
 		"github.com/prometheus", "net/http", "go.opentelemetry.io", "github.com/spf13/cobra",
-		"github.com/google/nftables")
+		"github.com/google/nftables", "github.com/cilium/ebpf")
 }
 
 // Level 0 and 1 packages are pure: no kernel or datastore library.
@@ -49,7 +49,7 @@ func TestPurePackagesTouchNoKernel(t *testing.T) {
 
 // Adapters do not import each other, nor the composition layer.
 func TestAdaptersStayApart(t *testing.T) {
-	adapters := []string{"podnet", "dataplane/masq", "store/boltstore"}
+	adapters := []string{"podnet", "dataplane/masq", "dataplane/fastpath", "store/boltstore"}
 	for _, a := range adapters {
 		var others []string
 		for _, b := range adapters {
