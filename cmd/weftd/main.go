@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/weftnet/weft/internal/agent"
+	"github.com/weftnet/weft/internal/config"
 )
 
 func main() {
@@ -22,31 +23,43 @@ func main() {
 	}
 }
 
+// flags are weftd's command-line settings.
+type flags struct {
+	configFile, stateDir, runDir, podCIDR, nodeName, metricsAddr, logLevel string
+	mtu                                                                    int
+	masquerade, sysctls, fastpath                                          bool
+}
+
 func run(args []string) error {
 	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
 	hostname, _ := os.Hostname()
-	var (
-		stateDir    = fs.String("state-dir", "/var/lib/weft", "directory of the node store")
-		runDir      = fs.String("run-dir", "/run/weft", "directory of the socket and node contract")
-		podCIDR     = fs.String("pod-cidr", "", "the node's pod CIDR(s), comma separated (one IPv4 and/or one IPv6)")
-		nodeName    = fs.String("node-name", hostname, "this node's name")
-		mtu         = fs.Int("mtu", 0, "pod MTU (0: from the default route's device)")
-		metricsAddr = fs.String("metrics-addr", "", "serve /metrics and /healthz on HOST:PORT")
-		masquerade  = fs.Bool("masquerade", true, "masquerade pod traffic leaving the pod network")
-		sysctls     = fs.Bool("manage-sysctls", true, "enable IP forwarding in weftd's network namespace")
-		fastpath    = fs.Bool("fastpath", true, "short-cut pod-to-pod traffic on this node with eBPF (falls back when unavailable)")
-		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
-	)
+	var f flags
+	fs.StringVar(&f.configFile, "config", "", "JSON configuration file; flags given here override it")
+	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/weft", "directory of the node store")
+	fs.StringVar(&f.runDir, "run-dir", "/run/weft", "directory of the socket and node contract")
+	fs.StringVar(&f.podCIDR, "pod-cidr", "", "the node's pod CIDR(s), comma separated (one IPv4 and/or one IPv6)")
+	fs.StringVar(&f.nodeName, "node-name", hostname, "this node's name")
+	fs.IntVar(&f.mtu, "mtu", 0, "pod MTU (0: from the default route's device)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on HOST:PORT")
+	fs.BoolVar(&f.masquerade, "masquerade", true, "masquerade pod traffic leaving the pod network")
+	fs.BoolVar(&f.sysctls, "manage-sysctls", true, "enable IP forwarding in weftd's network namespace")
+	fs.BoolVar(&f.fastpath, "fastpath", true, "short-cut pod-to-pod traffic on this node with eBPF (falls back when unavailable)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if f.configFile != "" {
+		if err := f.applyFile(fs); err != nil {
+			return err
+		}
+	}
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	var cidrs []netip.Prefix
-	for _, s := range strings.Split(*podCIDR, ",") {
+	for _, s := range strings.Split(f.podCIDR, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
 		}
@@ -57,8 +70,8 @@ func run(args []string) error {
 		cidrs = append(cidrs, p)
 	}
 	a, err := agent.New(agent.Options{
-		NodeName: *nodeName, StateDir: *stateDir, RunDir: *runDir, PodCIDRs: cidrs, MTU: *mtu,
-		MetricsAddr: *metricsAddr, Masquerade: *masquerade, ManageSysctls: *sysctls, Fastpath: *fastpath, Log: log,
+		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, PodCIDRs: cidrs, MTU: f.mtu,
+		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Log: log,
 	})
 	if err != nil {
 		return err
@@ -67,4 +80,45 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return a.Run(ctx)
+}
+
+// applyFile fills every setting the command line left unset from the configuration file.
+func (f *flags) applyFile(fs *flag.FlagSet) error {
+	b, err := os.ReadFile(f.configFile)
+	if err != nil {
+		return err
+	}
+	file, err := config.ParseAgentFile(b)
+	if err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	str := func(name string, dst *string, v string) {
+		if !set[name] && v != "" {
+			*dst = v
+		}
+	}
+	str("state-dir", &f.stateDir, file.StateDir)
+	str("run-dir", &f.runDir, file.RunDir)
+	str("node-name", &f.nodeName, file.NodeName)
+	str("metrics-addr", &f.metricsAddr, file.MetricsAddr)
+	str("log-level", &f.logLevel, file.LogLevel)
+	if !set["pod-cidr"] && len(file.PodCIDRs) > 0 {
+		var s []string
+		for _, p := range file.PodCIDRs {
+			s = append(s, p.String())
+		}
+		f.podCIDR = strings.Join(s, ",")
+	}
+	if !set["mtu"] && file.MTU != 0 {
+		f.mtu = file.MTU
+	}
+	if !set["masquerade"] && file.Masquerade != nil {
+		f.masquerade = *file.Masquerade
+	}
+	if !set["fastpath"] && file.Fastpath != nil {
+		f.fastpath = *file.Fastpath
+	}
+	return nil
 }

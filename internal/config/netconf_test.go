@@ -140,3 +140,18 @@ func FuzzParseAddrOrPrefix(f *testing.F) {
 		}
 	})
 }
+
+func TestParseAgentFile(t *testing.T) {
+	f, err := ParseAgentFile([]byte(`{"nodeName":"n1","podCIDRs":["10.244.1.0/24","fd00::/64"],"fastpath":false}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.NodeName != "n1" || len(f.PodCIDRs) != 2 || f.Fastpath == nil || *f.Fastpath {
+		t.Fatalf("%+v", f)
+	}
+	for _, bad := range []string{`{"podCIDR":"x"}`, `{"podCIDRs":["10.0.0.0/33"]}`, `{"mtu":10}`, `[`} {
+		if _, err := ParseAgentFile([]byte(bad)); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}

@@ -55,7 +55,11 @@ func StartWeftd(t testing.TB, node NS, podCIDRs string, extra ...string) *Weftd 
 		t: t, Node: node, Bin: filepath.Join(Binaries(t), "weftd"),
 		StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"),
 	}
-	w.Args = append([]string{"--state-dir", w.StateDir, "--run-dir", w.RunDir, "--pod-cidr", podCIDRs, "--node-name", node.Name, "--log-level", "debug"}, extra...)
+	w.Args = []string{"--state-dir", w.StateDir, "--run-dir", w.RunDir, "--node-name", node.Name, "--log-level", "debug"}
+	if podCIDRs != "" {
+		w.Args = append(w.Args, "--pod-cidr", podCIDRs)
+	}
+	w.Args = append(w.Args, extra...)
 	t.Cleanup(func() {
 		w.Stop()
 		if t.Failed() {
