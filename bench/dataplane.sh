@@ -39,19 +39,20 @@ ip -n "$T-vb" addr add 10.50.0.2/24 dev "$T-b"; ip -n "$T-vb" link set "$T-b" up
 declare -A CLIENT SERVER DST
 CLIENT[veth]=va; SERVER[veth]=vb; DST[veth]=10.50.0.2
 
-# 2./3. weft bridge and ptp: one weftd per node namespace
-for mode in bridge ptp; do
-  node=w$mode; mkns $node
-  case $mode in bridge) cidr=10.51.0.0/24;; ptp) cidr=10.52.0.0/24;; esac
+# 2./3. weft bridge and ptp, and weft bridge without the eBPF fast path: one weftd per node
+for setup in bridge ptp bridge-nofp; do
+  node=w${setup//-/}; mkns $node
+  mode=${setup%-nofp}; fp=true
+  case $setup in bridge) cidr=10.51.0.0/24;; ptp) cidr=10.52.0.0/24;; bridge-nofp) cidr=10.54.0.0/24; fp=false;; esac
   nsenter --net=/run/netns/$T-$node "$BIN/weftd" --state-dir "$TMP/$node/state" --run-dir "$TMP/$node/run" \
-    --pod-cidr $cidr --log-level error &
+    --pod-cidr $cidr --log-level error --fastpath=$fp &
   pids+=($!)
   for i in $(seq 100); do [ -e "$TMP/$node/run/node.json" ] && break; sleep 0.05; done
   conf="{\"cniVersion\":\"1.1.0\",\"name\":\"bench\",\"type\":\"weft-cni\",\"mode\":\"$mode\",\"socket\":\"$TMP/$node/run/weft.sock\"}"
   mkns ${node}a; mkns ${node}b
   cni $node "$BIN/weft-cni" "$conf" ADD a ${node}a >/dev/null
-  DST[weft-$mode]=$(cni $node "$BIN/weft-cni" "$conf" ADD b ${node}b | first_ip)
-  CLIENT[weft-$mode]=${node}a; SERVER[weft-$mode]=${node}b
+  DST[weft-$setup]=$(cni $node "$BIN/weft-cni" "$conf" ADD b ${node}b | first_ip)
+  CLIENT[weft-$setup]=${node}a; SERVER[weft-$setup]=${node}b
 done
 
 # 4. reference bridge + host-local
@@ -61,7 +62,8 @@ cni ref /usr/lib/cni/bridge "$rconf" ADD a refa >/dev/null
 DST[ref-bridge]=$(cni ref /usr/lib/cni/bridge "$rconf" ADD b refb | first_ip)
 CLIENT[ref-bridge]=refa; SERVER[ref-bridge]=refb
 
-SETUPS="veth weft-bridge weft-ptp ref-bridge"
+sleep 0.5 # let weftd attach the fast path to the new veths
+SETUPS="veth weft-bridge weft-ptp weft-bridge-nofp ref-bridge"
 declare -A TPUT P50 P99
 for s in $SETUPS; do
   ip netns exec "$T-${SERVER[$s]}" iperf3 -s -D -B "${DST[$s]}" --pidfile "$TMP/iperf-$s.pid" >/dev/null
@@ -94,8 +96,8 @@ tput, p50, p99 = arr("TPUT"), arr("P50"), arr("P99")
 med = lambda xs: statistics.median(xs)
 base_t, base_l = med(tput["veth"]), med(p50["veth"])
 print("pod-to-pod, one node: median of %d alternating passes" % len(tput["veth"]))
-print("%-12s %12s %9s %12s %12s %9s" % ("setup", "Gbit/s", "vs veth", "rr p50 µs", "rr p99 µs", "vs veth"))
+print("%-17s %12s %9s %12s %12s %9s" % ("setup", "Gbit/s", "vs veth", "rr p50 µs", "rr p99 µs", "vs veth"))
 for s in setups:
     t, l, l99 = med(tput[s]) / 1e9, med(p50[s]), med(p99[s])
-    print("%-12s %12.2f %8.2fx %12.2f %12.2f %8.2fx" % (s, t, med(tput[s]) / base_t, l, l99, l / base_l))
+    print("%-17s %12.2f %8.2fx %12.2f %12.2f %8.2fx" % (s, t, med(tput[s]) / base_t, l, l99, l / base_l))
 PY

@@ -19,6 +19,8 @@ import (
 	"github.com/weftnet/weft/internal/dataplane/masq"
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netcalc"
+	"github.com/weftnet/weft/internal/podnet"
+	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/store/boltstore"
 )
 
@@ -43,8 +45,8 @@ type Agent struct {
 	store   *boltstore.Store
 	alloc   *ipam.Allocator
 	metrics *metrics
-	reaper  *reaper
-	fast    *fastpathSync // nil when the fast path is off or unavailable
+	reaper  *reconcile.Loop // deletes retired veths (see podnet.Retire)
+	fast    *fastpathSync   // nil when the fast path is off or unavailable
 
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
@@ -75,7 +77,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	a := &Agent{opts: opts, store: st, alloc: ipam.New(st), problems: map[string]string{}}
 	a.metrics = newMetrics(a)
-	a.reaper = newReaper(func(err error) {
+	// The delay gathers the veths of a burst of DELs into one deletion, which pays the
+	// kernel's RCU grace period once for all of them.
+	a.reaper = reconcile.New(reapDelay, podnet.ReapAll, func(err error) {
 		if err != nil {
 			a.opts.Log.Warn("reaping retired veths failed", "err", err)
 		}
@@ -114,7 +118,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.opts.Fastpath {
 		a.startFastpath(ctx)
 	}
-	go a.reaper.run(ctx)
+	go a.reaper.Run(ctx)
 	a.reaper.Trigger() // veths retired while weftd was down
 	contract := cniapi.NodeContract{
 		NodeName: a.opts.NodeName,
@@ -193,6 +197,8 @@ func (a *Agent) kickFastpath() {
 		a.fast.Trigger()
 	}
 }
+
+const reapDelay = 100 * time.Millisecond
 
 // SweepDeadNamespaces frees allocations whose pod namespace no longer exists.
 func (a *Agent) SweepDeadNamespaces() ([]ipam.Allocation, error) {

@@ -3,7 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -11,30 +11,33 @@ import (
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netlinkx"
 	"github.com/weftnet/weft/internal/podnet"
+	"github.com/weftnet/weft/internal/reconcile"
 )
 
 // fastpathSync keeps the eBPF fast path converged: every live host veth carries the
 // program, and the map lists exactly the addresses of the pods behind them. Triggers (link
 // events, allocations, the periodic resync) only mark it dirty; each pass recomputes the
-// whole desired state from the node store and the kernel's links.
+// whole map from the node store and the kernel's links.
 type fastpathSync struct {
-	fp    *fastpath.Fastpath
-	alloc *ipam.Allocator
-	kick  chan struct{}
-	macs  map[string]net.HardwareAddr // "ifindex/alias" → pod MAC, so a pass need not enter pods
-	fail  func(error)
+	fp       *fastpath.Fastpath
+	alloc    *ipam.Allocator
+	loop     *reconcile.Loop
+	attached map[string]bool // "ifindex/alias" this weftd attached the program to
+	passes   int
+	fail     func(error)
 }
+
+// fastpathDelay batches the link events of a burst of ADDs into one pass; until a new
+// pod's entry lands its traffic takes the normal path.
+const fastpathDelay = 50 * time.Millisecond
 
 func newFastpathSync(fp *fastpath.Fastpath, alloc *ipam.Allocator, fail func(error)) *fastpathSync {
-	return &fastpathSync{fp: fp, alloc: alloc, kick: make(chan struct{}, 1), macs: map[string]net.HardwareAddr{}, fail: fail}
+	s := &fastpathSync{fp: fp, alloc: alloc, attached: map[string]bool{}, fail: fail}
+	s.loop = reconcile.New(fastpathDelay, s.sync, fail)
+	return s
 }
 
-func (s *fastpathSync) Trigger() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-}
+func (s *fastpathSync) Trigger() { s.loop.Trigger() }
 
 func (s *fastpathSync) run(ctx context.Context) {
 	updates := make(chan netlink.LinkUpdate, 64)
@@ -43,19 +46,21 @@ func (s *fastpathSync) run(ctx context.Context) {
 	if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{ErrorCallback: s.fail}); err != nil {
 		s.fail(fmt.Errorf("subscribe to link events: %w", err))
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-updates:
+	go func() {
+		for range updates {
 			s.Trigger()
-		case <-s.kick:
-			s.fail(s.sync())
 		}
-	}
+	}()
+	s.loop.Run(ctx)
 }
 
+// verifyEvery is how often a pass re-reads every link's filters instead of trusting what
+// it attached itself, to repair a filter someone removed.
+const verifyEvery = 20
+
 func (s *fastpathSync) sync() error {
+	s.passes++
+	verify := s.passes%verifyEvery == 0
 	allocs, err := s.alloc.List()
 	if err != nil {
 		return err
@@ -74,33 +79,27 @@ func (s *fastpathSync) sync() error {
 	seen := map[string]bool{}
 	for _, l := range links {
 		attrs := l.Attrs()
-		network, cid, ifName, ok := podnet.ParseAlias(attrs.Alias)
+		owner, ok := podnet.ParseAlias(attrs.Alias)
 		if !ok || l.Type() != "veth" || attrs.Group == podnet.ReapGroup {
 			continue
 		}
-		al, ok := byKey[ipam.Key{Network: network, ContainerID: cid, IfName: ifName}]
+		al, ok := byKey[ipam.Key{Network: owner.Network, ContainerID: owner.ContainerID, IfName: owner.IfName}]
 		if !ok {
 			continue // allocation not committed yet, or already released
 		}
 		cacheKey := fmt.Sprintf("%d/%s", attrs.Index, attrs.Alias)
 		seen[cacheKey] = true
-		mac, ok := s.macs[cacheKey]
-		if !ok {
-			if mac, err = podMAC(al.Netns, ifName); err != nil {
-				continue // the pod is still being plumbed, or gone: next pass
-			}
-			s.macs[cacheKey] = mac
-		}
+		mac := owner.PodMAC
 		for _, ip := range al.IPs {
 			want[fastpath.KeyOf(ip.Address.Addr())] = fastpath.ValueOf(attrs.Index, mac)
 		}
-		if !s.fp.Attached(h, l) {
+		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l)) {
 			toAttach = append(toAttach, l)
 		}
 	}
-	for k := range s.macs {
+	for k := range s.attached {
 		if !seen[k] {
-			delete(s.macs, k)
+			delete(s.attached, k)
 		}
 	}
 	// The map first, then the filters: a freshly attached program finds its entries.
@@ -111,19 +110,7 @@ func (s *fastpathSync) sync() error {
 		if err := s.fp.Attach(h, l); err != nil && !netlinkx.IsNotFound(err) {
 			return err
 		}
+		s.attached[fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)] = true
 	}
 	return nil
-}
-
-func podMAC(netnsPath, ifName string) (net.HardwareAddr, error) {
-	h, err := netlinkx.HandleAt(netnsPath)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(ifName)
-	if err != nil {
-		return nil, err
-	}
-	return l.Attrs().HardwareAddr, nil
 }

@@ -14,9 +14,9 @@
 package podnet
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"strings"
@@ -76,26 +76,38 @@ type Result struct {
 
 // HostVethName is the node-side name of the veth for (containerID, ifname).
 func HostVethName(containerID, ifName string) string {
-	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
-	return "weft" + hex.EncodeToString(sum[:])[:11]
+	h := fnv.New64a()
+	h.Write([]byte(containerID + "/" + ifName))
+	return fmt.Sprintf("weft%011x", h.Sum64()&(1<<44-1))
 }
 
-// Alias is the host veth alias recording which attachment it belongs to.
-func Alias(network, containerID, ifName string) string {
-	return AliasPrefix + network + ":" + containerID + ":" + ifName
+// Owner is what a host veth's alias records: the attachment it belongs to and the MAC of
+// its pod end, so weftd can program the fast path without entering the pod.
+type Owner struct {
+	Network, ContainerID, IfName string
+	PodMAC                       net.HardwareAddr
 }
 
-// ParseAlias reverses Alias.
-func ParseAlias(alias string) (network, containerID, ifName string, ok bool) {
+// Alias renders o as "weft:NETWORK:CONTAINERID:IFNAME:MACHEX".
+func (o Owner) Alias() string {
+	return AliasPrefix + o.Network + ":" + o.ContainerID + ":" + o.IfName + ":" + hex.EncodeToString(o.PodMAC)
+}
+
+// ParseAlias reverses Owner.Alias.
+func ParseAlias(alias string) (Owner, bool) {
 	rest, found := strings.CutPrefix(alias, AliasPrefix)
 	if !found {
-		return "", "", "", false
+		return Owner{}, false
 	}
 	parts := strings.Split(rest, ":")
-	if len(parts) != 3 {
-		return "", "", "", false
+	if len(parts) != 4 {
+		return Owner{}, false
 	}
-	return parts[0], parts[1], parts[2], true
+	mac, err := hex.DecodeString(parts[3])
+	if err != nil || len(mac) != 6 {
+		return Owner{}, false
+	}
+	return Owner{Network: parts[0], ContainerID: parts[1], IfName: parts[2], PodMAC: mac}, true
 }
 
 // Setup builds the attachment in one go. On error it removes whatever it created.
@@ -154,25 +166,26 @@ func Link(node *netlink.Handle, s Spec) (p *Pending, err error) {
 			return p, fmt.Errorf("open pod namespace: %w", err)
 		}
 		defer podNS.Close()
-		veth := &netlink.Veth{
-			LinkAttrs:        netlink.LinkAttrs{Name: hostName, MTU: s.MTU, Flags: net.FlagUp},
-			PeerName:         s.IfName,
-			PeerNamespace:    netlink.NsFd(podNS),
-			PeerHardwareAddr: s.MAC,
-			PeerMTU:          uint32(s.MTU),
+		podMAC := s.MAC
+		if podMAC == nil {
+			podMAC = randomMAC()
 		}
+		req := vethRequest{hostName: hostName, podName: s.IfName, hostMAC: randomMAC(), podMAC: podMAC, mtu: s.MTU, podNSFd: int(podNS)}
 		if p.br != nil {
-			veth.MasterIndex = p.br.Index
+			req.master = p.br.Index
 		}
-		if err := addVeth(node, veth); err != nil {
+		if err := createVeth(&req); err != nil {
 			return p, err
 		}
 		p.created = true
-	}
-	if p.host, err = node.LinkByName(hostName); err != nil {
+		owner := Owner{Network: s.Network, ContainerID: s.ContainerID, IfName: s.IfName, PodMAC: podMAC}
+		p.host = &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName, Index: req.index, HardwareAddr: req.hostMAC, Alias: owner.Alias()}}
+		if err := node.LinkSetAlias(p.host, owner.Alias()); err != nil {
+			return p, fmt.Errorf("mark %s as weft's: %w", hostName, err)
+		}
+	} else if p.host, err = node.LinkByName(hostName); err != nil {
 		return p, fmt.Errorf("find host veth %s: %w", hostName, err)
 	}
-	_ = node.LinkSetAlias(p.host, Alias(s.Network, s.ContainerID, s.IfName))
 	if p.br != nil {
 		if err := node.LinkSetHairpin(p.host, true); err != nil {
 			return p, fmt.Errorf("enable hairpin on %s: %w", hostName, err)
@@ -242,20 +255,20 @@ func adoptExisting(node, pod *netlink.Handle, hostName, ifName string) (bool, er
 	return false, fmt.Errorf("interface %q already exists", ifName)
 }
 
-// addVeth creates the pair, replacing a leftover from an attempt that died half-way.
-func addVeth(node *netlink.Handle, veth *netlink.Veth) error {
-	err := node.LinkAdd(veth)
+// createVeth creates the pair, replacing a leftover from an attempt that died half-way
+// (same container and interface, hence the same host name).
+func createVeth(r *vethRequest) error {
+	idx, err := newVeth(*r)
 	if netlinkx.IsExist(err) {
-		if old, lerr := node.LinkByName(veth.Name); lerr == nil {
-			if _, isVeth := old.(*netlink.Veth); isVeth {
-				_ = node.LinkDel(old)
-				err = node.LinkAdd(veth)
-			}
+		if old, lerr := netlink.LinkByName(r.hostName); lerr == nil && old.Type() == "veth" {
+			_ = netlink.LinkDel(old)
+			idx, err = newVeth(*r)
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("create veth %s: %w", veth.Name, err)
+		return fmt.Errorf("create veth %s: %w", r.hostName, err)
 	}
+	r.index = idx
 	return nil
 }
 
@@ -397,9 +410,9 @@ func Orphans(node *netlink.Handle, network string, keep func(containerID, ifName
 	}
 	var out [][2]string
 	for _, l := range links {
-		n, cid, ifn, ok := ParseAlias(l.Attrs().Alias)
-		if ok && n == network && l.Type() == "veth" && l.Attrs().Group != ReapGroup && !keep(cid, ifn) {
-			out = append(out, [2]string{cid, ifn})
+		o, ok := ParseAlias(l.Attrs().Alias)
+		if ok && o.Network == network && l.Type() == "veth" && l.Attrs().Group != ReapGroup && !keep(o.ContainerID, o.IfName) {
+			out = append(out, [2]string{o.ContainerID, o.IfName})
 		}
 	}
 	return out, nil
@@ -570,8 +583,10 @@ func family(a netip.Addr) int {
 // bridgeMAC is a stable locally administered MAC for a bridge, so the gateway's MAC never
 // changes as ports come and go (Linux otherwise copies the lowest port MAC).
 func bridgeMAC(name string) net.HardwareAddr {
-	sum := sha256.Sum256([]byte("weft-bridge/" + name))
-	mac := net.HardwareAddr(sum[:6])
+	h := fnv.New64a()
+	h.Write([]byte("weft-bridge/" + name))
+	v := h.Sum64()
+	mac := net.HardwareAddr{byte(v), byte(v >> 8), byte(v >> 16), byte(v >> 24), byte(v >> 32), byte(v >> 40)}
 	mac[0] = (mac[0] | 0x02) &^ 0x01
 	return mac
 }
