@@ -22,6 +22,11 @@ func frame(etherType uint16, payload []byte) []byte {
 	return append(b, payload...)
 }
 
+func addressed(f []byte, mac net.HardwareAddr) []byte {
+	copy(f[0:6], mac)
+	return f
+}
+
 func ipv4(dst string) []byte {
 	h := make([]byte, 20)
 	h[0] = 0x45
@@ -62,6 +67,7 @@ func TestProgram(t *testing.T) {
 	}{
 		{"local IPv4 pod", frame(0x0800, ipv4("10.1.0.5")), tcActRedirect},
 		{"local IPv6 pod", frame(0x86dd, ipv6("fd00::5")), tcActRedirect},
+		{"bridge frame already addressed to the pod", addressed(frame(0x0800, ipv4("10.1.0.5")), podMAC), tcActRedirect},
 		{"remote IPv4", frame(0x0800, ipv4("10.1.0.6")), 0},
 		{"remote IPv6", frame(0x86dd, ipv6("fd00::6")), 0},
 		{"ARP", frame(0x0806, make([]byte, 28)), 0},
