@@ -68,13 +68,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if weftIPAM && contractErr != nil {
 		return contractErr
 	}
-	mtu := conf.MTU
-	if mtu == 0 && node != nil {
-		mtu = node.MTU
-	}
-	if mtu == 0 {
-		mtu = 1500
-	}
+	mtu := podMTU(conf, node)
 
 	ipamDone := make(chan ipamOutcome, 1)
 	go func() { ipamDone <- p.runIPAM(conf, args, env, static, weftIPAM) }()
@@ -103,14 +97,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	defer pending.Close()
 
 	addrs := podAddrs(conf, got.addrs)
-	var prefixes []netip.Prefix
-	var gateways []netip.Addr
-	for _, a := range addrs {
-		prefixes = append(prefixes, a.Address)
-		if a.Gateway.IsValid() {
-			gateways = append(gateways, a.Gateway)
-		}
-	}
+	prefixes, gateways := splitAddrs(addrs)
 	res, err := pending.Configure(prefixes, gateways, routesFor(conf, addrs))
 	pt.mark("configure")
 	if err != nil {
@@ -217,20 +204,11 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return err
 	}
 	node, _ := readContract(conf)
-	mtu := conf.MTU
-	if mtu == 0 && node != nil {
-		mtu = node.MTU
-	}
 	spec := podnet.Spec{
 		Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
-		PTP: conf.Mode == config.ModePTP, Bridge: conf.Bridge, MTU: mtu, Routes: routesFor(conf, addrs),
+		PTP: conf.Mode == config.ModePTP, Bridge: conf.Bridge, MTU: podMTU(conf, node), Routes: routesFor(conf, addrs),
 	}
-	for _, a := range addrs {
-		spec.Addrs = append(spec.Addrs, a.Address)
-		if a.Gateway.IsValid() {
-			spec.Gateways = append(spec.Gateways, a.Gateway)
-		}
-	}
+	spec.Addrs, spec.Gateways = splitAddrs(addrs)
 	if err := podnet.Check(nodeHandle(), spec); err != nil {
 		return types.NewError(types.ErrInternal, "check failed: "+err.Error(), "")
 	}
@@ -371,6 +349,28 @@ func routesFor(conf *config.NetConf, addrs []ipam.IPConfig) []podnet.Route {
 		}
 	}
 	return out
+}
+
+// podMTU is the config's MTU, else the node contract's, else 1500.
+func podMTU(conf *config.NetConf, node *cniapi.NodeContract) int {
+	switch {
+	case conf.MTU != 0:
+		return conf.MTU
+	case node != nil && node.MTU != 0:
+		return node.MTU
+	}
+	return 1500
+}
+
+// splitAddrs separates addresses from their gateways.
+func splitAddrs(addrs []ipam.IPConfig) (prefixes []netip.Prefix, gateways []netip.Addr) {
+	for _, a := range addrs {
+		prefixes = append(prefixes, a.Address)
+		if a.Gateway.IsValid() {
+			gateways = append(gateways, a.Gateway)
+		}
+	}
+	return prefixes, gateways
 }
 
 // podAddrs gives ptp pods host-length addresses (/32, /128): with no on-link subnet,

@@ -6,7 +6,6 @@
 package cniapi
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 
@@ -70,6 +69,3 @@ type Error struct {
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("%s (code %d)", e.Msg, e.Code) }
-
-// Encode is a small helper shared by both ends.
-func Encode(v any) ([]byte, error) { return json.Marshal(v) }

@@ -19,9 +19,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/internal/cniapi"
+	"github.com/weftnet/weft/internal/netns"
 	"github.com/weftnet/weft/internal/probe"
 )
 
@@ -316,37 +316,13 @@ func (l *Lab) save() error {
 	return os.WriteFile(l.stateFile(), b, 0o644)
 }
 
-func createNS(name string) (string, error) {
-	path := filepath.Join("/run/netns", name)
-	if _, err := os.Stat(path); err == nil {
-		return "", fmt.Errorf("network namespace %s already exists", name)
-	}
-	errc := make(chan error, 1)
-	// A fresh goroutine whose thread never returns to the pool: it may end up in the new
-	// namespace, and it dies with the goroutine instead of serving other work there.
-	go func() {
-		lockThreadForever()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-			err = upLoopback(path)
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		return "", fmt.Errorf("create namespace %s: %w", name, err)
-	}
-	return path, nil
-}
+func createNS(name string) (string, error) { return netns.Create(name) }
 
 func deleteNS(path string) error {
 	if path == "" {
 		return nil
 	}
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return netns.DeleteNamed(filepath.Base(path))
+	return netns.Delete(filepath.Base(path))
 }
 
 func pidAlive(pid int) bool {

@@ -66,7 +66,7 @@ type Iface struct {
 	Sandbox string
 }
 
-// Result is what Setup built.
+// Result is what Link and Configure built.
 type Result struct {
 	Bridge *Iface // bridge mode only
 	Host   Iface
@@ -108,20 +108,6 @@ func ParseAlias(alias string) (Owner, bool) {
 		return Owner{}, false
 	}
 	return Owner{Network: parts[0], ContainerID: parts[1], IfName: parts[2], PodMAC: mac}, true
-}
-
-// Setup builds the attachment in one go. On error it removes whatever it created.
-func Setup(node *netlink.Handle, s Spec) (Result, error) {
-	p, err := Link(node, s)
-	if err != nil {
-		return Result{}, err
-	}
-	res, err := p.Configure(s.Addrs, s.Gateways, s.Routes)
-	if err != nil {
-		p.Abort()
-	}
-	p.Close()
-	return res, err
 }
 
 // Pending is an attachment whose links exist but carry no addresses yet. Splitting the
@@ -235,7 +221,7 @@ func (p *Pending) Abort() {
 func (p *Pending) Close() { p.pod.Close() }
 
 // adoptExisting reports whether the pod already has ifName as the peer of our host veth
-// (a repeated ADD), in which case Setup re-applies its configuration to it. An ifName that
+// (a repeated ADD), in which case Configure re-applies its configuration to it. An ifName that
 // is anything else is an error.
 func adoptExisting(node, pod *netlink.Handle, hostName, ifName string) (bool, error) {
 	podLink, err := pod.LinkByName(ifName)

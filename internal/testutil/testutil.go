@@ -7,14 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/internal/netns"
 )
 
 // RequiredEnv, when "1", turns every would-be skip of a privileged test into a failure.
@@ -69,39 +70,19 @@ func NewNS(t testing.TB, hint string) NS {
 	return n
 }
 
-// CreateNS makes a named namespace (as `ip netns add` does) without leaving the calling
-// thread in it.
+// CreateNS makes a named namespace (as `ip netns add` does).
 func CreateNS(name string) (NS, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return NS{}, err
-	}
-	defer orig.Close()
-	h, err := netns.NewNamed(name)
-	if err != nil {
-		_ = netns.Set(orig)
-		return NS{}, fmt.Errorf("create netns %s: %w", name, err)
-	}
-	defer h.Close()
-	if lo, err := netlink.LinkByName("lo"); err == nil {
-		_ = netlink.LinkSetUp(lo)
-	}
-	if err := netns.Set(orig); err != nil {
-		// The thread cannot go home; keep it locked so it dies with the goroutine.
-		panic(fmt.Sprintf("restore namespace: %v", err))
-	}
-	return NS{Name: name, Path: filepath.Join("/run/netns", name)}, nil
+	path, err := netns.Create(name)
+	return NS{Name: name, Path: path}, err
 }
 
 // DeleteNS removes a named namespace.
-func DeleteNS(name string) error { return netns.DeleteNamed(name) }
+func DeleteNS(name string) error { return netns.Delete(name) }
 
 // Handle returns a netlink handle in ns, closed when t ends.
 func (n NS) Handle(t testing.TB) *netlink.Handle {
 	t.Helper()
-	nsh, err := netns.GetFromPath(n.Path)
+	nsh, err := vnetns.GetFromPath(n.Path)
 	if err != nil {
 		t.Fatal(err)
 	}

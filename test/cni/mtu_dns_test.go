@@ -11,7 +11,7 @@ func TestMTUFromConfigAndFromNodeContract(t *testing.T) {
 		plugin string
 		want   int
 	}{
-		{`"mode":"bridge"`, 1450},             // from the node contract
+		{`"mode":"bridge"`, 1450},            // from the node contract
 		{`"mode":"bridge","mtu":1400`, 1400}, // the config wins
 	} {
 		list := n.conflist("1.1.0", "weft", c.plugin)

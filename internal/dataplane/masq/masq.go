@@ -117,36 +117,3 @@ func Apply(rules []Rule) error {
 	}
 	return nil
 }
-
-// Remove deletes weft's NAT table, if present.
-func Remove() error {
-	c, err := nftables.New()
-	if err != nil {
-		return err
-	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return err
-	}
-	for _, t := range tables {
-		if t.Name == TableName {
-			c.DelTable(t)
-			return c.Flush()
-		}
-	}
-	return nil
-}
-
-// Count returns how many rules weft's NAT table holds, for health reporting.
-func Count() (int, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return 0, err
-	}
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
-	rules, err := c.GetRules(t, &nftables.Chain{Name: "postrouting", Table: t})
-	if err != nil {
-		return 0, err
-	}
-	return len(rules), nil
-}
