@@ -27,7 +27,7 @@ func main() {
 type flags struct {
 	configFile, stateDir, runDir, podCIDR, nodeName, metricsAddr, logLevel string
 	mtu                                                                    int
-	masquerade, sysctls, fastpath                                          bool
+	masquerade, sysctls, fastpath, preflight                               bool
 }
 
 func run(args []string) error {
@@ -44,6 +44,7 @@ func run(args []string) error {
 	fs.BoolVar(&f.masquerade, "masquerade", true, "masquerade pod traffic leaving the pod network")
 	fs.BoolVar(&f.sysctls, "manage-sysctls", true, "enable IP forwarding in weftd's network namespace")
 	fs.BoolVar(&f.fastpath, "fastpath", true, "short-cut pod-to-pod traffic on this node with eBPF (falls back when unavailable)")
+	fs.BoolVar(&f.preflight, "preflight", true, "refuse to start when a pod CIDR overlaps this namespace's addresses or routes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -71,7 +72,7 @@ func run(args []string) error {
 	}
 	a, err := agent.New(agent.Options{
 		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, PodCIDRs: cidrs, MTU: f.mtu,
-		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Log: log,
+		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Preflight: f.preflight, Log: log,
 	})
 	if err != nil {
 		return err

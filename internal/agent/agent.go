@@ -17,6 +17,7 @@ import (
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/dataplane/masq"
+	"github.com/weftnet/weft/internal/hostnet"
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netcalc"
 	"github.com/weftnet/weft/internal/podnet"
@@ -34,6 +35,7 @@ type Options struct {
 	MetricsAddr   string
 	ManageSysctls bool
 	Fastpath      bool // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
+	Preflight     bool // refuse to start when a pod CIDR overlaps the node's addresses or routes
 	Masquerade    bool
 	ResyncEvery   time.Duration
 	Log           *slog.Logger
@@ -104,6 +106,11 @@ func (a *Agent) NodeSets() []ipam.RangeSet {
 // Run starts the agent and blocks until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	log := a.opts.Log
+	if a.opts.Preflight {
+		if err := a.preflight(); err != nil {
+			return err
+		}
+	}
 	if freed, err := a.SweepDeadNamespaces(); err != nil {
 		log.Warn("sweep of dead attachments failed", "err", err)
 	} else if len(freed) > 0 {
@@ -199,6 +206,24 @@ func (a *Agent) kickFastpath() {
 }
 
 const reapDelay = 100 * time.Millisecond
+
+// preflight is `weft subnet check --from-host` for the node's pod CIDRs: a pod CIDR that
+// overlaps an address or route of the node would make pods unreachable or hijack traffic.
+func (a *Agent) preflight() error {
+	host, err := hostnet.Prefixes()
+	if err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	conflicts := netcalc.Check(netcalc.CheckRequest{ClusterCIDRs: a.opts.PodCIDRs, Host: host})
+	if len(conflicts) == 0 {
+		return nil
+	}
+	var msgs []string
+	for _, c := range conflicts {
+		msgs = append(msgs, fmt.Sprintf("%s conflicts with %s: %s", c.What, c.With, c.Reason))
+	}
+	return fmt.Errorf("preflight failed (start with --preflight=false to override): %s", strings.Join(msgs, "; "))
+}
 
 // SweepDeadNamespaces frees allocations whose pod namespace no longer exists.
 func (a *Agent) SweepDeadNamespaces() ([]ipam.Allocation, error) {

@@ -21,7 +21,7 @@ func newLabCmd() *cobra.Command {
 	demo := &cobra.Command{
 		Use:   "demo",
 		Short: "Bring a node up, attach pods through weft-cni, ping every pair, tear it all down",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.OutOrStdout(), opts, pods)
 		},
@@ -32,7 +32,7 @@ func newLabCmd() *cobra.Command {
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Remove every namespace, process and file a lab made (safe to repeat)",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := lab.Load(opts.Name)
 			if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -26,7 +27,9 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newStatusCmd(), newPodCmd(), newLabCmd())
+	root.AddCommand(newStatusCmd(), newPodCmd(), newLabCmd(), newSubnetCmd(), newMTUCmd(), newNetworkCmd())
+	// A malformed flag value is bad input: exit code 2, one line naming it.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &ExitError{Code: 2, Err: err} })
 	return root
 }
 
@@ -38,6 +41,9 @@ func Main(args []string) int {
 		fmt.Fprintln(os.Stderr, "weft:", err)
 		if e, ok := err.(*ExitError); ok {
 			return e.Code
+		}
+		if strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") {
+			return 2
 		}
 		return 1
 	}

@@ -20,7 +20,7 @@ func newStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Say whether weftd is up, its node contract, and address usage",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := struct {
 				Up        bool                 `json:"up"`
@@ -72,7 +72,7 @@ func newPodCmd() *cobra.Command {
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List each attachment: network, container, interface, addresses, identity",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			resp, err := cniapi.Client{Socket: socket}.Do(cniapi.Request{Op: cniapi.OpList})
 			if err != nil {

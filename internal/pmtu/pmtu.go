@@ -42,10 +42,10 @@ type Options struct {
 type outcome int
 
 const (
-	answered outcome = iota
-	tooBig           // a hop said so, with its MTU
-	tooBigLocal      // our own device refused it
-	silent           // no answer at all
+	answered    outcome = iota
+	tooBig              // a hop said so, with its MTU
+	tooBigLocal         // our own device refused it
+	silent              // no answer at all
 )
 
 // Probe runs the search.
