@@ -30,9 +30,11 @@ if [ $rc -ne 0 ]; then
 fi
 
 echo "== fuzz (brief)"
-for target in FuzzParse FuzzParseAddrOrPrefix; do
-  if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime 10s ./internal/config/ >"$log.fuzz" 2>&1; then
-    cat "$log.fuzz"; rc=1
+for spec in config:FuzzParse config:FuzzParseAddrOrPrefix netcalc:FuzzSplitSummarize \
+            netcalc:FuzzSummarizeExact cli:FuzzSubnetCLI; do
+  pkg=${spec%%:*} target=${spec#*:}
+  if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime 8s "./internal/$pkg/" >"$log.fuzz" 2>&1; then
+    echo "fuzz $target failed:"; cat "$log.fuzz"; rc=1
   fi
 done
 rm -f "$log.fuzz"

@@ -51,8 +51,8 @@ func PodMTU(device string, underlay int, encap string, underlayV6 bool) (Result,
 	if underlayV6 {
 		over = o.V6
 	}
-	if underlay < 68 || underlay > 65535 {
-		return Result{}, fmt.Errorf("underlay MTU %d is outside 68..65535", underlay)
+	if underlay < 68 || underlay > 65536 {
+		return Result{}, fmt.Errorf("underlay MTU %d is outside 68..65536", underlay)
 	}
 	r := Result{Device: device, UnderlayMTU: underlay, Encap: encap, Overhead: over, PodMTU: underlay - over}
 	if r.PodMTU < MinMTU {

@@ -42,14 +42,14 @@ func TestWeftCNIStaysLean(t *testing.T) {
 
 // Level 0 and 1 packages are pure: no kernel or datastore library.
 func TestPurePackagesTouchNoKernel(t *testing.T) {
-	for _, pkg := range []string{"netcalc", "ipam", "config", "cniapi"} {
+	for _, pkg := range []string{"netcalc", "ipam", "config", "cniapi", "mtu", "network", "reconcile"} {
 		forbid(t, "github.com/weftnet/weft/internal/"+pkg, kernelAndStores...)
 	}
 }
 
 // Adapters do not import each other, nor the composition layer.
 func TestAdaptersStayApart(t *testing.T) {
-	adapters := []string{"podnet", "dataplane/masq", "dataplane/fastpath", "store/boltstore"}
+	adapters := []string{"podnet", "dataplane/masq", "dataplane/fastpath", "store/boltstore", "hostnet", "pmtu", "netns"}
 	for _, a := range adapters {
 		var others []string
 		for _, b := range adapters {
