@@ -31,7 +31,7 @@ fi
 
 echo "== fuzz (brief)"
 for spec in config:FuzzParse config:FuzzParseAddrOrPrefix netcalc:FuzzSplitSummarize \
-            netcalc:FuzzSummarizeExact cli:FuzzSubnetCLI; do
+            netcalc:FuzzSummarizeExact netcalc:FuzzParseCIDR network:FuzzParsePool cli:FuzzSubnetCLI; do
   pkg=${spec%%:*} target=${spec#*:}
   if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime 8s "./internal/$pkg/" >"$log.fuzz" 2>&1; then
     echo "fuzz $target failed:"; cat "$log.fuzz"; rc=1

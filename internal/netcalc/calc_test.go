@@ -208,3 +208,23 @@ func coveredBy(p netip.Prefix, set []netip.Prefix) bool {
 	}
 	return len(parts) > 0 && Count(parts).Cmp(Size(p)) == 0
 }
+
+// FuzzParseCIDR: a parsed CIDR describes and splits without panicking; a rejected one names
+// the token.
+func FuzzParseCIDR(f *testing.F) {
+	for _, s := range []string{"10.0.0.0/8", "::ffff:1.2.3.4/128", "fd00::/0", "1.2.3.4", "/", "::/129"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParseCIDR(s)
+		if err != nil {
+			if !strings.Contains(err.Error(), fmt.Sprintf("%q", s)) {
+				t.Fatalf("error %q does not name %q", err, s)
+			}
+			return
+		}
+		_ = Describe(p)
+		_, _ = SplitCount(p, 3)
+		_ = Class(p)
+	})
+}

@@ -111,3 +111,15 @@ func TestParsePool(t *testing.T) {
 		t.Error("long names need a hashed bridge name")
 	}
 }
+
+func FuzzParsePool(f *testing.F) {
+	for _, s := range []string{"10.89.0.0/16:24", "fd00::/48:64", "x", "1.2.3.4/0:30"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := ParsePool(s)
+		if err == nil && (p.Size < p.Base.Bits() || p.Size > p.Base.Addr().BitLen()-2) {
+			t.Fatalf("%q gave block size %d outside %s", s, p.Size, p.Base)
+		}
+	})
+}
