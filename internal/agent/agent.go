@@ -52,6 +52,9 @@ type Agent struct {
 
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
+
+	natMu   sync.Mutex // one NAT render at a time
+	portsMu sync.Mutex // host-port clash check and allocation happen as one step
 }
 
 // New opens the node store and prepares the agent; Run starts it.
@@ -173,10 +176,26 @@ func (a *Agent) Run(ctx context.Context) error {
 // syncDataplane renders and applies the node's NAT; failures are reported through STATUS
 // and retried at the next resync.
 func (a *Agent) syncDataplane() {
-	if !a.opts.Masquerade {
-		return
+	a.natMu.Lock()
+	defer a.natMu.Unlock()
+	t := masq.Table{PodCIDRs: a.opts.PodCIDRs}
+	if a.opts.Masquerade {
+		t.Masq = masq.Rules(a.opts.PodCIDRs, nil)
 	}
-	err := masq.Apply(masq.Rules(a.opts.PodCIDRs, nil))
+	allocs, err := a.alloc.List()
+	if err == nil {
+		for _, al := range allocs {
+			for _, m := range al.Ports {
+				for _, ip := range al.IPs {
+					if m.HostIP.IsValid() && m.HostIP.Is4() != ip.Address.Addr().Is4() {
+						continue
+					}
+					t.Ports = append(t.Ports, masq.PortRule{Mapping: m, PodIP: ip.Address.Addr()})
+				}
+			}
+		}
+		err = masq.Apply(t)
+	}
 	a.setProblem("nat", err)
 	if err != nil {
 		a.opts.Log.Error("NAT sync failed", "err", err)

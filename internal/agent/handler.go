@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/weftnet/weft/internal/cniapi"
@@ -31,9 +32,20 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		if len(sets) == 0 {
 			sets = a.NodeSets()
 		}
-		al, reused, err := a.alloc.Allocate(ipam.Request{Key: req.Key, Netns: req.Netns, Sets: sets, Static: req.Static, Meta: req.Meta})
+		if len(req.Ports) > 0 {
+			// Published ports are live when ADD returns, so the table is rendered now.
+			a.portsMu.Lock()
+			defer a.portsMu.Unlock()
+			if e := a.portClash(req); e != nil {
+				return cniapi.Response{Error: e}
+			}
+		}
+		al, reused, err := a.alloc.Allocate(ipam.Request{Key: req.Key, Netns: req.Netns, Sets: sets, Static: req.Static, Meta: req.Meta, Ports: req.Ports})
 		if err != nil {
 			return cniapi.Response{Error: errCode(err)}
+		}
+		if len(al.Ports) > 0 {
+			a.syncDataplane()
 		}
 		a.kickFastpath()
 		return cniapi.Response{Allocation: &al, Reused: reused}
@@ -41,8 +53,12 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		if req.Reap {
 			a.reaper.Trigger()
 		}
-		if _, _, err := a.alloc.Release(req.Key); err != nil {
+		prev, _, err := a.alloc.Release(req.Key)
+		if err != nil {
 			return cniapi.Response{Error: errCode(err)}
+		}
+		if len(prev.Ports) > 0 {
+			a.syncDataplane()
 		}
 		a.kickFastpath()
 		return cniapi.Response{}
@@ -74,6 +90,8 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 			return cniapi.Response{Error: errCode(err)}
 		}
 		if len(freed) > 0 {
+			a.syncDataplane()
+			a.kickFastpath()
 			keys := make([]ipam.Key, len(freed))
 			for i, f := range freed {
 				keys[i] = f.Key
@@ -86,6 +104,27 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		return cniapi.Response{Status: &st}
 	}
 	return fail(cniapi.CodeInvalidConfig, "unknown op "+req.Op)
+}
+
+// portClash refuses a host port another attachment already publishes.
+func (a *Agent) portClash(req cniapi.Request) *cniapi.Error {
+	all, err := a.alloc.List()
+	if err != nil {
+		return errCode(err)
+	}
+	for _, al := range all {
+		if al.Key == req.Key {
+			continue
+		}
+		for _, theirs := range al.Ports {
+			for _, ours := range req.Ports {
+				if ours.Clashes(theirs) {
+					return &cniapi.Error{Code: cniapi.CodePortInUse, Msg: fmt.Sprintf("host port %s is already published by %s (%s)", ours, al.Key, theirs)}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func fail(code uint, msg string) cniapi.Response {

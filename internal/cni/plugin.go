@@ -118,6 +118,9 @@ type ipamOutcome struct {
 
 func (p *Plugin) runIPAM(conf *config.NetConf, args *skel.CmdArgs, env map[string]string, static []netip.Addr, weftIPAM bool) ipamOutcome {
 	if !weftIPAM {
+		if len(conf.RuntimeConfig.PortMappings) > 0 {
+			return ipamOutcome{err: types.NewError(types.ErrInvalidNetworkConfig, "portMappings are published by weftd and need weft's IPAM; with ipam "+conf.IPAM.Type+", chain the portmap plugin instead", "")}
+		}
 		r, err := delegate(conf, args, "ADD")
 		if err != nil {
 			return ipamOutcome{err: err}
@@ -302,7 +305,11 @@ func (p *Plugin) allocate(conf *config.NetConf, key ipam.Key, netns string, stat
 	if err != nil {
 		return nil, false, err
 	}
-	resp, err := agent(conf).Do(cniapi.Request{Op: cniapi.OpAllocate, Key: key, Netns: netns, Sets: sets, Static: static, Meta: meta})
+	ports, err := conf.Ports()
+	if err != nil {
+		return nil, false, err
+	}
+	resp, err := agent(conf).Do(cniapi.Request{Op: cniapi.OpAllocate, Key: key, Netns: netns, Sets: sets, Static: static, Meta: meta, Ports: ports})
 	if err != nil {
 		return nil, false, asCNIError(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/ipam"
 )
 
@@ -32,6 +33,7 @@ const (
 	CodeExhausted        = 100 // no free address in the pool
 	CodeAddressInUse     = 101 // a requested static address is held by another attachment
 	CodeNotInRange       = 102 // a requested static address fits no range
+	CodePortInUse        = 103 // a host port is already published by another attachment
 	CodeInternal         = 999
 )
 
@@ -43,6 +45,7 @@ type Request struct {
 	Sets   []ipam.RangeSet   `json:"sets,omitempty"` // empty: the node's pod CIDRs
 	Static []netip.Addr      `json:"static,omitempty"`
 	Meta   map[string]string `json:"meta,omitempty"`
+	Ports  []v1.PortMapping  `json:"ports,omitempty"` // allocate: ports to publish on the node
 	Valid  []ipam.Key        `json:"valid,omitempty"` // GC: attachments still in use
 	Reap   bool              `json:"reap,omitempty"`  // release: a veth was retired, reap it
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	v1 "github.com/weftnet/weft/api/v1"
+
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netcalc"
 )
@@ -97,7 +99,7 @@ type RangeConf struct {
 type RuntimeConfig struct {
 	IPs          []string          `json:"ips,omitempty"`
 	Mac          string            `json:"mac,omitempty"`
-	PortMappings json.RawMessage   `json:"portMappings,omitempty"`
+	PortMappings []rawPortMapping  `json:"portMappings,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
 	DNS          *RuntimeDNS       `json:"dns,omitempty"`
 }
@@ -108,6 +110,34 @@ func (r *RuntimeConfig) UnmarshalJSON(b []byte) error {
 		return decodeErr("runtimeConfig: %v", err)
 	}
 	return nil
+}
+
+// rawPortMapping is the portMappings capability as runtimes send it.
+type rawPortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	HostIP        string `json:"hostIP"`
+}
+
+// Ports returns the validated port mappings.
+func (c *NetConf) Ports() ([]v1.PortMapping, error) {
+	var out []v1.PortMapping
+	for _, r := range c.RuntimeConfig.PortMappings {
+		m := v1.PortMapping{HostPort: r.HostPort, ContainerPort: r.ContainerPort, Protocol: r.Protocol}
+		if r.HostIP != "" {
+			a, err := netip.ParseAddr(r.HostIP)
+			if err != nil {
+				return nil, invalid("runtimeConfig.portMappings: hostIP %q is not an IP address", r.HostIP)
+			}
+			m.HostIP = a
+		}
+		if err := m.Validate(); err != nil {
+			return nil, invalid("runtimeConfig.portMappings: %v", err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 // RuntimeDNS is the "dns" capability. CRI sends the keys capitalised; encoding/json
@@ -193,6 +223,9 @@ func (c *NetConf) validate() error {
 		if _, err := net.ParseMAC(c.RuntimeConfig.Mac); err != nil {
 			return invalid("runtimeConfig.mac %q is not a MAC address", c.RuntimeConfig.Mac)
 		}
+	}
+	if _, err := c.Ports(); err != nil {
+		return err
 	}
 	for _, s := range c.RuntimeConfig.IPs {
 		if _, err := ParseAddrOrPrefix(s); err != nil {

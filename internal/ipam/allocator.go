@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/netcalc"
 )
 
@@ -17,6 +18,7 @@ type Request struct {
 	Sets   []RangeSet
 	Static []netip.Addr // wanted addresses; each must fall in one of the sets
 	Meta   map[string]string
+	Ports  []v1.PortMapping
 }
 
 // Allocator hands out and takes back addresses.
@@ -44,7 +46,7 @@ func (a *Allocator) Allocate(req Request) (out Allocation, reused bool, err erro
 			out, reused = prev, true
 			return nil
 		}
-		alloc := Allocation{Key: req.Key, Netns: req.Netns, Created: a.now().UTC(), Meta: req.Meta}
+		alloc := Allocation{Key: req.Key, Netns: req.Netns, Created: a.now().UTC(), Meta: req.Meta, Ports: req.Ports}
 		static := slices.Clone(req.Static)
 		cursors := map[netip.Prefix]netip.Addr{}
 		for _, set := range sets {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"time"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/netcalc"
 )
 
@@ -48,6 +49,7 @@ type Allocation struct {
 	IPs     []IPConfig        `json:"ips"`
 	Created time.Time         `json:"created"`
 	Meta    map[string]string `json:"meta,omitempty"`
+	Ports   []v1.PortMapping  `json:"ports,omitempty"` // published on the node
 }
 
 // Range is one contiguous block of assignable addresses within a subnet.

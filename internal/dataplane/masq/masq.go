@@ -57,8 +57,10 @@ func Exprs(r Rule) []expr.Any {
 }
 
 // NotrackExprs compiles the pod-to-pod exemption for one pod network:
-// meta nfproto X; ip saddr P; ip daddr P; notrack. Pod-to-pod traffic is never NATed, so
-// tracking it would only cost a conntrack lookup per packet.
+// meta nfproto X; ip saddr P; ip daddr P; fib daddr type != local; notrack. Pod-to-pod
+// traffic is never NATed, so tracking it would only cost a conntrack lookup per packet.
+// Traffic to the node's own addresses in P (the gateway) stays tracked: it may be the
+// answer to a hairpinned published port, which conntrack must translate back.
 func NotrackExprs(p netip.Prefix) []expr.Any {
 	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
 	if p.Addr().Is6() {
@@ -71,6 +73,10 @@ func NotrackExprs(p netip.Prefix) []expr.Any {
 	}
 	ex = append(ex, match(off, size, p, expr.CmpOpEq)...)
 	ex = append(ex, match(off+size, size, p, expr.CmpOpEq)...)
+	ex = append(ex,
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeUint32(unix.RTN_LOCAL)},
+	)
 	return append(ex, &expr.Notrack{})
 }
 
@@ -86,31 +92,39 @@ func match(offset, size uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
 	}
 }
 
-// Apply replaces weft's NAT table in the current network namespace with rules.
-func Apply(rules []Rule) error {
+// Table is everything weft's NAT table holds.
+type Table struct {
+	Masq     []Rule
+	PodCIDRs []netip.Prefix // pod-to-pod is not tracked, and hairpinned ports are masqueraded
+	Ports    []PortRule
+}
+
+// Apply replaces weft's NAT table in the current network namespace with t, in one
+// transaction.
+func Apply(t Table) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	table := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
 	c.FlushTable(table)
-	chain := c.AddChain(&nftables.Chain{
-		Name:     "postrouting",
-		Table:    table,
-		Type:     nftables.ChainTypeNAT,
-		Hooknum:  nftables.ChainHookPostrouting,
-		Priority: nftables.ChainPriorityNATSource,
-	})
-	raw := c.AddChain(&nftables.Chain{
-		Name:     "prerouting",
-		Table:    table,
-		Type:     nftables.ChainTypeFilter,
-		Hooknum:  nftables.ChainHookPrerouting,
-		Priority: nftables.ChainPriorityRaw,
-	})
-	for _, r := range rules {
-		c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: Exprs(r)})
-		c.AddRule(&nftables.Rule{Table: table, Chain: raw, Exprs: NotrackExprs(r.Source)})
+	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		return c.AddChain(&nftables.Chain{Name: name, Table: table, Type: typ, Hooknum: hook, Priority: prio})
+	}
+	post := chain("postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
+	raw := chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
+	pre := chain("ports", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
+	out := chain("ports-local", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
+	for _, p := range t.PodCIDRs {
+		c.AddRule(&nftables.Rule{Table: table, Chain: raw, Exprs: NotrackExprs(p)})
+		c.AddRule(&nftables.Rule{Table: table, Chain: post, Exprs: HairpinExprs(p)})
+	}
+	for _, r := range t.Masq {
+		c.AddRule(&nftables.Rule{Table: table, Chain: post, Exprs: Exprs(r)})
+	}
+	for _, r := range t.Ports {
+		c.AddRule(&nftables.Rule{Table: table, Chain: pre, Exprs: DNATExprs(r)})
+		c.AddRule(&nftables.Rule{Table: table, Chain: out, Exprs: DNATExprs(r)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("apply table %s: %w", TableName, err)

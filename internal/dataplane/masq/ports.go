@@ -1,0 +1,93 @@
+package masq
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	v1 "github.com/weftnet/weft/api/v1"
+)
+
+// PortRule publishes one pod port: traffic to a local address (or HostIP) on HostPort is
+// sent to PodIP:ContainerPort.
+type PortRule struct {
+	Mapping v1.PortMapping
+	PodIP   netip.Addr
+}
+
+// DNATExprs compiles a port rule:
+// meta nfproto X; (fib daddr type local | ip daddr HostIP); meta l4proto P; th dport H;
+// dnat to PodIP:C.
+func DNATExprs(r PortRule) []expr.Any {
+	proto, daddrOff := byte(unix.NFPROTO_IPV4), uint32(16)
+	if r.PodIP.Is6() {
+		proto, daddrOff = byte(unix.NFPROTO_IPV6), 24
+	}
+	ex := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+	if r.Mapping.HostIP.IsValid() {
+		ex = append(ex,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: uint32(r.PodIP.BitLen() / 8)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: r.Mapping.HostIP.AsSlice()},
+		)
+	} else {
+		ex = append(ex,
+			&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nativeUint32(unix.RTN_LOCAL)},
+		)
+	}
+	l4 := byte(unix.IPPROTO_TCP)
+	if r.Mapping.Protocol == "udp" {
+		l4 = unix.IPPROTO_UDP
+	}
+	ex = append(ex,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port(r.Mapping.HostPort)},
+		&expr.Immediate{Register: 1, Data: r.PodIP.AsSlice()},
+		&expr.Immediate{Register: 2, Data: port(r.Mapping.ContainerPort)},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(proto), RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+	)
+	return ex
+}
+
+// HairpinExprs masquerades a pod reaching a published port that leads back into the pod
+// network (its own, or a neighbour's), so the answer returns through the node:
+// ct status dnat; ip saddr P; ip daddr P; masquerade.
+func HairpinExprs(p netip.Prefix) []expr.Any {
+	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
+	if p.Addr().Is6() {
+		proto, off = byte(unix.NFPROTO_IPV6), 8
+	}
+	size := uint32(p.Addr().BitLen() / 8)
+	ex := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+	ex = append(ex, match(off, size, p, expr.CmpOpEq)...)
+	ex = append(ex, match(off+size, size, p, expr.CmpOpEq)...)
+	return append(ex, &expr.Masq{})
+}
+
+// ipsDstNAT is IPS_DST_NAT from linux/netfilter/nf_conntrack_common.h.
+const ipsDstNAT = 1 << 5
+
+func port(p int) []byte {
+	b := make([]byte, 2)
+	binary.BigEndian.PutUint16(b, uint16(p))
+	return b
+}
+
+func nativeUint32(v uint32) []byte {
+	b := make([]byte, 4)
+	binary.NativeEndian.PutUint32(b, v)
+	return b
+}
