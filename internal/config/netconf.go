@@ -224,9 +224,8 @@ func (c *NetConf) validate() error {
 			return invalid("runtimeConfig.mac %q is not a MAC address", c.RuntimeConfig.Mac)
 		}
 	}
-	if _, err := c.Ports(); err != nil {
-		return err
-	}
+	// Port mappings are checked by ADD alone (NetConf.Ports): a DEL carrying the same bad
+	// mappings must still be able to clean up.
 	for _, s := range c.RuntimeConfig.IPs {
 		if _, err := ParseAddrOrPrefix(s); err != nil {
 			return invalid("runtimeConfig.ips: %v", err)

@@ -20,7 +20,7 @@ func TestParseDefaultsAndKeys(t *testing.T) {
 		t.Fatal("no ipam section must mean weft's IPAM")
 	}
 	c, err = Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"weft-cni","mode":"ptp","mtu":1450,
-		"runtimeConfig":{"ips":["10.0.0.9/24"],"mac":"02:00:00:00:00:01","portMappings":[{"hostPort":80}],"somethingElse":1,
+		"runtimeConfig":{"ips":["10.0.0.9/24"],"mac":"02:00:00:00:00:01","portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"}],"somethingElse":1,
 		  "dns":{"Servers":["10.96.0.10"],"Searches":["svc.cluster.local"]}},
 		"args":{"cni":{"labels":[{"key":"app","value":"web"}]},"other":true},
 		"prevResult":{"cniVersion":"1.0.0"},"cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}`))
@@ -32,6 +32,19 @@ func TestParseDefaultsAndKeys(t *testing.T) {
 	}
 	if c.Args.CNI.Labels[0].Key != "app" || len(c.ValidAttachments) != 1 {
 		t.Fatalf("args/labels/attachments: %+v", c)
+	}
+	ports, err := c.Ports()
+	if err != nil || len(ports) != 1 || ports[0].Protocol != "tcp" || ports[0].HostPort != 8080 {
+		t.Fatalf("ports %+v %v", ports, err)
+	}
+	for _, bad := range []string{`[{"hostPort":0,"containerPort":80}]`, `[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]`, `[{"hostPort":80,"containerPort":80,"hostIP":"x"}]`} {
+		c, err := Parse([]byte(`{"name":"n","runtimeConfig":{"portMappings":` + bad + `}}`))
+		if err != nil {
+			t.Fatalf("Parse must leave port mappings to ADD: %v", err)
+		}
+		if _, err := c.Ports(); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
 	}
 }
 
