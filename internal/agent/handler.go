@@ -40,7 +40,7 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 				return cniapi.Response{Error: e}
 			}
 		}
-		al, reused, err := a.alloc.Allocate(ipam.Request{Key: req.Key, Netns: req.Netns, Sets: sets, Static: req.Static, Meta: req.Meta, Ports: req.Ports})
+		al, reused, err := a.alloc.Allocate(ipam.Request{Key: req.Key, Netns: req.Netns, Sets: sets, Static: req.Static, Pod: req.Pod, Ports: req.Ports})
 		if err != nil {
 			return cniapi.Response{Error: errCode(err)}
 		}
@@ -101,6 +101,16 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		return cniapi.Response{Allocations: freed}
 	case cniapi.OpStatus:
 		st := a.Status()
+		_ = a.store.View(func(tx ipam.Tx) error {
+			for _, set := range a.NodeSets() {
+				used, free, err := ipam.Usage(tx, set[0])
+				if err != nil {
+					return err
+				}
+				st.Pools = append(st.Pools, cniapi.PoolUsage{CIDR: set[0].Subnet.String(), Allocated: used.String(), Free: free.String()})
+			}
+			return nil
+		})
 		return cniapi.Response{Status: &st}
 	}
 	return fail(cniapi.CodeInvalidConfig, "unknown op "+req.Op)

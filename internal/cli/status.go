@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/ipam"
 )
@@ -28,6 +29,7 @@ func newStatusCmd() *cobra.Command {
 				Problems  []string             `json:"problems,omitempty"`
 				Node      *cniapi.NodeContract `json:"node,omitempty"`
 				Allocated int                  `json:"allocated"`
+				Pools     []cniapi.PoolUsage   `json:"pools,omitempty"`
 				Error     string               `json:"error,omitempty"`
 			}{}
 			c := cniapi.Client{Socket: socket}
@@ -35,7 +37,7 @@ func newStatusCmd() *cobra.Command {
 			if err != nil {
 				out.Error = err.Error()
 			} else {
-				out.Up, out.Ready, out.Problems = true, resp.Status.Ready, resp.Status.Problems
+				out.Up, out.Ready, out.Problems, out.Pools = true, resp.Status.Ready, resp.Status.Problems, resp.Status.Pools
 				if list, err := c.Do(cniapi.Request{Op: cniapi.OpList}); err == nil {
 					out.Allocated = len(list.Allocations)
 				}
@@ -57,7 +59,10 @@ func newStatusCmd() *cobra.Command {
 			if out.Node != nil {
 				fmt.Fprintf(w, "node: %s  pod CIDRs: %v  MTU: %d  fabric: %s\n", out.Node.NodeName, out.Node.PodCIDRs, out.Node.MTU, out.Node.Fabric)
 			}
-			fmt.Fprintf(w, "addresses allocated: %d\n", out.Allocated)
+			fmt.Fprintf(w, "attachments: %d\n", out.Allocated)
+			for _, p := range out.Pools {
+				fmt.Fprintf(w, "pool %s: %s allocated, %s free\n", p.CIDR, p.Allocated, p.Free)
+			}
 			return nil
 		},
 	}
@@ -78,26 +83,27 @@ func newPodCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			allocs := resp.Allocations
-			sort.Slice(allocs, func(i, j int) bool { return allocs[i].Key.String() < allocs[j].Key.String() })
+			pods := attachments(resp.Allocations)
 			if output == "json" {
-				if allocs == nil {
-					allocs = []ipam.Allocation{}
-				}
-				return printJSON(cmd.OutOrStdout(), allocs)
+				return printJSON(cmd.OutOrStdout(), pods)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tNAMESPACE\tCONTAINER\tIFACE\tADDRESSES\tNETWORK")
-			for _, a := range allocs {
+			fmt.Fprintln(tw, "NAME\tNAMESPACE\tCONTAINER\tIFACE\tADDRESSES\tNETWORK\tLABELS")
+			for _, p := range pods {
 				var ips []string
-				for _, ip := range a.IPs {
-					ips = append(ips, ip.Address.String())
+				for _, ip := range p.IPs {
+					ips = append(ips, ip.String())
 				}
-				cid := a.ContainerID
+				cid := p.ContainerID
 				if len(cid) > 12 {
 					cid = cid[:12]
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(a.Meta["K8S_POD_NAME"]), dash(a.Meta["K8S_POD_NAMESPACE"]), cid, a.IfName, strings.Join(ips, ","), a.Network)
+				var labels []string
+				for k, v := range p.Labels {
+					labels = append(labels, k+"="+v)
+				}
+				sort.Strings(labels)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Name), dash(p.Namespace), cid, p.IfName, strings.Join(ips, ","), p.Network, dash(strings.Join(labels, ",")))
 			}
 			return tw.Flush()
 		},
@@ -106,6 +112,28 @@ func newPodCmd() *cobra.Command {
 	ls.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	pod.AddCommand(ls)
 	return pod
+}
+
+// attachments turns the agent's records into the `weft pod ls` view, sorted.
+func attachments(allocs []ipam.Allocation) []v1.Attachment {
+	out := make([]v1.Attachment, 0, len(allocs))
+	for _, a := range allocs {
+		v := v1.Attachment{ContainerID: a.ContainerID, IfName: a.IfName, Network: a.Network, Ports: a.Ports, Netns: a.Netns, Created: a.Created}
+		if a.Pod != nil {
+			v.PodIdentity = *a.Pod
+		}
+		for _, ip := range a.IPs {
+			v.IPs = append(v.IPs, ip.Address)
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Namespace+"/"+out[i].Name != out[j].Namespace+"/"+out[j].Name {
+			return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name
+		}
+		return out[i].ContainerID+out[i].IfName < out[j].ContainerID+out[j].IfName
+	})
+	return out
 }
 
 func dash(s string) string {

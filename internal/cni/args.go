@@ -1,6 +1,7 @@
 package cni
 
 import (
+	v1 "github.com/weftnet/weft/api/v1"
 	"net/netip"
 	"strings"
 
@@ -46,24 +47,24 @@ func staticAddrs(conf *config.NetConf, args map[string]string) ([]netip.Addr, er
 	return out, nil
 }
 
-// podMeta records what the runtime told us about the pod, for `weft pod ls` and services.
-func podMeta(conf *config.NetConf, args map[string]string) map[string]string {
-	meta := map[string]string{}
-	for _, k := range []string{"K8S_POD_NAME", "K8S_POD_NAMESPACE", "K8S_POD_UID"} {
-		if v := args[k]; v != "" {
-			meta[k] = v
-		}
-	}
+// podIdentity records what the runtime told us about the pod, for `weft pod ls` and, later,
+// services and policy.
+func podIdentity(conf *config.NetConf, args map[string]string) *v1.PodIdentity {
+	id := v1.PodIdentity{Name: args["K8S_POD_NAME"], Namespace: args["K8S_POD_NAMESPACE"], UID: args["K8S_POD_UID"]}
+	labels := map[string]string{}
 	for k, v := range conf.RuntimeConfig.Labels {
-		meta["label:"+k] = v
+		labels[k] = v
 	}
 	if conf.Args != nil {
 		for _, l := range conf.Args.CNI.Labels {
-			meta["label:"+l.Key] = l.Value
+			labels[l.Key] = l.Value
 		}
 	}
-	if len(meta) == 0 {
+	if len(labels) > 0 {
+		id.Labels = labels
+	}
+	if id.IsZero() {
 		return nil
 	}
-	return meta
+	return &id
 }

@@ -68,7 +68,7 @@ func (p *Plugin) ipamAdd(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
 	key := ipam.Key{Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName}
-	alloc, _, err := p.allocate(nc, key, args.Netns, static, podMeta(nc, env))
+	alloc, _, err := p.allocate(nc, key, args.Netns, static, podIdentity(nc, env))
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types/create"
 	"github.com/vishvananda/netlink"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/config"
 	"github.com/weftnet/weft/internal/ipam"
@@ -128,7 +129,7 @@ func (p *Plugin) runIPAM(conf *config.NetConf, args *skel.CmdArgs, env map[strin
 		return ipamOutcome{addrs: allocFromResult(r), release: func() { _, _ = delegate(conf, args, "DEL") }}
 	}
 	key := ipam.Key{Network: conf.Name, ContainerID: args.ContainerID, IfName: args.IfName}
-	alloc, reused, err := p.allocate(conf, key, args.Netns, static, podMeta(conf, env))
+	alloc, reused, err := p.allocate(conf, key, args.Netns, static, podIdentity(conf, env))
 	if err != nil {
 		return ipamOutcome{err: err}
 	}
@@ -300,7 +301,7 @@ func agentStatus(socket string) error {
 
 // allocate asks the agent for the attachment's addresses; reused reports that they were
 // allocated by an earlier ADD, so a failure now must not release them.
-func (p *Plugin) allocate(conf *config.NetConf, key ipam.Key, netns string, static []netip.Addr, meta map[string]string) (alloc *ipam.Allocation, reused bool, err error) {
+func (p *Plugin) allocate(conf *config.NetConf, key ipam.Key, netns string, static []netip.Addr, pod *v1.PodIdentity) (alloc *ipam.Allocation, reused bool, err error) {
 	sets, err := conf.IPAM.RangeSets()
 	if err != nil {
 		return nil, false, err
@@ -309,7 +310,7 @@ func (p *Plugin) allocate(conf *config.NetConf, key ipam.Key, netns string, stat
 	if err != nil {
 		return nil, false, err
 	}
-	resp, err := agent(conf).Do(cniapi.Request{Op: cniapi.OpAllocate, Key: key, Netns: netns, Sets: sets, Static: static, Meta: meta, Ports: ports})
+	resp, err := agent(conf).Do(cniapi.Request{Op: cniapi.OpAllocate, Key: key, Netns: netns, Sets: sets, Static: static, Pod: pod, Ports: ports})
 	if err != nil {
 		return nil, false, asCNIError(err)
 	}

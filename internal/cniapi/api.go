@@ -39,15 +39,15 @@ const (
 
 // Request is what weft-cni asks of the agent.
 type Request struct {
-	Op     string            `json:"op"`
-	Key    ipam.Key          `json:"key"`
-	Netns  string            `json:"netns,omitempty"`
-	Sets   []ipam.RangeSet   `json:"sets,omitempty"` // empty: the node's pod CIDRs
-	Static []netip.Addr      `json:"static,omitempty"`
-	Meta   map[string]string `json:"meta,omitempty"`
-	Ports  []v1.PortMapping  `json:"ports,omitempty"` // allocate: ports to publish on the node
-	Valid  []ipam.Key        `json:"valid,omitempty"` // GC: attachments still in use
-	Reap   bool              `json:"reap,omitempty"`  // release: a veth was retired, reap it
+	Op     string           `json:"op"`
+	Key    ipam.Key         `json:"key"`
+	Netns  string           `json:"netns,omitempty"`
+	Sets   []ipam.RangeSet  `json:"sets,omitempty"` // empty: the node's pod CIDRs
+	Static []netip.Addr     `json:"static,omitempty"`
+	Pod    *v1.PodIdentity  `json:"pod,omitempty"`
+	Ports  []v1.PortMapping `json:"ports,omitempty"` // allocate: ports to publish on the node
+	Valid  []ipam.Key       `json:"valid,omitempty"` // GC: attachments still in use
+	Reap   bool             `json:"reap,omitempty"`  // release: a veth was retired, reap it
 }
 
 // Response carries the outcome of one Request.
@@ -61,8 +61,16 @@ type Response struct {
 
 // Status describes the agent's health for CNI STATUS and `weft status`.
 type Status struct {
-	Ready    bool     `json:"ready"`
-	Problems []string `json:"problems,omitempty"`
+	Ready    bool        `json:"ready"`
+	Problems []string    `json:"problems,omitempty"`
+	Pools    []PoolUsage `json:"pools,omitempty"`
+}
+
+// PoolUsage counts the addresses of one node pod CIDR (decimal strings: IPv6 is large).
+type PoolUsage struct {
+	CIDR      string `json:"cidr"`
+	Allocated string `json:"allocated"`
+	Free      string `json:"free"`
 }
 
 // Error is an error with a CNI code.

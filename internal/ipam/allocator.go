@@ -17,7 +17,7 @@ type Request struct {
 	Netns  string
 	Sets   []RangeSet
 	Static []netip.Addr // wanted addresses; each must fall in one of the sets
-	Meta   map[string]string
+	Pod    *v1.PodIdentity
 	Ports  []v1.PortMapping
 }
 
@@ -46,7 +46,7 @@ func (a *Allocator) Allocate(req Request) (out Allocation, reused bool, err erro
 			out, reused = prev, true
 			return nil
 		}
-		alloc := Allocation{Key: req.Key, Netns: req.Netns, Created: a.now().UTC(), Meta: req.Meta, Ports: req.Ports}
+		alloc := Allocation{Key: req.Key, Netns: req.Netns, Created: a.now().UTC(), Pod: req.Pod, Ports: req.Ports}
 		static := slices.Clone(req.Static)
 		cursors := map[netip.Prefix]netip.Addr{}
 		for _, set := range sets {

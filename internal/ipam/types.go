@@ -45,11 +45,11 @@ type IPConfig struct {
 // Allocation is everything weft remembers about one attachment.
 type Allocation struct {
 	Key
-	Netns   string            `json:"netns,omitempty"`
-	IPs     []IPConfig        `json:"ips"`
-	Created time.Time         `json:"created"`
-	Meta    map[string]string `json:"meta,omitempty"`
-	Ports   []v1.PortMapping  `json:"ports,omitempty"` // published on the node
+	Netns   string           `json:"netns,omitempty"`
+	IPs     []IPConfig       `json:"ips"`
+	Created time.Time        `json:"created"`
+	Pod     *v1.PodIdentity  `json:"pod,omitempty"`
+	Ports   []v1.PortMapping `json:"ports,omitempty"` // published on the node
 }
 
 // Range is one contiguous block of assignable addresses within a subnet.
