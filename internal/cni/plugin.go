@@ -152,7 +152,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	// The veth is made inert first: releasing first could hand its address to a new pod
 	// while the old interface still carries it.
-	retired, err := podnet.Retire(nodeHandle(), args.ContainerID, args.IfName)
+	retired, err := podnet.Retire(nodeHandle(), args.ContainerID, args.IfName, args.Netns)
 	if err != nil {
 		if err := podnet.Teardown(nodeHandle(), args.ContainerID, args.IfName); err != nil {
 			return types.NewError(types.ErrTryAgainLater, err.Error(), "")
@@ -253,7 +253,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	}
 	retired := false
 	for _, a := range stale {
-		r, err := podnet.Retire(nodeHandle(), a[0], a[1])
+		r, err := podnet.Retire(nodeHandle(), a[0], a[1], "")
 		retired = retired || r
 		errs = append(errs, err)
 	}

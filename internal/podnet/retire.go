@@ -27,8 +27,10 @@ const ReapGroup = 0x77
 const retiredPrefix = "weftz"
 
 // Retire makes the attachment's veth inert and queues it for ReapAll. It reports whether
-// there was a veth. A missing veth is not an error: DEL is idempotent.
-func Retire(node *netlink.Handle, containerID, ifName string) (bool, error) {
+// there was a veth. A missing veth is not an error: DEL is idempotent. When the pod's
+// namespace is still there (podman's `network disconnect`, CRI's first DEL) the pod end is
+// hidden too: down, addresses gone, renamed, so the pod sees its interface leave at once.
+func Retire(node *netlink.Handle, containerID, ifName, podNetns string) (bool, error) {
 	name := HostVethName(containerID, ifName)
 	link, err := node.LinkByName(name)
 	if netlinkx.IsNotFound(err) {
@@ -40,6 +42,9 @@ func Retire(node *netlink.Handle, containerID, ifName string) (bool, error) {
 	if err := node.LinkSetDown(link); err != nil {
 		return true, fmt.Errorf("set %s down: %w", name, err)
 	}
+	if podNetns != "" {
+		hidePodEnd(link, ifName, podNetns)
+	}
 	if err := node.LinkSetGroup(link, ReapGroup); err != nil {
 		return true, fmt.Errorf("retire %s: %w", name, err)
 	}
@@ -47,6 +52,27 @@ func Retire(node *netlink.Handle, containerID, ifName string) (bool, error) {
 		return true, fmt.Errorf("rename retired %s: %w", name, err)
 	}
 	return true, nil
+}
+
+// hidePodEnd renames the pod end of host out of the pod's way, if it is still there and
+// still ours. Failing is harmless: the reaper deletes it shortly anyway.
+func hidePodEnd(host netlink.Link, ifName, podNetns string) {
+	pod, err := netlinkx.HandleAt(podNetns)
+	if err != nil {
+		return // the namespace is gone, and the pod end with it
+	}
+	defer pod.Close()
+	l, err := pod.LinkByName(ifName)
+	if err != nil || l.Attrs().Index != host.Attrs().ParentIndex {
+		return
+	}
+	_ = pod.LinkSetDown(l)
+	if addrs, err := pod.AddrList(l, netlink.FAMILY_ALL); err == nil {
+		for _, a := range addrs {
+			_ = pod.AddrDel(l, &a)
+		}
+	}
+	_ = pod.LinkSetName(l, fmt.Sprintf("%s%d", retiredPrefix, l.Attrs().Index))
 }
 
 // ReapAll deletes every retired veth of the caller's network namespace in one request.

@@ -220,3 +220,20 @@ func TestFiftyConcurrentAddsGetDistinctAddresses(t *testing.T) {
 		}
 	}
 }
+
+// TestDelHidesThePodEndAtOnce: after DEL returns, the pod no longer has the interface,
+// though the kernel deletes it later.
+func TestDelHidesThePodEndAtOnce(t *testing.T) {
+	n := newNode(t, "10.76.0.0/24")
+	list := n.conflist("1.1.0", "weft", `"mode":"bridge"`)
+	p, rt := n.pod("hide")
+	rt.IfName = "eth1"
+	n.mustAdd(list, rt)
+	if err := n.del(list, rt); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Handle(t).LinkByName("eth1"); err == nil {
+		t.Fatal("eth1 is still in the pod right after DEL")
+	}
+	n.waitReaped(0)
+}
