@@ -187,12 +187,17 @@ func TestContainerdCRIWithCrictl(t *testing.T) {
 	c.importImage(rootfs, "localhost/weft-pause:1", "k8s.io", "/bin/sleep", "2147483647")
 	c.importImage(rootfs, "localhost/weft-busybox:1", "k8s.io")
 
+	crictlConf := filepath.Join(c.dir, "crictl.yaml")
+	_ = os.WriteFile(crictlConf, []byte(fmt.Sprintf("runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n", c.sock, c.sock)), 0o644)
 	cr := func(args ...string) string {
 		t.Helper()
-		cmd := node.Command(crictl, append([]string{"--runtime-endpoint", "unix://" + c.sock, "--image-endpoint", "unix://" + c.sock, "--timeout", "60s"}, args...)...)
-		out, err := cmd.CombinedOutput()
+		// crictl must run in the node namespace: exec's stream server listens on 127.0.0.1 there.
+		cmd := node.Command(crictl, append([]string{"--config", crictlConf}, args...)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("crictl %s: %v\n%s", strings.Join(args, " "), err, out)
+			t.Fatalf("crictl %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr.String())
 		}
 		return strings.TrimSpace(string(out))
 	}

@@ -10,9 +10,9 @@ tar -C "$rootfs" --numeric-owner -cf "$work/layer.tar" .
 diffid=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
 gzip -n -c "$work/layer.tar" > "$work/layer.tar.gz"
 read -r ldig lsize < <(blob "$work/layer.tar.gz")
-entry=""
-if [ $# -gt 0 ]; then entry=",\"Entrypoint\":[$(printf '"%s",' "$@" | sed 's/,$//')]"; fi
-printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"]%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$entry" "$diffid" > "$work/config.json"
+proc='"Cmd":["/bin/sh"]'
+if [ $# -gt 0 ]; then proc="\"Entrypoint\":[$(printf '"%s",' "$@" | sed 's/,$//')]"; fi
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$proc" "$diffid" > "$work/config.json"
 read -r cdig csize < <(blob "$work/config.json")
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%s}]}' "$cdig" "$csize" "$ldig" "$lsize" > "$work/manifest.json"
 read -r mdig msize < <(blob "$work/manifest.json")
