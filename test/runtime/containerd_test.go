@@ -98,7 +98,7 @@ state = %[2]q
 			b, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
 			t.Logf("containerd log (tail):\n%s", tail(string(b), 3000))
 		}
-		_ = exec.Command("umount", "-R", filepath.Join(dir, "root")).Run()
+		unmountUnder(dir)
 		_ = os.RemoveAll(dir)
 		// The shims keep state under /run/containerd whatever the config says.
 		if os.IsNotExist(runBefore) {
@@ -114,6 +114,23 @@ state = %[2]q
 		time.Sleep(100 * time.Millisecond)
 	}
 	return c
+}
+
+// unmountUnder unmounts whatever a crashed test left mounted below dir (sandbox shm, rootfs).
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	var mounts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], dir+"/") {
+			mounts = append(mounts, f[1])
+		}
+	}
+	for i := len(mounts) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+	}
 }
 
 func tail(s string, n int) string {
@@ -209,6 +226,11 @@ func TestContainerdCRIWithCrictl(t *testing.T) {
 		_ = os.WriteFile(f, []byte(spec), 0o644)
 		return f
 	}
+	// Whatever happens, the sandboxes go (and their cni-* namespaces with them) before
+	// containerd stops.
+	t.Cleanup(func() {
+		_ = node.Command(crictl, "--config", crictlConf, "rmp", "-a", "-f").Run()
+	})
 	ctrSpec := filepath.Join(c.dir, "ctr.json")
 	_ = os.WriteFile(ctrSpec, []byte(`{"metadata":{"name":"app"},"image":{"image":"localhost/weft-busybox:1"},"command":["/bin/sleep","3600"],"log_path":"app.log","linux":{}}`), 0o644)
 
