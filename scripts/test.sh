@@ -11,6 +11,7 @@ else
 fi
 build
 command -v cnitool >/dev/null 2>&1 || go install github.com/containernetworking/cni/cnitool@v1.3.1
+command -v crictl >/dev/null 2>&1 || go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 
 echo "== go vet"
 go vet ./...

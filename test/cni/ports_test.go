@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/internal/probe"
@@ -144,5 +145,26 @@ func TestPortMappings(t *testing.T) {
 	}
 	if err := probe.TCPEcho(outside.Path, published, 500*time.Millisecond); err == nil {
 		t.Error("the port is still published after DEL")
+	}
+
+	// GC of an attachment the runtime forgot takes its published port down too.
+	p4, rt4 := n.pod("forgotten")
+	rt4.CapabilityArgs = map[string]any{"portMappings": []map[string]any{{"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}}}
+	n.mustAdd(list, rt4)
+	ln4, err := probe.ListenTCP(p4.Path, ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln4.Close()
+	go probe.Echo(ln4)
+	gcPub := netip.MustParseAddrPort("192.0.2.1:18081")
+	if err := probe.TCPEcho(outside.Path, gcPub, 2*time.Second); err != nil {
+		t.Fatalf("before GC: %v", err)
+	}
+	if err := n.gc(list, []types.GCAttachment{{ContainerID: "client", IfName: "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := probe.TCPEcho(outside.Path, gcPub, 500*time.Millisecond); err == nil {
+		t.Error("the port is still published after GC")
 	}
 }
