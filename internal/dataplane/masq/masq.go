@@ -62,6 +62,16 @@ func Exprs(r Rule) []expr.Any {
 // Traffic to the node's own addresses in P (the gateway) stays tracked: it may be the
 // answer to a hairpinned published port, which conntrack must translate back.
 func NotrackExprs(p netip.Prefix) []expr.Any {
+	ex := withinPrefix(p)
+	ex = append(ex,
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeUint32(unix.RTN_LOCAL)},
+	)
+	return append(ex, &expr.Notrack{})
+}
+
+// withinPrefix matches packets of p's family whose source and destination are both in p.
+func withinPrefix(p netip.Prefix) []expr.Any {
 	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
 	if p.Addr().Is6() {
 		proto, off = byte(unix.NFPROTO_IPV6), 8
@@ -72,12 +82,7 @@ func NotrackExprs(p netip.Prefix) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 	}
 	ex = append(ex, match(off, size, p, expr.CmpOpEq)...)
-	ex = append(ex, match(off+size, size, p, expr.CmpOpEq)...)
-	ex = append(ex,
-		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeUint32(unix.RTN_LOCAL)},
-	)
-	return append(ex, &expr.Notrack{})
+	return append(ex, match(off+size, size, p, expr.CmpOpEq)...)
 }
 
 func match(offset, size uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {

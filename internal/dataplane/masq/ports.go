@@ -58,22 +58,14 @@ func DNATExprs(r PortRule) []expr.Any {
 
 // HairpinExprs masquerades a pod reaching a published port that leads back into the pod
 // network (its own, or a neighbour's), so the answer returns through the node:
-// ct status dnat; ip saddr P; ip daddr P; masquerade.
+// ip saddr P; ip daddr P; ct status dnat; masquerade.
 func HairpinExprs(p netip.Prefix) []expr.Any {
-	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
-	if p.Addr().Is6() {
-		proto, off = byte(unix.NFPROTO_IPV6), 8
-	}
-	size := uint32(p.Addr().BitLen() / 8)
-	ex := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	ex := withinPrefix(p)
+	ex = append(ex,
 		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(ipsDstNAT), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	}
-	ex = append(ex, match(off, size, p, expr.CmpOpEq)...)
-	ex = append(ex, match(off+size, size, p, expr.CmpOpEq)...)
+	)
 	return append(ex, &expr.Masq{})
 }
 
