@@ -74,3 +74,17 @@ func UsableBounds(p netip.Prefix) (first, last netip.Addr) {
 	}
 	return first, last
 }
+
+// AddBig returns a + n for any n ≥ 0, and false when the result leaves the family.
+func AddBig(a netip.Addr, n *big.Int) (netip.Addr, bool) {
+	size := a.BitLen() / 8
+	v := new(big.Int).SetBytes(a.AsSlice())
+	v.Add(v, n)
+	if v.Sign() < 0 || v.BitLen() > a.BitLen() {
+		return netip.Addr{}, false
+	}
+	b := make([]byte, size)
+	v.FillBytes(b)
+	r, _ := netip.AddrFromSlice(b)
+	return r, true
+}

@@ -1,0 +1,71 @@
+package v1
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Fabrics connecting nodes.
+const (
+	FabricVXLAN  = "vxlan"
+	FabricDirect = "direct"
+)
+
+// ClusterConfig is written once by `weft cluster init` and read by every weftd.
+type ClusterConfig struct {
+	ClusterCIDRs      []netip.Prefix `json:"clusterCIDRs"`
+	NodePrefixLength  int            `json:"nodePrefixLength"` // IPv4 block per node
+	NodePrefixLength6 int            `json:"nodePrefixLength6,omitempty"`
+	ServiceCIDRs      []netip.Prefix `json:"serviceCIDRs,omitempty"`
+	Fabric            string         `json:"fabric"`
+	VNI               int            `json:"vni,omitempty"`
+	Port              int            `json:"port,omitempty"` // VXLAN UDP port
+	DirectRouting     bool           `json:"directRouting,omitempty"`
+	MTU               int            `json:"mtu,omitempty"` // 0: underlay minus encapsulation
+	Domain            string         `json:"domain,omitempty"`
+}
+
+// Validate checks the fields each on its own (overlaps are netcalc.Check's job).
+func (c *ClusterConfig) Validate() error {
+	if len(c.ClusterCIDRs) == 0 {
+		return fmt.Errorf("clusterCIDRs: at least one is needed")
+	}
+	for _, p := range c.ClusterCIDRs {
+		if p != p.Masked() {
+			return fmt.Errorf("clusterCIDRs: %s has host bits set", p)
+		}
+		n := c.NodePrefixLength
+		if p.Addr().Is6() {
+			n = c.NodePrefixLength6
+		}
+		if n <= p.Bits() || n > p.Addr().BitLen()-2 {
+			return fmt.Errorf("node prefix /%d does not fit cluster CIDR %s", n, p)
+		}
+	}
+	switch c.Fabric {
+	case FabricVXLAN, FabricDirect:
+	default:
+		return fmt.Errorf("fabric %q: use %s or %s", c.Fabric, FabricVXLAN, FabricDirect)
+	}
+	if c.VNI < 0 || c.VNI > 1<<24-1 {
+		return fmt.Errorf("vni %d is outside 0..16777215", c.VNI)
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return fmt.Errorf("port %d is outside 0..65535", c.Port)
+	}
+	return nil
+}
+
+// Node is a registered node.
+type Node struct {
+	Name     string       `json:"name"`
+	Underlay []netip.Addr `json:"underlay"`
+	VTEPMAC  string       `json:"vtepMAC,omitempty"`
+	BGPASN   uint32       `json:"bgpASN,omitempty"`
+}
+
+// Lease gives a node its pod CIDR blocks.
+type Lease struct {
+	Node     string         `json:"node"`
+	PodCIDRs []netip.Prefix `json:"podCIDRs"`
+}
