@@ -25,9 +25,9 @@ func main() {
 
 // flags are weftd's command-line settings.
 type flags struct {
-	configFile, stateDir, runDir, podCIDR, nodeName, metricsAddr, logLevel string
-	mtu                                                                    int
-	masquerade, sysctls, fastpath, preflight                               bool
+	configFile, stateDir, runDir, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
+	mtu                                                                                 int
+	masquerade, sysctls, fastpath, preflight                                            bool
 }
 
 func run(args []string) error {
@@ -38,6 +38,7 @@ func run(args []string) error {
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/weft", "directory of the node store")
 	fs.StringVar(&f.runDir, "run-dir", "/run/weft", "directory of the socket and node contract")
 	fs.StringVar(&f.podCIDR, "pod-cidr", "", "the node's pod CIDR(s), comma separated (one IPv4 and/or one IPv6)")
+	fs.StringVar(&f.clusterCIDR, "cluster-cidr", "", "the whole cluster's pod CIDR(s), comma separated: traffic between them is not NATed")
 	fs.StringVar(&f.nodeName, "node-name", hostname, "this node's name")
 	fs.IntVar(&f.mtu, "mtu", 0, "pod MTU (0: from the default route's device)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on HOST:PORT")
@@ -59,19 +60,16 @@ func run(args []string) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	var cidrs []netip.Prefix
-	for _, s := range strings.Split(f.podCIDR, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return fmt.Errorf("--pod-cidr: %q is not a CIDR", s)
-		}
-		cidrs = append(cidrs, p)
+	cidrs, err := parseCIDRs("--pod-cidr", f.podCIDR)
+	if err != nil {
+		return err
+	}
+	clusterCIDRs, err := parseCIDRs("--cluster-cidr", f.clusterCIDR)
+	if err != nil {
+		return err
 	}
 	a, err := agent.New(agent.Options{
-		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, PodCIDRs: cidrs, MTU: f.mtu,
+		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
 		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Preflight: f.preflight, Log: log,
 	})
 	if err != nil {
@@ -81,6 +79,21 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return a.Run(ctx)
+}
+
+func parseCIDRs(flagName, list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not a CIDR", flagName, s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // applyFile fills every setting the command line left unset from the configuration file.

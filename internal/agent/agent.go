@@ -31,7 +31,8 @@ type Options struct {
 	StateDir      string
 	RunDir        string
 	PodCIDRs      []netip.Prefix
-	MTU           int // 0: the MTU of the default route's device, else 1500
+	ClusterCIDRs  []netip.Prefix // the whole cluster's pod networks: never NATed, not tracked
+	MTU           int            // 0: the MTU of the default route's device, else 1500
 	MetricsAddr   string
 	ManageSysctls bool
 	Fastpath      bool // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
@@ -178,9 +179,9 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) syncDataplane() {
 	a.natMu.Lock()
 	defer a.natMu.Unlock()
-	t := masq.Table{PodCIDRs: a.opts.PodCIDRs}
+	t := masq.Table{PodCIDRs: netcalc.Summarize(append(append([]netip.Prefix(nil), a.opts.PodCIDRs...), a.opts.ClusterCIDRs...))}
 	if a.opts.Masquerade {
-		t.Masq = masq.Rules(a.opts.PodCIDRs, nil)
+		t.Masq = masq.Rules(a.opts.PodCIDRs, a.opts.ClusterCIDRs)
 	}
 	allocs, err := a.alloc.List()
 	if err == nil {
