@@ -4,7 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 
 if [ "$(id -u)" -eq 0 ]; then
-  apt_need iproute2 util-linux nftables iptables containernetworking-plugins busybox-static iperf3 sockperf podman containerd runc conmon
+  apt_need iproute2 util-linux nftables iptables containernetworking-plugins busybox-static iperf3 sockperf podman containerd runc conmon etcd-server
   export WEFT_REQUIRE_PRIVILEGED=1
 else
   echo "not root: privileged tests will skip"

@@ -14,6 +14,8 @@ import (
 
 	"github.com/weftnet/weft/internal/agent"
 	"github.com/weftnet/weft/internal/config"
+	"github.com/weftnet/weft/internal/hostnet"
+	"github.com/weftnet/weft/internal/store/storeurl"
 )
 
 func main() {
@@ -26,6 +28,7 @@ func main() {
 // flags are weftd's command-line settings.
 type flags struct {
 	configFile, stateDir, runDir, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
+	store, underlayDev, etcdCA, etcdCert, etcdKey                                       string
 	mtu                                                                                 int
 	masquerade, sysctls, fastpath, preflight                                            bool
 }
@@ -47,6 +50,11 @@ func run(args []string) error {
 	fs.BoolVar(&f.fastpath, "fastpath", true, "short-cut pod-to-pod traffic on this node with eBPF (falls back when unavailable)")
 	fs.BoolVar(&f.preflight, "preflight", true, "refuse to start when a pod CIDR overlaps this namespace's addresses or routes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.store, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (the pod CIDR then comes from a lease)")
+	fs.StringVar(&f.underlayDev, "underlay-dev", "", "cluster mode: the device other nodes are reached through (default: the default route's)")
+	fs.StringVar(&f.etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
+	fs.StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for etcd")
+	fs.StringVar(&f.etcdKey, "etcd-keyfile", "", "client key for etcd")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -68,16 +76,44 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Options{
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	opts := agent.Options{
 		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
 		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Preflight: f.preflight, Log: log,
-	})
+	}
+	if f.store != "" {
+		if len(cidrs) > 0 {
+			return fmt.Errorf("--pod-cidr and --store exclude each other: in a cluster the pod CIDR is leased")
+		}
+		st, err := storeurl.Open(f.store, storeurl.TLSFiles{CA: f.etcdCA, Cert: f.etcdCert, Key: f.etcdKey})
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		dev := f.underlayDev
+		if dev == "" {
+			u, err := hostnet.FindUnderlay("", netip.Addr{})
+			if err != nil {
+				return fmt.Errorf("--underlay-dev: %w", err)
+			}
+			dev = u.Device
+		}
+		c, err := agent.Join(ctx, agent.ClusterOptions{Store: st, NodeName: f.nodeName, UnderlayDev: dev, StateDir: f.stateDir, Log: log})
+		if err != nil {
+			return err
+		}
+		opts.Cluster, opts.PodCIDRs = c, c.PodCIDRs()
+		opts.ClusterCIDRs = append(opts.ClusterCIDRs, c.Config().ClusterCIDRs...)
+		if opts.MTU == 0 {
+			opts.MTU = c.PodMTU()
+		}
+	}
+	a, err := agent.New(opts)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	return a.Run(ctx)
 }
 

@@ -35,8 +35,9 @@ type Options struct {
 	MTU           int            // 0: the MTU of the default route's device, else 1500
 	MetricsAddr   string
 	ManageSysctls bool
-	Fastpath      bool // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
-	Preflight     bool // refuse to start when a pod CIDR overlaps the node's addresses or routes
+	Fastpath      bool     // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
+	Preflight     bool     // refuse to start when a pod CIDR overlaps the node's addresses or routes
+	Cluster       *Cluster // cluster membership (lease, fabric); nil on a single host
 	Masquerade    bool
 	ResyncEvery   time.Duration
 	Log           *slog.Logger
@@ -138,11 +139,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		Fabric:   "none",
 		Socket:   a.socketPath(),
 	}
+	errc := make(chan error, 3)
+	if c := a.opts.Cluster; c != nil {
+		contract.Fabric = c.Config().Fabric
+		go func() { errc <- c.Run(ctx) }()
+	}
 	for _, s := range a.NodeSets() {
 		contract.Gateways = append(contract.Gateways, s[0].Gateway)
 	}
 
-	errc := make(chan error, 2)
 	go func() { errc <- cniapi.Serve(ctx, a.socketPath(), a.Handle) }()
 	if a.opts.MetricsAddr != "" {
 		go func() { errc <- a.serveMetrics(ctx) }()

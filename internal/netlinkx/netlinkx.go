@@ -11,8 +11,12 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// RouteProtocol marks routes weft installs, so they can be recognised and swept.
-const RouteProtocol netlink.RouteProtocol = 0x77
+// Route protocols mark the routes weft installs, so they can be recognised and swept:
+// pod host routes (ptp mode) and fabric routes to other nodes' pod blocks.
+const (
+	RouteProtocol       netlink.RouteProtocol = 0x77
+	RouteProtocolFabric netlink.RouteProtocol = 0x78
+)
 
 // HandleAt returns a netlink handle whose sockets live in the namespace at path. Calls on
 // it need no namespace switching, so no goroutine ever runs in the wrong namespace.

@@ -19,7 +19,7 @@ import (
 )
 
 // RouteProtocol marks fabric routes (pod routes of ptp mode use netlinkx.RouteProtocol).
-const RouteProtocol netlink.RouteProtocol = 0x78
+const RouteProtocol = netlinkx.RouteProtocolFabric
 
 // Underlay is the device and address the VXLAN tunnel runs from.
 type Underlay struct {

@@ -1,0 +1,217 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/dataplane/overlay"
+	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/lease"
+	"github.com/weftnet/weft/internal/reconcile"
+	"github.com/weftnet/weft/internal/store"
+)
+
+// Store keys of the cluster.
+const (
+	ConfigKey  = "/weft/config"
+	NodePrefix = "/weft/nodes/"
+)
+
+// ClusterOptions configure cluster membership.
+type ClusterOptions struct {
+	Store       store.Store
+	NodeName    string
+	UnderlayDev string
+	StateDir    string
+	TTL         time.Duration
+	Log         *slog.Logger
+}
+
+// Cluster is this node's membership: its config, lease and fabric.
+type Cluster struct {
+	o      ClusterOptions
+	cfg    v1.ClusterConfig
+	node   v1.Node
+	under  netip.Prefix
+	mtu    int
+	mgr    *lease.Manager
+	held   *lease.Held
+	fabric *reconcile.Loop
+}
+
+// Join waits for the cluster configuration, registers the node and takes its lease.
+func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
+	if o.TTL == 0 {
+		o.TTL = 20 * time.Second
+	}
+	c := &Cluster{o: o, mgr: &lease.Manager{Store: o.Store, Node: o.NodeName, TTL: o.TTL}}
+	for {
+		kv, err := o.Store.Get(ctx, ConfigKey)
+		if err == nil {
+			if err := json.Unmarshal(kv.Value, &c.cfg); err != nil {
+				return nil, fmt.Errorf("cluster config: %w", err)
+			}
+			break
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			o.Log.Warn("cannot read the cluster config yet", "err", err)
+		} else {
+			o.Log.Info("waiting for `weft cluster init`")
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	dev, err := netlink.LinkByName(o.UnderlayDev)
+	if err != nil {
+		return nil, fmt.Errorf("underlay device %q: %w", o.UnderlayDev, err)
+	}
+	addrs, err := netlink.AddrList(dev, netlink.FAMILY_V4)
+	if err != nil || len(addrs) == 0 {
+		return nil, fmt.Errorf("underlay device %s has no IPv4 address", o.UnderlayDev)
+	}
+	ip, _ := netip.AddrFromSlice(addrs[0].IP)
+	ones, _ := addrs[0].Mask.Size()
+	c.under = netip.PrefixFrom(ip.Unmap(), ones)
+	c.mtu = fabric.PodMTU(c.cfg, dev.Attrs().MTU, false)
+	c.node = v1.Node{Name: o.NodeName, Underlay: []netip.Addr{c.under.Addr()}, VTEPMAC: fabric.VTEPMAC(o.NodeName).String()}
+	if err := c.acquire(ctx); err != nil {
+		return nil, err
+	}
+	c.fabric = reconcile.New(100*time.Millisecond, func() error { return c.syncFabric(context.Background()) }, func(err error) {
+		if err != nil {
+			o.Log.Warn("fabric sync failed", "err", err)
+		}
+	})
+	return c, nil
+}
+
+func (c *Cluster) leaseFile() string { return filepath.Join(c.o.StateDir, "lease.json") }
+
+// acquire takes the lease (preferring the blocks this node had) and registers the node
+// under the same store lease, so both vanish together when the node stops renewing.
+func (c *Cluster) acquire(ctx context.Context) error {
+	var prefer []netip.Prefix
+	if b, err := os.ReadFile(c.leaseFile()); err == nil {
+		var l v1.Lease
+		if json.Unmarshal(b, &l) == nil {
+			prefer = l.PodCIDRs
+		}
+	}
+	held, err := c.mgr.Acquire(ctx, c.cfg, prefer)
+	if err != nil {
+		return fmt.Errorf("acquire pod CIDR: %w", err)
+	}
+	nb, _ := json.Marshal(c.node)
+	if _, err := c.o.Store.Txn(ctx, nil, []store.Op{{Key: NodePrefix + c.o.NodeName, Value: nb, Lease: held.StoreID}}); err != nil {
+		return fmt.Errorf("register node: %w", err)
+	}
+	c.held = held
+	lb, _ := json.Marshal(held.Lease)
+	_ = os.MkdirAll(c.o.StateDir, 0o700)
+	return os.WriteFile(c.leaseFile(), lb, 0o600)
+}
+
+// PodCIDRs are this node's blocks.
+func (c *Cluster) PodCIDRs() []netip.Prefix { return c.held.Lease.PodCIDRs }
+
+// Config is the cluster configuration.
+func (c *Cluster) Config() v1.ClusterConfig { return c.cfg }
+
+// PodMTU is the underlay MTU minus the fabric's encapsulation.
+func (c *Cluster) PodMTU() int { return c.mtu }
+
+// Run renews the lease and keeps the fabric converged until ctx ends.
+func (c *Cluster) Run(ctx context.Context) error {
+	go c.fabric.Run(ctx)
+	c.fabric.Trigger()
+	go c.watch(ctx)
+	renew := time.NewTicker(c.o.TTL / 3)
+	defer renew.Stop()
+	resync := time.NewTicker(30 * time.Second)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+			c.fabric.Trigger()
+		case <-renew.C:
+			err := c.mgr.Renew(ctx, c.held)
+			if errors.Is(err, store.ErrLeaseNotFound) {
+				c.o.Log.Warn("lease expired; taking it again", "podCIDRs", fmt.Sprint(c.held.Lease.PodCIDRs))
+				old := fmt.Sprint(c.held.Lease.PodCIDRs)
+				if err := c.acquire(ctx); err != nil {
+					c.o.Log.Error("re-acquire failed", "err", err)
+				} else if now := fmt.Sprint(c.held.Lease.PodCIDRs); now != old {
+					c.o.Log.Error("the node's pod CIDR changed while it was away: restart its pods", "was", old, "now", now)
+				}
+			} else if err != nil {
+				c.o.Log.Warn("lease renewal failed; retrying", "err", err)
+			}
+		}
+	}
+}
+
+// watch triggers a fabric sync on every change of nodes or leases; when a watch ends (the
+// store restarted, history compacted), it starts again from a fresh list.
+func (c *Cluster) watch(ctx context.Context) {
+	for ctx.Err() == nil {
+		ch, err := c.o.Store.Watch(ctx, "/weft/", 0)
+		if err == nil {
+			c.fabric.Trigger()
+			for e := range ch {
+				if strings.HasPrefix(e.KV.Key, NodePrefix) || strings.HasPrefix(e.KV.Key, lease.Prefix) {
+					c.fabric.Trigger()
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (c *Cluster) syncFabric(ctx context.Context) error {
+	nodes, _, err := c.o.Store.List(ctx, NodePrefix)
+	if err != nil {
+		return err
+	}
+	leases, err := lease.List(ctx, c.o.Store)
+	if err != nil {
+		return err
+	}
+	byNode := map[string]v1.Lease{}
+	for _, l := range leases {
+		byNode[l.Node] = l
+	}
+	var peers []fabric.Peer
+	for _, kv := range nodes {
+		var n v1.Node
+		if json.Unmarshal(kv.Value, &n) != nil {
+			continue
+		}
+		if l, ok := byNode[n.Name]; ok {
+			peers = append(peers, fabric.Peer{Node: n, Lease: l})
+		}
+	}
+	st, err := fabric.Desired(c.cfg, fabric.Self{Node: c.node, Lease: c.held.Lease, Underlay: c.under}, peers)
+	if err != nil {
+		return err
+	}
+	return overlay.Apply(&netlink.Handle{}, c.o.NodeName, st, overlay.Underlay{Device: c.o.UnderlayDev, Addr: c.under.Addr()}, c.mtu)
+}

@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/agent"
+	"github.com/weftnet/weft/internal/lease"
+	"github.com/weftnet/weft/internal/netcalc"
+	"github.com/weftnet/weft/internal/store"
+	"github.com/weftnet/weft/internal/store/storeurl"
+)
+
+func newClusterCmd() *cobra.Command {
+	var storeURL, output string
+	var tlsFiles storeurl.TLSFiles
+	cmd := &cobra.Command{Use: "cluster", Short: "Cluster configuration and membership in the cluster store"}
+	cmd.PersistentFlags().StringVar(&storeURL, "store", "", "etcd://HOST:PORT[,...] or bolt:///PATH")
+	cmd.PersistentFlags().StringVar(&tlsFiles.CA, "etcd-cafile", "", "CA of the etcd servers")
+	cmd.PersistentFlags().StringVar(&tlsFiles.Cert, "etcd-certfile", "", "client certificate")
+	cmd.PersistentFlags().StringVar(&tlsFiles.Key, "etcd-keyfile", "", "client key")
+	cmd.PersistentFlags().StringVarP(&output, "output", "o", "table", "table or json")
+	open := func() (store.Store, error) {
+		if storeURL == "" {
+			return nil, usageErr("--store is required")
+		}
+		return storeurl.Open(storeURL, tlsFiles)
+	}
+
+	var cfg v1.ClusterConfig
+	var clusterCIDRs, serviceCIDRs []string
+	init := &cobra.Command{
+		Use: "init --store URL --cluster-cidr CIDR [--fabric vxlan|direct]", Short: "Write the cluster configuration, once",
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if cfg.ClusterCIDRs, err = netcalc.ParseCIDRs(clusterCIDRs); err != nil {
+				return badInput(fmt.Errorf("--cluster-cidr: %w", err))
+			}
+			if cfg.ServiceCIDRs, err = netcalc.ParseCIDRs(serviceCIDRs); err != nil {
+				return badInput(fmt.Errorf("--service-cidr: %w", err))
+			}
+			if err := cfg.Validate(); err != nil {
+				return badInput(err)
+			}
+			if c := netcalc.Check(netcalc.CheckRequest{ClusterCIDRs: cfg.ClusterCIDRs, ServiceCIDRs: cfg.ServiceCIDRs, NodePrefixLen: cfg.NodePrefixLength, NodePrefixLen6: cfg.NodePrefixLength6}); len(c) > 0 {
+				return &ExitError{Code: 1, Err: fmt.Errorf("%s %s: %s", c[0].What, c[0].With, c[0].Reason)}
+			}
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			b, _ := json.Marshal(cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if _, err := st.Txn(ctx, []store.Cond{{Key: agent.ConfigKey}}, []store.Op{{Key: agent.ConfigKey, Value: b}}); err != nil {
+				if errors.Is(err, store.ErrConflict) {
+					return &ExitError{Code: 1, Err: fmt.Errorf("the cluster is already initialised (%s exists)", agent.ConfigKey)}
+				}
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster initialised: %s, /%d per node, %s fabric\n", strings.Join(clusterCIDRs, ","), cfg.NodePrefixLength, cfg.Fabric)
+			return nil
+		},
+	}
+	init.Flags().StringSliceVar(&clusterCIDRs, "cluster-cidr", nil, "pod network(s) of the cluster")
+	init.Flags().StringSliceVar(&serviceCIDRs, "service-cidr", nil, "service network(s)")
+	init.Flags().IntVar(&cfg.NodePrefixLength, "node-prefix", 24, "IPv4 block per node")
+	init.Flags().IntVar(&cfg.NodePrefixLength6, "node-prefix-v6", 64, "IPv6 block per node")
+	init.Flags().StringVar(&cfg.Fabric, "fabric", v1.FabricVXLAN, "vxlan or direct")
+	init.Flags().IntVar(&cfg.VNI, "vni", 1, "VXLAN network identifier")
+	init.Flags().IntVar(&cfg.Port, "port", 4789, "VXLAN UDP port")
+	init.Flags().BoolVar(&cfg.DirectRouting, "direct-routing", false, "vxlan: route directly to peers on the same L2 segment")
+	init.Flags().IntVar(&cfg.MTU, "mtu", 0, "pod MTU (0: underlay minus encapsulation)")
+
+	status := &cobra.Command{
+		Use: "status", Short: "The cluster configuration, nodes and leases", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			out := struct {
+				Config *v1.ClusterConfig `json:"config"`
+				Nodes  []v1.Node         `json:"nodes"`
+				Leases []v1.Lease        `json:"leases"`
+			}{Nodes: []v1.Node{}}
+			if kv, err := st.Get(ctx, agent.ConfigKey); err == nil {
+				out.Config = &v1.ClusterConfig{}
+				_ = json.Unmarshal(kv.Value, out.Config)
+			}
+			kvs, _, err := st.List(ctx, agent.NodePrefix)
+			if err != nil {
+				return err
+			}
+			for _, kv := range kvs {
+				var n v1.Node
+				if json.Unmarshal(kv.Value, &n) == nil {
+					out.Nodes = append(out.Nodes, n)
+				}
+			}
+			if out.Leases, err = lease.List(ctx, st); err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			w := cmd.OutOrStdout()
+			if out.Config == nil {
+				fmt.Fprintln(w, "not initialised")
+			} else {
+				fmt.Fprintf(w, "cluster %v, /%d per node, fabric %s\n", out.Config.ClusterCIDRs, out.Config.NodePrefixLength, out.Config.Fabric)
+			}
+			blocks := map[string][]netip.Prefix{}
+			for _, l := range out.Leases {
+				blocks[l.Node] = l.PodCIDRs
+			}
+			for _, n := range out.Nodes {
+				fmt.Fprintf(w, "node %s  underlay %v  pod CIDRs %v\n", n.Name, n.Underlay, blocks[n.Name])
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(init, status)
+	return cmd
+}
