@@ -79,15 +79,32 @@ func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("underlay device %q: %w", o.UnderlayDev, err)
 	}
-	addrs, err := netlink.AddrList(dev, netlink.FAMILY_V4)
-	if err != nil || len(addrs) == 0 {
+	addrs, err := netlink.AddrList(dev, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("underlay device %s: %w", o.UnderlayDev, err)
+	}
+	// The tunnel runs over the first IPv4 address; IPv6 ones let direct routing carry
+	// IPv6 pod blocks.
+	var underlay []netip.Addr
+	for _, fam := range []bool{true, false} {
+		for _, a := range addrs {
+			ip, _ := netip.AddrFromSlice(a.IP)
+			ip = ip.Unmap()
+			if ip.Is4() != fam || !ip.IsGlobalUnicast() {
+				continue
+			}
+			if !c.under.IsValid() {
+				ones, _ := a.Mask.Size()
+				c.under = netip.PrefixFrom(ip, ones)
+			}
+			underlay = append(underlay, ip)
+		}
+	}
+	if !c.under.IsValid() || !c.under.Addr().Is4() {
 		return nil, fmt.Errorf("underlay device %s has no IPv4 address", o.UnderlayDev)
 	}
-	ip, _ := netip.AddrFromSlice(addrs[0].IP)
-	ones, _ := addrs[0].Mask.Size()
-	c.under = netip.PrefixFrom(ip.Unmap(), ones)
 	c.mtu = fabric.PodMTU(c.cfg, dev.Attrs().MTU, false)
-	c.node = v1.Node{Name: o.NodeName, Underlay: []netip.Addr{c.under.Addr()}, VTEPMAC: fabric.VTEPMAC(o.NodeName).String()}
+	c.node = v1.Node{Name: o.NodeName, Underlay: underlay, VTEPMAC: fabric.VTEPMAC(o.NodeName).String()}
 	if err := c.acquire(ctx); err != nil {
 		return nil, err
 	}

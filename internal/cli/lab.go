@@ -1,32 +1,162 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
+
+	"os/signal"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/weftnet/weft/internal/lab"
+	"github.com/weftnet/weft/internal/probe"
 )
 
 func newLabCmd() *cobra.Command {
 	labCmd := &cobra.Command{Use: "lab", Short: "Build weft clusters out of network namespaces on this machine"}
 	var opts lab.Options
+	var output string
 	labCmd.PersistentFlags().StringVar(&opts.Name, "name", "weft", "lab name: the prefix of every namespace it makes")
-	labCmd.PersistentFlags().StringVar(&opts.BinDir, "bin-dir", "", "folder holding weftd and weft-cni (default: next to weft)")
+	labCmd.PersistentFlags().StringVar(&opts.BinDir, "bin-dir", "", "folder holding weft, weftd and weft-cni (default: next to weft)")
+	labCmd.PersistentFlags().StringVarP(&output, "output", "o", "table", "table or json")
+	load := func() (*lab.Lab, error) { return lab.Load(opts.Name) }
+
+	var detach bool
+	up := &cobra.Command{
+		Use: "up [--nodes 3] [--fabric vxlan|direct] [-d]", Short: "Bring a lab up: underlay, etcd, nodes running weftd", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := lab.Up(opts)
+			if err != nil {
+				return err
+			}
+			printStatus(cmd.OutOrStdout(), l)
+			if detach {
+				return nil
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "lab running; Ctrl-C tears it down")
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return l.Down()
+		},
+	}
+	up.Flags().IntVar(&opts.Nodes, "nodes", 3, "how many nodes")
+	up.Flags().StringVar(&opts.Fabric, "fabric", "vxlan", "vxlan or direct")
+	up.Flags().StringVar(&opts.Mode, "mode", "bridge", "pod attachment: bridge or ptp")
+	up.Flags().BoolVarP(&detach, "detach", "d", false, "leave the lab running and return")
+
+	pod := &cobra.Command{Use: "pod", Short: "Pods of a lab"}
+	var node int
+	var labels, serve string
+	add := &cobra.Command{
+		Use: "add NAME --node N [--serve tcp:PORT]", Short: "Attach a pod through the real weft-cni exec path", Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			port := 0
+			if serve != "" {
+				proto, p, ok := strings.Cut(serve, ":")
+				n, err := strconv.Atoi(p)
+				if !ok || (proto != "tcp" && proto != "http") || err != nil || n < 1 || n > 65535 {
+					return usageErr("--serve %q: use tcp:PORT", serve)
+				}
+				port = n
+			}
+			l, err := load()
+			if err != nil {
+				return err
+			}
+			p, err := l.AddPod(args[0], fmt.Sprintf("node%d", node), port)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s on node%d: %v\n", p.Name, node, p.IPs)
+			return nil
+		},
+	}
+	add.Flags().IntVar(&node, "node", 1, "node number")
+	add.Flags().StringVar(&labels, "labels", "", "k=v,... (recorded by weft-cni)")
+	add.Flags().StringVar(&serve, "serve", "", "run a TCP echo server in the pod: tcp:PORT")
+	rm := &cobra.Command{
+		Use: "rm NAME", Short: "Detach and delete a pod", Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := load()
+			if err != nil {
+				return err
+			}
+			return l.RemovePod(args[0])
+		},
+	}
+	pod.AddCommand(add, rm)
+
+	execCmd := &cobra.Command{
+		Use: "exec POD -- CMD...", Short: "Run a command in a pod's network namespace", Args: minArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := load()
+			if err != nil {
+				return err
+			}
+			return l.Exec(args[0], args[1:])
+		},
+	}
+	status := &cobra.Command{
+		Use: "status", Short: "Nodes, leases, pods and health of a lab", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := load()
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(cmd.OutOrStdout(), struct {
+					Nodes []*lab.Node `json:"nodes"`
+					Pods  []*lab.Pod  `json:"pods"`
+				}{l.State.Nodes, l.State.Pods})
+			}
+			printStatus(cmd.OutOrStdout(), l)
+			return nil
+		},
+	}
+	check := &cobra.Command{
+		Use: "check", Short: "Pod-to-pod matrix (ICMP, TCP), MTUs and DF probes; non-zero on any failure", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := load()
+			if err != nil {
+				return err
+			}
+			r := l.Check()
+			if output == "json" {
+				if err := printJSON(cmd.OutOrStdout(), r); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "%d pings, %d TCP round trips, %d MTUs, %d DF probes: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, len(r.Failures))
+				for _, f := range r.Failures {
+					fmt.Fprintln(cmd.OutOrStdout(), "  "+f)
+				}
+			}
+			if !r.OK {
+				return &ExitError{Code: 1, Err: fmt.Errorf("%d checks failed", len(r.Failures))}
+			}
+			return nil
+		},
+	}
 
 	var pods int
 	demo := &cobra.Command{
 		Use:   "demo",
-		Short: "Bring a node up, attach pods through weft-cni, ping every pair, tear it all down",
+		Short: "Bring a lab up, attach pods across its nodes, check everything, tear it down",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.OutOrStdout(), opts, pods)
 		},
 	}
-	demo.Flags().IntVar(&pods, "pods", 3, "pods to attach")
+	demo.Flags().IntVar(&pods, "pods", 3, "pods to attach (spread over the nodes)")
+	demo.Flags().IntVar(&opts.Nodes, "nodes", 3, "how many nodes")
+	demo.Flags().StringVar(&opts.Fabric, "fabric", "vxlan", "vxlan or direct")
 	demo.Flags().StringVar(&opts.Mode, "mode", "bridge", "bridge or ptp")
 
 	down := &cobra.Command{
@@ -34,7 +164,7 @@ func newLabCmd() *cobra.Command {
 		Short: "Remove every namespace, process and file a lab made (safe to repeat)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := lab.Load(opts.Name)
+			l, err := load()
 			if err != nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "lab %s: nothing to remove\n", opts.Name)
 				return nil
@@ -46,12 +176,73 @@ func newLabCmd() *cobra.Command {
 			return nil
 		},
 	}
-	labCmd.AddCommand(demo, down)
+
+	// Helpers the lab runs as processes of their own inside its namespaces.
+	var dataDir, listen string
+	etcd := &cobra.Command{
+		Use: "etcd", Hidden: true, Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return lab.RunEtcd(ctx, dataDir, listen)
+		},
+	}
+	etcd.Flags().StringVar(&dataDir, "data-dir", "", "etcd data directory")
+	etcd.Flags().StringVar(&listen, "listen", "", "client address HOST:PORT")
+	var port int
+	serveCmd := &cobra.Command{
+		Use: "serve", Hidden: true, Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
+			if err != nil {
+				return err
+			}
+			go func() {
+				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+				defer stop()
+				<-ctx.Done()
+				ln.Close()
+			}()
+			probe.Echo(ln)
+			return nil
+		},
+	}
+	serveCmd.Flags().IntVar(&port, "port", 8080, "TCP port")
+
+	labCmd.AddCommand(up, pod, execCmd, status, check, demo, down, etcd, serveCmd)
 	return labCmd
 }
 
+func printStatus(w io.Writer, l *lab.Lab) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "lab %s: %d nodes, %s fabric, %s mode, store %s\n", l.State.Name, len(l.State.Nodes), l.State.Fabric, l.State.Mode, l.State.Store)
+	fmt.Fprintln(tw, "NODE\tUNDERLAY\tPOD CIDRS\tMTU\tWEFTD")
+	for _, n := range l.State.Nodes {
+		up := "running"
+		if syscall.Kill(n.PID, 0) != nil {
+			up = "DOWN"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%d\t%s (pid %d)\n", n.Name, n.Underlay, n.PodCIDRs, n.MTU, up, n.PID)
+	}
+	if len(l.State.Pods) > 0 {
+		fmt.Fprintln(tw, "\nPOD\tNODE\tADDRESSES\tMTU\tSERVES")
+		for _, p := range l.State.Pods {
+			var ips []string
+			for _, ip := range p.IPs {
+				ips = append(ips, ip.String())
+			}
+			serves := "-"
+			if p.Serve > 0 {
+				serves = fmt.Sprintf("tcp:%d", p.Serve)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", p.Name, p.Node, strings.Join(ips, ", "), p.MTU, serves)
+		}
+	}
+	_ = tw.Flush()
+}
+
 func runDemo(w io.Writer, opts lab.Options, pods int) (err error) {
-	fmt.Fprintf(w, "== weft lab demo (%s mode): weftd in a node namespace, %d pods through weft-cni\n", opts.Mode, pods)
+	fmt.Fprintf(w, "== weft lab demo: %d nodes (%s fabric, embedded etcd), %d pods through weft-cni\n", opts.Nodes, opts.Fabric, pods)
 	l, err := lab.Up(opts)
 	if err != nil {
 		return err
@@ -60,27 +251,17 @@ func runDemo(w io.Writer, opts lab.Options, pods int) (err error) {
 		if derr := l.Down(); derr != nil && err == nil {
 			err = derr
 		}
-		fmt.Fprintf(w, "\n== torn down: namespaces, weftd, state removed\n")
+		fmt.Fprintf(w, "\n== torn down: namespaces, weftd and etcd processes, state removed\n")
 	}()
-	n := l.State.Nodes[0]
-	fmt.Fprintf(w, "node %s (netns %s): pod CIDRs %v, weftd pid %d\n\n", n.Name, n.Netns, n.PodCIDRs, n.PID)
 	for i := 1; i <= pods; i++ {
-		if _, err := l.AddPod(fmt.Sprintf("pod%d", i), n.Name); err != nil {
+		node := (i-1)%len(l.State.Nodes) + 1
+		if _, err := l.AddPod(fmt.Sprintf("pod%d", i), fmt.Sprintf("node%d", node), 8080); err != nil {
 			return err
 		}
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "POD\tNODE\tADDRESSES\tMAC")
-	for _, p := range l.State.Pods {
-		var ips []string
-		for _, ip := range p.IPs {
-			ips = append(ips, ip.String())
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, strings.Join(ips, ", "), p.MAC)
-	}
-	_ = tw.Flush()
+	printStatus(w, l)
 
-	fmt.Fprintln(w, "\nping matrix (ICMP echo, from row to column):")
+	fmt.Fprintln(w, "\nping matrix (ICMP echo, IPv4 and IPv6, from row to column):")
 	results := l.PingMatrix()
 	cell := map[string]string{}
 	failed := 0
@@ -95,7 +276,7 @@ func runDemo(w io.Writer, opts lab.Options, pods int) (err error) {
 		}
 		cell[k] = mark
 	}
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	header := "FROM \\ TO"
 	for _, p := range l.State.Pods {
 		header += "\t" + p.Name
@@ -114,13 +295,13 @@ func runDemo(w io.Writer, opts lab.Options, pods int) (err error) {
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "\n%d of %d pings answered (IPv4 and IPv6)\n", len(results)-failed, len(results))
-	if failed > 0 {
-		for _, r := range results {
-			if r.Err != nil {
-				fmt.Fprintf(w, "  %s -> %s (%s): %v\n", r.From, r.To, r.Dst, r.Err)
-			}
-		}
-		return &ExitError{Code: 1, Err: fmt.Errorf("%d pings failed", failed)}
+	r := l.Check()
+	fmt.Fprintf(w, "check: %d pings, %d TCP round trips, %d pod MTUs, %d DF probes at the pod MTU: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, len(r.Failures))
+	for _, f := range r.Failures {
+		fmt.Fprintln(w, "  "+f)
+	}
+	if !r.OK {
+		return &ExitError{Code: 1, Err: fmt.Errorf("%d checks failed", len(r.Failures))}
 	}
 	return nil
 }

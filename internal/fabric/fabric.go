@@ -98,7 +98,7 @@ func Desired(cfg v1.ClusterConfig, self Self, peers []Peer) (State, error) {
 			switch {
 			case direct:
 				if !ok {
-					return st, fmt.Errorf("peer %s has no underlay address for %s", p.Node.Name, b)
+					continue // no underlay of this family: this block cannot be routed directly
 				}
 				st.Routes = append(st.Routes, Route{Dst: b, Via: under})
 			case useVXLAN:

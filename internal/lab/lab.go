@@ -31,15 +31,20 @@ const Root = "/run/weft-lab"
 // Options describe a lab.
 type Options struct {
 	Name   string // prefix of every namespace; default "weft"
-	BinDir string // folder holding weftd and weft-cni
+	BinDir string // folder holding weft, weftd and weft-cni
 	Mode   string // bridge or ptp
+	Nodes  int    // default 3
+	Fabric string // vxlan or direct
 }
 
 // Node is one node namespace with its weftd.
 type Node struct {
 	Name     string         `json:"name"`
 	Netns    string         `json:"netns"`
+	Underlay netip.Addr     `json:"underlay"`
 	PodCIDRs []netip.Prefix `json:"podCIDRs"`
+	Fabric   string         `json:"fabric"`
+	MTU      int            `json:"mtu"`
 	PID      int            `json:"pid"`
 	RunDir   string         `json:"runDir"`
 	StateDir string         `json:"stateDir"`
@@ -47,19 +52,26 @@ type Node struct {
 
 // Pod is one pod namespace attached to a node.
 type Pod struct {
-	Name  string       `json:"name"`
-	Node  string       `json:"node"`
-	Netns string       `json:"netns"`
-	IPs   []netip.Addr `json:"ips"`
-	MAC   string       `json:"mac"`
+	Name     string       `json:"name"`
+	Node     string       `json:"node"`
+	Netns    string       `json:"netns"`
+	IPs      []netip.Addr `json:"ips"`
+	MAC      string       `json:"mac"`
+	MTU      int          `json:"mtu"`
+	Serve    int          `json:"serve,omitempty"` // TCP echo port, 0: none
+	ServePID int          `json:"servePID,omitempty"`
 }
 
 // State is what a lab made, persisted so another process can tear it down.
 type State struct {
-	Name  string  `json:"name"`
-	Mode  string  `json:"mode"`
-	Nodes []*Node `json:"nodes"`
-	Pods  []*Pod  `json:"pods"`
+	Name     string  `json:"name"`
+	Mode     string  `json:"mode"`
+	Fabric   string  `json:"fabric"`
+	Underlay string  `json:"underlay"` // the underlay namespace
+	Store    string  `json:"store"`
+	EtcdPID  int     `json:"etcdPID"`
+	Nodes    []*Node `json:"nodes"`
+	Pods     []*Pod  `json:"pods"`
 }
 
 // Lab is a lab being driven.
@@ -75,6 +87,18 @@ func (o *Options) defaults() error {
 	if o.Mode == "" {
 		o.Mode = "bridge"
 	}
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Nodes < 1 || o.Nodes > 100 {
+		return fmt.Errorf("--nodes %d: from 1 to 100", o.Nodes)
+	}
+	if o.Fabric == "" {
+		o.Fabric = "vxlan"
+	}
+	if o.Fabric != "vxlan" && o.Fabric != "direct" {
+		return fmt.Errorf("--fabric %q: use vxlan or direct", o.Fabric)
+	}
 	if len(o.Name) > 8 || strings.ContainsAny(o.Name, "/ .:") {
 		return fmt.Errorf("lab name %q: use at most 8 letters, digits or dashes", o.Name)
 	}
@@ -85,7 +109,7 @@ func (o *Options) defaults() error {
 		}
 		o.BinDir = filepath.Dir(self)
 	}
-	for _, b := range []string{"weftd", "weft-cni"} {
+	for _, b := range []string{"weft", "weftd", "weft-cni"} {
 		if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
 			return fmt.Errorf("%s not found in %s (build with: go build -o bin/ ./cmd/...)", b, o.BinDir)
 		}
@@ -96,7 +120,8 @@ func (o *Options) defaults() error {
 func (l *Lab) dir() string       { return filepath.Join(Root, l.opts.Name) }
 func (l *Lab) stateFile() string { return filepath.Join(l.dir(), "lab.json") }
 
-// Up creates a lab of one node (cross-node fabrics come with the cluster agent).
+// Up creates the lab: an underlay namespace with a bridge and an embedded etcd, the
+// cluster configuration, and Nodes node namespaces each running weftd in cluster mode.
 func Up(opts Options) (*Lab, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
@@ -104,7 +129,7 @@ func Up(opts Options) (*Lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the lab needs root (it creates network namespaces)")
 	}
-	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode}}
+	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode, Fabric: opts.Fabric}}
 	if _, err := os.Stat(l.stateFile()); err == nil {
 		return nil, fmt.Errorf("lab %q already exists: run `weft lab down --name %s` first", opts.Name, opts.Name)
 	}
@@ -117,8 +142,13 @@ func Up(opts Options) (*Lab, error) {
 			_ = l.Down()
 		}
 	}()
-	if err := l.addNode("node1", []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:244:1::/64")}); err != nil {
+	if err := l.upUnderlay(); err != nil {
 		return nil, err
+	}
+	for i := 1; i <= opts.Nodes; i++ {
+		if err := l.addNode(i); err != nil {
+			return nil, err
+		}
 	}
 	ok = true
 	return l, nil
@@ -126,20 +156,20 @@ func Up(opts Options) (*Lab, error) {
 
 func (l *Lab) nsName(short string) string { return l.opts.Name + "-" + short }
 
-func (l *Lab) addNode(name string, cidrs []netip.Prefix) error {
-	nsName := l.nsName(name)
-	nsPath, err := createNS(nsName)
+func (l *Lab) addNode(i int) error {
+	name := fmt.Sprintf("node%d", i)
+	nsPath, err := createNS(l.nsName(name))
 	if err != nil {
 		return err
 	}
-	n := &Node{Name: name, Netns: nsPath, PodCIDRs: cidrs, RunDir: filepath.Join(l.dir(), name, "run"), StateDir: filepath.Join(l.dir(), name, "state")}
+	n := &Node{Name: name, Netns: nsPath, Underlay: underlayAddr(i), Fabric: l.State.Fabric,
+		RunDir: filepath.Join(l.dir(), name, "run"), StateDir: filepath.Join(l.dir(), name, "state")}
 	l.State.Nodes = append(l.State.Nodes, n)
 	if err := l.save(); err != nil {
 		return err
 	}
-	var cidrList []string
-	for _, c := range cidrs {
-		cidrList = append(cidrList, c.String())
+	if err := plugIntoUnderlay(l.State.Underlay, nsPath, fmt.Sprintf("u%d", i), n.Underlay); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(filepath.Join(l.dir(), name), 0o755); err != nil {
 		return err
@@ -150,7 +180,7 @@ func (l *Lab) addNode(name string, cidrs []netip.Prefix) error {
 	}
 	defer logf.Close()
 	cmd := exec.Command("nsenter", "--net="+nsPath, "--", filepath.Join(l.opts.BinDir, "weftd"),
-		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--pod-cidr", strings.Join(cidrList, ","))
+		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--store", l.State.Store, "--underlay-dev", "uplink")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals
 	if err := cmd.Start(); err != nil {
@@ -162,10 +192,11 @@ func (l *Lab) addNode(name string, cidrs []netip.Prefix) error {
 		return err
 	}
 	client := cniapi.Client{Socket: filepath.Join(n.RunDir, "weft.sock"), Timeout: time.Second}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if _, err := client.Do(cniapi.Request{Op: cniapi.OpStatus}); err == nil {
-			if _, err := cniapi.ReadNodeContract(n.RunDir); err == nil {
-				return nil
+			if c, err := cniapi.ReadNodeContract(n.RunDir); err == nil {
+				n.PodCIDRs, n.MTU = c.PodCIDRs, c.MTU
+				return l.save()
 			}
 		}
 	}
@@ -191,8 +222,9 @@ func (l *Lab) cni() *libcni.CNIConfig {
 	return libcni.NewCNIConfigWithCacheDir([]string{l.opts.BinDir}, filepath.Join(l.dir(), "cni-cache"), nil)
 }
 
-// AddPod creates a pod namespace and attaches it to node through weft-cni.
-func (l *Lab) AddPod(name, nodeName string) (*Pod, error) {
+// AddPod creates a pod namespace, attaches it to node through weft-cni and, with serve > 0,
+// starts a TCP echo server in it on that port.
+func (l *Lab) AddPod(name, nodeName string, serve int) (*Pod, error) {
 	n, err := l.node(nodeName)
 	if err != nil {
 		return nil, err
@@ -201,7 +233,7 @@ func (l *Lab) AddPod(name, nodeName string) (*Pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pod{Name: name, Node: nodeName, Netns: nsPath}
+	p := &Pod{Name: name, Node: nodeName, Netns: nsPath, MTU: n.MTU}
 	l.State.Pods = append(l.State.Pods, p)
 	if err := l.save(); err != nil {
 		return nil, err
@@ -229,6 +261,11 @@ func (l *Lab) AddPod(name, nodeName string) (*Pod, error) {
 	for _, i := range res.Interfaces {
 		if i.Sandbox != "" {
 			p.MAC = i.Mac
+		}
+	}
+	if serve > 0 {
+		if err := l.startServe(p, serve); err != nil {
+			return p, err
 		}
 	}
 	return p, l.save()
@@ -283,10 +320,15 @@ func (l *Lab) Down() error {
 		}
 		errs = append(errs, deleteNS(p.Netns))
 	}
+	for _, p := range l.State.Pods {
+		stopPID(p.ServePID, "weft")
+	}
 	for _, n := range l.State.Nodes {
-		stopPID(n.PID)
+		stopPID(n.PID, "weftd")
 		errs = append(errs, deleteNS(n.Netns))
 	}
+	stopPID(l.State.EtcdPID, "weft")
+	errs = append(errs, deleteNS(l.State.Underlay))
 	errs = append(errs, os.RemoveAll(l.dir()))
 	return errors.Join(errs...)
 }
@@ -297,6 +339,9 @@ func Load(name string) (*Lab, error) {
 	if o.Name == "" {
 		o.Name = "weft"
 	}
+	if self, err := os.Executable(); err == nil {
+		o.BinDir = filepath.Dir(self)
+	}
 	l := &Lab{opts: o}
 	b, err := os.ReadFile(l.stateFile())
 	if err != nil {
@@ -305,6 +350,7 @@ func Load(name string) (*Lab, error) {
 	if err := json.Unmarshal(b, &l.State); err != nil {
 		return nil, fmt.Errorf("lab %q state: %w", o.Name, err)
 	}
+	l.opts.Mode, l.opts.Fabric = l.State.Mode, l.State.Fabric
 	return l, nil
 }
 
@@ -329,9 +375,10 @@ func pidAlive(pid int) bool {
 	return pid > 0 && syscall.Kill(pid, 0) == nil
 }
 
-// stopPID ends a weftd the lab started: SIGTERM, then SIGKILL after 5 s.
-func stopPID(pid int) {
-	if !pidAlive(pid) || !isWeftd(pid) {
+// stopPID ends a process the lab started (checked by its program name, against a
+// recycled PID): SIGTERM, then SIGKILL after 5 s.
+func stopPID(pid int, program string) {
+	if !pidAlive(pid) || !isProgram(pid, program) {
 		return
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
@@ -344,12 +391,11 @@ func stopPID(pid int) {
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
-// isWeftd guards against a recycled PID: only a weftd process is ever signalled.
-func isWeftd(pid int) bool {
+func isProgram(pid int, program string) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return false
 	}
 	argv0, _, _ := strings.Cut(string(b), "\x00")
-	return filepath.Base(argv0) == "weftd"
+	return filepath.Base(argv0) == program
 }

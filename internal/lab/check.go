@@ -1,0 +1,148 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/weftnet/weft/internal/netlinkx"
+	"github.com/weftnet/weft/internal/probe"
+)
+
+// Report is `weft lab check`: the connectivity matrix, MTUs and DF probes.
+type Report struct {
+	OK       bool     `json:"ok"`
+	Failures []string `json:"failures"`
+	Pings    int      `json:"pings"`
+	TCP      int      `json:"tcp"`
+	MTUs     int      `json:"mtus"`
+	DF       int      `json:"dfProbes"`
+}
+
+// Check tests every pod pair (ICMP, and TCP to pods that serve), each pod's MTU against its
+// node's, and a don't-fragment probe of exactly the pod MTU (which must pass) and one byte
+// more (which must be refused) between pods on different nodes.
+func (l *Lab) Check() Report {
+	r := Report{Failures: []string{}}
+	fail := func(format string, a ...any) { r.Failures = append(r.Failures, fmt.Sprintf(format, a...)) }
+	for _, res := range l.PingMatrix() {
+		r.Pings++
+		if res.Err != nil {
+			fail("ping %s -> %s (%s): %v", res.From, res.To, res.Dst, res.Err)
+		}
+	}
+	for _, src := range l.State.Pods {
+		for _, dst := range l.State.Pods {
+			if src == dst || dst.Serve == 0 {
+				continue
+			}
+			for _, ip := range dst.IPs {
+				r.TCP++
+				if err := probe.TCPEcho(src.Netns, netip.AddrPortFrom(ip, uint16(dst.Serve)), 3*time.Second); err != nil {
+					fail("tcp %s -> %s (%s:%d): %v", src.Name, dst.Name, ip, dst.Serve, err)
+				}
+			}
+		}
+	}
+	for _, p := range l.State.Pods {
+		r.MTUs++
+		if got, err := podMTU(p); err != nil || got != p.MTU {
+			fail("pod %s: MTU %d (%v), want %d", p.Name, got, err, p.MTU)
+		}
+	}
+	for _, src := range l.State.Pods {
+		for _, dst := range l.State.Pods {
+			if src.Node == dst.Node || len(dst.IPs) == 0 || !dst.IPs[0].Is4() {
+				continue
+			}
+			r.DF += 2
+			payload := src.MTU - 28 // IPv4 + ICMP headers
+			if _, err := probe.Ping(src.Netns, dst.IPs[0], payload, true, 2*time.Second); err != nil {
+				fail("DF probe of %d bytes %s -> %s: %v", src.MTU, src.Name, dst.Name, err)
+			}
+			if _, err := probe.Ping(src.Netns, dst.IPs[0], payload+1, true, 2*time.Second); err == nil || !strings.Contains(err.Error(), "message too long") {
+				fail("DF probe of %d bytes %s -> %s was not refused: %v", src.MTU+1, src.Name, dst.Name, err)
+			}
+			break
+		}
+	}
+	r.OK = len(r.Failures) == 0
+	return r
+}
+
+func podMTU(p *Pod) (int, error) {
+	h, err := netlinkx.HandleAt(p.Netns)
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName("eth0")
+	if err != nil {
+		return 0, err
+	}
+	return l.Attrs().MTU, nil
+}
+
+// startServe runs `weft lab serve` (a TCP echo server) inside the pod.
+func (l *Lab) startServe(p *Pod, port int) error {
+	logf, err := os.Create(filepath.Join(l.dir(), "serve-"+p.Name+".log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("nsenter", "--net="+p.Netns, "--", filepath.Join(l.opts.BinDir, "weft"), "lab", "serve", "--port", fmt.Sprint(port))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	p.Serve, p.ServePID = port, cmd.Process.Pid
+	go func() { _ = cmd.Wait() }()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := probe.DialTCP(p.Netns, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)), time.Second); err == nil {
+			c.Close()
+			return l.save()
+		}
+	}
+	return fmt.Errorf("echo server in %s did not start", p.Name)
+}
+
+// RemovePod detaches a pod (DEL through weft-cni) and deletes its namespace.
+func (l *Lab) RemovePod(name string) error {
+	for i, p := range l.State.Pods {
+		if p.Name != name {
+			continue
+		}
+		stopPID(p.ServePID, "weft")
+		if n, err := l.node(p.Node); err == nil {
+			if list, err := l.netconf(n); err == nil {
+				_ = probe.InNS(n.Netns, func() error {
+					return l.cni().DelNetworkList(context.Background(), list, l.runtimeConf(p))
+				})
+			}
+		}
+		err := deleteNS(p.Netns)
+		l.State.Pods = append(l.State.Pods[:i], l.State.Pods[i+1:]...)
+		return errors.Join(err, l.save())
+	}
+	return fmt.Errorf("no pod %q in lab %s", name, l.opts.Name)
+}
+
+// Exec runs argv in the pod's network namespace, attached to the caller's terminal.
+func (l *Lab) Exec(pod string, argv []string) error {
+	for _, p := range l.State.Pods {
+		if p.Name == pod {
+			cmd := exec.Command("nsenter", append([]string{"--net=" + p.Netns, "--"}, argv...)...)
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+			return cmd.Run()
+		}
+	}
+	return fmt.Errorf("no pod %q in lab %s", pod, l.opts.Name)
+}
