@@ -133,6 +133,39 @@ func newClusterCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(init, status)
+	cmd.AddCommand(init, status, newRemoveNodeCmd(open))
 	return cmd
+}
+
+// newRemoveNodeCmd removes a node from the store: its registration and its leases. Every
+// other node drops its routes at the next watch event.
+func newRemoveNodeCmd(open func() (store.Store, error)) *cobra.Command {
+	return &cobra.Command{
+		Use: "remove-node NAME", Short: "Forget a node: its registration and pod CIDR leases", Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			ops := []store.Op{{Key: agent.NodePrefix + args[0], Delete: true}}
+			kvs, _, err := st.List(ctx, lease.Prefix)
+			if err != nil {
+				return err
+			}
+			for _, kv := range kvs {
+				var l v1.Lease
+				if json.Unmarshal(kv.Value, &l) == nil && l.Node == args[0] {
+					ops = append(ops, store.Op{Key: kv.Key, Delete: true})
+				}
+			}
+			if _, err := st.Txn(ctx, nil, ops); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed node %s (%d keys)\n", args[0], len(ops))
+			return nil
+		},
+	}
 }

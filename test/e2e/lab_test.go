@@ -1,0 +1,183 @@
+package e2e_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/internal/probe"
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+type labStatus struct {
+	Nodes []struct {
+		Name, Netns, Fabric string
+		Underlay            netip.Addr
+		PodCIDRs            []netip.Prefix
+		MTU, PID            int
+	}
+	Pods []struct {
+		Name, Node, Netns string
+		IPs               []netip.Addr
+		MTU               int
+	}
+}
+
+// lab drives `weft lab` for one test.
+type labCLI struct {
+	t    *testing.T
+	name string
+	bin  string
+}
+
+func (l labCLI) run(args ...string) (string, error) {
+	out, err := exec.Command(l.bin, append(append([]string{"lab"}, args...), "--name", l.name)...).CombinedOutput()
+	return string(out), err
+}
+
+func (l labCLI) must(args ...string) string {
+	l.t.Helper()
+	out, err := l.run(args...)
+	if err != nil {
+		l.t.Fatalf("weft lab %v: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+func (l labCLI) status() labStatus {
+	l.t.Helper()
+	var s labStatus
+	if err := json.Unmarshal([]byte(l.must("status", "-o", "json")), &s); err != nil {
+		l.t.Fatal(err)
+	}
+	return s
+}
+
+func newLab(t *testing.T, fabric string) labCLI {
+	testutil.RequireRoot(t)
+	l := labCLI{t: t, name: fmt.Sprintf("l%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
+	t.Cleanup(func() {
+		_, _ = l.run("down")
+		if left, _ := filepath.Glob("/run/netns/" + l.name + "-*"); len(left) > 0 {
+			t.Errorf("lab down left namespaces: %v", left)
+		}
+	})
+	l.must("up", "-d", "--nodes", "3", "--fabric", fabric)
+	for i := 1; i <= 3; i++ {
+		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080")
+	}
+	return l
+}
+
+func TestLabThreeNodes(t *testing.T) {
+	for _, fabric := range []string{"vxlan", "direct"} {
+		t.Run(fabric, func(t *testing.T) {
+			l := newLab(t, fabric)
+			out, err := l.run("check", "-o", "json")
+			if err != nil || !strings.Contains(out, `"ok": true`) {
+				t.Fatalf("check: %v\n%s", err, out)
+			}
+			s := l.status()
+			wantMTU := 1500
+			if fabric == "vxlan" {
+				wantMTU = 1450
+			}
+			if len(s.Nodes) != 3 || len(s.Pods) != 3 {
+				t.Fatalf("status: %+v", s)
+			}
+			seen := map[netip.Prefix]bool{}
+			for _, n := range s.Nodes {
+				if !strings.HasPrefix(filepath.Base(n.Netns), l.name+"-") || n.Fabric != fabric || len(n.PodCIDRs) != 2 || seen[n.PodCIDRs[0]] {
+					t.Errorf("node %+v", n)
+				}
+				seen[n.PodCIDRs[0]] = true
+			}
+			for _, p := range s.Pods {
+				if p.MTU != wantMTU || len(p.IPs) != 2 {
+					t.Errorf("pod %+v, want MTU %d and two addresses", p, wantMTU)
+				}
+			}
+		})
+	}
+}
+
+// TestLabNodeRemovalAndEtcdRestart: routes to a removed node vanish from its peers; an
+// etcd restart neither stops traffic nor keeps the agents from seeing later changes.
+func TestLabNodeRemovalAndEtcdRestart(t *testing.T) {
+	l := newLab(t, "vxlan")
+	s := l.status()
+	var state struct {
+		EtcdPID  int    `json:"etcdPID"`
+		Underlay string `json:"underlay"`
+		Store    string `json:"store"`
+	}
+	b, err := os.ReadFile(filepath.Join("/run/weft-lab", l.name, "lab.json"))
+	if err != nil || json.Unmarshal(b, &state) != nil {
+		t.Fatalf("lab state: %v", err)
+	}
+	underlay := testutil.NS{Name: filepath.Base(state.Underlay), Path: state.Underlay}
+	p1 := testutil.NS{Path: s.Pods[0].Netns}
+	dst := s.Pods[1].IPs[0]
+
+	// etcd goes down and comes back while pod1 pings pod2 every 10 ms.
+	var sent, lost atomic.Int64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			sent.Add(1)
+			if _, err := probe.Ping(p1.Path, dst, 56, false, 500*time.Millisecond); err != nil {
+				lost.Add(1)
+			}
+		}
+	}()
+	if err := syscall.Kill(state.EtcdPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	listen := strings.TrimPrefix(state.Store, "etcd://")
+	etcd := underlay.Command(l.bin, "lab", "etcd", "--data-dir", filepath.Join("/run/weft-lab", l.name, "etcd"), "--listen", listen)
+	if err := etcd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = etcd.Process.Kill(); _ = etcd.Wait() })
+	time.Sleep(2 * time.Second)
+	close(stop)
+	<-done
+	if lost.Load() > 0 {
+		t.Errorf("lost %d of %d pings across an etcd restart", lost.Load(), sent.Load())
+	}
+
+	// The agents watch again: removing node3 takes its routes off node1 and node2.
+	out, err := underlay.Command(l.bin, "cluster", "remove-node", "node3", "--store", state.Store).CombinedOutput()
+	if err != nil {
+		t.Fatalf("remove-node: %v\n%s", err, out)
+	}
+	gone := s.Nodes[2].PodCIDRs[0].String()
+	for _, n := range s.Nodes[:2] {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			routes, _ := exec.Command("ip", "-n", filepath.Base(n.Netns), "route").Output()
+			if !strings.Contains(string(routes), gone) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still routes node3's %s:\n%s", n.Name, gone, routes)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
