@@ -17,6 +17,7 @@ import (
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/dataplane/masq"
+	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/hostnet"
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netcalc"
@@ -185,6 +186,9 @@ func (a *Agent) syncDataplane() {
 	a.natMu.Lock()
 	defer a.natMu.Unlock()
 	t := masq.Table{PodCIDRs: netcalc.Summarize(append(append([]netip.Prefix(nil), a.opts.PodCIDRs...), a.opts.ClusterCIDRs...))}
+	for _, set := range a.NodeSets() {
+		t.LocalAddrs = append(t.LocalAddrs, set[0].Gateway, set[0].Subnet.Masked().Addr()) // gateway, VTEP
+	}
 	if a.opts.Masquerade {
 		t.Masq = masq.Rules(a.opts.PodCIDRs, a.opts.ClusterCIDRs)
 	}
@@ -220,6 +224,9 @@ func (a *Agent) startFastpath(ctx context.Context) {
 			a.opts.Log.Warn("fast path sync failed", "err", err)
 		}
 	})
+	if c := a.opts.Cluster; c != nil {
+		a.fast.ingress = []string{c.o.UnderlayDev, fabric.DeviceName}
+	}
 	go a.fast.run(ctx)
 	a.fast.Trigger()
 }

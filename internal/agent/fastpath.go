@@ -23,8 +23,11 @@ type fastpathSync struct {
 	alloc    *ipam.Allocator
 	loop     *reconcile.Loop
 	attached map[string]bool // "ifindex/alias" this weftd attached the program to
-	passes   int
-	fail     func(error)
+	// ingress names devices where traffic from other nodes arrives (the underlay and the
+	// VXLAN device): with the program there too, a packet for a local pod goes straight in.
+	ingress []string
+	passes  int
+	fail    func(error)
 }
 
 // fastpathDelay batches the link events of a burst of ADDs into one pass; until a new
@@ -93,6 +96,17 @@ func (s *fastpathSync) sync() error {
 		for _, ip := range al.IPs {
 			want[fastpath.KeyOf(ip.Address.Addr())] = fastpath.ValueOf(attrs.Index, mac)
 		}
+		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l)) {
+			toAttach = append(toAttach, l)
+		}
+	}
+	for _, name := range s.ingress {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			continue // not there (yet): the VXLAN device comes with the first fabric sync
+		}
+		cacheKey := fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)
+		seen[cacheKey] = true
 		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l)) {
 			toAttach = append(toAttach, l)
 		}

@@ -70,7 +70,18 @@ func newLabCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := l.AddPod(args[0], fmt.Sprintf("node%d", node), port)
+			lbls := map[string]string{}
+			for _, kv := range strings.Split(labels, ",") {
+				if kv == "" {
+					continue
+				}
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return usageErr("--labels %q: use k=v,...", labels)
+				}
+				lbls[k] = v
+			}
+			p, err := l.AddPod(args[0], fmt.Sprintf("node%d", node), port, lbls)
 			if err != nil {
 				return err
 			}
@@ -255,7 +266,7 @@ func runDemo(w io.Writer, opts lab.Options, pods int) (err error) {
 	}()
 	for i := 1; i <= pods; i++ {
 		node := (i-1)%len(l.State.Nodes) + 1
-		if _, err := l.AddPod(fmt.Sprintf("pod%d", i), fmt.Sprintf("node%d", node), 8080); err != nil {
+		if _, err := l.AddPod(fmt.Sprintf("pod%d", i), fmt.Sprintf("node%d", node), 8080, map[string]string{"app": "demo"}); err != nil {
 			return err
 		}
 	}

@@ -55,7 +55,7 @@ type Pod struct {
 	Name     string       `json:"name"`
 	Node     string       `json:"node"`
 	Netns    string       `json:"netns"`
-	IPs      []netip.Addr `json:"ips"`
+	IPs      []netip.Addr `json:"addresses"`
 	MAC      string       `json:"mac"`
 	MTU      int          `json:"mtu"`
 	Serve    int          `json:"serve,omitempty"` // TCP echo port, 0: none
@@ -213,7 +213,7 @@ func (l *Lab) node(name string) (*Node, error) {
 }
 
 func (l *Lab) netconf(n *Node) (*libcni.NetworkConfigList, error) {
-	raw := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"weft-lab","plugins":[{"type":"weft-cni","mode":%q,"socket":%q}]}`,
+	raw := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"weft-lab","plugins":[{"type":"weft-cni","mode":%q,"socket":%q,"capabilities":{"labels":true}}]}`,
 		l.State.Mode, filepath.Join(n.RunDir, "weft.sock"))
 	return libcni.ConfListFromBytes([]byte(raw))
 }
@@ -224,7 +224,7 @@ func (l *Lab) cni() *libcni.CNIConfig {
 
 // AddPod creates a pod namespace, attaches it to node through weft-cni and, with serve > 0,
 // starts a TCP echo server in it on that port.
-func (l *Lab) AddPod(name, nodeName string, serve int) (*Pod, error) {
+func (l *Lab) AddPod(name, nodeName string, serve int, labels map[string]string) (*Pod, error) {
 	n, err := l.node(nodeName)
 	if err != nil {
 		return nil, err
@@ -244,7 +244,11 @@ func (l *Lab) AddPod(name, nodeName string, serve int) (*Pod, error) {
 	}
 	var res *current.Result
 	err = probe.InNS(n.Netns, func() error {
-		r, err := l.cni().AddNetworkList(context.Background(), list, l.runtimeConf(p))
+		rt := l.runtimeConf(p)
+		if len(labels) > 0 {
+			rt.CapabilityArgs = map[string]any{"labels": labels}
+		}
+		r, err := l.cni().AddNetworkList(context.Background(), list, rt)
 		if err != nil {
 			return err
 		}

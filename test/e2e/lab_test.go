@@ -26,7 +26,7 @@ type labStatus struct {
 	}
 	Pods []struct {
 		Name, Node, Netns string
-		IPs               []netip.Addr
+		IPs               []netip.Addr `json:"addresses"`
 		MTU               int
 	}
 }

@@ -57,16 +57,26 @@ func Exprs(r Rule) []expr.Any {
 }
 
 // NotrackExprs compiles the pod-to-pod exemption for one pod network:
-// meta nfproto X; ip saddr P; ip daddr P; fib daddr type != local; notrack. Pod-to-pod
+// meta nfproto X; ip saddr P; ip daddr P; ip daddr != each local; notrack. Pod-to-pod
 // traffic is never NATed, so tracking it would only cost a conntrack lookup per packet.
-// Traffic to the node's own addresses in P (the gateway) stays tracked: it may be the
-// answer to a hairpinned published port, which conntrack must translate back.
-func NotrackExprs(p netip.Prefix) []expr.Any {
+// Traffic to the node's own addresses in P (gateways, VTEP addresses: locals) stays
+// tracked: it may be the answer to a hairpinned published port, which conntrack must
+// translate back. Listing them beats a fib lookup per packet.
+func NotrackExprs(p netip.Prefix, locals []netip.Addr) []expr.Any {
 	ex := withinPrefix(p)
-	ex = append(ex,
-		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeUint32(unix.RTN_LOCAL)},
-	)
+	off := uint32(16)
+	if p.Addr().Is6() {
+		off = 24
+	}
+	for _, l := range locals {
+		if l.Is4() != p.Addr().Is4() || !p.Contains(l) {
+			continue
+		}
+		ex = append(ex,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(l.BitLen() / 8)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: l.AsSlice()},
+		)
+	}
 	return append(ex, &expr.Notrack{})
 }
 
@@ -99,9 +109,10 @@ func match(offset, size uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
 
 // Table is everything weft's NAT table holds.
 type Table struct {
-	Masq     []Rule
-	PodCIDRs []netip.Prefix // pod-to-pod is not tracked, and hairpinned ports are masqueraded
-	Ports    []PortRule
+	Masq       []Rule
+	PodCIDRs   []netip.Prefix // pod-to-pod is not tracked, and hairpinned ports are masqueraded
+	LocalAddrs []netip.Addr   // the node's own addresses inside PodCIDRs (gateways, VTEPs)
+	Ports      []PortRule
 }
 
 // Apply replaces weft's NAT table in the current network namespace with t, in one
@@ -121,7 +132,7 @@ func Apply(t Table) error {
 	pre := chain("ports", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
 	out := chain("ports-local", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
 	for _, p := range t.PodCIDRs {
-		c.AddRule(&nftables.Rule{Table: table, Chain: raw, Exprs: NotrackExprs(p)})
+		c.AddRule(&nftables.Rule{Table: table, Chain: raw, Exprs: NotrackExprs(p, t.LocalAddrs)})
 		c.AddRule(&nftables.Rule{Table: table, Chain: post, Exprs: HairpinExprs(p)})
 	}
 	for _, r := range t.Masq {
