@@ -16,6 +16,7 @@ T=wx$$
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in /tmp/$T-iperf-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; rm -f "$f"; done
   "$BIN/weft" lab down --name "${T}v" >/dev/null 2>&1 || true
   "$BIN/weft" lab down --name "${T}d" >/dev/null 2>&1 || true
   for ns in $(ip netns list | awk '{print $1}' | grep "^$T" || true); do ip netns del "$ns"; done
