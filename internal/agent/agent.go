@@ -226,6 +226,7 @@ func (a *Agent) startFastpath(ctx context.Context) {
 	})
 	if c := a.opts.Cluster; c != nil {
 		a.fast.ingress = []string{c.o.UnderlayDev, fabric.DeviceName}
+		c.onRemote = fp.SyncRemote
 	}
 	go a.fast.run(ctx)
 	a.fast.Trigger()

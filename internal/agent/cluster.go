@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/dataplane/overlay"
 	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/lease"
@@ -48,6 +49,9 @@ type Cluster struct {
 	mgr    *lease.Manager
 	held   *lease.Held
 	fabric *reconcile.Loop
+	// onRemote receives, after each fabric sync, where every other node's pod block goes,
+	// for the eBPF fast path to send there directly.
+	onRemote func(map[fastpath.RemoteKey]fastpath.RemoteValue) error
 }
 
 // Join waits for the cluster configuration, registers the node and takes its lease.
@@ -230,5 +234,24 @@ func (c *Cluster) syncFabric(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return overlay.Apply(&netlink.Handle{}, c.o.NodeName, st, overlay.Underlay{Device: c.o.UnderlayDev, Addr: c.under.Addr()}, c.mtu)
+	h := &netlink.Handle{}
+	if err := overlay.Apply(h, c.o.NodeName, st, overlay.Underlay{Device: c.o.UnderlayDev, Addr: c.under.Addr()}, c.mtu); err != nil {
+		return err
+	}
+	if c.onRemote == nil {
+		return nil
+	}
+	ifindex := map[bool]int{}
+	for vxlan, name := range map[bool]string{true: fabric.DeviceName, false: c.o.UnderlayDev} {
+		if l, err := h.LinkByName(name); err == nil {
+			ifindex[vxlan] = l.Attrs().Index
+		}
+	}
+	remote := map[fastpath.RemoteKey]fastpath.RemoteValue{}
+	for _, r := range st.Routes {
+		if idx := ifindex[r.VXLAN]; idx != 0 {
+			remote[fastpath.RemoteKeyOf(r.Dst)] = fastpath.RemoteValueOf(idx, r.Via)
+		}
+	}
+	return c.onRemote(remote)
 }

@@ -16,8 +16,9 @@ const FilterName = "weft_fastpath"
 
 // Fastpath is a loaded program and its map of local pods.
 type Fastpath struct {
-	pods *ebpf.Map
-	prog *ebpf.Program
+	pods   *ebpf.Map
+	remote *ebpf.Map
+	prog   *ebpf.Program
 }
 
 // Load creates the map and loads the program. It fails on kernels without
@@ -27,18 +28,25 @@ func Load() (*Fastpath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create local pod map: %w", err)
 	}
-	p, err := ebpf.NewProgram(programSpec(m))
+	r, err := ebpf.NewMap(newRemoteMapSpec())
 	if err != nil {
 		m.Close()
+		return nil, fmt.Errorf("create remote block map: %w", err)
+	}
+	p, err := ebpf.NewProgram(programSpec(m, r))
+	if err != nil {
+		m.Close()
+		r.Close()
 		return nil, fmt.Errorf("load fast path program: %w", err)
 	}
-	return &Fastpath{pods: m, prog: p}, nil
+	return &Fastpath{pods: m, remote: r, prog: p}, nil
 }
 
 // Close releases weftd's handles; attached filters keep the program (and its map) alive.
 func (f *Fastpath) Close() {
 	f.prog.Close()
 	f.pods.Close()
+	f.remote.Close()
 }
 
 // KeyOf converts an address to a map key.
@@ -75,6 +83,55 @@ func (f *Fastpath) Sync(want map[Key]Value) error {
 	for k, v := range want {
 		if err := f.pods.Put(k, v); err != nil {
 			return fmt.Errorf("update local pod map: %w", err)
+		}
+	}
+	return nil
+}
+
+// RemoteKeyOf converts a prefix to an LPM key (IPv4 mapped into IPv6).
+func RemoteKeyOf(p netip.Prefix) RemoteKey {
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return RemoteKey{PrefixLen: uint32(bits), Addr: p.Masked().Addr().As16()}
+}
+
+// RemoteValueOf builds a remote value.
+func RemoteValueOf(ifindex int, nextHop netip.Addr) RemoteValue {
+	v := RemoteValue{Ifindex: uint32(ifindex), Family: unix.AF_INET6}
+	if nextHop.Is4() {
+		v.Family = unix.AF_INET
+		b := nextHop.As4()
+		copy(v.NextHop[:], b[:])
+	} else {
+		v.NextHop = nextHop.As16()
+	}
+	return v
+}
+
+// SyncRemote makes the remote map hold exactly want.
+func (f *Fastpath) SyncRemote(want map[RemoteKey]RemoteValue) error {
+	var stale []RemoteKey
+	var k RemoteKey
+	var v RemoteValue
+	it := f.remote.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := want[k]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read remote map: %w", err)
+	}
+	for _, k := range stale {
+		if err := f.remote.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	for k, v := range want {
+		if err := f.remote.Put(k, v); err != nil {
+			return fmt.Errorf("update remote map: %w", err)
 		}
 	}
 	return nil

@@ -40,7 +40,25 @@ func newMapSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{Name: "weft_local_pods", Type: ebpf.Hash, KeySize: 16, ValueSize: 12, MaxEntries: 65536}
 }
 
-func programSpec(m *ebpf.Map) *ebpf.ProgramSpec {
+// RemoteKey is an LPM trie key: a prefix of IPv6 (or IPv4-mapped) addresses.
+type RemoteKey struct {
+	PrefixLen uint32
+	Addr      [16]byte
+}
+
+// RemoteValue says where to send a pod block of another node: out of Ifindex (the
+// underlay, or the VXLAN device) to next hop NextHop, resolved by the neighbour table.
+type RemoteValue struct {
+	Ifindex uint32
+	Family  uint32   // AF_INET or AF_INET6, of NextHop
+	NextHop [16]byte // IPv4 in the first 4 bytes
+}
+
+func newRemoteMapSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{Name: "weft_remote", Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 24, MaxEntries: 4096, Flags: 1 /* BPF_F_NO_PREALLOC */}
+}
+
+func programSpec(m, remote *ebpf.Map) *ebpf.ProgramSpec {
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
@@ -80,7 +98,7 @@ func programSpec(m *ebpf.Map) *ebpf.ProgramSpec {
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -16),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.JEq.Imm(asm.R0, 0, "remote"),
 		asm.Mov.Reg(asm.R7, asm.R0),
 		// The helper call clobbered the packet pointers: load and bound them again.
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
@@ -109,6 +127,34 @@ func programSpec(m *ebpf.Map) *ebpf.ProgramSpec {
 		asm.LoadMem(asm.R1, asm.R7, 0, asm.Word).WithSymbol("redirect"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRedirectPeer.Call(),
+		asm.Return(),
+
+		// Another node's pod: send it out of the underlay (or VXLAN) device to the next hop
+		// with bpf_redirect_neigh, past this node's routing and netfilter.
+		asm.Mov.Imm(asm.R5, 128).WithSymbol("remote"),
+		asm.StoreMem(asm.R10, -36, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, asm.R10, -16, asm.DWord),
+		asm.StoreMem(asm.R10, -32, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R10, -8, asm.DWord),
+		asm.StoreMem(asm.R10, -24, asm.R5, asm.DWord),
+		asm.LoadMapPtr(asm.R1, remote.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -36),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		// struct bpf_redir_neigh { u32 nh_family; union { be32 v4; u32 v6[4]; } } at r10-60
+		asm.LoadMem(asm.R5, asm.R0, 4, asm.Word),
+		asm.StoreMem(asm.R10, -60, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, asm.R0, 8, asm.DWord),
+		asm.StoreMem(asm.R10, -56, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R0, 16, asm.DWord),
+		asm.StoreMem(asm.R10, -48, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -60),
+		asm.Mov.Imm(asm.R3, 20),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnRedirectNeigh.Call(),
 		asm.Return(),
 
 		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
