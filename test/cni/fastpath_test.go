@@ -33,12 +33,20 @@ func (n *node) fastpathState(hostVeth string) (uint32, map[netip.Addr]uint32) {
 		defer prog.Close()
 		info, _ := prog.Info()
 		ids, _ := info.MapIDs()
-		if len(ids) != 1 {
-			n.t.Fatalf("program uses %d maps", len(ids))
+		var m *ebpf.Map
+		for _, id := range ids {
+			cand, err := ebpf.NewMapFromID(id)
+			if err != nil {
+				n.t.Fatal(err)
+			}
+			if mi, err := cand.Info(); err == nil && mi.Name == "weft_local_pods" {
+				m = cand
+				break
+			}
+			cand.Close()
 		}
-		m, err := ebpf.NewMapFromID(ids[0])
-		if err != nil {
-			n.t.Fatal(err)
+		if m == nil {
+			n.t.Fatalf("the program has no weft_local_pods map")
 		}
 		defer m.Close()
 		out := map[netip.Addr]uint32{}
