@@ -90,6 +90,25 @@ func TestProgram(t *testing.T) {
 			t.Errorf("%s: a passed frame was modified", c.name)
 		}
 	}
+	// Another node's block goes out with bpf_redirect_neigh.
+	if err := f.SyncRemote(map[RemoteKey]RemoteValue{
+		RemoteKeyOf(netip.MustParsePrefix("10.2.0.0/24")): RemoteValueOf(42, netip.MustParseAddr("192.168.1.2")),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ret, out, _ := runProg(f.prog, frame(0x0800, ipv4("10.2.0.9"))); ret != tcActRedirect || !bytes.Equal(out[:14], frame(0x0800, ipv4("10.2.0.9"))[:14]) {
+		t.Errorf("remote block: returned %d", ret)
+	}
+	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.3.0.9"))); ret != 0 {
+		t.Errorf("unknown block: returned %d, want to pass", ret)
+	}
+	if err := f.SyncRemote(map[RemoteKey]RemoteValue{}); err != nil {
+		t.Fatal(err)
+	}
+	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.2.0.9"))); ret != 0 {
+		t.Errorf("after the block left: returned %d", ret)
+	}
+
 	// Sync removes what is no longer wanted.
 	if err := f.Sync(map[Key]Value{}); err != nil {
 		t.Fatal(err)
