@@ -189,6 +189,12 @@ func (a *Agent) syncDataplane() {
 	for _, set := range a.NodeSets() {
 		t.LocalAddrs = append(t.LocalAddrs, set[0].Gateway, set[0].Subnet.Masked().Addr()) // gateway, VTEP
 	}
+	if c := a.opts.Cluster; c != nil && c.cfg.Fabric == "vxlan" {
+		t.TunnelPort = c.cfg.Port
+		if t.TunnelPort == 0 {
+			t.TunnelPort = fabric.DefaultPort
+		}
+	}
 	if a.opts.Masquerade {
 		t.Masq = masq.Rules(a.opts.PodCIDRs, a.opts.ClusterCIDRs)
 	}

@@ -80,6 +80,18 @@ func NotrackExprs(p netip.Prefix, locals []netip.Addr) []expr.Any {
 	return append(ex, &expr.Notrack{})
 }
 
+// TunnelNotrackExprs exempts the fabric's own tunnel packets from connection tracking:
+// meta l4proto udp; udp dport PORT; notrack.
+func TunnelNotrackExprs(port int) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(port)},
+		&expr.Notrack{},
+	}
+}
+
 // withinPrefix matches packets of p's family whose source and destination are both in p.
 func withinPrefix(p netip.Prefix) []expr.Any {
 	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
@@ -113,6 +125,7 @@ type Table struct {
 	PodCIDRs   []netip.Prefix // pod-to-pod is not tracked, and hairpinned ports are masqueraded
 	LocalAddrs []netip.Addr   // the node's own addresses inside PodCIDRs (gateways, VTEPs)
 	Ports      []PortRule
+	TunnelPort int // the VXLAN UDP port: tunnel packets are never NATed, so not tracked
 }
 
 // Apply replaces weft's NAT table in the current network namespace with t, in one
@@ -134,6 +147,11 @@ func Apply(t Table) error {
 	for _, p := range t.PodCIDRs {
 		c.AddRule(&nftables.Rule{Table: table, Chain: raw, Exprs: NotrackExprs(p, t.LocalAddrs)})
 		c.AddRule(&nftables.Rule{Table: table, Chain: post, Exprs: HairpinExprs(p)})
+	}
+	if t.TunnelPort != 0 {
+		rawOut := chain("output", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftables.ChainPriorityRaw)
+		c.AddRule(&nftables.Rule{Table: table, Chain: raw, Exprs: TunnelNotrackExprs(t.TunnelPort)})
+		c.AddRule(&nftables.Rule{Table: table, Chain: rawOut, Exprs: TunnelNotrackExprs(t.TunnelPort)})
 	}
 	for _, r := range t.Masq {
 		c.AddRule(&nftables.Rule{Table: table, Chain: post, Exprs: Exprs(r)})

@@ -48,9 +48,9 @@ func DNATExprs(r PortRule) []expr.Any {
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port(r.Mapping.HostPort)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(r.Mapping.HostPort)},
 		&expr.Immediate{Register: 1, Data: r.PodIP.AsSlice()},
-		&expr.Immediate{Register: 2, Data: port(r.Mapping.ContainerPort)},
+		&expr.Immediate{Register: 2, Data: be16(r.Mapping.ContainerPort)},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(proto), RegAddrMin: 1, RegProtoMin: 2, Specified: true},
 	)
 	return ex
@@ -72,7 +72,8 @@ func HairpinExprs(p netip.Prefix) []expr.Any {
 // ipsDstNAT is IPS_DST_NAT from linux/netfilter/nf_conntrack_common.h.
 const ipsDstNAT = 1 << 5
 
-func port(p int) []byte {
+// be16 is a port in network byte order.
+func be16(p int) []byte {
 	b := make([]byte, 2)
 	binary.BigEndian.PutUint16(b, uint16(p))
 	return b
