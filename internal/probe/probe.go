@@ -152,3 +152,37 @@ func TCPEcho(nsPath string, addr netip.AddrPort, timeout time.Duration) error {
 	}
 	return nil
 }
+
+// Pinger pings dst from a namespace every interval until Stop, counting what is lost, so a
+// test can show that traffic survives a restart.
+type Pinger struct {
+	sent, lost int64 // written by the pinging goroutine; read after Stop
+	stop, done chan struct{}
+}
+
+// StartPinger starts pinging.
+func StartPinger(nsPath string, dst netip.Addr, interval time.Duration) *Pinger {
+	p := &Pinger{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(interval):
+			}
+			p.sent++
+			if _, err := Ping(nsPath, dst, 56, false, 500*time.Millisecond); err != nil {
+				p.lost++
+			}
+		}
+	}()
+	return p
+}
+
+// Stop ends the pinging and returns how many were sent and lost.
+func (p *Pinger) Stop() (sent, lost int64) {
+	close(p.stop)
+	<-p.done
+	return p.sent, p.lost
+}

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -151,30 +150,13 @@ func TestClusterOverEtcd(t *testing.T) {
 	before := status.Leases
 
 	// A continuous 10 ms ping across the nodes while node 2's weftd is killed and restarted.
-	var sent, lost atomic.Int64
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			sent.Add(1)
-			if _, err := probe.Ping(pods[0].Path, ips[1], 56, false, 500*time.Millisecond); err != nil {
-				lost.Add(1)
-			}
-		}
-	}()
+	pinger := probe.StartPinger(pods[0].Path, ips[1], 10*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 	nodes[1].weftd.Restart(syscall.SIGKILL)
 	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	<-done
-	if lost.Load() > 0 {
-		t.Errorf("lost %d of %d pings while weftd restarted", lost.Load(), sent.Load())
+	sent, lost := pinger.Stop()
+	if lost > 0 {
+		t.Errorf("lost %d of %d pings while weftd restarted", lost, sent)
 	}
 	if err := json.Unmarshal([]byte(weftCLI(t, u, "cluster", "status", "--store", storeURL, "-o", "json")), &status); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -128,22 +127,7 @@ func TestLabNodeRemovalAndEtcdRestart(t *testing.T) {
 	dst := s.Pods[1].IPs[0]
 
 	// etcd goes down and comes back while pod1 pings pod2 every 10 ms.
-	var sent, lost atomic.Int64
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			sent.Add(1)
-			if _, err := probe.Ping(p1.Path, dst, 56, false, 500*time.Millisecond); err != nil {
-				lost.Add(1)
-			}
-		}
-	}()
+	pinger := probe.StartPinger(p1.Path, dst, 10*time.Millisecond)
 	if err := syscall.Kill(state.EtcdPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -155,10 +139,9 @@ func TestLabNodeRemovalAndEtcdRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = etcd.Process.Kill(); _ = etcd.Wait() })
 	time.Sleep(2 * time.Second)
-	close(stop)
-	<-done
-	if lost.Load() > 0 {
-		t.Errorf("lost %d of %d pings across an etcd restart", lost.Load(), sent.Load())
+	sent, lost := pinger.Stop()
+	if lost > 0 {
+		t.Errorf("lost %d of %d pings across an etcd restart", lost, sent)
 	}
 
 	// The agents watch again: removing node3 takes its routes off node1 and node2.

@@ -59,30 +59,31 @@ func ValueOf(hostIfindex int, podMAC net.HardwareAddr) Value {
 	return v
 }
 
-// Sync makes the map hold exactly want.
-func (f *Fastpath) Sync(want map[Key]Value) error {
-	var stale []Key
-	var k Key
-	var v Value
-	it := f.pods.Iterate()
+// Sync makes the local pod map hold exactly want.
+func (f *Fastpath) Sync(want map[Key]Value) error { return syncMap(f.pods, want) }
+
+// syncMap makes m hold exactly want: stale keys deleted, wanted ones written.
+func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
+	var stale []K
+	var k K
+	var v V
+	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if w, ok := want[k]; !ok || w != v {
+		if _, ok := want[k]; !ok {
 			stale = append(stale, k)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read local pod map: %w", err)
+		return fmt.Errorf("read map: %w", err)
 	}
 	for _, k := range stale {
-		if _, keep := want[k]; !keep {
-			if err := f.pods.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return err
-			}
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
 		}
 	}
 	for k, v := range want {
-		if err := f.pods.Put(k, v); err != nil {
-			return fmt.Errorf("update local pod map: %w", err)
+		if err := m.Put(k, v); err != nil {
+			return fmt.Errorf("update map: %w", err)
 		}
 	}
 	return nil
@@ -110,32 +111,8 @@ func RemoteValueOf(ifindex int, nextHop netip.Addr) RemoteValue {
 	return v
 }
 
-// SyncRemote makes the remote map hold exactly want.
-func (f *Fastpath) SyncRemote(want map[RemoteKey]RemoteValue) error {
-	var stale []RemoteKey
-	var k RemoteKey
-	var v RemoteValue
-	it := f.remote.Iterate()
-	for it.Next(&k, &v) {
-		if _, ok := want[k]; !ok {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read remote map: %w", err)
-	}
-	for _, k := range stale {
-		if err := f.remote.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
-		}
-	}
-	for k, v := range want {
-		if err := f.remote.Put(k, v); err != nil {
-			return fmt.Errorf("update remote map: %w", err)
-		}
-	}
-	return nil
-}
+// SyncRemote makes the remote block map hold exactly want.
+func (f *Fastpath) SyncRemote(want map[RemoteKey]RemoteValue) error { return syncMap(f.remote, want) }
 
 // Attached reports whether link carries this program on ingress.
 func (f *Fastpath) Attached(h *netlink.Handle, link netlink.Link) bool {
