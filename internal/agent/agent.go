@@ -219,7 +219,11 @@ func (a *Agent) syncDataplane() {
 }
 
 func (a *Agent) startFastpath(ctx context.Context) {
-	fp, err := fastpath.Load()
+	var tun *fastpath.Tunnel
+	if a.opts.Cluster != nil {
+		tun = a.opts.Cluster.tunnel()
+	}
+	fp, err := fastpath.Load(tun)
 	if err != nil {
 		a.opts.Log.Warn("eBPF fast path unavailable; pod-to-pod traffic takes the normal path", "err", err)
 		return
@@ -231,7 +235,7 @@ func (a *Agent) startFastpath(ctx context.Context) {
 		}
 	})
 	if c := a.opts.Cluster; c != nil {
-		a.fast.ingress = []string{c.o.UnderlayDev, fabric.DeviceName}
+		a.fast.uplink, a.fast.tunnel = c.o.UnderlayDev, fabric.DeviceName
 		c.onRemote = fp.SyncRemote
 	}
 	go a.fast.run(ctx)

@@ -152,6 +152,15 @@ func (c *Cluster) PodCIDRs() []netip.Prefix { return c.held.Lease.PodCIDRs }
 // Config is the cluster configuration.
 func (c *Cluster) Config() v1.ClusterConfig { return c.cfg }
 
+// tunnel is this node's VXLAN endpoint for the fast path, or nil without VXLAN.
+func (c *Cluster) tunnel() *fastpath.Tunnel {
+	if c.cfg.Fabric != v1.FabricVXLAN {
+		return nil
+	}
+	vni, port := fabric.TunnelParams(c.cfg)
+	return &fastpath.Tunnel{Port: uint16(port), VNI: uint32(vni), VTEPMAC: fabric.VTEPMAC(c.o.NodeName)}
+}
+
 // PodMTU is the underlay MTU minus the fabric's encapsulation.
 func (c *Cluster) PodMTU() int { return c.mtu }
 

@@ -23,11 +23,12 @@ type fastpathSync struct {
 	alloc    *ipam.Allocator
 	loop     *reconcile.Loop
 	attached map[string]bool // "ifindex/alias" this weftd attached the program to
-	// ingress names devices where traffic from other nodes arrives (the underlay and the
-	// VXLAN device): with the program there too, a packet for a local pod goes straight in.
-	ingress []string
-	passes  int
-	fail    func(error)
+	// uplink and tunnel name the devices where traffic from other nodes arrives (the
+	// underlay and the VXLAN device): with the program there too, a packet for a local pod
+	// goes straight in; on the uplink, a VXLAN packet is decapsulated on the way.
+	uplink, tunnel string
+	passes         int
+	fail           func(error)
 }
 
 // fastpathDelay batches the link events of a burst of ADDs into one pass; until a new
@@ -96,18 +97,21 @@ func (s *fastpathSync) sync() error {
 		for _, ip := range al.IPs {
 			want[fastpath.KeyOf(ip.Address.Addr())] = fastpath.ValueOf(attrs.Index, mac)
 		}
-		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l)) {
+		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, false)) {
 			toAttach = append(toAttach, l)
 		}
 	}
-	for _, name := range s.ingress {
+	for _, name := range []string{s.uplink, s.tunnel} {
+		if name == "" {
+			continue
+		}
 		l, err := h.LinkByName(name)
 		if err != nil {
 			continue // not there (yet): the VXLAN device comes with the first fabric sync
 		}
 		cacheKey := fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)
 		seen[cacheKey] = true
-		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l)) {
+		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, name == s.uplink)) {
 			toAttach = append(toAttach, l)
 		}
 	}
@@ -121,7 +125,7 @@ func (s *fastpathSync) sync() error {
 		return err
 	}
 	for _, l := range toAttach {
-		if err := s.fp.Attach(h, l); err != nil && !netlinkx.IsNotFound(err) {
+		if err := s.fp.Attach(h, l, l.Attrs().Name == s.uplink); err != nil && !netlinkx.IsNotFound(err) {
 			return err
 		}
 		s.attached[fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)] = true

@@ -71,15 +71,22 @@ type State struct {
 // pod gets (flannel's convention).
 func VTEPAddr(block netip.Prefix) netip.Addr { return block.Masked().Addr() }
 
+// TunnelParams are the VXLAN VNI and UDP port, defaults filled in.
+func TunnelParams(cfg v1.ClusterConfig) (vni, port int) {
+	vni, port = cfg.VNI, cfg.Port
+	if vni == 0 {
+		vni = DefaultVNI
+	}
+	if port == 0 {
+		port = DefaultPort
+	}
+	return vni, port
+}
+
 // Desired computes the fabric for self given its peers.
 func Desired(cfg v1.ClusterConfig, self Self, peers []Peer) (State, error) {
-	st := State{VNI: cfg.VNI, Port: cfg.Port}
-	if st.VNI == 0 {
-		st.VNI = DefaultVNI
-	}
-	if st.Port == 0 {
-		st.Port = DefaultPort
-	}
+	st := State{}
+	st.VNI, st.Port = TunnelParams(cfg)
 	useVXLAN := cfg.Fabric == v1.FabricVXLAN
 	if useVXLAN {
 		st.VXLAN = true

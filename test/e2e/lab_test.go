@@ -1,8 +1,10 @@
 package e2e_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -104,7 +106,62 @@ func TestLabThreeNodes(t *testing.T) {
 					t.Errorf("pod %+v, want MTU %d and two addresses", p, wantMTU)
 				}
 			}
+			if fabric == "vxlan" {
+				checkUplinkDecap(t, s)
+			}
 		})
+	}
+}
+
+// checkUplinkDecap sends bulk TCP (GSO aggregates) and pings across the tunnel, both
+// families, checks every byte arrives intact, and that the receiving node's VXLAN device
+// saw none of it: the uplink's fast path decapsulated it all into the pod.
+func checkUplinkDecap(t *testing.T, s labStatus) {
+	from, to := s.Pods[0], s.Pods[1]
+	var node string
+	for _, n := range s.Nodes {
+		if n.Name == to.Node {
+			node = n.Netns
+		}
+	}
+	h := testutil.NS{Path: node}.Handle(t)
+	rxPackets := func() uint64 {
+		l, err := h.LinkByName("weft.vxlan")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().Statistics.RxPackets
+	}
+	before := rxPackets()
+	ln, err := probe.ListenTCP(to.Netns, ":9090")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go probe.Echo(ln)
+	for _, ip := range to.IPs {
+		if _, err := probe.Ping(from.Netns, ip, 1000, false, 2*time.Second); err != nil {
+			t.Errorf("ping %s: %v", ip, err)
+		}
+		conn, err := probe.DialTCP(from.Netns, netip.AddrPortFrom(ip, 9090), 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]byte, 8<<20)
+		for i := range want {
+			want[i] = byte(i*7 + i>>9)
+		}
+		go func() { _, _ = conn.Write(want) }()
+		got := make([]byte, len(want))
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+		_, err = io.ReadFull(conn, got)
+		conn.Close()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("8 MiB echo through %s: %v (intact: %v)", ip, err, bytes.Equal(got, want))
+		}
+	}
+	if n := rxPackets() - before; n != 0 {
+		t.Errorf("%s's VXLAN device received %d packets; want all decapsulated on the uplink", to.Node, n)
 	}
 }
 

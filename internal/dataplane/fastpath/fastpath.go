@@ -14,16 +14,18 @@ import (
 // FilterName names weft's tc filter on host veths.
 const FilterName = "weft_fastpath"
 
-// Fastpath is a loaded program and its map of local pods.
+// Fastpath is the loaded programs and their maps of local pods and remote blocks.
 type Fastpath struct {
 	pods   *ebpf.Map
 	remote *ebpf.Map
-	prog   *ebpf.Program
+	prog   *ebpf.Program // on host veths and the VXLAN device
+	uplink *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
 }
 
-// Load creates the map and loads the program. It fails on kernels without
-// bpf_redirect_peer (5.10+) or without the rights to load tc programs.
-func Load() (*Fastpath, error) {
+// Load creates the maps and loads the programs. With tun set (a VXLAN fabric) the uplink
+// program also decapsulates the tunnel's packets for local pods. It fails on kernels
+// without bpf_redirect_peer (5.10+) or without the rights to load tc programs.
+func Load(tun *Tunnel) (*Fastpath, error) {
 	m, err := ebpf.NewMap(newMapSpec())
 	if err != nil {
 		return nil, fmt.Errorf("create local pod map: %w", err)
@@ -33,18 +35,33 @@ func Load() (*Fastpath, error) {
 		m.Close()
 		return nil, fmt.Errorf("create remote block map: %w", err)
 	}
-	p, err := ebpf.NewProgram(programSpec(m, r))
-	if err != nil {
-		m.Close()
-		r.Close()
+	f := &Fastpath{pods: m, remote: r}
+	if f.prog, err = ebpf.NewProgram(programSpec(m, r, nil)); err != nil {
+		f.Close()
 		return nil, fmt.Errorf("load fast path program: %w", err)
 	}
-	return &Fastpath{pods: m, remote: r, prog: p}, nil
+	f.uplink = f.prog
+	if tun != nil {
+		if len(tun.VTEPMAC) != 6 {
+			f.Close()
+			return nil, fmt.Errorf("VTEP MAC %q is not an Ethernet address", tun.VTEPMAC)
+		}
+		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, tun)); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("load fast path uplink program: %w", err)
+		}
+	}
+	return f, nil
 }
 
-// Close releases weftd's handles; attached filters keep the program (and its map) alive.
+// Close releases weftd's handles; attached filters keep the programs (and maps) alive.
 func (f *Fastpath) Close() {
-	f.prog.Close()
+	if f.uplink != nil && f.uplink != f.prog {
+		f.uplink.Close()
+	}
+	if f.prog != nil {
+		f.prog.Close()
+	}
 	f.pods.Close()
 	f.remote.Close()
 }
@@ -114,9 +131,9 @@ func RemoteValueOf(ifindex int, nextHop netip.Addr) RemoteValue {
 // SyncRemote makes the remote block map hold exactly want.
 func (f *Fastpath) SyncRemote(want map[RemoteKey]RemoteValue) error { return syncMap(f.remote, want) }
 
-// Attached reports whether link carries this program on ingress.
-func (f *Fastpath) Attached(h *netlink.Handle, link netlink.Link) bool {
-	info, err := f.prog.Info()
+// Attached reports whether link carries the program (the uplink one, if uplink) on ingress.
+func (f *Fastpath) Attached(h *netlink.Handle, link netlink.Link, uplink bool) bool {
+	info, err := f.program(uplink).Info()
 	if err != nil {
 		return false
 	}
@@ -133,9 +150,16 @@ func (f *Fastpath) Attached(h *netlink.Handle, link netlink.Link) bool {
 	return false
 }
 
-// Attach puts the program on link's ingress, replacing an older weft program in place, so
-// the link is never without one once it had one.
-func (f *Fastpath) Attach(h *netlink.Handle, link netlink.Link) error {
+func (f *Fastpath) program(uplink bool) *ebpf.Program {
+	if uplink {
+		return f.uplink
+	}
+	return f.prog
+}
+
+// Attach puts the program (the uplink one, if uplink) on link's ingress, replacing an older
+// weft program in place, so the link is never without one once it had one.
+func (f *Fastpath) Attach(h *netlink.Handle, link netlink.Link, uplink bool) error {
 	idx := link.Attrs().Index
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
@@ -149,7 +173,7 @@ func (f *Fastpath) Attach(h *netlink.Handle, link netlink.Link) error {
 			LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS, Handle: netlink.MakeHandle(0, 1),
 			Protocol: unix.ETH_P_ALL, Priority: 1,
 		},
-		Fd: f.prog.FD(), Name: FilterName, DirectAction: true,
+		Fd: f.program(uplink).FD(), Name: FilterName, DirectAction: true,
 	}
 	if err := h.FilterReplace(filter); err != nil {
 		return fmt.Errorf("attach fast path to %s: %w", link.Attrs().Name, err)

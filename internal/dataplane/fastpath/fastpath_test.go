@@ -47,7 +47,7 @@ func ipv6(dst string) []byte {
 // redirected with their MAC written in, anything else passes untouched.
 func TestProgram(t *testing.T) {
 	testutil.RequireRoot(t)
-	f, err := Load()
+	f, err := Load(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,4 +123,119 @@ func runProg(p *ebpf.Program, in []byte) (uint32, []byte, error) {
 	opts := &ebpf.RunOptions{Data: in, DataOut: out}
 	ret, err := p.Run(opts)
 	return ret, opts.DataOut, err
+}
+
+// vxlanFrame wraps an inner IP packet (for dst) in Ethernet, VXLAN, UDP and an outer IP
+// header of the given family, addressed as a peer's kernel VXLAN device would send it.
+func vxlanFrame(outer6 bool, port uint16, vni uint32, vtep net.HardwareAddr, inner []byte, innerType uint16) []byte {
+	eth := make([]byte, 14, 14+len(inner))
+	copy(eth[0:6], vtep)
+	copy(eth[6:12], []byte{2, 0, 0, 0, 0, 0xcc})
+	binary.BigEndian.PutUint16(eth[12:], innerType)
+	payload := append(eth, inner...)
+	udp := make([]byte, 16) // UDP and VXLAN headers
+	binary.BigEndian.PutUint16(udp[0:], 49152)
+	binary.BigEndian.PutUint16(udp[2:], port)
+	binary.BigEndian.PutUint16(udp[4:], uint16(16+len(payload)))
+	udp[8] = 0x08
+	binary.BigEndian.PutUint32(udp[12:], vni<<8)
+	udp = append(udp, payload...)
+	var ip []byte
+	outerType := uint16(0x0800)
+	if outer6 {
+		outerType = 0x86dd
+		ip = make([]byte, 40)
+		ip[0], ip[6], ip[7] = 0x60, 17, 64
+		binary.BigEndian.PutUint16(ip[4:], uint16(len(udp)))
+		s, d := netip.MustParseAddr("fd00:255::1").As16(), netip.MustParseAddr("fd00:255::2").As16()
+		copy(ip[8:24], s[:])
+		copy(ip[24:40], d[:])
+	} else {
+		ip = make([]byte, 20)
+		ip[0], ip[8], ip[9] = 0x45, 64, 17
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+		s, d := netip.MustParseAddr("192.168.255.1").As4(), netip.MustParseAddr("192.168.255.2").As4()
+		copy(ip[12:16], s[:])
+		copy(ip[16:20], d[:])
+	}
+	f := frame(outerType, append(ip, udp...))
+	copy(f[0:6], make([]byte, 6)) // the test run's device (lo) has the all-zero MAC: PACKET_HOST
+	return f
+}
+
+// TestUplinkDecap runs the uplink program on VXLAN frames: those for a local pod come out
+// as the bare inner packet addressed to the pod, everything the program does not fully
+// recognise passes untouched to the kernel's VXLAN device.
+func TestUplinkDecap(t *testing.T) {
+	testutil.RequireRoot(t)
+	vtep := net.HardwareAddr{0x0e, 0xee, 1, 0xf2, 3, 4} // high bit set in the fourth byte: a 32-bit compare
+	const port, vni = 4789, 0x123456
+	f, err := Load(&Tunnel{Port: port, VNI: vni, VTEPMAC: vtep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	podMAC := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
+	if err := f.Sync(map[Key]Value{
+		KeyOf(netip.MustParseAddr("10.1.0.5")): ValueOf(42, podMAC),
+		KeyOf(netip.MustParseAddr("fd00::5")):  ValueOf(43, podMAC),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	in4, in6 := ipv4("10.1.0.5"), ipv6("fd00::5")
+	decapped := []struct {
+		name      string
+		in        []byte
+		inner     []byte
+		innerType uint16
+	}{
+		{"IPv4 in IPv4", vxlanFrame(false, port, vni, vtep, in4, 0x0800), in4, 0x0800},
+		{"IPv6 in IPv4", vxlanFrame(false, port, vni, vtep, in6, 0x86dd), in6, 0x86dd},
+		{"IPv4 in IPv6", vxlanFrame(true, port, vni, vtep, in4, 0x0800), in4, 0x0800},
+		{"IPv6 in IPv6", vxlanFrame(true, port, vni, vtep, in6, 0x86dd), in6, 0x86dd},
+	}
+	for _, c := range decapped {
+		ret, out, err := runProg(f.uplink, c.in)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ret != tcActRedirect {
+			t.Errorf("%s: returned %d, want a redirect", c.name, ret)
+			continue
+		}
+		if !bytes.Equal(out[0:6], podMAC) || binary.BigEndian.Uint16(out[12:]) != c.innerType || !bytes.Equal(out[14:], c.inner) {
+			t.Errorf("%s: got frame %x, want the inner packet %x behind the pod's MAC", c.name, out, c.inner)
+		}
+	}
+
+	fragment := vxlanFrame(false, port, vni, vtep, in4, 0x0800)
+	fragment[14+6] = 0x20 // more fragments
+	otherHost := vxlanFrame(false, port, vni, vtep, in4, 0x0800)
+	otherHost[0] = 0x02
+	passed := []struct {
+		name string
+		in   []byte
+	}{
+		{"another VNI", vxlanFrame(false, port, vni+1, vtep, in4, 0x0800)},
+		{"another port", vxlanFrame(false, 8472, vni, vtep, in4, 0x0800)},
+		{"another VTEP MAC", vxlanFrame(false, port, vni, podMAC, in4, 0x0800)},
+		{"a pod on another node", vxlanFrame(false, port, vni, vtep, ipv4("10.1.0.6"), 0x0800)},
+		{"ARP inside", vxlanFrame(false, port, vni, vtep, make([]byte, 28), 0x0806)},
+		{"an outer fragment", fragment},
+		{"a frame for another host", otherHost},
+	}
+	for _, c := range passed {
+		ret, out, err := runProg(f.uplink, c.in)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ret != 0 || !bytes.Equal(out, c.in) {
+			t.Errorf("%s: returned %d (frame changed: %v), want it passed untouched", c.name, ret, !bytes.Equal(out, c.in))
+		}
+	}
+
+	// Plain (direct-routed) packets for local pods are still delivered on the uplink.
+	if ret, out, _ := runProg(f.uplink, frame(0x0800, ipv4("10.1.0.5"))); ret != tcActRedirect || !bytes.Equal(out[0:6], podMAC) {
+		t.Errorf("plain packet on the uplink: returned %d", ret)
+	}
 }

@@ -13,8 +13,12 @@
 package fastpath
 
 import (
+	"encoding/binary"
+	"net"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 )
 
 // Key is a destination address: IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d).
@@ -31,7 +35,9 @@ type Value struct {
 const (
 	skbData    = 76
 	skbDataEnd = 80
+	skbPktType = 4
 	tcActOK    = 0
+	tcActShot  = 2
 	ethPIPv4LE = 0x0008 // htons(0x0800) as a little-endian load sees it
 	ethPIPv6LE = 0xdd86 // htons(0x86dd)
 )
@@ -58,10 +64,15 @@ func newRemoteMapSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{Name: "weft_remote", Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 24, MaxEntries: 4096, Flags: 1 /* BPF_F_NO_PREALLOC */}
 }
 
-func programSpec(m, remote *ebpf.Map) *ebpf.ProgramSpec {
-	insns := asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+// programSpec assembles the program. With tun set it is the uplink variant: VXLAN packets
+// for a local pod are decapsulated in place first (see decapPrologue).
+func programSpec(m, remote *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+	if tun != nil {
+		insns = append(insns, decapPrologue(m, tun)...)
+	}
+	insns = append(insns, asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("plain"),
 		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 14),
@@ -159,6 +170,165 @@ func programSpec(m, remote *ebpf.Map) *ebpf.ProgramSpec {
 
 		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
 		asm.Return(),
-	}
+	}...)
 	return &ebpf.ProgramSpec{Name: "weft_fastpath", Type: ebpf.SchedCLS, License: "Apache-2.0", Instructions: insns}
+}
+
+// Tunnel describes this node's VXLAN endpoint, for the uplink program to recognise the
+// packets the kernel's VXLAN device would accept.
+type Tunnel struct {
+	Port    uint16
+	VNI     uint32
+	VTEPMAC net.HardwareAddr
+}
+
+// bpf_skb_adjust_room arguments.
+const (
+	adjRoomMAC       = 1
+	adjRoomFixedGSO  = 1 << 0
+	adjRoomDecapIPv4 = 1 << 7 // BPF_F_ADJ_ROOM_DECAP_L3_IPV4: the new L3 header is IPv4
+	adjRoomDecapIPv6 = 1 << 8
+)
+
+// decapPrologue decapsulates, on the uplink's ingress, a VXLAN packet whose inner
+// destination is a local pod, and hands it to the pod like the local path does. That skips
+// the tunnel's whole receive side: the outer IP and UDP receive, the VXLAN device and its
+// GRO cell, and a second pass through the stack. Only the common case is taken: an
+// unfragmented outer IPv4 (no options) or IPv6 (no extension headers) packet addressed to
+// this node's MAC, to the cluster's UDP port, with exactly the VNI and the VTEP MAC that
+// the kernel's device would accept. Everything else, and any miss, continues at "plain"
+// unmodified, so the kernel's device still takes it. The outer Ethernet header stays: its
+// destination becomes the pod's MAC and its type the inner packet's.
+//
+// GSO aggregates are decapsulated too, with their segment size kept (FIXED_GSO), as
+// Calico's eBPF dataplane does: leaving them to the kernel's device while single packets
+// of the same flow take this path reorders the flow (measured: spurious retransmits and a
+// throughput loss). Unlike the kernel's device, this kernel's helper cannot clear an
+// aggregate's tunnel GSO flags (BPF_F_ADJ_ROOM_DECAP_L4_UDP comes in a later kernel);
+// they matter only to a pod that forwards the aggregate out of a device that has to
+// segment it in software.
+//
+// Registers kept across helper calls: R6 the context, R7 the pod's map value, R8 the
+// decap flags (naming the inner family), R9 the number of bytes to strip.
+func decapPrologue(m *ebpf.Map, tun *Tunnel) asm.Instructions {
+	le16 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
+	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
+	var port [2]byte
+	binary.BigEndian.PutUint16(port[:], tun.Port)
+	var vni [4]byte // VNI in the first three bytes, then a reserved zero byte
+	binary.BigEndian.PutUint32(vni[:], tun.VNI<<8)
+	mac := tun.VTEPMAC
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, skbPktType, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, "plain"), // not PACKET_HOST
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JEq.Imm(asm.R5, ethPIPv4LE, "tun4"),
+		asm.JEq.Imm(asm.R5, ethPIPv6LE, "tun6"),
+		asm.Ja.Label("plain"),
+
+		// Outer IPv4: 20 bytes, UDP, not a fragment.
+		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("tun4"),
+		asm.Add.Imm(asm.R4, 34),
+		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
+		asm.LoadMem(asm.R5, asm.R2, 14, asm.Byte),
+		asm.JNE.Imm(asm.R5, 0x45, "plain"),
+		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
+		asm.JNE.Imm(asm.R5, unix.IPPROTO_UDP, "plain"),
+		asm.LoadMem(asm.R5, asm.R2, 20, asm.Half),
+		asm.And.Imm(asm.R5, 0xff3f), // htons(IP_MF|IP_OFFSET)
+		asm.JNE.Imm(asm.R5, 0, "plain"),
+		asm.Mov.Imm(asm.R9, 20+8+8+14),
+		asm.Mov.Reg(asm.R1, asm.R2),
+		asm.Add.Imm(asm.R1, 34),
+		asm.Ja.Label("udp"),
+
+		// Outer IPv6: UDP right after the fixed header.
+		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("tun6"),
+		asm.Add.Imm(asm.R4, 54),
+		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
+		asm.LoadMem(asm.R5, asm.R2, 20, asm.Byte),
+		asm.JNE.Imm(asm.R5, unix.IPPROTO_UDP, "plain"),
+		asm.Mov.Imm(asm.R9, 40+8+8+14),
+		asm.Mov.Reg(asm.R1, asm.R2),
+		asm.Add.Imm(asm.R1, 54),
+
+		// R1: the UDP header; then 8 bytes of VXLAN header and the inner Ethernet header.
+		asm.Mov.Reg(asm.R4, asm.R1).WithSymbol("udp"),
+		asm.Add.Imm(asm.R4, 8+8+14),
+		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
+		asm.LoadMem(asm.R5, asm.R1, 2, asm.Half),
+		asm.JNE.Imm(asm.R5, le16(port[:]), "plain"),
+		asm.LoadMem(asm.R5, asm.R1, 8, asm.Word),
+		asm.JNE.Imm32(asm.R5, 0x08, "plain"), // flags: only "VNI valid"
+		asm.LoadMem(asm.R5, asm.R1, 12, asm.Word),
+		asm.JNE.Imm32(asm.R5, le32(vni[:]), "plain"),
+		asm.LoadMem(asm.R5, asm.R1, 16, asm.Word),
+		// 32-bit compares: a 64-bit one would sign-extend the immediate.
+		asm.JNE.Imm32(asm.R5, le32(mac[0:4]), "plain"),
+		asm.LoadMem(asm.R5, asm.R1, 20, asm.Half),
+		asm.JNE.Imm(asm.R5, le16(mac[4:6]), "plain"),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
+		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R1, 28, asm.Half),
+		asm.JEq.Imm(asm.R5, ethPIPv4LE, "in4"),
+		asm.JEq.Imm(asm.R5, ethPIPv6LE, "in6"),
+		asm.Ja.Label("plain"),
+
+		asm.Mov.Reg(asm.R4, asm.R1).WithSymbol("in4"),
+		asm.Add.Imm(asm.R4, 30+20),
+		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
+		asm.LoadMem(asm.R5, asm.R1, 30+16, asm.Word),
+		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
+		asm.Mov.Imm(asm.R5, 0xffff),
+		asm.StoreMem(asm.R10, -6, asm.R5, asm.Half),
+		asm.Mov.Imm(asm.R8, adjRoomDecapIPv4|adjRoomFixedGSO),
+		asm.Ja.Label("tunlookup"),
+
+		asm.Mov.Reg(asm.R4, asm.R1).WithSymbol("in6"),
+		asm.Add.Imm(asm.R4, 30+40),
+		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
+		asm.LoadMem(asm.R5, asm.R1, 30+24, asm.DWord),
+		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R1, 30+32, asm.DWord),
+		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
+		asm.Mov.Imm(asm.R8, adjRoomDecapIPv6|adjRoomFixedGSO),
+
+		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("tunlookup"),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -16),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "plain"), // not a local pod: the VXLAN device takes it
+		asm.Mov.Reg(asm.R7, asm.R0),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 0),
+		asm.Sub.Reg(asm.R2, asm.R9),
+		asm.Mov.Imm(asm.R3, adjRoomMAC),
+		asm.Mov.Reg(asm.R4, asm.R8),
+		asm.FnSkbAdjustRoom.Call(),
+		asm.JNE.Imm(asm.R0, 0, "pass"), // nothing was changed
+		// The Ethernet type changes only when the families differ.
+		asm.JEq.Imm(asm.R8, adjRoomDecapIPv4|adjRoomFixedGSO, "type4"),
+		asm.JEq.Imm(asm.R9, 40+8+8+14, "rewrite"),
+		asm.Mov.Imm(asm.R5, ethPIPv6LE),
+		asm.Ja.Label("settype"),
+		asm.JEq.Imm(asm.R9, 20+8+8+14, "rewrite").WithSymbol("type4"),
+		asm.Mov.Imm(asm.R5, ethPIPv4LE),
+		asm.StoreMem(asm.R10, -24, asm.R5, asm.Half).WithSymbol("settype"),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Imm(asm.R2, 12),
+		asm.Mov.Reg(asm.R3, asm.R10),
+		asm.Add.Imm(asm.R3, -24),
+		asm.Mov.Imm(asm.R4, 2),
+		asm.Mov.Imm(asm.R5, 0),
+		asm.FnSkbStoreBytes.Call(),
+		asm.JEq.Imm(asm.R0, 0, "rewrite"),
+		asm.Mov.Imm(asm.R0, tcActShot), // a frame whose type lies must not go on
+		asm.Return(),
+	}
 }
