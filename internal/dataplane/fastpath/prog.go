@@ -1,4 +1,5 @@
-// Package fastpath short-cuts pod-to-pod traffic on one node with eBPF.
+// Package fastpath short-cuts pod-to-pod traffic with eBPF: on one node, to other nodes, and
+// from the VXLAN tunnel into local pods.
 //
 // A tc ingress program on every host veth looks the packet's destination address up in a
 // hash map of the node's local pods. On a hit it writes the destination pod's MAC into the
