@@ -229,6 +229,7 @@ func (a *Agent) startFastpath(ctx context.Context) {
 		return
 	}
 	go func() { <-ctx.Done(); fp.Close() }()
+	a.metrics.reg.MustRegister(fastpathCollector{fp})
 	a.fast = newFastpathSync(fp, a.alloc, func(err error) {
 		if err != nil {
 			a.opts.Log.Warn("fast path sync failed", "err", err)

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netlinkx"
 )
@@ -59,6 +60,26 @@ func newMetrics(a *Agent) *metrics {
 		}
 	}
 	return m
+}
+
+// fastpathCollector exposes the eBPF programs' counters.
+type fastpathCollector struct{ fp *fastpath.Fastpath }
+
+var fastpathPackets = prometheus.NewDesc("weft_fastpath_packets_total",
+	"Packets that took an eBPF short cut, by path: local (into a pod on this node), remote (straight to another node), decap (from the VXLAN tunnel into a pod).",
+	[]string{"path"}, nil)
+
+func (c fastpathCollector) Describe(ch chan<- *prometheus.Desc) { ch <- fastpathPackets }
+
+func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
+	n, err := c.fp.Counters()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(fastpathPackets, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Local), "local")
+	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Remote), "remote")
+	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Decap), "decap")
 }
 
 func (m *metrics) observe(op, result string, d time.Duration) {

@@ -25,6 +25,10 @@ import (
 	"github.com/weftnet/weft/internal/probe"
 )
 
+// MetricsAddr is where each node's weftd serves /metrics and /healthz, inside the node's
+// namespace.
+const MetricsAddr = "127.0.0.1:9402"
+
 // Root is where labs keep their state.
 const Root = "/run/weft-lab"
 
@@ -179,8 +183,11 @@ func (l *Lab) addNode(i int) error {
 		return err
 	}
 	defer logf.Close()
+	// Each node namespace has its own loopback, so every weftd serves metrics on the same
+	// address.
 	cmd := exec.Command("nsenter", "--net="+nsPath, "--", filepath.Join(l.opts.BinDir, "weftd"),
-		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--store", l.State.Store, "--underlay-dev", "uplink")
+		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--store", l.State.Store, "--underlay-dev", "uplink",
+		"--metrics-addr", MetricsAddr)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals
 	if err := cmd.Start(); err != nil {

@@ -51,6 +51,8 @@ func TestMetricsAndHealthz(t *testing.T) {
 		`weft_agent_requests_total{op="allocate",result="ok"} 1`,
 		`weft_ipam_addresses{pool="10.92.0.0/24",state="allocated"} 1`,
 		`weft_ipam_addresses{pool="10.92.0.0/24",state="free"} 252`,
+		`weft_fastpath_packets_total{path="local"}`,
+		`weft_fastpath_packets_total{path="decap"}`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)

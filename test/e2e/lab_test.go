@@ -2,18 +2,23 @@ package e2e_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -132,7 +137,7 @@ func checkUplinkDecap(t *testing.T, s labStatus) {
 		}
 		return l.Attrs().Statistics.RxPackets
 	}
-	before := rxPackets()
+	before, decapBefore := rxPackets(), decapCounter(t, node)
 	ln, err := probe.ListenTCP(to.Netns, ":9090")
 	if err != nil {
 		t.Fatal(err)
@@ -163,6 +168,37 @@ func checkUplinkDecap(t *testing.T, s labStatus) {
 	if n := rxPackets() - before; n != 0 {
 		t.Errorf("%s's VXLAN device received %d packets; want all decapsulated on the uplink", to.Node, n)
 	}
+	// 16 MiB in at most 64 KiB aggregates, and the pings.
+	if n := decapCounter(t, node) - decapBefore; n < 256 {
+		t.Errorf("weftd on %s counted %d decapsulated packets, want at least 256", to.Node, n)
+	}
+}
+
+// decapCounter reads weft_fastpath_packets_total{path="decap"} from the weftd of the node
+// namespace at nsPath.
+func decapCounter(t *testing.T, nsPath string) int {
+	t.Helper()
+	dial := func(ctx context.Context, _, a string) (net.Conn, error) {
+		return probe.DialTCP(nsPath, netip.MustParseAddrPort(a), 5*time.Second)
+	}
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + lab.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, `weft_fastpath_packets_total{path="decap"} `); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatalf("no decap counter in /metrics:\n%s", body)
+	return 0
 }
 
 // TestLabNodeRemovalAndEtcdRestart: routes to a removed node vanish from its peers; an

@@ -18,6 +18,7 @@ const FilterName = "weft_fastpath"
 type Fastpath struct {
 	pods   *ebpf.Map
 	remote *ebpf.Map
+	stats  *ebpf.Map
 	prog   *ebpf.Program // on host veths and the VXLAN device
 	uplink *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
 }
@@ -35,8 +36,14 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 		m.Close()
 		return nil, fmt.Errorf("create remote block map: %w", err)
 	}
-	f := &Fastpath{pods: m, remote: r}
-	if f.prog, err = ebpf.NewProgram(programSpec(m, r, nil)); err != nil {
+	st, err := ebpf.NewMap(newStatsMapSpec())
+	if err != nil {
+		m.Close()
+		r.Close()
+		return nil, fmt.Errorf("create stats map: %w", err)
+	}
+	f := &Fastpath{pods: m, remote: r, stats: st}
+	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, nil)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("load fast path program: %w", err)
 	}
@@ -46,7 +53,7 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 			f.Close()
 			return nil, fmt.Errorf("VTEP MAC %q is not an Ethernet address", tun.VTEPMAC)
 		}
-		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, tun)); err != nil {
+		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, tun)); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("load fast path uplink program: %w", err)
 		}
@@ -64,6 +71,29 @@ func (f *Fastpath) Close() {
 	}
 	f.pods.Close()
 	f.remote.Close()
+	f.stats.Close()
+}
+
+// Counters are the packets each short cut took since Load, summed over CPUs.
+type Counters struct {
+	Local  uint64 // delivered into a pod on this node
+	Remote uint64 // sent straight to another node's block
+	Decap  uint64 // decapsulated from the tunnel into a pod
+}
+
+// Counters reads the programs' counters.
+func (f *Fastpath) Counters() (Counters, error) {
+	var sums [numStats]uint64
+	for i := range sums {
+		var perCPU []uint64
+		if err := f.stats.Lookup(uint32(i), &perCPU); err != nil {
+			return Counters{}, fmt.Errorf("read counters: %w", err)
+		}
+		for _, n := range perCPU {
+			sums[i] += n
+		}
+	}
+	return Counters{Local: sums[statLocal], Remote: sums[statRemote], Decap: sums[statDecap]}, nil
 }
 
 // KeyOf converts an address to a map key.

@@ -109,6 +109,11 @@ func TestProgram(t *testing.T) {
 		t.Errorf("after the block left: returned %d", ret)
 	}
 
+	// Three local deliveries, one remote redirect.
+	if c, err := f.Counters(); err != nil || c != (Counters{Local: 3, Remote: 1}) {
+		t.Errorf("counters %+v (%v), want 3 local and 1 remote", c, err)
+	}
+
 	// Sync removes what is no longer wanted.
 	if err := f.Sync(map[Key]Value{}); err != nil {
 		t.Fatal(err)
@@ -237,5 +242,8 @@ func TestUplinkDecap(t *testing.T) {
 	// Plain (direct-routed) packets for local pods are still delivered on the uplink.
 	if ret, out, _ := runProg(f.uplink, frame(0x0800, ipv4("10.1.0.5"))); ret != tcActRedirect || !bytes.Equal(out[0:6], podMAC) {
 		t.Errorf("plain packet on the uplink: returned %d", ret)
+	}
+	if c, err := f.Counters(); err != nil || c != (Counters{Decap: uint64(len(decapped)), Local: 1}) {
+		t.Errorf("counters %+v (%v), want %d decapsulated and 1 local", c, err, len(decapped))
 	}
 }

@@ -61,16 +61,43 @@ type RemoteValue struct {
 	NextHop [16]byte // IPv4 in the first 4 bytes
 }
 
+// Indexes into the per-CPU stats map: packets each short cut took.
+const (
+	statLocal  = iota // delivered into a pod on this node
+	statRemote        // sent straight to another node's block
+	statDecap         // decapsulated from the tunnel into a pod
+	numStats
+)
+
+func newStatsMapSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{Name: "weft_fp_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: numStats}
+}
+
+// count adds one to a counter. It clobbers R0-R5 (and the stack slot at r10-64).
+func count(stats *ebpf.Map, stat int32, skip string) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.R10, -64, int64(stat), asm.Word),
+		asm.LoadMapPtr(asm.R1, stats.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -64),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, skip),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Add.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+	}
+}
+
 func newRemoteMapSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{Name: "weft_remote", Type: ebpf.LPMTrie, KeySize: 20, ValueSize: 24, MaxEntries: 4096, Flags: 1 /* BPF_F_NO_PREALLOC */}
 }
 
 // programSpec assembles the program. With tun set it is the uplink variant: VXLAN packets
 // for a local pod are decapsulated in place first (see decapPrologue).
-func programSpec(m, remote *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
+func programSpec(m, remote, stats *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
 	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
 	if tun != nil {
-		insns = append(insns, decapPrologue(m, tun)...)
+		insns = append(insns, decapPrologue(m, stats, tun)...)
 	}
 	insns = append(insns, asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("plain"),
@@ -112,8 +139,11 @@ func programSpec(m, remote *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "remote"),
 		asm.Mov.Reg(asm.R7, asm.R0),
-		// The helper call clobbered the packet pointers: load and bound them again.
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+	}...)
+	insns = append(insns, count(stats, statLocal, "counted_local")...)
+	insns = append(insns, asm.Instructions{
+		// The helper calls clobbered the packet pointers: load and bound them again.
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("counted_local"),
 		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 14),
@@ -154,14 +184,18 @@ func programSpec(m, remote *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
 		asm.Add.Imm(asm.R2, -36),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Reg(asm.R7, asm.R0),
+	}...)
+	insns = append(insns, count(stats, statRemote, "counted_remote")...)
+	insns = append(insns, asm.Instructions{
 		// struct bpf_redir_neigh { u32 nh_family; union { be32 v4; u32 v6[4]; } } at r10-60
-		asm.LoadMem(asm.R5, asm.R0, 4, asm.Word),
+		asm.LoadMem(asm.R5, asm.R7, 4, asm.Word).WithSymbol("counted_remote"),
 		asm.StoreMem(asm.R10, -60, asm.R5, asm.Word),
-		asm.LoadMem(asm.R5, asm.R0, 8, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R7, 8, asm.DWord),
 		asm.StoreMem(asm.R10, -56, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R0, 16, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R7, 16, asm.DWord),
 		asm.StoreMem(asm.R10, -48, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.LoadMem(asm.R1, asm.R7, 0, asm.Word),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -60),
 		asm.Mov.Imm(asm.R3, 20),
@@ -211,7 +245,7 @@ const (
 //
 // Registers kept across helper calls: R6 the context, R7 the pod's map value, R8 the
 // decap flags (naming the inner family), R9 the number of bytes to strip.
-func decapPrologue(m *ebpf.Map, tun *Tunnel) asm.Instructions {
+func decapPrologue(m, stats *ebpf.Map, tun *Tunnel) asm.Instructions {
 	le16 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
 	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
 	var port [2]byte
@@ -219,7 +253,7 @@ func decapPrologue(m *ebpf.Map, tun *Tunnel) asm.Instructions {
 	var vni [4]byte // VNI in the first three bytes, then a reserved zero byte
 	binary.BigEndian.PutUint32(vni[:], tun.VNI<<8)
 	mac := tun.VTEPMAC
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R6, skbPktType, asm.Word),
 		asm.JNE.Imm(asm.R2, 0, "plain"), // not PACKET_HOST
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
@@ -313,8 +347,11 @@ func decapPrologue(m *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.Mov.Reg(asm.R4, asm.R8),
 		asm.FnSkbAdjustRoom.Call(),
 		asm.JNE.Imm(asm.R0, 0, "pass"), // nothing was changed
+	}
+	insns = append(insns, count(stats, statDecap, "counted_decap")...)
+	return append(insns, asm.Instructions{
 		// The Ethernet type changes only when the families differ.
-		asm.JEq.Imm(asm.R8, adjRoomDecapIPv4|adjRoomFixedGSO, "type4"),
+		asm.JEq.Imm(asm.R8, adjRoomDecapIPv4|adjRoomFixedGSO, "type4").WithSymbol("counted_decap"),
 		asm.JEq.Imm(asm.R9, 40+8+8+14, "rewrite"),
 		asm.Mov.Imm(asm.R5, ethPIPv6LE),
 		asm.Ja.Label("settype"),
@@ -331,5 +368,5 @@ func decapPrologue(m *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.JEq.Imm(asm.R0, 0, "rewrite"),
 		asm.Mov.Imm(asm.R0, tcActShot), // a frame whose type lies must not go on
 		asm.Return(),
-	}
+	}...)
 }
