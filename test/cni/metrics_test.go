@@ -1,18 +1,11 @@
 package cni_test
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/weftnet/weft/internal/probe"
 )
 
 func TestMetricsAndHealthz(t *testing.T) {
@@ -26,13 +19,7 @@ func TestMetricsAndHealthz(t *testing.T) {
 		t.Helper()
 		var code int
 		var body string
-		// http.Transport dials on goroutines of its own, so the dial is done by probe on a
-		// thread inside the node namespace.
-		dial := func(ctx context.Context, _, a string) (net.Conn, error) {
-			return probe.DialTCP(n.ns.Path, netip.MustParseAddrPort(a), 5*time.Second)
-		}
-		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
-		resp, err := c.Get("http://" + addr + path)
+		resp, err := n.ns.HTTPClient().Get("http://" + addr + path)
 		if err == nil {
 			defer resp.Body.Close()
 			b, _ := io.ReadAll(resp.Body)

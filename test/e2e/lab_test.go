@@ -2,12 +2,9 @@ package e2e_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -178,11 +175,7 @@ func checkUplinkDecap(t *testing.T, s labStatus) {
 // namespace at nsPath.
 func decapCounter(t *testing.T, nsPath string) int {
 	t.Helper()
-	dial := func(ctx context.Context, _, a string) (net.Conn, error) {
-		return probe.DialTCP(nsPath, netip.MustParseAddrPort(a), 5*time.Second)
-	}
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + lab.MetricsAddr + "/metrics")
+	resp, err := testutil.NS{Path: nsPath}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,9 @@ type Fastpath struct {
 // program also decapsulates the tunnel's packets for local pods. It fails on kernels
 // without bpf_redirect_peer (5.10+) or without the rights to load tc programs.
 func Load(tun *Tunnel) (*Fastpath, error) {
+	if tun != nil && len(tun.VTEPMAC) != 6 {
+		return nil, fmt.Errorf("VTEP MAC %q is not an Ethernet address", tun.VTEPMAC)
+	}
 	m, err := ebpf.NewMap(newMapSpec())
 	if err != nil {
 		return nil, fmt.Errorf("create local pod map: %w", err)
@@ -49,10 +52,6 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 	}
 	f.uplink = f.prog
 	if tun != nil {
-		if len(tun.VTEPMAC) != 6 {
-			f.Close()
-			return nil, fmt.Errorf("VTEP MAC %q is not an Ethernet address", tun.VTEPMAC)
-		}
 		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, tun)); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("load fast path uplink program: %w", err)

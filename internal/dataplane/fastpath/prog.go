@@ -9,8 +9,8 @@
 // discovery) the packet continues on the normal path, so an empty or stale map only costs
 // speed, never correctness.
 //
-// The program is assembled here with cilium/ebpf's asm package: no C toolchain is needed
-// to build weft, and the whole program is the few dozen instructions below.
+// The programs are assembled here with cilium/ebpf's asm package: no C toolchain is needed
+// to build weft, and each is the hundred or two instructions below.
 package fastpath
 
 import (
@@ -73,6 +73,43 @@ func newStatsMapSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{Name: "weft_fp_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: numStats}
 }
 
+// destKey stores, as the map key at r10-16, the destination of the IP packet behind the
+// Ethernet header at base+eth (IPv4 mapped into IPv6), bounds-checked against R3
+// (data_end), and continues at v4 or v6 by family. Another type, or a short packet, goes
+// to miss. It clobbers R4 and R5; labels are named after v4 so two uses never collide.
+func destKey(base asm.Register, eth int16, v4, v6, miss string) asm.Instructions {
+	ip := eth + 14
+	return asm.Instructions{
+		asm.Mov.Imm(asm.R5, 0),
+		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
+		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, base, eth+12, asm.Half),
+		asm.JEq.Imm(asm.R5, ethPIPv4LE, v4+"_ipv4"),
+		asm.JEq.Imm(asm.R5, ethPIPv6LE, v4+"_ipv6"),
+		asm.Ja.Label(miss),
+
+		// IPv4: destination at 16; key = ::ffff:dst
+		asm.Mov.Reg(asm.R4, base).WithSymbol(v4 + "_ipv4"),
+		asm.Add.Imm(asm.R4, int32(ip)+20),
+		asm.JGT.Reg(asm.R4, asm.R3, miss),
+		asm.LoadMem(asm.R5, base, ip+16, asm.Word),
+		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
+		asm.Mov.Imm(asm.R5, 0xffff),
+		asm.StoreMem(asm.R10, -6, asm.R5, asm.Half),
+		asm.Ja.Label(v4),
+
+		// IPv6: destination at 24
+		asm.Mov.Reg(asm.R4, base).WithSymbol(v4 + "_ipv6"),
+		asm.Add.Imm(asm.R4, int32(ip)+40),
+		asm.JGT.Reg(asm.R4, asm.R3, miss),
+		asm.LoadMem(asm.R5, base, ip+24, asm.DWord),
+		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, base, ip+32, asm.DWord),
+		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
+		asm.Ja.Label(v6),
+	}
+}
+
 // count adds one to a counter. It clobbers R0-R5 (and the stack slot at r10-64).
 func count(stats *ebpf.Map, stat int32, skip string) asm.Instructions {
 	return asm.Instructions{
@@ -105,34 +142,9 @@ func programSpec(m, remote, stats *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 14),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		// key := 0
-		asm.Mov.Imm(asm.R5, 0),
-		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
-		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
-		asm.JEq.Imm(asm.R5, ethPIPv4LE, "v4"),
-		asm.JEq.Imm(asm.R5, ethPIPv6LE, "v6"),
-		asm.Ja.Label("pass"),
-
-		// IPv4: destination at 14+16; key = ::ffff:dst
-		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("v4"),
-		asm.Add.Imm(asm.R4, 34),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		asm.LoadMem(asm.R5, asm.R2, 30, asm.Word),
-		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
-		asm.Mov.Imm(asm.R5, 0xffff),
-		asm.StoreMem(asm.R10, -6, asm.R5, asm.Half),
-		asm.Ja.Label("lookup"),
-
-		// IPv6: destination at 14+24
-		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("v6"),
-		asm.Add.Imm(asm.R4, 54),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		asm.LoadMem(asm.R5, asm.R2, 38, asm.DWord),
-		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R2, 46, asm.DWord),
-		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
-
+	}...)
+	insns = append(insns, destKey(asm.R2, 0, "lookup", "lookup", "pass")...)
+	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("lookup"),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -16),
@@ -307,32 +319,12 @@ func decapPrologue(m, stats *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.JNE.Imm32(asm.R5, le32(mac[0:4]), "plain"),
 		asm.LoadMem(asm.R5, asm.R1, 20, asm.Half),
 		asm.JNE.Imm(asm.R5, le16(mac[4:6]), "plain"),
-		asm.Mov.Imm(asm.R5, 0),
-		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
-		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R1, 28, asm.Half),
-		asm.JEq.Imm(asm.R5, ethPIPv4LE, "in4"),
-		asm.JEq.Imm(asm.R5, ethPIPv6LE, "in6"),
-		asm.Ja.Label("plain"),
-
-		asm.Mov.Reg(asm.R4, asm.R1).WithSymbol("in4"),
-		asm.Add.Imm(asm.R4, 30+20),
-		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
-		asm.LoadMem(asm.R5, asm.R1, 30+16, asm.Word),
-		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
-		asm.Mov.Imm(asm.R5, 0xffff),
-		asm.StoreMem(asm.R10, -6, asm.R5, asm.Half),
-		asm.Mov.Imm(asm.R8, adjRoomDecapIPv4|adjRoomFixedGSO),
+	}
+	insns = append(insns, destKey(asm.R1, 16, "in4", "in6", "plain")...)
+	insns = append(insns, asm.Instructions{
+		asm.Mov.Imm(asm.R8, adjRoomDecapIPv4|adjRoomFixedGSO).WithSymbol("in4"),
 		asm.Ja.Label("tunlookup"),
-
-		asm.Mov.Reg(asm.R4, asm.R1).WithSymbol("in6"),
-		asm.Add.Imm(asm.R4, 30+40),
-		asm.JGT.Reg(asm.R4, asm.R3, "plain"),
-		asm.LoadMem(asm.R5, asm.R1, 30+24, asm.DWord),
-		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R1, 30+32, asm.DWord),
-		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
-		asm.Mov.Imm(asm.R8, adjRoomDecapIPv6|adjRoomFixedGSO),
+		asm.Mov.Imm(asm.R8, adjRoomDecapIPv6|adjRoomFixedGSO).WithSymbol("in6"),
 
 		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("tunlookup"),
 		asm.Mov.Reg(asm.R2, asm.R10),
@@ -347,7 +339,7 @@ func decapPrologue(m, stats *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.Mov.Reg(asm.R4, asm.R8),
 		asm.FnSkbAdjustRoom.Call(),
 		asm.JNE.Imm(asm.R0, 0, "pass"), // nothing was changed
-	}
+	}...)
 	insns = append(insns, count(stats, statDecap, "counted_decap")...)
 	return append(insns, asm.Instructions{
 		// The Ethernet type changes only when the families differ.
