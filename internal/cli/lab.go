@@ -52,8 +52,7 @@ func newLabCmd() *cobra.Command {
 	up.Flags().BoolVarP(&detach, "detach", "d", false, "leave the lab running and return")
 
 	pod := &cobra.Command{Use: "pod", Short: "Pods of a lab"}
-	var node int
-	var labels, serve string
+	var node, labels, serve string
 	add := &cobra.Command{
 		Use: "add NAME --node N [--serve tcp:PORT]", Short: "Attach a pod through the real weft-cni exec path", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -81,15 +80,19 @@ func newLabCmd() *cobra.Command {
 				}
 				lbls[k] = v
 			}
-			p, err := l.AddPod(args[0], fmt.Sprintf("node%d", node), port, lbls)
+			nodeName, err := labNodeName(l, node)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s on node%d: %v\n", p.Name, node, p.IPs)
+			p, err := l.AddPod(args[0], nodeName, port, lbls)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s on %s: %v\n", p.Name, nodeName, p.IPs)
 			return nil
 		},
 	}
-	add.Flags().IntVar(&node, "node", 1, "node number")
+	add.Flags().StringVar(&node, "node", "1", "node: its number (1) or its name as status prints it (node1)")
 	add.Flags().StringVar(&labels, "labels", "", "k=v,... (recorded by weft-cni)")
 	add.Flags().StringVar(&serve, "serve", "", "run a TCP echo server in the pod: tcp:PORT")
 	rm := &cobra.Command{
@@ -315,4 +318,20 @@ func runDemo(w io.Writer, opts lab.Options, pods int) (err error) {
 		return &ExitError{Code: 1, Err: fmt.Errorf("%d checks failed", len(r.Failures))}
 	}
 	return nil
+}
+
+// labNodeName accepts a node as `weft lab status` names it (node1) or by its number (1).
+func labNodeName(l *lab.Lab, node string) (string, error) {
+	name := node
+	if n, err := strconv.Atoi(node); err == nil {
+		name = fmt.Sprintf("node%d", n)
+	}
+	known := make([]string, 0, len(l.State.Nodes))
+	for _, n := range l.State.Nodes {
+		if n.Name == name {
+			return name, nil
+		}
+		known = append(known, n.Name)
+	}
+	return "", usageErr("--node %q: no such node in lab %s (nodes: %s; a number works too)", node, l.State.Name, strings.Join(known, ", "))
 }

@@ -53,5 +53,5 @@ func Main(args []string) int {
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return enc.Encode(withEmptyLists(v))
 }

@@ -144,7 +144,7 @@ func newSubnetCmd() *cobra.Command {
 	}
 
 	var req netcalc.PlanRequest
-	var avoid []string
+	var avoid, planPools []string
 	var fromHost bool
 	plan := &cobra.Command{
 		Use: "plan --nodes N --pods-per-node P --services S", Short: "Choose cluster and service CIDRs that clash with nothing",
@@ -155,6 +155,18 @@ func newSubnetCmd() *cobra.Command {
 				return badInput(fmt.Errorf("--avoid: %w", err))
 			}
 			req.Avoid = ps
+			pools, err := netcalc.ParseCIDRs(planPools)
+			if err != nil {
+				return badInput(fmt.Errorf("--pool: %w", err))
+			}
+			req.Pools, req.Pools6 = nil, nil
+			for _, p := range pools {
+				if p.Addr().Is4() {
+					req.Pools = append(req.Pools, p.Masked())
+				} else {
+					req.Pools6 = append(req.Pools6, p.Masked())
+				}
+			}
 			if fromHost {
 				host, err := hostnet.AvoidList()
 				if err != nil {
@@ -185,6 +197,7 @@ func newSubnetCmd() *cobra.Command {
 	plan.Flags().BoolVar(&req.DualStack, "dual-stack", false, "also plan IPv6 (unique local) ranges")
 	plan.Flags().StringArrayVar(&avoid, "avoid", nil, "a CIDR the plan must not overlap (repeatable)")
 	plan.Flags().BoolVar(&fromHost, "from-host", false, "also avoid this namespace's addresses and routes")
+	plan.Flags().StringArrayVar(&planPools, "pool", nil, "a CIDR to plan in, IPv4 or IPv6 (repeatable, in order of preference; replaces the private ranges of that family)")
 
 	var clusterCIDRs, serviceCIDRs []string
 	var nodePrefix, nodePrefix6 int

@@ -18,12 +18,18 @@ var PrivatePools = []netip.Prefix{
 // ULAPool is where dual-stack plans look for IPv6 room.
 var ULAPool = netip.MustParsePrefix("fd00::/8")
 
+// SharedAddressSpace (RFC 6598, carrier-grade NAT) is the usual next choice when the
+// private pools are full: it is not routed on the internet either.
+var SharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
+
 // PlanRequest is what a cluster needs. Growth is built in: the plan holds at least twice
 // the nodes, pods per node and services asked for.
 type PlanRequest struct {
 	Nodes, PodsPerNode, Services int
 	DualStack                    bool
 	Avoid                        []netip.Prefix // host addresses and routes, VPNs, the office network
+	Pools                        []netip.Prefix // IPv4 ranges to plan in, in order; empty: PrivatePools
+	Pools6                       []netip.Prefix // IPv6 ranges for dual-stack; empty: ULAPool
 }
 
 // Plan is a non-overlapping choice of cluster and service CIDRs.
@@ -59,21 +65,30 @@ func MakePlan(r PlanRequest) (Plan, error) {
 	nodeLen := 32 - hostBits
 	clusterLen := nodeLen - ceilLog2(uint64(r.Nodes)*2)
 	serviceLen := 32 - ceilLog2(uint64(r.Services)*2+2)
-	if nodeLen < 8 || clusterLen < 8 {
-		return Plan{}, fmt.Errorf("%w: %d nodes × %d pods (with room to grow, a /%d) exceed the largest private pool, 10.0.0.0/8", ErrNoPlan, r.Nodes, r.PodsPerNode, clusterLen)
-	}
 	if serviceLen < 12 {
 		return Plan{}, fmt.Errorf("%w: %d services need a /%d; Kubernetes allows at most a /12", ErrNoPlan, r.Services, serviceLen)
 	}
+	pools, pools6 := r.Pools, r.Pools6
+	if len(pools) == 0 {
+		pools = PrivatePools
+	}
+	if len(pools6) == 0 {
+		pools6 = []netip.Prefix{ULAPool}
+	}
 	taken := append([]netip.Prefix(nil), r.Avoid...)
-	cluster, ok := firstFree(PrivatePools, clusterLen, taken)
+	cluster, ok := netip.Prefix{}, false
+	if clusterLen >= 1 && nodeLen >= 1 {
+		cluster, ok = firstFree(pools, clusterLen, taken)
+	}
 	if !ok {
-		return Plan{}, fmt.Errorf("%w: no free /%d for the cluster in %s once %s are avoided", ErrNoPlan, clusterLen, joinPrefixes(PrivatePools), describeAvoid(r.Avoid))
+		return Plan{}, fmt.Errorf("%w: %d nodes × %d pods need a /%d (with room to grow) and there is no free one in %s avoiding %s; %s",
+			ErrNoPlan, r.Nodes, r.PodsPerNode, clusterLen, joinPrefixes(pools), describeAvoid(r.Avoid), whatFits(r, pools, taken, nodeLen))
 	}
 	taken = append(taken, cluster)
-	service, ok := firstFree(PrivatePools, serviceLen, taken)
+	service, ok := firstFree(pools, serviceLen, taken)
 	if !ok {
-		return Plan{}, fmt.Errorf("%w: the cluster fits in %s but no free /%d is left for services once %s are avoided", ErrNoPlan, cluster, serviceLen, describeAvoid(r.Avoid))
+		return Plan{}, fmt.Errorf("%w: the cluster fits in %s but no free /%d is left for services in %s avoiding %s%s",
+			ErrNoPlan, cluster, serviceLen, joinPrefixes(pools), describeAvoid(r.Avoid), suggestShared(pools))
 	}
 	p := Plan{
 		ClusterCIDR:      cluster.String(),
@@ -86,14 +101,14 @@ func MakePlan(r PlanRequest) (Plan, error) {
 	if r.DualStack {
 		// A /48 of unique local space per cluster, /64 per node, a /108 of services (the
 		// largest Kubernetes accepts), in the /48 after it.
-		c6, ok := firstFree([]netip.Prefix{ULAPool}, 48, taken)
+		c6, ok := firstFree(pools6, 48, taken)
 		if !ok {
-			return Plan{}, fmt.Errorf("%w: no free /48 in %s once %s are avoided", ErrNoPlan, ULAPool, describeAvoid(r.Avoid))
+			return Plan{}, fmt.Errorf("%w: no free /48 in %s avoiding %s", ErrNoPlan, joinPrefixes(pools6), describeAvoid(r.Avoid))
 		}
 		taken = append(taken, c6)
-		s6, ok := firstFree([]netip.Prefix{ULAPool}, 108, taken)
+		s6, ok := firstFree(pools6, 108, taken)
 		if !ok {
-			return Plan{}, fmt.Errorf("%w: no free /108 for IPv6 services in %s", ErrNoPlan, ULAPool)
+			return Plan{}, fmt.Errorf("%w: no free /108 for IPv6 services in %s", ErrNoPlan, joinPrefixes(pools6))
 		}
 		p.ClusterCIDRV6, p.NodePrefixLengthV6, p.ServiceCIDRV6 = c6.String(), 64, s6.String()
 		p.MaxNodesV6 = Size(netip.PrefixFrom(netip.IPv6Unspecified(), 128-16)).String()
@@ -101,6 +116,33 @@ func MakePlan(r PlanRequest) (Plan, error) {
 		p.ServicesV6 = Describe(netip.PrefixFrom(netip.IPv6Unspecified(), 108)).Usable
 	}
 	return p, nil
+}
+
+// whatFits says what the largest free block of pools would hold at the requested pods per
+// node, and suggests the shared address space when planning in the private pools.
+func whatFits(r PlanRequest, pools, taken []netip.Prefix, nodeLen int) string {
+	for l := 1; l <= 32; l++ {
+		if b, ok := firstFree(pools, l, taken); ok {
+			fit := "it is too small for even one node of that size"
+			if l <= nodeLen {
+				// The plan keeps room to grow: half the node blocks are spare.
+				nodes := uint64(1) << (nodeLen - l) / 2
+				fit = fmt.Sprintf("with room to grow it holds %d nodes × %d pods", max(nodes, 1), r.PodsPerNode)
+			}
+			return fmt.Sprintf("the largest free block is %s: %s%s", b, fit, suggestShared(pools))
+		}
+	}
+	return "nothing in them is free" + suggestShared(pools)
+}
+
+// suggestShared points at 100.64.0.0/10 when the plan used (only) the private pools.
+func suggestShared(pools []netip.Prefix) string {
+	for _, p := range pools {
+		if p.Overlaps(SharedAddressSpace) {
+			return ""
+		}
+	}
+	return fmt.Sprintf("; for more room try the shared address space: --pool %s", SharedAddressSpace)
 }
 
 // firstFree returns the first aligned block of length l inside pools that overlaps none of

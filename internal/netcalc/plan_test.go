@@ -54,9 +54,9 @@ func TestMakePlanExplainsFailure(t *testing.T) {
 		req  PlanRequest
 		want string
 	}{
-		{PlanRequest{Nodes: 100000, PodsPerNode: 1000, Services: 10}, "exceed the largest private pool"},
+		{PlanRequest{Nodes: 100000, PodsPerNode: 1000, Services: 10}, "largest free block is 10.0.0.0/8: with room to grow it holds 4096 nodes"},
 		{PlanRequest{Nodes: 1, PodsPerNode: 1, Services: 1 << 21}, "at most a /12"},
-		{PlanRequest{Nodes: 3, PodsPerNode: 100, Services: 10, Avoid: PrivatePools}, "no free /21 for the cluster"},
+		{PlanRequest{Nodes: 3, PodsPerNode: 100, Services: 10, Avoid: PrivatePools}, "need a /21 (with room to grow) and there is no free one"},
 		{PlanRequest{Nodes: 0, PodsPerNode: 1, Services: 1}, "at least 1"},
 	}
 	for _, c := range cases {
@@ -95,5 +95,38 @@ func TestCheck(t *testing.T) {
 	}
 	if c := Check(CheckRequest{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}, NodePrefixLen: 31}); len(c) != 1 {
 		t.Fatalf("/31 node blocks: %+v", c)
+	}
+}
+
+func TestMakePlanPools(t *testing.T) {
+	shared := []netip.Prefix{SharedAddressSpace}
+	p, err := MakePlan(PlanRequest{Nodes: 500, PodsPerNode: 100, Services: 100, Pools: shared})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ClusterCIDR != "100.64.0.0/14" || p.ServiceCIDR != "100.68.0.0/24" {
+		t.Fatalf("in 100.64.0.0/10: %+v", p)
+	}
+	// Too big for the private ranges: the error says what fits and where more room is.
+	_, err = MakePlan(PlanRequest{Nodes: 5000, PodsPerNode: 1000, Services: 100})
+	if !errors.Is(err, ErrNoPlan) || !strings.Contains(err.Error(), "largest free block is 10.0.0.0/8") ||
+		!strings.Contains(err.Error(), "4096 nodes × 1000 pods") || !strings.Contains(err.Error(), "--pool 100.64.0.0/10") {
+		t.Fatalf("error %v", err)
+	}
+	// Planning in the shared space already: no suggestion to use it.
+	_, err = MakePlan(PlanRequest{Nodes: 5000, PodsPerNode: 1000, Services: 100, Pools: shared})
+	if err == nil || strings.Contains(err.Error(), "try the shared") || !strings.Contains(err.Error(), "100.64.0.0/10") {
+		t.Fatalf("error %v", err)
+	}
+	// A pool with a hole: the largest free piece is named.
+	_, err = MakePlan(PlanRequest{Nodes: 50, PodsPerNode: 100, Services: 10, Pools: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")},
+		Avoid: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/17"), netip.MustParsePrefix("192.168.128.0/18")}})
+	if err == nil || !strings.Contains(err.Error(), "192.168.192.0/18: with room to grow it holds 32 nodes") {
+		t.Fatalf("error %v", err)
+	}
+	// IPv6 pools for dual stack.
+	p, err = MakePlan(PlanRequest{Nodes: 3, PodsPerNode: 10, Services: 10, DualStack: true, Pools6: []netip.Prefix{netip.MustParsePrefix("fd12:3400::/32")}})
+	if err != nil || !strings.HasPrefix(p.ClusterCIDRV6, "fd12:3400:") {
+		t.Fatalf("v6 pool: %+v %v", p, err)
 	}
 }

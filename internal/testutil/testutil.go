@@ -110,6 +110,10 @@ var (
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
+		if dir := os.Getenv(binEnv); dir != "" { // a re-executed test binary reuses its parent's
+			binDir = dir
+			return
+		}
 		binDir, buildErr = os.MkdirTemp("", "weft-bin-")
 		if buildErr != nil {
 			return
@@ -135,7 +139,7 @@ func Binaries(t testing.TB) string {
 
 // CleanupBinaries removes what Binaries built; call it from TestMain after m.Run.
 func CleanupBinaries() {
-	if binDir != "" {
+	if binDir != "" && os.Getenv(binEnv) == "" {
 		_ = os.RemoveAll(binDir)
 	}
 }
