@@ -37,6 +37,7 @@ type Options struct {
 	MetricsAddr   string
 	ManageSysctls bool
 	Fastpath      bool     // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
+	BPFDir        string   // weftd's own bpffs for pinned tcx links; "": RunDir/bpf
 	Preflight     bool     // refuse to start when a pod CIDR overlaps the node's addresses or routes
 	Cluster       *Cluster // cluster membership (lease, fabric); nil on a single host
 	Masquerade    bool
@@ -229,12 +230,19 @@ func (a *Agent) startFastpath(ctx context.Context) {
 		return
 	}
 	go func() { <-ctx.Done(); fp.Close() }()
-	a.metrics.reg.MustRegister(fastpathCollector{fp})
+	bpfDir := a.opts.BPFDir
+	if bpfDir == "" {
+		bpfDir = filepath.Join(a.opts.RunDir, "bpf")
+	}
+	if err := fp.UseTCX(bpfDir); err != nil {
+		a.opts.Log.Warn("no bpffs for tcx links; the fast path attaches with clsact filters", "err", err)
+	}
 	a.fast = newFastpathSync(fp, a.alloc, func(err error) {
 		if err != nil {
 			a.opts.Log.Warn("fast path sync failed", "err", err)
 		}
 	})
+	a.metrics.reg.MustRegister(fastpathCollector{fp: fp, yielded: a.fast.yieldedPods.Load})
 	if c := a.opts.Cluster; c != nil {
 		a.fast.uplink, a.fast.tunnel = c.o.UnderlayDev, fabric.DeviceName
 		c.onRemote = fp.SyncRemote

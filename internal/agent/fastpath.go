@@ -2,10 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/ipam"
@@ -23,6 +27,9 @@ type fastpathSync struct {
 	alloc    *ipam.Allocator
 	loop     *reconcile.Loop
 	attached map[string]bool // "ifindex/alias" this weftd attached the program to
+	yielded  map[string]bool // host veths left to another tool's tc (see foreignTC)
+	// yieldedPods counts the pods off the fast path for that reason (a metric).
+	yieldedPods atomic.Int64
 	// uplink and tunnel name the devices where traffic from other nodes arrives (the
 	// underlay and the VXLAN device): with the program there too, a packet for a local pod
 	// goes straight in; on the uplink, a VXLAN packet is decapsulated on the way.
@@ -36,7 +43,7 @@ type fastpathSync struct {
 const fastpathDelay = 50 * time.Millisecond
 
 func newFastpathSync(fp *fastpath.Fastpath, alloc *ipam.Allocator, fail func(error)) *fastpathSync {
-	s := &fastpathSync{fp: fp, alloc: alloc, attached: map[string]bool{}, fail: fail}
+	s := &fastpathSync{fp: fp, alloc: alloc, attached: map[string]bool{}, yielded: map[string]bool{}, fail: fail}
 	s.loop = reconcile.New(fastpathDelay, s.sync, fail)
 	return s
 }
@@ -55,7 +62,70 @@ func (s *fastpathSync) run(ctx context.Context) {
 			s.Trigger()
 		}
 	}()
+	// Qdisc and filter changes: another plugin (bandwidth) shaping a pod takes it off the
+	// fast path at once.
+	if tc, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_TC); err != nil {
+		s.fail(fmt.Errorf("subscribe to tc events: %w", err))
+	} else {
+		go func() { <-ctx.Done(); tc.Close() }()
+		go func() {
+			for {
+				if _, _, err := tc.Receive(); err != nil {
+					if ctx.Err() == nil && !errors.Is(err, unix.ENOBUFS) {
+						s.fail(fmt.Errorf("tc events: %w", err))
+						return
+					}
+					if ctx.Err() != nil {
+						return
+					}
+				}
+				s.Trigger()
+			}
+		}()
+	}
 	s.loop.Run(ctx)
+}
+
+// foreignTC lists the devices whose traffic another tool controls with tc: a root qdisc
+// other than the default (the bandwidth plugin's tbf), or an ingress/clsact qdisc carrying
+// filters that are not weft's (its redirect to an IFB). The fast path must not carry
+// those pods' packets around that qdisc, so they leave it.
+func foreignTC(h *netlink.Handle) (map[int]bool, error) {
+	qdiscs, err := netlinkx.Retry(func() ([]netlink.Qdisc, error) { return h.QdiscList(nil) })
+	if err != nil {
+		return nil, fmt.Errorf("list qdiscs: %w", err)
+	}
+	out := map[int]bool{}
+	for _, q := range qdiscs {
+		a := q.Attrs()
+		switch {
+		case q.Type() == "ingress":
+			out[a.LinkIndex] = true
+		case q.Type() == "clsact":
+			if hasForeignFilter(h, a.LinkIndex) {
+				out[a.LinkIndex] = true
+			}
+		case a.Parent == netlink.HANDLE_ROOT && q.Type() != "noqueue":
+			out[a.LinkIndex] = true
+		}
+	}
+	return out, nil
+}
+
+func hasForeignFilter(h *netlink.Handle, ifindex int) bool {
+	l, err := h.LinkByIndex(ifindex)
+	if err != nil {
+		return false
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		filters, _ := h.FilterList(l, parent)
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); !ok || bf.Name != fastpath.FilterName {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // verifyEvery is how often a pass re-reads every link's filters instead of trusting what
@@ -78,9 +148,15 @@ func (s *fastpathSync) sync() error {
 	if err != nil {
 		return err
 	}
+	foreign, err := foreignTC(h)
+	if err != nil {
+		return err
+	}
 	want := map[fastpath.Key]fastpath.Value{}
-	var toAttach []netlink.Link
+	var toAttach, toDetach []netlink.Link
 	seen := map[string]bool{}
+	keepPins := map[int]bool{}
+	yielded := 0
 	for _, l := range links {
 		attrs := l.Attrs()
 		owner, ok := podnet.ParseAlias(attrs.Alias)
@@ -92,7 +168,16 @@ func (s *fastpathSync) sync() error {
 			continue // allocation not committed yet, or already released
 		}
 		cacheKey := fmt.Sprintf("%d/%s", attrs.Index, attrs.Alias)
+		if foreign[attrs.Index] {
+			// Shaped or filtered by another plugin: neither redirected into nor out of.
+			yielded++
+			if s.attached[cacheKey] || verify || !s.yielded[cacheKey] {
+				toDetach = append(toDetach, l)
+			}
+			continue
+		}
 		seen[cacheKey] = true
+		keepPins[attrs.Index] = true
 		mac := owner.PodMAC
 		for _, ip := range al.IPs {
 			want[fastpath.KeyOf(ip.Address.Addr())] = fastpath.ValueOf(attrs.Index, mac)
@@ -111,6 +196,7 @@ func (s *fastpathSync) sync() error {
 		}
 		cacheKey := fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)
 		seen[cacheKey] = true
+		keepPins[l.Attrs().Index] = true
 		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, name == s.uplink)) {
 			toAttach = append(toAttach, l)
 		}
@@ -130,5 +216,15 @@ func (s *fastpathSync) sync() error {
 		}
 		s.attached[fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)] = true
 	}
-	return nil
+	// With the map no longer naming them, nothing is redirected into the yielded pods;
+	// now their own traffic stops being redirected out.
+	s.yielded = map[string]bool{}
+	for _, l := range toDetach {
+		if err := s.fp.Detach(h, l); err != nil {
+			return err
+		}
+		s.yielded[fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)] = true
+	}
+	s.yieldedPods.Store(int64(yielded))
+	return s.fp.SweepPins(keepPins)
 }

@@ -63,13 +63,22 @@ func newMetrics(a *Agent) *metrics {
 }
 
 // fastpathCollector exposes the eBPF programs' counters.
-type fastpathCollector struct{ fp *fastpath.Fastpath }
+type fastpathCollector struct {
+	fp      *fastpath.Fastpath
+	yielded func() int64
+}
+
+var fastpathYielded = prometheus.NewDesc("weft_fastpath_yielded_pods",
+	"Pods left off the eBPF fast path because another tool (e.g. the bandwidth plugin) controls their traffic with tc.", nil, nil)
 
 var fastpathPackets = prometheus.NewDesc("weft_fastpath_packets_total",
 	"Packets that took an eBPF short cut, by path: local (into a pod on this node), remote (straight to another node), decap (from the VXLAN tunnel into a pod).",
 	[]string{"path"}, nil)
 
-func (c fastpathCollector) Describe(ch chan<- *prometheus.Desc) { ch <- fastpathPackets }
+func (c fastpathCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- fastpathPackets
+	ch <- fastpathYielded
+}
 
 func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
 	n, err := c.fp.Counters()
@@ -80,6 +89,7 @@ func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Local), "local")
 	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Remote), "remote")
 	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Decap), "decap")
+	ch <- prometheus.MustNewConstMetric(fastpathYielded, prometheus.GaugeValue, float64(c.yielded()))
 }
 
 func (m *metrics) observe(op, result string, d time.Duration) {

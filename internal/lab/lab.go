@@ -20,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/weftnet/weft/internal/bpffs"
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/netns"
 	"github.com/weftnet/weft/internal/probe"
@@ -336,6 +337,9 @@ func (l *Lab) Down() error {
 	}
 	for _, n := range l.State.Nodes {
 		stopPID(n.PID, "weftd")
+		// weftd leaves its tcx links pinned (they outlive a restart); unmounting its bpffs
+		// detaches them.
+		errs = append(errs, bpffs.Unmount(filepath.Join(n.RunDir, "bpf")))
 		errs = append(errs, deleteNS(n.Netns))
 	}
 	stopPID(l.State.EtcdPID, "weft")

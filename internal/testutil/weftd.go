@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/bpffs"
 	"github.com/weftnet/weft/internal/cniapi"
 )
 
@@ -62,6 +63,9 @@ func StartWeftd(t testing.TB, node NS, podCIDRs string, extra ...string) *Weftd 
 	w.Args = append(w.Args, extra...)
 	t.Cleanup(func() {
 		w.Stop()
+		if err := bpffs.Unmount(filepath.Join(w.RunDir, "bpf")); err != nil {
+			t.Error(err)
+		}
 		if t.Failed() {
 			t.Logf("weftd log:\n%s", w.Log())
 		}

@@ -7,12 +7,14 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 )
 
-// fastpathState returns the program ID on a host veth and the pod addresses in its map.
+// fastpathState returns the program ID on a host veth (tcx or clsact) and the pod
+// addresses in its map.
 func (n *node) fastpathState(hostVeth string) (uint32, map[netip.Addr]uint32) {
 	n.t.Helper()
 	h := n.ns.Handle(n.t)
@@ -20,44 +22,48 @@ func (n *node) fastpathState(hostVeth string) (uint32, map[netip.Addr]uint32) {
 	if err != nil {
 		return 0, nil
 	}
-	filters, _ := h.FilterList(link, netlink.HANDLE_MIN_INGRESS)
-	for _, f := range filters {
-		bf, ok := f.(*netlink.BpfFilter)
-		if !ok || bf.Name != fastpath.FilterName {
-			continue
-		}
-		prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(bf.Id))
+	var id ebpf.ProgramID
+	var ok bool
+	// The tcx query takes an ifindex of the calling thread's namespace.
+	if err := ns.WithNetNSPath(n.ns.Path, func(ns.NetNS) error {
+		id, ok = fastpath.ProgramOn(h, link.Attrs().Index)
+		return nil
+	}); err != nil {
+		n.t.Fatal(err)
+	}
+	if !ok {
+		return 0, nil
+	}
+	prog, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer prog.Close()
+	info, _ := prog.Info()
+	ids, _ := info.MapIDs()
+	var m *ebpf.Map
+	for _, mid := range ids {
+		cand, err := ebpf.NewMapFromID(mid)
 		if err != nil {
 			n.t.Fatal(err)
 		}
-		defer prog.Close()
-		info, _ := prog.Info()
-		ids, _ := info.MapIDs()
-		var m *ebpf.Map
-		for _, id := range ids {
-			cand, err := ebpf.NewMapFromID(id)
-			if err != nil {
-				n.t.Fatal(err)
-			}
-			if mi, err := cand.Info(); err == nil && mi.Name == "weft_local_pods" {
-				m = cand
-				break
-			}
-			cand.Close()
+		if mi, err := cand.Info(); err == nil && mi.Name == "weft_local_pods" {
+			m = cand
+			break
 		}
-		if m == nil {
-			n.t.Fatalf("the program has no weft_local_pods map")
-		}
-		defer m.Close()
-		out := map[netip.Addr]uint32{}
-		var k fastpath.Key
-		var v fastpath.Value
-		for it := m.Iterate(); it.Next(&k, &v); {
-			out[netip.AddrFrom16(k).Unmap()] = v.HostIfindex
-		}
-		return uint32(bf.Id), out
+		cand.Close()
 	}
-	return 0, nil
+	if m == nil {
+		n.t.Fatalf("the program has no weft_local_pods map")
+	}
+	defer m.Close()
+	out := map[netip.Addr]uint32{}
+	var k fastpath.Key
+	var v fastpath.Value
+	for it := m.Iterate(); it.Next(&k, &v); {
+		out[netip.AddrFrom16(k).Unmap()] = v.HostIfindex
+	}
+	return uint32(id), out
 }
 
 func (n *node) waitFastpath(hostVeth string, cond func(uint32, map[netip.Addr]uint32) bool) (uint32, map[netip.Addr]uint32) {
@@ -86,6 +92,10 @@ func TestFastpathFollowsPods(t *testing.T) {
 			l2, _ := h.LinkByName(host2)
 
 			prog, entries := n.waitFastpath(host1, func(id uint32, m map[netip.Addr]uint32) bool { return len(m) == 4 })
+			// On a kernel with tcx (6.6+, as here) no qdisc is taken: other plugins can add theirs.
+			if qs, _ := h.QdiscList(linkNamed(h, host1)); hasQdisc(qs, "clsact") {
+				t.Errorf("%s carries a clsact qdisc; want the program attached with tcx", host1)
+			}
 			for _, ip := range podIPs(r2) {
 				if entries[ip] != uint32(l2.Attrs().Index) {
 					t.Errorf("map sends %s to ifindex %d, want %s (%d)", ip, entries[ip], host2, l2.Attrs().Index)
@@ -112,4 +122,18 @@ func TestFastpathFollowsPods(t *testing.T) {
 			_ = n.del(list, rt1)
 		})
 	}
+}
+
+func linkNamed(h *netlink.Handle, name string) netlink.Link {
+	l, _ := h.LinkByName(name)
+	return l
+}
+
+func hasQdisc(qs []netlink.Qdisc, kind string) bool {
+	for _, q := range qs {
+		if q.Type() == kind {
+			return true
+		}
+	}
+	return false
 }

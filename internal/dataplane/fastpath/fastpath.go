@@ -7,7 +7,6 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,6 +20,11 @@ type Fastpath struct {
 	stats  *ebpf.Map
 	prog   *ebpf.Program // on host veths and the VXLAN device
 	uplink *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
+
+	// pinDir is a bpffs instance of this weftd's own where tcx links are pinned, so the
+	// programs stay attached across a weftd restart. Empty: tcx is not used.
+	pinDir string
+	tcx    bool // tcx works here; false after ErrNotSupported: legacy clsact filters
 }
 
 // Load creates the maps and loads the programs. With tun set (a VXLAN fabric) the uplink
@@ -160,52 +164,9 @@ func RemoteValueOf(ifindex int, nextHop netip.Addr) RemoteValue {
 // SyncRemote makes the remote block map hold exactly want.
 func (f *Fastpath) SyncRemote(want map[RemoteKey]RemoteValue) error { return syncMap(f.remote, want) }
 
-// Attached reports whether link carries the program (the uplink one, if uplink) on ingress.
-func (f *Fastpath) Attached(h *netlink.Handle, link netlink.Link, uplink bool) bool {
-	info, err := f.program(uplink).Info()
-	if err != nil {
-		return false
-	}
-	id, _ := info.ID()
-	filters, err := h.FilterList(link, netlink.HANDLE_MIN_INGRESS)
-	if err != nil {
-		return false
-	}
-	for _, fl := range filters {
-		if bf, ok := fl.(*netlink.BpfFilter); ok && bf.Name == FilterName && bf.Id == int(id) {
-			return true
-		}
-	}
-	return false
-}
-
 func (f *Fastpath) program(uplink bool) *ebpf.Program {
 	if uplink {
 		return f.uplink
 	}
 	return f.prog
-}
-
-// Attach puts the program (the uplink one, if uplink) on link's ingress, replacing an older
-// weft program in place, so the link is never without one once it had one.
-func (f *Fastpath) Attach(h *netlink.Handle, link netlink.Link, uplink bool) error {
-	idx := link.Attrs().Index
-	qdisc := &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
-		QdiscType:  "clsact",
-	}
-	if err := h.QdiscReplace(qdisc); err != nil {
-		return fmt.Errorf("clsact on %s: %w", link.Attrs().Name, err)
-	}
-	filter := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: idx, Parent: netlink.HANDLE_MIN_INGRESS, Handle: netlink.MakeHandle(0, 1),
-			Protocol: unix.ETH_P_ALL, Priority: 1,
-		},
-		Fd: f.program(uplink).FD(), Name: FilterName, DirectAction: true,
-	}
-	if err := h.FilterReplace(filter); err != nil {
-		return fmt.Errorf("attach fast path to %s: %w", link.Attrs().Name, err)
-	}
-	return nil
 }

@@ -12,7 +12,10 @@ import (
 	"github.com/weftnet/weft/internal/testutil"
 )
 
-const tcActRedirect = 7
+const (
+	tcActRedirect = 7
+	tcActPass     = 0xffffffff // TC_ACT_UNSPEC / TCX_NEXT: no verdict
+)
 
 func frame(etherType uint16, payload []byte) []byte {
 	b := make([]byte, 14, 14+len(payload))
@@ -68,9 +71,9 @@ func TestProgram(t *testing.T) {
 		{"local IPv4 pod", frame(0x0800, ipv4("10.1.0.5")), tcActRedirect},
 		{"local IPv6 pod", frame(0x86dd, ipv6("fd00::5")), tcActRedirect},
 		{"bridge frame already addressed to the pod", addressed(frame(0x0800, ipv4("10.1.0.5")), podMAC), tcActRedirect},
-		{"remote IPv4", frame(0x0800, ipv4("10.1.0.6")), 0},
-		{"remote IPv6", frame(0x86dd, ipv6("fd00::6")), 0},
-		{"ARP", frame(0x0806, make([]byte, 28)), 0},
+		{"remote IPv4", frame(0x0800, ipv4("10.1.0.6")), tcActPass},
+		{"remote IPv6", frame(0x86dd, ipv6("fd00::6")), tcActPass},
+		{"ARP", frame(0x0806, make([]byte, 28)), tcActPass},
 	}
 	for _, c := range cases {
 		// Short frames are not tested here: BPF_PROG_TEST_RUN itself refuses frames shorter
@@ -86,7 +89,7 @@ func TestProgram(t *testing.T) {
 		if c.want == tcActRedirect && !bytes.Equal(out[0:6], podMAC) {
 			t.Errorf("%s: destination MAC %x, want %x", c.name, out[0:6], podMAC)
 		}
-		if c.want == 0 && !bytes.Equal(out[:len(in)], in) {
+		if c.want == tcActPass && !bytes.Equal(out[:len(in)], in) {
 			t.Errorf("%s: a passed frame was modified", c.name)
 		}
 	}
@@ -99,13 +102,13 @@ func TestProgram(t *testing.T) {
 	if ret, out, _ := runProg(f.prog, frame(0x0800, ipv4("10.2.0.9"))); ret != tcActRedirect || !bytes.Equal(out[:14], frame(0x0800, ipv4("10.2.0.9"))[:14]) {
 		t.Errorf("remote block: returned %d", ret)
 	}
-	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.3.0.9"))); ret != 0 {
+	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.3.0.9"))); ret != tcActPass {
 		t.Errorf("unknown block: returned %d, want to pass", ret)
 	}
 	if err := f.SyncRemote(map[RemoteKey]RemoteValue{}); err != nil {
 		t.Fatal(err)
 	}
-	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.2.0.9"))); ret != 0 {
+	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.2.0.9"))); ret != tcActPass {
 		t.Errorf("after the block left: returned %d", ret)
 	}
 
@@ -118,7 +121,7 @@ func TestProgram(t *testing.T) {
 	if err := f.Sync(map[Key]Value{}); err != nil {
 		t.Fatal(err)
 	}
-	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.1.0.5"))); ret != 0 {
+	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.1.0.5"))); ret != tcActPass {
 		t.Errorf("after the pod left, returned %d", ret)
 	}
 }
@@ -234,7 +237,7 @@ func TestUplinkDecap(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		if ret != 0 || !bytes.Equal(out, c.in) {
+		if ret != tcActPass || !bytes.Equal(out, c.in) {
 			t.Errorf("%s: returned %d (frame changed: %v), want it passed untouched", c.name, ret, !bytes.Equal(out, c.in))
 		}
 	}

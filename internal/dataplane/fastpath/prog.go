@@ -37,10 +37,13 @@ const (
 	skbData    = 76
 	skbDataEnd = 80
 	skbPktType = 4
-	tcActOK    = 0
-	tcActShot  = 2
-	ethPIPv4LE = 0x0008 // htons(0x0800) as a little-endian load sees it
-	ethPIPv6LE = 0xdd86 // htons(0x86dd)
+	// tcActUnspec is TCX_NEXT: weft has no verdict, so the next tcx program and then the
+	// legacy ingress qdisc (e.g. the bandwidth plugin's redirect to its IFB) still run.
+	// Under cls_bpf with direct action it means the same: continue as if unclassified.
+	tcActUnspec = -1
+	tcActShot   = 2
+	ethPIPv4LE  = 0x0008 // htons(0x0800) as a little-endian load sees it
+	ethPIPv6LE  = 0xdd86 // htons(0x86dd)
 )
 
 func newMapSpec() *ebpf.MapSpec {
@@ -215,7 +218,7 @@ func programSpec(m, remote, stats *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
 		asm.FnRedirectNeigh.Call(),
 		asm.Return(),
 
-		asm.Mov.Imm(asm.R0, tcActOK).WithSymbol("pass"),
+		asm.Mov.Imm(asm.R0, tcActUnspec).WithSymbol("pass"),
 		asm.Return(),
 	}...)
 	return &ebpf.ProgramSpec{Name: "weft_fastpath", Type: ebpf.SchedCLS, License: "Apache-2.0", Instructions: insns}

@@ -1,0 +1,42 @@
+// Package bpffs mounts and unmounts the bpf filesystem instances where weftd pins its
+// programs' links. Each mount is a separate instance, so every weftd (every lab node) has
+// pins of its own, and unmounting one releases all it holds.
+package bpffs
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Mount makes dir a bpffs mount point if it is not one.
+func Mount(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpffs", dir, "bpf", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Unmount detaches weft's pins by unmounting the bpffs at dir (for teardown: lab down,
+// tests). Nothing mounted there is not an error.
+func Unmount(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount bpffs %s: %w", dir, err)
+	}
+	return nil
+}
