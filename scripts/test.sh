@@ -1,34 +1,80 @@
 #!/usr/bin/env bash
 # weft's whole test suite. As root it installs the real peers and runs every privileged
-# test; a privileged test that skips is a failure then.
+# test as on a machine that has never run weft: in a mount namespace of its own where
+# /run/netns starts as a plain directory, and a PID namespace that catches every process
+# left behind. A privileged test that skips is a failure then, and so is anything the suite
+# leaves behind (named namespaces, links, nftables tables, bpffs mounts, processes).
 source "$(dirname "$0")/lib.sh"
 
-if [ "$(id -u)" -eq 0 ]; then
-  apt_need iproute2 util-linux nftables iptables containernetworking-plugins busybox-static iperf3 sockperf podman containerd runc conmon etcd-server
+GOTESTSUM_VERSION=v1.13.0
+PLUGINS_VERSION=v1.9.1 # the reference CNI plugins weft's go.mod uses; Debian ships 1.1.1
+
+# snapshot prints what a run must not leave behind, one item a line.
+snapshot() {
+  ls -1 /run/netns 2>/dev/null | sed 's/^/netns /' || true
+  ip -o link show | awk -F': ' '{print "link " $2}' | sed 's/@.*//'
+  nft list tables 2>/dev/null | sed 's/^/nft /' || true
+  findmnt -rn -t bpf -o TARGET 2>/dev/null | sed 's/^/bpffs /' || true
+}
+
+# leftovers BEFORE AFTER: what AFTER has that BEFORE had not.
+leftovers() { comm -13 <(sort -u <<<"$1") <(sort -u <<<"$2"); }
+
+if [ "${WEFT_TEST_INNER:-}" != 1 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt_need iproute2 util-linux procps nftables iptables iputils-ping containernetworking-plugins busybox-static \
+      iperf3 sockperf podman containerd runc conmon etcd-server
+  else
+    echo "not root: privileged tests will skip"
+  fi
+  build
+  command -v cnitool >/dev/null 2>&1 || go install github.com/containernetworking/cni/cnitool@v1.3.1
+  command -v crictl >/dev/null 2>&1 || go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
+  command -v gotestsum >/dev/null 2>&1 || go install gotest.tools/gotestsum@$GOTESTSUM_VERSION
+  export WEFT_CNI_PLUGINS_V191="$(go env GOPATH)/weft-cni-plugins-$PLUGINS_VERSION"
+  [ -x "$WEFT_CNI_PLUGINS_V191/bandwidth" ] ||
+    GOBIN="$WEFT_CNI_PLUGINS_V191" go install "github.com/containernetworking/plugins/plugins/meta/bandwidth@$PLUGINS_VERSION"
+
+  echo "== go vet"
+  go vet ./...
+
+  if [ "$(id -u)" -ne 0 ]; then
+    exec env WEFT_TEST_INNER=1 bash "$0"
+  fi
   export WEFT_REQUIRE_PRIVILEGED=1
-else
-  echo "not root: privileged tests will skip"
+  before=$(snapshot)
+  set +e
+  # A private mount namespace (mounts made inside never reach the host) and a PID namespace
+  # whose init is the inner run: orphans are re-parented to it, so none escapes the count.
+  unshare --mount --propagation private --pid --fork --mount-proc env WEFT_TEST_INNER=1 bash "$0"
+  rc=$?
+  set -e
+  left=$(leftovers "$before" "$(snapshot)")
+  if [ -n "$left" ]; then
+    echo "== left behind on the host (forbidden):"
+    echo "$left"
+    rc=1
+  fi
+  exit $rc
 fi
-build
-command -v cnitool >/dev/null 2>&1 || go install github.com/containernetworking/cni/cnitool@v1.3.1
-command -v crictl >/dev/null 2>&1 || go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0
 
-echo "== go vet"
-go vet ./...
+# ---- inner run: in the fresh mount and PID namespaces when root ----
+if [ "$(id -u)" -eq 0 ]; then
+  # What a new machine has: /run/netns a plain directory, no mount on it.
+  while mountpoint -q /run/netns 2>/dev/null; do umount -l /run/netns; done
+  mkdir -p /run/netns
+fi
+before=$(snapshot)
 
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
 echo "== go test"
 set +e
-go test -v -count=1 -timeout 15m ./... >"$log" 2>&1
+# gotestsum prints every failed test's own output in full at the end (parallel subtests
+# included), from go test's JSON events.
+gotestsum --format testname --jsonfile "$log/test.json" --format-hide-empty-pkg -- -count=1 -timeout 15m ./...
 rc=$?
 set -e
-# Package lines, then whatever failed, in full.
-grep -E '^(ok|FAIL|---|panic:)|^\s+--- FAIL' "$log" | grep -v -- '--- PASS' | grep -v -- '--- SKIP' || true
-if [ $rc -ne 0 ]; then
-  echo "== failures (full output of failing tests)"
-  awk '/^=== RUN/{buf=""} {buf=buf $0 "\n"} /^\s*--- FAIL/{printf "%s", buf; buf=""}' "$log" | tail -400
-fi
 
 echo "== fuzz (brief)"
 # Budgets are execution counts (about 8 s each here), not durations: with a duration, Go
@@ -38,19 +84,37 @@ for spec in config:FuzzParse:300000 config:FuzzParseAddrOrPrefix:600000 netcalc:
             netcalc:FuzzSummarizeExact:600000 netcalc:FuzzParseCIDR:600000 network:FuzzParsePool:500000 \
             cli:FuzzSubnetCLI:60000; do
   IFS=: read -r pkg target execs <<<"$spec"
-  if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "${execs}x" "./internal/$pkg/" >"$log.fuzz" 2>&1; then
-    echo "fuzz $target failed:"; cat "$log.fuzz"; rc=1
+  if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "${execs}x" "./internal/$pkg/" >"$log/fuzz" 2>&1; then
+    echo "fuzz $target failed:"; cat "$log/fuzz"; rc=1
   fi
 done
-rm -f "$log.fuzz"
 
-passed=$(grep -cE '^\s*--- PASS' "$log" || true)
-failed=$(grep -cE '^\s*--- FAIL' "$log" || true)
-skipped=$(grep -cE '^\s*--- SKIP' "$log" || true)
+count() { grep -E "\"Action\":\"$1\"" "$log/test.json" | grep -c '"Test":' || true; }
+passed=$(count pass)
+failed=$(count fail)
+skipped=$(count skip)
 if [ "${WEFT_REQUIRE_PRIVILEGED:-}" = 1 ] && [ "$skipped" -gt 0 ]; then
   echo "== skipped tests (forbidden as root):"
-  grep -E '^\s*--- SKIP' "$log"
+  grep -E '"Action":"skip"' "$log/test.json" | grep -o '"Package":"[^"]*","Test":"[^"]*"' | sed 's/"Package":"//; s/","Test":"/ /; s/"$//'
   rc=1
+fi
+
+# Everything the suite started must be gone: in the PID namespace only this shell (PID 1)
+# is left, and nothing else of the snapshot grew.
+if [ "$(id -u)" -eq 0 ]; then
+  ps -e -o pid=,stat=,args= >"$log/ps" # from this shell itself: no subshell in the list
+  procs=$(awk '$1 != 1 && $2 !~ /^Z/ && $3 != "ps"' "$log/ps")
+  if [ -n "$procs" ]; then
+    echo "== processes left behind (forbidden):"
+    echo "$procs"
+    rc=1
+  fi
+  left=$(leftovers "$before" "$(snapshot)")
+  if [ -n "$left" ]; then
+    echo "== left behind (forbidden):"
+    echo "$left"
+    rc=1
+  fi
 fi
 echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit $rc

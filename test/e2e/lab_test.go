@@ -250,3 +250,50 @@ func TestLabNodeRemovalAndEtcdRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestLabOnFreshHost is the fresh-machine scenario of weft lab: /run/netns starts as a
+// plain directory; the lab comes up, then `ip netns add` makes a namespace of its own (the
+// step that used to hide the lab's namespaces), and the lab still adds a pod, checks every
+// path and goes down leaving no file in /run/netns.
+func TestLabOnFreshHost(t *testing.T) {
+	if !testutil.InFreshMountNS(t) {
+		return
+	}
+	before, _ := os.ReadDir("/run/netns")
+	bin := filepath.Join(testutil.Binaries(t), "weft")
+	name := fmt.Sprintf("f%d", os.Getpid()%100000)
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, append(append([]string{"lab"}, args...), "--name", name)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("weft lab %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	t.Cleanup(func() { _, _ = exec.Command(bin, "lab", "down", "--name", name).CombinedOutput() })
+	run("up", "-d", "--nodes", "2", "--fabric", "vxlan")
+	run("pod", "add", "a", "--node", "node1", "--serve", "tcp:8080")
+	other := name + "-iproute2"
+	if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	run("pod", "add", "b", "--node", "2", "--serve", "tcp:8080")
+	if out := run("check", "-o", "json"); !strings.Contains(out, `"ok": true`) {
+		t.Fatalf("check:\n%s", out)
+	}
+	if out, err := exec.Command("ip", "netns", "exec", name+"-node1", "ip", "link", "show", "lo").CombinedOutput(); err != nil {
+		t.Errorf("iproute2 cannot enter the lab's node: %v %s", err, out)
+	}
+	run("down")
+	if out, err := exec.Command("ip", "netns", "del", other).CombinedOutput(); err != nil {
+		t.Errorf("ip netns del: %v %s", err, out)
+	}
+	after, _ := os.ReadDir("/run/netns")
+	if len(after) != len(before) {
+		var names []string
+		for _, e := range after {
+			names = append(names, e.Name())
+		}
+		t.Errorf("/run/netns holds %v after lab down (held %d files before)", names, len(before))
+	}
+}
