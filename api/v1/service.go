@@ -47,10 +47,10 @@ const ClusterIPNone = "None"
 // Service is a stable virtual address in front of a set of endpoints, with Kubernetes
 // Service semantics: a source of Kubernetes Services can fill it unchanged.
 type Service struct {
-	Name      string        `json:"name"`
-	Namespace string        `json:"namespace"`
-	Type      string        `json:"type"`                 // ClusterIP (default) or NodePort
-	ClusterIP string        `json:"clusterIP,omitempty"`  // "", an address, or None (headless)
+	Name       string       `json:"name"`
+	Namespace  string       `json:"namespace"`
+	Type       string       `json:"type"`                 // ClusterIP (default) or NodePort
+	ClusterIP  string       `json:"clusterIP,omitempty"`  // "", an address, or None (headless)
 	ClusterIPs []netip.Addr `json:"clusterIPs,omitempty"` // allocated, one per family
 	// IPFamilies asked for when allocating: "IPv4", "IPv6" or both (dual-stack).
 	IPFamilies []string          `json:"ipFamilies,omitempty"`
