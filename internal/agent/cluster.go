@@ -20,13 +20,8 @@ import (
 	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/lease"
 	"github.com/weftnet/weft/internal/reconcile"
+	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store"
-)
-
-// Store keys of the cluster.
-const (
-	ConfigKey  = "/weft/config"
-	NodePrefix = "/weft/nodes/"
 )
 
 // ClusterOptions configure cluster membership.
@@ -61,7 +56,7 @@ func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	}
 	c := &Cluster{o: o, mgr: &lease.Manager{Store: o.Store, Node: o.NodeName, TTL: o.TTL}}
 	for {
-		kv, err := o.Store.Get(ctx, ConfigKey)
+		kv, err := o.Store.Get(ctx, resources.ConfigKey)
 		if err == nil {
 			if err := json.Unmarshal(kv.Value, &c.cfg); err != nil {
 				return nil, fmt.Errorf("cluster config: %w", err)
@@ -137,7 +132,7 @@ func (c *Cluster) acquire(ctx context.Context) error {
 		return fmt.Errorf("acquire pod CIDR: %w", err)
 	}
 	nb, _ := json.Marshal(c.node)
-	if _, err := c.o.Store.Txn(ctx, nil, []store.Op{{Key: NodePrefix + c.o.NodeName, Value: nb, Lease: held.StoreID}}); err != nil {
+	if _, err := c.o.Store.Txn(ctx, nil, []store.Op{{Key: resources.NodeKey(c.o.NodeName), Value: nb, Lease: held.StoreID}}); err != nil {
 		return fmt.Errorf("register node: %w", err)
 	}
 	c.held = held
@@ -200,11 +195,11 @@ func (c *Cluster) Run(ctx context.Context) error {
 // store restarted, history compacted), it starts again from a fresh list.
 func (c *Cluster) watch(ctx context.Context) {
 	for ctx.Err() == nil {
-		ch, err := c.o.Store.Watch(ctx, "/weft/", 0)
+		ch, err := c.o.Store.Watch(ctx, resources.Root, 0)
 		if err == nil {
 			c.fabric.Trigger()
 			for e := range ch {
-				if strings.HasPrefix(e.KV.Key, NodePrefix) || strings.HasPrefix(e.KV.Key, lease.Prefix) {
+				if strings.HasPrefix(e.KV.Key, resources.NodesPrefix) || strings.HasPrefix(e.KV.Key, lease.Prefix) {
 					c.fabric.Trigger()
 				}
 			}
@@ -217,7 +212,7 @@ func (c *Cluster) watch(ctx context.Context) {
 }
 
 func (c *Cluster) syncFabric(ctx context.Context) error {
-	nodes, _, err := c.o.Store.List(ctx, NodePrefix)
+	nodes, _, err := c.o.Store.List(ctx, resources.NodesPrefix)
 	if err != nil {
 		return err
 	}

@@ -12,9 +12,9 @@ import (
 	"github.com/spf13/cobra"
 
 	v1 "github.com/weftnet/weft/api/v1"
-	"github.com/weftnet/weft/internal/agent"
 	"github.com/weftnet/weft/internal/lease"
 	"github.com/weftnet/weft/internal/netcalc"
+	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store"
 	"github.com/weftnet/weft/internal/store/storeurl"
 )
@@ -62,9 +62,9 @@ func newClusterCmd() *cobra.Command {
 			b, _ := json.Marshal(cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			if _, err := st.Txn(ctx, []store.Cond{{Key: agent.ConfigKey}}, []store.Op{{Key: agent.ConfigKey, Value: b}}); err != nil {
+			if _, err := st.Txn(ctx, []store.Cond{{Key: resources.ConfigKey}}, []store.Op{{Key: resources.ConfigKey, Value: b}}); err != nil {
 				if errors.Is(err, store.ErrConflict) {
-					return &ExitError{Code: 1, Err: fmt.Errorf("the cluster is already initialised (%s exists)", agent.ConfigKey)}
+					return &ExitError{Code: 1, Err: fmt.Errorf("the cluster is already initialised (%s exists)", resources.ConfigKey)}
 				}
 				return err
 			}
@@ -97,11 +97,11 @@ func newClusterCmd() *cobra.Command {
 				Nodes  []v1.Node         `json:"nodes"`
 				Leases []v1.Lease        `json:"leases"`
 			}{Nodes: []v1.Node{}}
-			if kv, err := st.Get(ctx, agent.ConfigKey); err == nil {
+			if kv, err := st.Get(ctx, resources.ConfigKey); err == nil {
 				out.Config = &v1.ClusterConfig{}
 				_ = json.Unmarshal(kv.Value, out.Config)
 			}
-			kvs, _, err := st.List(ctx, agent.NodePrefix)
+			kvs, _, err := st.List(ctx, resources.NodesPrefix)
 			if err != nil {
 				return err
 			}
@@ -150,7 +150,7 @@ func newRemoveNodeCmd(open func() (store.Store, error)) *cobra.Command {
 			defer st.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			ops := []store.Op{{Key: agent.NodePrefix + args[0], Delete: true}}
+			ops := []store.Op{{Key: resources.NodesPrefix + args[0], Delete: true}}
 			kvs, _, err := st.List(ctx, lease.Prefix)
 			if err != nil {
 				return err

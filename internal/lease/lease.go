@@ -21,7 +21,7 @@ import (
 )
 
 // Prefix is where leases live in the store: one key per block.
-const Prefix = "/weft/leases/"
+const Prefix = "/weft/leases/" // resources.LeasesPrefix: the schema lives there
 
 // ErrNoFreeBlock means the cluster CIDR is full.
 var ErrNoFreeBlock = errors.New("no free pod CIDR block")

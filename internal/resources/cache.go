@@ -1,0 +1,224 @@
+package resources
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/store"
+)
+
+// Kind names what changed, for handlers that care about some kinds only.
+type Kind int
+
+const (
+	KindNode Kind = iota
+	KindPod
+	KindService
+)
+
+// Cache is a weftd's one view of the cluster: a list, then one watch over Root, keeping
+// typed copies of nodes, pods and services. Handlers hear of every change; they must not
+// block (they mark their controller dirty), and they read the cache, never the store, so a
+// query or a sync costs no store round trip (client-go's shared informer, in small).
+type Cache struct {
+	store store.Store
+
+	mu       sync.RWMutex
+	nodes    map[string]v1.Node
+	pods     map[string]v1.Pod // by key
+	services map[string]v1.Service
+	synced   bool
+	handlers []func(Kind)
+}
+
+// NewCache returns a cache of s; Run fills it.
+func NewCache(s store.Store) *Cache {
+	return &Cache{store: s, nodes: map[string]v1.Node{}, pods: map[string]v1.Pod{}, services: map[string]v1.Service{}}
+}
+
+// OnChange registers a handler, called after each change is in the cache (and once for
+// every kind after each full list).
+func (c *Cache) OnChange(h func(Kind)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.handlers = append(c.handlers, h)
+}
+
+// Synced reports whether the first list has been loaded.
+func (c *Cache) Synced() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.synced
+}
+
+// Run lists and watches until ctx ends. A watch that ends (a store restart, compacted
+// history) is followed by a fresh list, so the cache converges whatever was missed.
+func (c *Cache) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		rev, err := c.relist(ctx)
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			err = c.watch(ctx, rev+1)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		_ = err // the next list repairs whatever the watch missed
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return nil
+}
+
+func (c *Cache) relist(ctx context.Context) (int64, error) {
+	kvs, rev, err := c.store.List(ctx, Root)
+	if err != nil {
+		return 0, err
+	}
+	nodes, pods, services := map[string]v1.Node{}, map[string]v1.Pod{}, map[string]v1.Service{}
+	for _, kv := range kvs {
+		switch kindOf(kv.Key) {
+		case KindNode:
+			var n v1.Node
+			if json.Unmarshal(kv.Value, &n) == nil {
+				nodes[kv.Key] = n
+			}
+		case KindPod:
+			var p v1.Pod
+			if json.Unmarshal(kv.Value, &p) == nil {
+				pods[kv.Key] = p
+			}
+		case KindService:
+			var s v1.Service
+			if json.Unmarshal(kv.Value, &s) == nil {
+				services[kv.Key] = s
+			}
+		}
+	}
+	c.mu.Lock()
+	c.nodes, c.pods, c.services, c.synced = nodes, pods, services, true
+	handlers := slices.Clone(c.handlers)
+	c.mu.Unlock()
+	for _, h := range handlers {
+		h(KindNode)
+		h(KindPod)
+		h(KindService)
+	}
+	return rev, nil
+}
+
+func (c *Cache) watch(ctx context.Context, from int64) error {
+	ch, err := c.store.Watch(ctx, Root, from)
+	if err != nil {
+		return err
+	}
+	for ev := range ch {
+		k := kindOf(ev.KV.Key)
+		if k < 0 {
+			continue
+		}
+		c.mu.Lock()
+		c.apply(k, ev)
+		handlers := slices.Clone(c.handlers)
+		c.mu.Unlock()
+		for _, h := range handlers {
+			h(k)
+		}
+	}
+	return errors.New("watch ended")
+}
+
+func (c *Cache) apply(k Kind, ev store.Event) {
+	key := ev.KV.Key
+	if ev.Type == store.Delete {
+		delete(c.nodes, key)
+		delete(c.pods, key)
+		delete(c.services, key)
+		return
+	}
+	switch k {
+	case KindNode:
+		var n v1.Node
+		if json.Unmarshal(ev.KV.Value, &n) == nil {
+			c.nodes[key] = n
+		}
+	case KindPod:
+		var p v1.Pod
+		if json.Unmarshal(ev.KV.Value, &p) == nil {
+			c.pods[key] = p
+		}
+	case KindService:
+		var s v1.Service
+		if json.Unmarshal(ev.KV.Value, &s) == nil {
+			c.services[key] = s
+		}
+	}
+}
+
+func kindOf(key string) Kind {
+	switch {
+	case strings.HasPrefix(key, NodesPrefix):
+		return KindNode
+	case strings.HasPrefix(key, PodsPrefix):
+		return KindPod
+	case strings.HasPrefix(key, ServicesPrefix):
+		return KindService
+	}
+	return -1
+}
+
+// Pods returns every pod, sorted by namespace, name and container ID.
+func (c *Cache) Pods() []v1.Pod {
+	c.mu.RLock()
+	out := make([]v1.Pod, 0, len(c.pods))
+	for _, p := range c.pods {
+		out = append(out, p)
+	}
+	c.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Namespace != b.Namespace {
+			return a.Namespace < b.Namespace
+		}
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		return a.ContainerID < b.ContainerID
+	})
+	return out
+}
+
+// Services returns every service, sorted by namespace/name.
+func (c *Cache) Services() []v1.Service {
+	c.mu.RLock()
+	out := make([]v1.Service, 0, len(c.services))
+	for _, s := range c.services {
+		out = append(out, s)
+	}
+	c.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+// Nodes returns every registered node, sorted by name.
+func (c *Cache) Nodes() []v1.Node {
+	c.mu.RLock()
+	out := make([]v1.Node, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		out = append(out, n)
+	}
+	c.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}

@@ -1,0 +1,171 @@
+// Package resources owns the cluster store's key schema and offers typed access to it:
+// the cluster configuration, nodes, pods (published by their node, withdrawn with its
+// lease), services with their ClusterIPs and node ports (allocated by compare-and-swap, so
+// nothing is given out twice). Cache is the one shared watch a weftd runs over all of it.
+//
+// Pure: it speaks only store.Store, so etcd and the bbolt store serve it alike.
+package resources
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/store"
+)
+
+// The key schema. Everything weft keeps in a cluster store is under Root.
+const (
+	Root             = "/weft/"
+	ConfigKey        = "/weft/config"
+	NodesPrefix      = "/weft/nodes/"      // + node name
+	LeasesPrefix     = "/weft/leases/"     // + block (internal/lease)
+	PodsPrefix       = "/weft/pods/"       // + node/containerID
+	ServicesPrefix   = "/weft/services/"   // + namespace/name
+	ServiceIPsPrefix = "/weft/serviceips/" // + address → namespace/name
+	NodePortsPrefix  = "/weft/nodeports/"  // + protocol/port → namespace/name
+)
+
+// ErrExists means a service of that name exists already.
+var ErrExists = errors.New("already exists")
+
+// NodeKey is a node's key.
+func NodeKey(name string) string { return NodesPrefix + name }
+
+// PodKey is the key of a pod attachment published by node.
+func PodKey(node, containerID string) string { return PodsPrefix + node + "/" + containerID }
+
+// ServiceKey is a service's key.
+func ServiceKey(namespace, name string) string { return ServicesPrefix + namespace + "/" + name }
+
+func serviceIPKey(a netip.Addr) string { return ServiceIPsPrefix + a.String() }
+
+func nodePortKey(protocol string, port int) string {
+	return fmt.Sprintf("%s%s/%d", NodePortsPrefix, strings.ToLower(protocol), port)
+}
+
+// Client is typed access to a cluster store.
+type Client struct {
+	Store store.Store
+}
+
+// PublishPods makes node's published pods exactly pods, writing only what changed. With a
+// lease, the keys go when the lease expires (the node died). Level-triggered: call it with
+// the whole desired set after any change, and periodically.
+func (c Client) PublishPods(ctx context.Context, node string, lease int64, pods []v1.Pod) error {
+	kvs, _, err := c.Store.List(ctx, PodsPrefix+node+"/")
+	if err != nil {
+		return fmt.Errorf("list published pods: %w", err)
+	}
+	have := make(map[string]store.KV, len(kvs))
+	for _, kv := range kvs {
+		have[kv.Key] = kv
+	}
+	var ops []store.Op
+	for _, p := range pods {
+		if p.ContainerID == "" || strings.Contains(p.ContainerID, "/") {
+			return fmt.Errorf("pod %s/%s: container ID %q cannot be a key", p.Namespace, p.Name, p.ContainerID)
+		}
+		p.Node = node
+		b, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		key := PodKey(node, p.ContainerID)
+		old, ok := have[key]
+		delete(have, key)
+		if ok && string(old.Value) == string(b) && old.Lease == lease {
+			continue
+		}
+		ops = append(ops, store.Op{Key: key, Value: b, Lease: lease})
+	}
+	for key := range have {
+		ops = append(ops, store.Op{Key: key, Delete: true})
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	if _, err := c.Store.Txn(ctx, nil, ops); err != nil {
+		return fmt.Errorf("publish pods: %w", err)
+	}
+	return nil
+}
+
+// ListPods returns every published pod of the cluster.
+func (c Client) ListPods(ctx context.Context) ([]v1.Pod, error) {
+	kvs, _, err := c.Store.List(ctx, PodsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]v1.Pod, 0, len(kvs))
+	for _, kv := range kvs {
+		var p v1.Pod
+		if err := json.Unmarshal(kv.Value, &p); err != nil {
+			return nil, fmt.Errorf("%s: %w", kv.Key, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// GetService reads one service.
+func (c Client) GetService(ctx context.Context, namespace, name string) (v1.Service, error) {
+	kv, err := c.Store.Get(ctx, ServiceKey(namespace, name))
+	if err != nil {
+		return v1.Service{}, err
+	}
+	var s v1.Service
+	if err := json.Unmarshal(kv.Value, &s); err != nil {
+		return v1.Service{}, fmt.Errorf("%s: %w", kv.Key, err)
+	}
+	return s, nil
+}
+
+// ListServices returns every service.
+func (c Client) ListServices(ctx context.Context) ([]v1.Service, error) {
+	kvs, _, err := c.Store.List(ctx, ServicesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]v1.Service, 0, len(kvs))
+	for _, kv := range kvs {
+		var s v1.Service
+		if err := json.Unmarshal(kv.Value, &s); err != nil {
+			return nil, fmt.Errorf("%s: %w", kv.Key, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// DeleteService removes a service and frees its ClusterIPs and node ports in the same
+// transaction.
+func (c Client) DeleteService(ctx context.Context, namespace, name string) error {
+	for {
+		kv, err := c.Store.Get(ctx, ServiceKey(namespace, name))
+		if err != nil {
+			return err
+		}
+		var s v1.Service
+		if err := json.Unmarshal(kv.Value, &s); err != nil {
+			return err
+		}
+		ops := []store.Op{{Key: kv.Key, Delete: true}}
+		for _, a := range s.ClusterIPs {
+			ops = append(ops, store.Op{Key: serviceIPKey(a), Delete: true})
+		}
+		for _, p := range s.Ports {
+			if p.NodePort != 0 {
+				ops = append(ops, store.Op{Key: nodePortKey(p.Protocol, p.NodePort), Delete: true})
+			}
+		}
+		_, err = c.Store.Txn(ctx, []store.Cond{{Key: kv.Key, ModRevision: kv.ModRevision}}, ops)
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
+}
