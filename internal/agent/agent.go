@@ -53,6 +53,7 @@ type Agent struct {
 	metrics *metrics
 	reaper  *reconcile.Loop // deletes retired veths (see podnet.Retire)
 	fast    *fastpathSync   // nil when the fast path is off or unavailable
+	publish *reconcile.Loop // this node's pods into the cluster store; nil on a single host
 
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
@@ -144,6 +145,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 3)
 	if c := a.opts.Cluster; c != nil {
 		contract.Fabric = c.Config().Fabric
+		a.startPodPublisher(ctx, c)
 		go func() { errc <- c.Run(ctx) }()
 	}
 	for _, s := range a.NodeSets() {
@@ -251,9 +253,14 @@ func (a *Agent) startFastpath(ctx context.Context) {
 	a.fast.Trigger()
 }
 
+// kickFastpath says the node's attachments changed: the fast path map and the published
+// pods follow.
 func (a *Agent) kickFastpath() {
 	if a.fast != nil {
 		a.fast.Trigger()
+	}
+	if a.publish != nil {
+		a.publish.Trigger()
 	}
 }
 

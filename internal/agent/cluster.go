@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -47,6 +48,10 @@ type Cluster struct {
 	// onRemote receives, after each fabric sync, where every other node's pod block goes,
 	// for the eBPF fast path to send there directly.
 	onRemote func(map[fastpath.RemoteKey]fastpath.RemoteValue) error
+	// leaseID is the store lease of the node's keys (its pods are published under it);
+	// onLease hears when it changes.
+	leaseID atomic.Int64
+	onLease func()
 }
 
 // Join waits for the cluster configuration, registers the node and takes its lease.
@@ -136,6 +141,10 @@ func (c *Cluster) acquire(ctx context.Context) error {
 		return fmt.Errorf("register node: %w", err)
 	}
 	c.held = held
+	c.leaseID.Store(held.StoreID)
+	if c.onLease != nil {
+		c.onLease()
+	}
 	lb, _ := json.Marshal(held.Lease)
 	_ = os.MkdirAll(c.o.StateDir, 0o700)
 	return os.WriteFile(c.leaseFile(), lb, 0o600)

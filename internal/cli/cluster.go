@@ -96,6 +96,7 @@ func newClusterCmd() *cobra.Command {
 				Config *v1.ClusterConfig `json:"config"`
 				Nodes  []v1.Node         `json:"nodes"`
 				Leases []v1.Lease        `json:"leases"`
+				Pods   []v1.Pod          `json:"pods"`
 			}{Nodes: []v1.Node{}}
 			if kv, err := st.Get(ctx, resources.ConfigKey); err == nil {
 				out.Config = &v1.ClusterConfig{}
@@ -114,6 +115,9 @@ func newClusterCmd() *cobra.Command {
 			if out.Leases, err = lease.List(ctx, st); err != nil {
 				return err
 			}
+			if out.Pods, err = (resources.Client{Store: st}).ListPods(ctx); err != nil {
+				return err
+			}
 			if output == "json" {
 				return printJSON(cmd.OutOrStdout(), out)
 			}
@@ -129,6 +133,9 @@ func newClusterCmd() *cobra.Command {
 			}
 			for _, n := range out.Nodes {
 				fmt.Fprintf(w, "node %s  underlay %v  pod CIDRs %v\n", n.Name, n.Underlay, blocks[n.Name])
+			}
+			for _, p := range out.Pods {
+				fmt.Fprintf(w, "pod %s/%s  node %s  %v\n", p.Namespace, p.Name, p.Node, p.IPs)
 			}
 			return nil
 		},

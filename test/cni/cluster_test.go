@@ -148,6 +148,23 @@ func TestClusterOverEtcd(t *testing.T) {
 		t.Fatalf("cluster status: %+v", status)
 	}
 	before := status.Leases
+	// Each weftd publishes its pods for the whole cluster to see.
+	published := func() map[netip.Addr]string {
+		var st struct{ Pods []v1.Pod }
+		if err := json.Unmarshal([]byte(weftCLI(t, u, "cluster", "status", "--store", storeURL, "-o", "json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		out := map[netip.Addr]string{}
+		for _, p := range st.Pods {
+			for _, ip := range p.IPs {
+				out[ip] = p.Node + "/" + p.ContainerID
+			}
+		}
+		return out
+	}
+	if got := published(); len(got) != 2 || got[ips[0]] != nodes[0].ns.Name+"/c0" || got[ips[1]] != nodes[1].ns.Name+"/c1" {
+		t.Errorf("published pods %v, want %s on %s and %s on %s", got, ips[0], nodes[0].ns.Name, ips[1], nodes[1].ns.Name)
+	}
 
 	// A continuous 10 ms ping across the nodes while node 2's weftd is killed and restarted.
 	pinger := probe.StartPinger(pods[0].Path, ips[1], 10*time.Millisecond)
@@ -169,5 +186,21 @@ func TestClusterOverEtcd(t *testing.T) {
 		if got[l.Node] != fmt.Sprint(l.PodCIDRs) {
 			t.Errorf("%s's block changed across the restart: %s → %s", l.Node, fmt.Sprint(l.PodCIDRs), got[l.Node])
 		}
+	}
+	// A DEL withdraws the pod from the cluster within a second.
+	list := nodes[0].conflist("1.1.0", "weft", `"mode":"bridge"`)
+	if err := nodes[0].del(list, &libcni.RuntimeConf{ContainerID: "c0", NetNS: pods[0].Path, IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		got := published()
+		if _, ok := got[ips[0]]; !ok && len(got) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod still published a second after its DEL: %v", got)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
