@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 
@@ -154,4 +155,9 @@ func moduleRoot() (string, error) {
 		return "", fmt.Errorf("not inside the weft module")
 	}
 	return filepath.Dir(mod), nil
+}
+
+// RunIn runs fn on a locked thread inside the namespace at path.
+func RunIn(path string, fn func() error) error {
+	return cnins.WithNetNSPath(path, func(cnins.NetNS) error { return fn() })
 }

@@ -11,10 +11,12 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/dataplane"
 )
 
 // TableName is weft's NAT table, in family inet.
-const TableName = "weft-nat"
+const TableName = dataplane.TableNAT
 
 // Rule masquerades packets from Source to anywhere outside Source and every Exempt prefix.
 type Rule struct {
@@ -57,11 +59,13 @@ func Exprs(r Rule) []expr.Any {
 }
 
 // NotrackExprs compiles the pod-to-pod exemption for one pod network:
-// meta nfproto X; ip saddr P; ip daddr P; ip daddr != each local; notrack. Pod-to-pod
+// meta nfproto X; ip saddr P; ip daddr P; ip daddr != each local;
+// meta mark & MarkTracked == 0; notrack. Pod-to-pod
 // traffic is never NATed, so tracking it would only cost a conntrack lookup per packet.
 // Traffic to the node's own addresses in P (gateways, VTEP addresses: locals) stays
 // tracked: it may be the answer to a hairpinned published port, which conntrack must
-// translate back. Listing them beats a fib lookup per packet.
+// translate back. Listing them beats a fib lookup per packet. So do packets the service
+// proxy marked as coming from a service endpoint: replies of DNATed connections.
 func NotrackExprs(p netip.Prefix, locals []netip.Addr) []expr.Any {
 	ex := withinPrefix(p)
 	off := uint32(16)
@@ -77,6 +81,11 @@ func NotrackExprs(p netip.Prefix, locals []netip.Addr) []expr.Any {
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: l.AsSlice()},
 		)
 	}
+	ex = append(ex,
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(dataplane.MarkTracked), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+	)
 	return append(ex, &expr.Notrack{})
 }
 

@@ -1,0 +1,34 @@
+// Package dataplane is weft's dataplane contract in one place: every kernel object weft
+// owns and how its parts share packets. docs/architecture.md ("Dataplane contract") says
+// the same in prose; tests check the code against it.
+package dataplane
+
+const (
+	// RouteProtoPod marks the host routes of ptp pods.
+	RouteProtoPod = 0x77
+	// RouteProtoFabric marks routes to other nodes' pod blocks.
+	RouteProtoFabric = 0x78
+
+	// BridgeName is the default node bridge; host veths are "weft" + 11 hex digits.
+	BridgeName = "weft0"
+	// VXLANName is the fabric's VXLAN device.
+	VXLANName = "weft.vxlan"
+	// ReapGroup is the link group of retired veths waiting to be deleted.
+	ReapGroup = 0x77
+
+	// TableNAT holds masquerade, the pod-to-pod notrack and published ports (inet).
+	TableNAT = "weft-nat"
+	// TableServices holds the service proxy (inet).
+	TableServices = "weft-svc"
+
+	// MarkMasq on a packet asks the service proxy's postrouting chain to masquerade it
+	// (hairpin, NodePort traffic under externalTrafficPolicy Cluster).
+	MarkMasq = 0x00400000
+	// MarkTracked on a packet (set at raw priority - 1 for packets from a service
+	// endpoint) keeps weft-nat's pod-to-pod notrack off it: it may be the reply of a
+	// DNATed connection, which conntrack must translate back.
+	MarkTracked = 0x00800000
+
+	// PriorityServicesRaw runs before weft-nat's raw chain (priority raw, -300).
+	PriorityServicesRaw = -301
+)
