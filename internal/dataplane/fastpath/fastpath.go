@@ -18,6 +18,7 @@ type Fastpath struct {
 	pods   *ebpf.Map
 	remote *ebpf.Map
 	stats  *ebpf.Map
+	eps    *ebpf.Map     // service endpoints: packets from them take the kernel's path
 	prog   *ebpf.Program // on host veths and the VXLAN device
 	uplink *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
 
@@ -49,14 +50,21 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 		r.Close()
 		return nil, fmt.Errorf("create stats map: %w", err)
 	}
-	f := &Fastpath{pods: m, remote: r, stats: st}
-	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, nil)); err != nil {
+	eps, err := ebpf.NewMap(newEndpointMapSpec())
+	if err != nil {
+		m.Close()
+		r.Close()
+		st.Close()
+		return nil, fmt.Errorf("create service endpoint map: %w", err)
+	}
+	f := &Fastpath{pods: m, remote: r, stats: st, eps: eps}
+	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, eps, nil)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("load fast path program: %w", err)
 	}
 	f.uplink = f.prog
 	if tun != nil {
-		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, tun)); err != nil {
+		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, eps, tun)); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("load fast path uplink program: %w", err)
 		}
@@ -75,7 +83,19 @@ func (f *Fastpath) Close() {
 	f.pods.Close()
 	f.remote.Close()
 	f.stats.Close()
+	f.eps.Close()
 }
+
+// EndpointKeyOf builds an endpoint map key.
+func EndpointKeyOf(ip netip.Addr, proto uint8, port uint16) EndpointKey {
+	k := EndpointKey{Addr: ip.As16(), Proto: proto}
+	k.Port[0], k.Port[1] = byte(port>>8), byte(port)
+	return k
+}
+
+// SyncEndpoints makes the service endpoint map hold exactly want. The service proxy calls
+// it before it programs a DNAT to them, so no reply ever takes the short cut.
+func (f *Fastpath) SyncEndpoints(want map[EndpointKey]uint32) error { return syncMap(f.eps, want) }
 
 // Counters are the packets each short cut took since Load, summed over CPUs.
 type Counters struct {

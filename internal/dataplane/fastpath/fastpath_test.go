@@ -30,20 +30,32 @@ func addressed(f []byte, mac net.HardwareAddr) []byte {
 	return f
 }
 
-func ipv4(dst string) []byte {
+// ipv4 is a UDP packet to dst from 10.1.0.9 port 8080.
+func ipv4(dst string) []byte { return ipv4From("10.1.0.9", 8080, dst) }
+
+func ipv4From(src string, sport uint16, dst string) []byte {
 	h := make([]byte, 20)
-	h[0] = 0x45
-	d := netip.MustParseAddr(dst).As4()
+	h[0], h[9] = 0x45, 17
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(h[12:16], s[:])
 	copy(h[16:20], d[:])
-	return append(h, make([]byte, 26)...)
+	udp := make([]byte, 26)
+	binary.BigEndian.PutUint16(udp, sport)
+	return append(h, udp...)
 }
 
-func ipv6(dst string) []byte {
+// ipv6 is a UDP packet to dst from fd00::9 port 8080.
+func ipv6(dst string) []byte { return ipv6From("fd00::9", 8080, dst) }
+
+func ipv6From(src string, sport uint16, dst string) []byte {
 	h := make([]byte, 40)
-	h[0] = 0x60
-	d := netip.MustParseAddr(dst).As16()
+	h[0], h[6] = 0x60, 17
+	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
+	copy(h[8:24], s[:])
 	copy(h[24:40], d[:])
-	return append(h, make([]byte, 20)...)
+	udp := make([]byte, 20)
+	binary.BigEndian.PutUint16(udp, sport)
+	return append(h, udp...)
 }
 
 // TestProgram runs the program on crafted frames (BPF_PROG_TEST_RUN): local pods are
@@ -116,6 +128,37 @@ func TestProgram(t *testing.T) {
 	if c, err := f.Counters(); err != nil || c != (Counters{Local: 3, Remote: 1}) {
 		t.Errorf("counters %+v (%v), want 3 local and 1 remote", c, err)
 	}
+
+	// Replies from a service endpoint (its address, protocol and port) take the kernel's
+	// path, where conntrack reverses the DNAT; the same pod from another port does not.
+	if err := f.SyncEndpoints(map[EndpointKey]uint32{
+		EndpointKeyOf(netip.MustParseAddr("10.1.0.9"), 17, 8080): 1,
+		EndpointKeyOf(netip.MustParseAddr("fd00::9"), 17, 8080):  1,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		in   []byte
+		want uint32
+	}{
+		{"IPv4 reply from an endpoint", frame(0x0800, ipv4("10.1.0.5")), tcActPass},
+		{"IPv6 reply from an endpoint", frame(0x86dd, ipv6("fd00::5")), tcActPass},
+		{"IPv4 from another port", frame(0x0800, ipv4From("10.1.0.9", 9999, "10.1.0.5")), tcActRedirect},
+		{"IPv6 from another port", frame(0x86dd, ipv6From("fd00::9", 9999, "fd00::5")), tcActRedirect},
+		{"IPv4 with options from an endpoint", frame(0x0800, withOptions(ipv4("10.1.0.5"))), tcActPass},
+		{"IPv4 fragment", frame(0x0800, fragment(ipv4From("10.1.0.9", 9999, "10.1.0.5"))), tcActPass},
+		{"IPv6 extension header", frame(0x86dd, extHeader(ipv6From("fd00::9", 9999, "fd00::5"))), tcActPass},
+	} {
+		if ret, _, _ := runProg(f.prog, c.in); ret != c.want {
+			t.Errorf("%s: returned %d, want %d", c.name, ret, c.want)
+		}
+	}
+	_ = f.SyncEndpoints(map[EndpointKey]uint32{})
+	_ = f.Sync(map[Key]Value{
+		KeyOf(netip.MustParseAddr("10.1.0.5")): ValueOf(42, podMAC),
+		KeyOf(netip.MustParseAddr("fd00::5")):  ValueOf(43, podMAC),
+	})
 
 	// Sync removes what is no longer wanted.
 	if err := f.Sync(map[Key]Value{}); err != nil {
@@ -231,6 +274,10 @@ func TestUplinkDecap(t *testing.T) {
 		{"ARP inside", vxlanFrame(false, port, vni, vtep, make([]byte, 28), 0x0806)},
 		{"an outer fragment", fragment},
 		{"a frame for another host", otherHost},
+		{"a reply from a service endpoint", vxlanFrame(false, port, vni, vtep, ipv4From("10.2.0.7", 53, "10.1.0.5"), 0x0800)},
+	}
+	if err := f.SyncEndpoints(map[EndpointKey]uint32{EndpointKeyOf(netip.MustParseAddr("10.2.0.7"), 17, 53): 1}); err != nil {
+		t.Fatal(err)
 	}
 	for _, c := range passed {
 		ret, out, err := runProg(f.uplink, c.in)
@@ -249,4 +296,21 @@ func TestUplinkDecap(t *testing.T) {
 	if c, err := f.Counters(); err != nil || c != (Counters{Decap: uint64(len(decapped)), Local: 1}) {
 		t.Errorf("counters %+v (%v), want %d decapsulated and 1 local", c, err, len(decapped))
 	}
+}
+
+// withOptions inserts 4 bytes of IPv4 options (IHL 6): the ports move with them.
+func withOptions(p []byte) []byte {
+	out := append(append(append([]byte{}, p[:20]...), 1, 1, 1, 0), p[20:]...)
+	out[0] = 0x46
+	return out
+}
+
+func fragment(p []byte) []byte {
+	p[6] = 0x20 // more fragments
+	return p
+}
+
+func extHeader(p []byte) []byte {
+	p[6] = 60 // destination options
+	return p
 }

@@ -113,6 +113,92 @@ func destKey(base asm.Register, eth int16, v4, v6, miss string) asm.Instructions
 	}
 }
 
+// endpointSource looks the source of the IP packet behind the Ethernet header at base+eth
+// up in the map of service endpoints (key at r10-88: source address as IPv6, source port,
+// protocol). A hit is the reply of a connection the service proxy DNATed, which must go
+// through this node's conntrack to be translated back: it goes to isEP, and so do IPv4
+// fragments and IPv6 packets with extension headers, whose ports cannot be read here.
+// Anything else continues after the routine. It runs after destKey, which checked the
+// family and the fixed IP header's bounds against R3 (data_end); the first instruction
+// carries the label entry. It clobbers R0-R5.
+func endpointSource(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP string) asm.Instructions {
+	ip := eth + 14
+	p := entry + "_ep"
+	return asm.Instructions{
+		asm.Mov.Imm(asm.R5, 0).WithSymbol(entry),
+		asm.StoreMem(asm.R10, -88, asm.R5, asm.DWord),
+		asm.StoreMem(asm.R10, -80, asm.R5, asm.DWord),
+		asm.StoreMem(asm.R10, -72, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, base, eth+12, asm.Half),
+		asm.JEq.Imm(asm.R5, ethPIPv6LE, p+"_v6"),
+
+		// IPv4: not a fragment; source at 12; the L4 header after IHL*4 bytes.
+		asm.LoadMem(asm.R5, base, ip+6, asm.Half),
+		asm.And.Imm(asm.R5, 0xff3f), // htons(IP_MF|IP_OFFSET)
+		asm.JNE.Imm(asm.R5, 0, isEP),
+		asm.LoadMem(asm.R5, base, ip+12, asm.Word),
+		asm.StoreMem(asm.R10, -76, asm.R5, asm.Word),
+		asm.Mov.Imm(asm.R5, 0xffff),
+		asm.StoreMem(asm.R10, -78, asm.R5, asm.Half),
+		asm.LoadMem(asm.R0, base, ip+9, asm.Byte),
+		asm.LoadMem(asm.R5, base, ip, asm.Byte),
+		asm.And.Imm(asm.R5, 0x0f),
+		asm.LSh.Imm(asm.R5, 2),
+		asm.Mov.Reg(asm.R4, base),
+		asm.Add.Imm(asm.R4, int32(ip)),
+		asm.Add.Reg(asm.R4, asm.R5),
+		asm.Ja.Label(p + "_l4"),
+
+		// IPv6: source at 8; the L4 header right after the fixed header. (The bound is
+		// checked again: the verifier also walks here from destKey's IPv4 branch.)
+		asm.Mov.Reg(asm.R4, base).WithSymbol(p + "_v6"),
+		asm.Add.Imm(asm.R4, int32(ip)+40),
+		asm.JGT.Reg(asm.R4, asm.R3, p+"_done"),
+		asm.LoadMem(asm.R5, base, ip+8, asm.DWord),
+		asm.StoreMem(asm.R10, -88, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, base, ip+16, asm.DWord),
+		asm.StoreMem(asm.R10, -80, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R0, base, ip+6, asm.Byte),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_HOPOPTS, isEP),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_ROUTING, isEP),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_FRAGMENT, isEP),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_DSTOPTS, isEP),
+		asm.Mov.Reg(asm.R4, base),
+		asm.Add.Imm(asm.R4, int32(ip)+40),
+
+		// R0: the protocol, R4: the L4 header.
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_TCP, p+"_port").WithSymbol(p + "_l4"),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_UDP, p+"_port"),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_SCTP, p+"_port"),
+		asm.Ja.Label(p + "_done"),
+		asm.Mov.Reg(asm.R5, asm.R4).WithSymbol(p + "_port"),
+		asm.Add.Imm(asm.R5, 4),
+		asm.JGT.Reg(asm.R5, asm.R3, p+"_done"),
+		asm.LoadMem(asm.R5, asm.R4, 0, asm.Half),
+		asm.StoreMem(asm.R10, -72, asm.R5, asm.Half),
+		asm.StoreMem(asm.R10, -70, asm.R0, asm.Byte),
+		asm.LoadMapPtr(asm.R1, eps.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -88),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, isEP),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol(p + "_done"),
+	}
+}
+
+// EndpointKey is a service endpoint as a packet from it shows it: source address (IPv4
+// mapped into IPv6), source port (network byte order), protocol.
+type EndpointKey struct {
+	Addr  [16]byte
+	Port  [2]byte
+	Proto uint8
+	_     uint8
+}
+
+func newEndpointMapSpec() *ebpf.MapSpec {
+	return &ebpf.MapSpec{Name: "weft_svc_eps", Type: ebpf.Hash, KeySize: 20, ValueSize: 4, MaxEntries: 65536}
+}
+
 // count adds one to a counter. It clobbers R0-R5 (and the stack slot at r10-64).
 func count(stats *ebpf.Map, stat int32, skip string) asm.Instructions {
 	return asm.Instructions{
@@ -134,10 +220,10 @@ func newRemoteMapSpec() *ebpf.MapSpec {
 
 // programSpec assembles the program. With tun set it is the uplink variant: VXLAN packets
 // for a local pod are decapsulated in place first (see decapPrologue).
-func programSpec(m, remote, stats *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
+func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
 	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
 	if tun != nil {
-		insns = append(insns, decapPrologue(m, stats, tun)...)
+		insns = append(insns, decapPrologue(m, stats, eps, tun)...)
 	}
 	insns = append(insns, asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("plain"),
@@ -147,8 +233,9 @@ func programSpec(m, remote, stats *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
 	}...)
 	insns = append(insns, destKey(asm.R2, 0, "lookup", "lookup", "pass")...)
+	insns = append(insns, endpointSource(eps, asm.R2, 0, "lookup", "pass")...)
 	insns = append(insns, asm.Instructions{
-		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("lookup"),
+		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -16),
 		asm.FnMapLookupElem.Call(),
@@ -260,7 +347,7 @@ const (
 //
 // Registers kept across helper calls: R6 the context, R7 the pod's map value, R8 the
 // decap flags (naming the inner family), R9 the number of bytes to strip.
-func decapPrologue(m, stats *ebpf.Map, tun *Tunnel) asm.Instructions {
+func decapPrologue(m, stats, eps *ebpf.Map, tun *Tunnel) asm.Instructions {
 	le16 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
 	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
 	var port [2]byte
@@ -328,8 +415,12 @@ func decapPrologue(m, stats *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.Mov.Imm(asm.R8, adjRoomDecapIPv4|adjRoomFixedGSO).WithSymbol("in4"),
 		asm.Ja.Label("tunlookup"),
 		asm.Mov.Imm(asm.R8, adjRoomDecapIPv6|adjRoomFixedGSO).WithSymbol("in6"),
-
-		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("tunlookup"),
+	}...)
+	// A reply of a DNATed connection stays in the tunnel: the kernel's path, where
+	// conntrack reverses the NAT.
+	insns = append(insns, endpointSource(eps, asm.R1, 16, "tunlookup", "plain")...)
+	insns = append(insns, asm.Instructions{
+		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -16),
 		asm.FnMapLookupElem.Call(),
