@@ -27,10 +27,10 @@ func main() {
 
 // flags are weftd's command-line settings.
 type flags struct {
-	configFile, stateDir, runDir, bpfDir, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
-	store, underlayDev, etcdCA, etcdCert, etcdKey                                               string
-	mtu                                                                                         int
-	masquerade, sysctls, fastpath, preflight                                                    bool
+	configFile, stateDir, runDir, bpfDir, proxy, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
+	store, underlayDev, etcdCA, etcdCert, etcdKey                                                      string
+	mtu                                                                                                int
+	masquerade, sysctls, fastpath, preflight                                                           bool
 }
 
 func run(args []string) error {
@@ -40,6 +40,7 @@ func run(args []string) error {
 	fs.StringVar(&f.configFile, "config", "", "JSON configuration file; flags given here override it")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/weft", "directory of the node store")
 	fs.StringVar(&f.runDir, "run-dir", "/run/weft", "directory of the socket and node contract")
+	fs.StringVar(&f.proxy, "proxy", "nftables", "cluster mode: the service proxy, nftables or none")
 	fs.StringVar(&f.bpfDir, "bpf-dir", "", "bpffs where the fast path pins its tcx links (mounted if needed; default RUN_DIR/bpf)")
 	fs.StringVar(&f.podCIDR, "pod-cidr", "", "the node's pod CIDR(s), comma separated (one IPv4 and/or one IPv6)")
 	fs.StringVar(&f.clusterCIDR, "cluster-cidr", "", "the whole cluster's pod CIDR(s), comma separated: traffic between them is not NATed")
@@ -80,7 +81,7 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	opts := agent.Options{
-		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
+		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, Proxy: f.proxy, PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
 		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Preflight: f.preflight, Log: log,
 	}
 	if f.store != "" {

@@ -22,7 +22,9 @@ import (
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netcalc"
 	"github.com/weftnet/weft/internal/podnet"
+	"github.com/weftnet/weft/internal/proxy/nftproxy"
 	"github.com/weftnet/weft/internal/reconcile"
+	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store/boltstore"
 )
 
@@ -38,6 +40,7 @@ type Options struct {
 	ManageSysctls bool
 	Fastpath      bool     // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
 	BPFDir        string   // weftd's own bpffs for pinned tcx links; "": RunDir/bpf
+	Proxy         string   // service proxy in cluster mode: "nftables" (default) or "none"
 	Preflight     bool     // refuse to start when a pod CIDR overlaps the node's addresses or routes
 	Cluster       *Cluster // cluster membership (lease, fabric); nil on a single host
 	Masquerade    bool
@@ -146,6 +149,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if c := a.opts.Cluster; c != nil {
 		contract.Fabric = c.Config().Fabric
 		a.startPodPublisher(ctx, c)
+		a.startServiceProxy(ctx, c)
 		go func() { errc <- c.Run(ctx) }()
 	}
 	for _, s := range a.NodeSets() {
@@ -251,6 +255,30 @@ func (a *Agent) startFastpath(ctx context.Context) {
 	}
 	go a.fast.run(ctx)
 	a.fast.Trigger()
+}
+
+// startServiceProxy runs the shared cache of the cluster's resources and the service
+// proxy that reads it.
+func (a *Agent) startServiceProxy(ctx context.Context, c *Cluster) {
+	if a.opts.Proxy == "none" {
+		if nftproxy.TableExists() {
+			_ = nftproxy.Delete()
+		}
+		return
+	}
+	cache := resources.NewCache(c.o.Store)
+	go func() { _ = cache.Run(ctx) }()
+	var fp *fastpath.Fastpath
+	if a.fast != nil {
+		fp = a.fast.fp
+	}
+	sp := newServiceProxy(a.opts.NodeName, cache, fp, a.metrics.reg, func(err error) {
+		a.setProblem("proxy", err)
+		if err != nil {
+			a.opts.Log.Warn("service proxy sync failed; retrying at the next change or resync", "err", err)
+		}
+	})
+	go sp.run(ctx)
 }
 
 // kickFastpath says the node's attachments changed: the fast path map and the published

@@ -113,6 +113,16 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 // by an earlier weftd).
 func (p *Proxy) Reset() { p.applied = nil }
 
+// TableExists reports whether weft's service table is in the calling thread's namespace.
+func TableExists() bool {
+	c, err := nftables.New()
+	if err != nil {
+		return false
+	}
+	_, err = c.ListTableOfFamily(dataplane.TableServices, nftables.TableFamilyINet)
+	return err == nil
+}
+
 // Delete removes the table (the proxy is being turned off).
 func Delete() error {
 	c, err := nftables.New()

@@ -1,0 +1,148 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/internal/dataplane/fastpath"
+	"github.com/weftnet/weft/internal/proxy"
+	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/reconcile"
+	"github.com/weftnet/weft/internal/resources"
+)
+
+// serviceProxy programs the cluster's services on this node: it reads the shared cache,
+// computes the desired state (proxy.Compute), tells the fast path which packets are
+// service replies, programs nftables, and clears the conntrack flows of endpoints that
+// went away. Triggers only mark it dirty; one sync renders everything.
+type serviceProxy struct {
+	node  string
+	cache *resources.Cache
+	nft   *nftproxy.Proxy
+	fast  *fastpath.Fastpath // nil: no fast path to keep replies off
+	loop  *reconcile.Loop
+
+	syncSeconds prometheus.Histogram
+	ports       prometheus.Gauge
+	endpoints   prometheus.Gauge
+	flushed     prometheus.Counter
+	last        proxy.State
+}
+
+// proxyDelay gathers a burst of changes (a deployment rolling) into one sync; well under
+// the one second a change may take to reach every node.
+const proxyDelay = 10 * time.Millisecond
+
+func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpath, reg prometheus.Registerer, report func(error)) *serviceProxy {
+	p := &serviceProxy{
+		node: node, cache: cache, nft: nftproxy.New(), fast: fast,
+		syncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "weft_proxy_sync_seconds", Help: "Time to program the service proxy (nftables, fast path map, conntrack cleanup) per sync.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		ports:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_proxy_service_ports", Help: "Service ports (per address family) programmed on this node."}),
+		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_proxy_endpoints", Help: "Service endpoints known to this node's proxy."}),
+		flushed:   prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
+	}
+	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed)
+	p.loop = reconcile.New(proxyDelay, p.sync, report)
+	cache.OnChange(func(k resources.Kind) {
+		if k == resources.KindPod || k == resources.KindService {
+			p.loop.Trigger()
+		}
+	})
+	return p
+}
+
+func (p *serviceProxy) run(ctx context.Context) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	go p.loop.Run(ctx)
+	p.loop.Trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if !nftproxy.TableExists() {
+				p.nft.Reset() // someone removed it: the next sync writes it whole
+			}
+			p.loop.Trigger()
+		}
+	}
+}
+
+func (p *serviceProxy) sync() error {
+	if !p.cache.Synced() {
+		return nil // an empty cache would withdraw every service
+	}
+	start := time.Now()
+	want := proxy.Compute(proxy.Node{Name: p.node}, p.cache.Services(), p.cache.Pods())
+	// The fast path learns the new endpoints before any DNAT to them exists.
+	if p.fast != nil {
+		keys := make(map[fastpath.EndpointKey]uint32, len(want.Endpoints))
+		for _, k := range want.Endpoints {
+			keys[fastpath.EndpointKeyOf(k.IP, k.Proto, k.Port)] = 1
+		}
+		if err := p.fast.SyncEndpoints(keys); err != nil {
+			return fmt.Errorf("fast path endpoint map: %w", err)
+		}
+	}
+	st, err := p.nft.Sync(want)
+	if err != nil {
+		return err
+	}
+	if len(st.Removed) > 0 {
+		n, err := deleteFlows(st.Removed)
+		p.flushed.Add(float64(n))
+		if err != nil {
+			return fmt.Errorf("conntrack cleanup: %w", err)
+		}
+	}
+	p.last = want
+	p.syncSeconds.Observe(time.Since(start).Seconds())
+	p.ports.Set(float64(st.Ports))
+	p.endpoints.Set(float64(st.Endpoints))
+	return nil
+}
+
+// deleteFlows removes the conntrack entries DNATed to the given endpoints: a UDP client
+// then reaches a live endpoint with its next datagram, and a TCP client's next segment is
+// answered with a reset by the endpoint it now lands on, instead of waiting out a timeout.
+func deleteFlows(gone []proxy.Key) (uint, error) {
+	f := flowsTo{keys: map[proxy.Key]bool{}}
+	for _, k := range gone {
+		f.keys[k] = true
+	}
+	var total uint
+	var errs []error
+	for _, fam := range []netlink.InetFamily{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f)
+		total += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// flowsTo matches flows whose reply comes from one of keys after a DNAT.
+type flowsTo struct{ keys map[proxy.Key]bool }
+
+func (f flowsTo) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	r := flow.Reverse
+	ip, ok := netip.AddrFromSlice(r.SrcIP)
+	ip = ip.Unmap()
+	if !ok || r.SrcIP.Equal(flow.Forward.DstIP) {
+		return false // not DNATed
+	}
+	return f.keys[proxy.Key{IP: ip, Proto: flow.Forward.Protocol, Port: r.SrcPort}]
+}
+
+var _ netlink.CustomConntrackFilter = flowsTo{}

@@ -1,0 +1,86 @@
+package manifest
+
+import (
+	"strings"
+	"testing"
+)
+
+const services = `
+# two services and a list
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+  - {name: grpc, port: 9090, targetPort: grpc, protocol: TCP}
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  externalTrafficPolicy: Local
+---
+{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"},
+   "spec": {"clusterIP": "10.96.0.10", "ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 53, "protocol": "UDP", "targetPort": "53"}], "selector": {"app": "dns"}}}
+]}
+---
+# nothing here
+`
+
+func TestParse(t *testing.T) {
+	objs, err := Parse([]byte(services))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 {
+		t.Fatalf("%d objects", len(objs))
+	}
+	web, dns := objs[0].Service, objs[1].Service
+	if web.Name != "web" || web.Namespace != "shop" || web.Type != "NodePort" || web.Ports[0].NodePort != 30080 ||
+		web.Ports[1].TargetPortName != "grpc" || web.AffinityTimeout != 60 || web.ExternalTrafficPolicy != "Local" {
+		t.Errorf("web %+v", web)
+	}
+	if dns.Namespace != "default" || dns.ClusterIP != "10.96.0.10" || len(dns.IPFamilies) != 2 || dns.IPFamilies[0] != "IPv4" ||
+		dns.Ports[0].Protocol != "UDP" || dns.Ports[0].TargetPort != 53 {
+		t.Errorf("dns %+v", dns)
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	cases := map[string]string{
+		"apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}], externalIPs: [1.2.3.4]}": "Service a spec: field \"externalIPs\" is not supported",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: a, finalizers: [x]}\nspec: {ports: [{port: 80}]}":        "Service metadata: field \"finalizers\" is not supported",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80, appProtocol: h2}]}":        "Service a spec.ports[0]: field \"appProtocol\" is not supported",
+		"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}":                                              "apps/v1 Deployment: weft does not take this kind",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {type: LoadBalancer, ports: [{port: 80}]}":     "type \"LoadBalancer\"",
+		"apiVersion: v1\nkind: Service\nspec: {ports: [{port: 80}]}":                                              "metadata.name is required",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 99999}]}":                      "ports[0].port 99999",
+		"kind: [": "document 1",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ipFamilyPolicy: Sometimes, ports: [{port: 80}]}": "ipFamilyPolicy \"Sometimes\"",
+	}
+	for in, want := range cases {
+		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(services))
+	f.Add([]byte("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80, targetPort: x}]}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		objs, err := Parse(data)
+		if err != nil {
+			return
+		}
+		for _, o := range objs {
+			if o.Service == nil || o.Service.Validate() != nil {
+				t.Fatalf("Parse returned an invalid service: %+v", o.Service)
+			}
+		}
+	})
+}
