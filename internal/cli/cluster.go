@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -23,7 +24,7 @@ func newClusterCmd() *cobra.Command {
 	var storeURL, output string
 	var tlsFiles storeurl.TLSFiles
 	cmd := &cobra.Command{Use: "cluster", Short: "Cluster configuration and membership in the cluster store"}
-	cmd.PersistentFlags().StringVar(&storeURL, "store", "", "etcd://HOST:PORT[,...] or bolt:///PATH")
+	cmd.PersistentFlags().StringVar(&storeURL, "store", os.Getenv("WEFT_STORE"), "etcd://HOST:PORT[,...] or bolt:///PATH (default $WEFT_STORE)")
 	cmd.PersistentFlags().StringVar(&tlsFiles.CA, "etcd-cafile", "", "CA of the etcd servers")
 	cmd.PersistentFlags().StringVar(&tlsFiles.Cert, "etcd-certfile", "", "client certificate")
 	cmd.PersistentFlags().StringVar(&tlsFiles.Key, "etcd-keyfile", "", "client key")

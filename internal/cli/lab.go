@@ -2,10 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"net"
-
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weftnet/weft/internal/lab"
-	"github.com/weftnet/weft/internal/probe"
 )
 
 func newLabCmd() *cobra.Command {
@@ -207,23 +206,14 @@ func newLabCmd() *cobra.Command {
 	serveCmd := &cobra.Command{
 		Use: "serve", Hidden: true, Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ln, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
-			if err != nil {
-				return err
-			}
-			go func() {
-				ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-				defer stop()
-				<-ctx.Done()
-				ln.Close()
-			}()
-			probe.Echo(ln)
-			return nil
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return lab.ServeEcho(port, ctx.Done())
 		},
 	}
-	serveCmd.Flags().IntVar(&port, "port", 8080, "TCP port")
+	serveCmd.Flags().IntVar(&port, "port", 8080, "TCP and UDP port")
 
-	labCmd.AddCommand(up, pod, execCmd, status, check, demo, down, etcd, serveCmd)
+	labCmd.AddCommand(up, pod, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd())
 	return labCmd
 }
 
@@ -334,4 +324,71 @@ func labNodeName(l *lab.Lab, node string) (string, error) {
 		known = append(known, n.Name)
 	}
 	return "", usageErr("--node %q: no such node in lab %s (nodes: %s; a number works too)", node, l.State.Name, strings.Join(known, ", "))
+}
+
+// newLabServiceCmd is `weft service` pointed at a lab: the same flags and JSON, run in
+// the lab's underlay namespace against its store. `add` is `create`.
+func newLabServiceCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "service add|ls|get|rm|endpoints ... [--name LAB]",
+		Short: "Services of a lab (the flags and JSON of weft service)", DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, rest, help := labNameArg(args)
+			if help || len(rest) == 0 {
+				return cmd.Help()
+			}
+			if rest[0] == "add" {
+				rest[0] = "create"
+			}
+			return runInLab(cmd, name, append([]string{"service"}, rest...))
+		},
+	}
+}
+
+// newLabApplyCmd is `weft apply` pointed at a lab.
+func newLabApplyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "apply -f FILE [--name LAB]", Short: "Apply Kubernetes manifests to a lab (as weft apply)", DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, rest, help := labNameArg(args)
+			if help {
+				return cmd.Help()
+			}
+			return runInLab(cmd, name, append([]string{"apply"}, rest...))
+		},
+	}
+}
+
+func runInLab(cmd *cobra.Command, name string, args []string) error {
+	l, err := lab.Load(name)
+	if err != nil {
+		return err
+	}
+	if err := l.Weft(cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), args...); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return &ExitError{Code: ee.ExitCode(), Err: errors.New("")}
+		}
+		return err
+	}
+	return nil
+}
+
+// labNameArg takes --name LAB (or --name=LAB) out of args passed through unparsed.
+func labNameArg(args []string) (name string, rest []string, help bool) {
+	name = "weft"
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--name" && i+1 < len(args):
+			name = args[i+1]
+			i++
+		case strings.HasPrefix(a, "--name="):
+			name = strings.TrimPrefix(a, "--name=")
+		case a == "-h" || a == "--help":
+			help = true
+		default:
+			rest = append(rest, a)
+		}
+	}
+	return name, rest, help
 }

@@ -38,7 +38,9 @@ func Main(args []string) int {
 	root := NewRoot()
 	root.SetArgs(args)
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "weft:", err)
+		if msg := err.Error(); msg != "" { // "": the message was printed already
+			fmt.Fprintln(os.Stderr, "weft:", msg)
+		}
 		if e, ok := err.(*ExitError); ok {
 			return e.Code
 		}

@@ -24,11 +24,13 @@ type Report struct {
 	TCP      int      `json:"tcp"`
 	MTUs     int      `json:"mtus"`
 	DF       int      `json:"dfProbes"`
+	Services int      `json:"services"` // service and node port probes
 }
 
 // Check tests every pod pair (ICMP, and TCP to pods that serve), each pod's MTU against its
-// node's, and a don't-fragment probe of exactly the pod MTU (which must pass) and one byte
-// more (which must be refused) between pods on different nodes.
+// node's, a don't-fragment probe of exactly the pod MTU (which must pass) and one byte
+// more (which must be refused) between pods on different nodes, and every service from a
+// pod on every node (node ports from the underlay).
 func (l *Lab) Check() Report {
 	r := Report{Failures: []string{}}
 	fail := func(format string, a ...any) { r.Failures = append(r.Failures, fmt.Sprintf(format, a...)) }
@@ -73,6 +75,7 @@ func (l *Lab) Check() Report {
 			break
 		}
 	}
+	l.checkServices(&r, fail)
 	r.OK = len(r.Failures) == 0
 	return r
 }

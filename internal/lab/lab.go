@@ -285,7 +285,7 @@ func (l *Lab) AddPod(name, nodeName string, serve int, labels map[string]string)
 
 func (l *Lab) runtimeConf(p *Pod) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: "lab-" + l.opts.Name + "-" + p.Name, NetNS: p.Netns, IfName: "eth0",
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_NAMESPACE", "lab"}}}
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_NAMESPACE", "default"}}}
 }
 
 // PingResult is one cell of the connectivity matrix.

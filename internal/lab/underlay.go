@@ -99,6 +99,7 @@ func (l *Lab) upUnderlay() error {
 	}
 	init := exec.Command("nsenter", "--net="+path, "--", filepath.Join(l.opts.BinDir, "weft"), "cluster", "init",
 		"--store", l.State.Store, "--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--node-prefix", "24", "--node-prefix-v6", "64",
+		"--service-cidr", ServiceCIDRs,
 		"--fabric", l.State.Fabric)
 	var out []byte
 	for range 50 {
