@@ -134,7 +134,7 @@ func newLabCmd() *cobra.Command {
 		},
 	}
 	check := &cobra.Command{
-		Use: "check", Short: "Pod-to-pod matrix (ICMP, TCP), MTUs and DF probes; non-zero on any failure", Args: noArgs,
+		Use: "check", Short: "Pod-to-pod matrix (ICMP, TCP), MTUs, DF probes and every service; non-zero on any failure", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := load()
 			if err != nil {
@@ -146,7 +146,7 @@ func newLabCmd() *cobra.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "%d pings, %d TCP round trips, %d MTUs, %d DF probes: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, len(r.Failures))
+				fmt.Fprintf(cmd.OutOrStdout(), "%d pings, %d TCP round trips, %d MTUs, %d DF probes, %d service probes: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, r.Services, len(r.Failures))
 				for _, f := range r.Failures {
 					fmt.Fprintln(cmd.OutOrStdout(), "  "+f)
 				}
@@ -213,7 +213,34 @@ func newLabCmd() *cobra.Command {
 	}
 	serveCmd.Flags().IntVar(&port, "port", 8080, "TCP and UDP port")
 
-	labCmd.AddCommand(up, pod, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd())
+	nodeCmd := &cobra.Command{Use: "node", Short: "Nodes of a lab"}
+	var kill bool
+	restart := &cobra.Command{
+		Use: "restart NODE [--kill]", Short: "Restart a node's weftd (SIGTERM, or SIGKILL as a crash); its pods keep running", Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := load()
+			if err != nil {
+				return err
+			}
+			name, err := labNodeName(l, args[0])
+			if err != nil {
+				return err
+			}
+			sig := syscall.SIGTERM
+			if kill {
+				sig = syscall.SIGKILL
+			}
+			if err := l.RestartNode(name, sig); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "weftd on %s restarted\n", name)
+			return nil
+		},
+	}
+	restart.Flags().BoolVar(&kill, "kill", false, "SIGKILL instead of SIGTERM")
+	nodeCmd.AddCommand(restart)
+
+	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd())
 	return labCmd
 }
 
@@ -299,8 +326,20 @@ func runDemo(w io.Writer, opts lab.Options, pods int) (err error) {
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "\n%d of %d pings answered (IPv4 and IPv6)\n", len(results)-failed, len(results))
+
+	// A service in front of the pods: one stable address per family, load-balanced over
+	// every node's pods, and a node port on every node.
+	fmt.Fprintln(w, "\nservice demo (weft lab service add demo --selector app=demo --port 80:8080/tcp --dual-stack --type NodePort):")
+	if err := l.Weft(nil, w, w, "service", "create", "demo", "--selector", "app=demo", "--port", "80:8080/tcp",
+		"--dual-stack", "--type", "NodePort"); err != nil {
+		return fmt.Errorf("create the demo service: %w", err)
+	}
+	if err := l.Weft(nil, w, w, "service", "endpoints", "demo"); err != nil {
+		return err
+	}
 	r := l.Check()
-	fmt.Fprintf(w, "check: %d pings, %d TCP round trips, %d pod MTUs, %d DF probes at the pod MTU: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, len(r.Failures))
+	fmt.Fprintf(w, "check: %d pings, %d TCP round trips, %d pod MTUs, %d DF probes at the pod MTU, %d service probes (ClusterIP from every node, node port from outside): %d failures\n",
+		r.Pings, r.TCP, r.MTUs, r.DF, r.Services, len(r.Failures))
 	for _, f := range r.Failures {
 		fmt.Fprintln(w, "  "+f)
 	}

@@ -179,7 +179,13 @@ func (l *Lab) addNode(i int) error {
 	if err := os.MkdirAll(filepath.Join(l.dir(), name), 0o755); err != nil {
 		return err
 	}
-	logf, err := os.Create(filepath.Join(l.dir(), name, "weftd.log"))
+	return l.startWeftd(n)
+}
+
+// startWeftd runs the node's weftd and waits until it serves and has its lease.
+func (l *Lab) startWeftd(n *Node) error {
+	name, nsPath := n.Name, n.Netns
+	logf, err := os.OpenFile(filepath.Join(l.dir(), name, "weftd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -209,6 +215,23 @@ func (l *Lab) addNode(i int) error {
 		}
 	}
 	return fmt.Errorf("weftd on %s did not come up; see %s", name, logf.Name())
+}
+
+// RestartNode stops a node's weftd with sig (SIGKILL: as a crash) and starts it again;
+// the node's pods, routes and rules stay in the kernel meanwhile.
+func (l *Lab) RestartNode(name string, sig syscall.Signal) error {
+	n, err := l.node(name)
+	if err != nil {
+		return err
+	}
+	if pidAlive(n.PID) && isProgram(n.PID, "weftd") {
+		if err := syscall.Kill(n.PID, sig); err != nil {
+			return fmt.Errorf("signal weftd on %s: %w", name, err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); pidAlive(n.PID) && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		}
+	}
+	return l.startWeftd(n)
 }
 
 func (l *Lab) node(name string) (*Node, error) {
@@ -387,7 +410,15 @@ func deleteNS(path string) error {
 }
 
 func pidAlive(pid int) bool {
-	return pid > 0 && syscall.Kill(pid, 0) == nil
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	// A zombie (dead, not yet reaped by whoever adopted it) is not alive.
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if i := strings.LastIndexByte(string(stat), ')'); err == nil && i+2 < len(stat) && stat[i+2] == 'Z' {
+		return false
+	}
+	return true
 }
 
 // stopPID ends a process the lab started (checked by its program name, against a
