@@ -266,6 +266,13 @@ func (a *Agent) startServiceProxy(ctx context.Context, c *Cluster) {
 		}
 		return
 	}
+	if a.opts.ManageSysctls {
+		if err := nftproxy.PrepareNode(); err != nil {
+			// Bridge-mode pods reaching a backend on their own node get no answer then.
+			a.setProblem("proxy-sysctls", err)
+			a.opts.Log.Error("service proxy: same-node replies in bridge mode will not be translated", "err", err)
+		}
+	}
 	cache := resources.NewCache(c.o.Store)
 	go func() { _ = cache.Run(ctx) }()
 	var fp *fastpath.Fastpath
@@ -367,7 +374,8 @@ func enableForwarding() error {
 	// IPv6 may be disabled on the node; that only matters to IPv6 pods.
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
 	for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"} {
-		// Absent without br_netfilter, which is what we want anyway.
+		// Absent without br_netfilter, which is what we want anyway. (The service proxy
+		// turns the first two back on: see nftproxy.PrepareNode.)
 		_ = os.WriteFile("/proc/sys/net/bridge/"+k, []byte("0"), 0o644)
 	}
 	return nil

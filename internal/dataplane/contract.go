@@ -26,8 +26,14 @@ const (
 	MarkMasq = 0x00400000
 	// MarkTracked on a packet (set at raw priority - 1 for packets from a service
 	// endpoint) keeps weft-nat's pod-to-pod notrack off it: it may be the reply of a
-	// DNATed connection, which conntrack must translate back.
+	// DNATed connection, which conntrack must translate back. Nor is it masqueraded: on
+	// the backend's node, whose fast path delivered the request past conntrack, the reply
+	// looks like a new connection, and masquerading it would break the client's NAT.
 	MarkTracked = 0x00800000
+
+	// MarkPortDNAT on a packet says weft-nat DNATed it to a published port: if it came
+	// from the pod network and goes back into it (hairpin), it is masqueraded.
+	MarkPortDNAT = 0x00200000
 
 	// PriorityServicesRaw runs before weft-nat's raw chain (priority raw, -300).
 	PriorityServicesRaw = -301

@@ -19,6 +19,7 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -328,12 +329,17 @@ func EnsureBridge(node *netlink.Handle, name string, mtu int, gateways []netip.P
 	if netlinkx.IsNotFound(err) {
 		mcastSnoop := false
 		br := &netlink.Bridge{
-			LinkAttrs:         netlink.LinkAttrs{Name: name, MTU: mtu, Flags: net.FlagUp, HardwareAddr: bridgeMAC(name)},
+			LinkAttrs:         netlink.LinkAttrs{Name: name, MTU: mtu, HardwareAddr: bridgeMAC(name)},
 			MulticastSnooping: &mcastSnoop,
 		}
 		if err := node.LinkAdd(br); err != nil && !netlinkx.IsExist(err) {
 			return nil, fmt.Errorf("create bridge %s: %w", name, err)
 		}
+		// No duplicate address detection on the bridge's own addresses: its MAC is
+		// derived from its name and unique on the node, and while its link-local address
+		// is tentative (a second or two) the node cannot resolve pod neighbours to route
+		// IPv6 to them. (The plugin runs in the node's namespace, which /proc/sys shows.)
+		_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/accept_dad", []byte("0"), 0o644)
 		link, err = node.LinkByName(name)
 	}
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -18,20 +19,21 @@ func ListenUDP(nsPath string, addr string) (net.PacketConn, error) {
 	return pc, err
 }
 
-// Whoami answers every TCP connection on ln with name, then closes it (a backend that
-// says which one it is, for load-balancing checks).
+// Whoami answers every TCP connection on ln with "name client-address", then closes it:
+// a backend that says which one it is and whom it saw (load balancing and source
+// preservation checks).
 func Whoami(ln net.Listener, name string) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		_, _ = c.Write([]byte(name))
+		_, _ = c.Write([]byte(name + " " + c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String()))
 		c.Close()
 	}
 }
 
-// WhoamiUDP answers every datagram on pc with name.
+// WhoamiUDP answers every datagram on pc with "name client-address".
 func WhoamiUDP(pc net.PacketConn, name string) {
 	buf := make([]byte, 2048)
 	for {
@@ -39,8 +41,14 @@ func WhoamiUDP(pc net.PacketConn, name string) {
 		if err != nil {
 			return
 		}
-		_, _ = pc.WriteTo([]byte(name), from)
+		_, _ = pc.WriteTo([]byte(name+" "+from.(*net.UDPAddr).AddrPort().Addr().Unmap().String()), from)
 	}
+}
+
+// Name is the backend name of a Whoami answer.
+func Name(answer string) string {
+	name, _, _ := strings.Cut(answer, " ")
+	return name
 }
 
 // AskTCP connects from the namespace at nsPath to addr and returns what the server says

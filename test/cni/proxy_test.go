@@ -55,6 +55,9 @@ func newProxyNode(t *testing.T, weftdArgs ...string) *proxyNode {
 	c, rt := n.pod("client")
 	pn.client, pn.clientIP = c, podIPs(n.mustAdd(list, rt))
 	t.Cleanup(func() { _ = testutil.RunIn(n.ns.Path, nftproxy.Delete) })
+	if err := testutil.RunIn(n.ns.Path, nftproxy.PrepareNode); err != nil {
+		t.Fatal(err)
+	}
 	return pn
 }
 
@@ -95,6 +98,7 @@ func TestServiceProxyNftables(t *testing.T) {
 	for _, vip := range svc.ClusterIPs {
 		if got, err := probe.AskTCP(pn.client.Path, netip.AddrPortFrom(vip, 80), 2*time.Second); err != nil || got == "" {
 			t.Errorf("TCP %s: %q %v", vip, got, err)
+
 		}
 		if got, err := probe.AskUDP(pn.client.Path, netip.AddrPortFrom(vip, 53), 2*time.Second); err != nil || got == "" {
 			t.Errorf("UDP %s: %q %v", vip, got, err)
@@ -108,7 +112,7 @@ func TestServiceProxyNftables(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		counts[got]++
+		counts[probe.Name(got)]++
 	}
 	for _, b := range pn.backends {
 		if c := counts[b.Name]; c < 120 || c > 282 {
@@ -136,8 +140,8 @@ func TestServiceProxyNftables(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i == 0 {
-			first = got
-		} else if got != first {
+			first = probe.Name(got)
+		} else if probe.Name(got) != first {
 			t.Fatalf("affinity broke after %d connections: %s then %s", i, first, got)
 		}
 	}
@@ -162,7 +166,7 @@ func TestServiceProxyNftables(t *testing.T) {
 		t.Errorf("removing a backend reported no removed endpoints: %+v", st)
 	}
 	for range 100 {
-		if got, _ := probe.AskTCP(pn.client.Path, vip, 2*time.Second); got == "web3" {
+		if got, _ := probe.AskTCP(pn.client.Path, vip, 2*time.Second); probe.Name(got) == "web3" {
 			t.Fatal("a new connection reached a removed endpoint")
 		}
 	}

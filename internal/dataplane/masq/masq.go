@@ -40,7 +40,9 @@ func Rules(podCIDRs []netip.Prefix, exempt []netip.Prefix) []Rule {
 }
 
 // Exprs compiles one rule to nftables expressions:
-// meta nfproto X; ip saddr Source; ip daddr != each Exempt; masquerade.
+// meta nfproto X; ip saddr Source; ip daddr != each Exempt; meta mark & MarkTracked == 0;
+// masquerade. (A packet from a service endpoint may be the reply of a connection this
+// node never saw the start of: it is never masqueraded.)
 func Exprs(r Rule) []expr.Any {
 	proto, off := byte(unix.NFPROTO_IPV4), uint32(12)
 	if r.Source.Addr().Is6() {
@@ -55,6 +57,11 @@ func Exprs(r Rule) []expr.Any {
 	for _, e := range r.Exempt {
 		ex = append(ex, match(off+size, size, e, expr.CmpOpNeq)...)
 	}
+	ex = append(ex,
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(dataplane.MarkTracked), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+	)
 	return append(ex, &expr.Masq{})
 }
 

@@ -1,6 +1,7 @@
 package masq
 
 import (
+	"github.com/weftnet/weft/internal/dataplane"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -22,8 +23,8 @@ func TestRulesExemptOwnFamilyOnly(t *testing.T) {
 
 func TestExprsMatchSourceAndExemptDestination(t *testing.T) {
 	ex := Exprs(Rule{Source: netip.MustParsePrefix("10.1.0.0/24"), Exempt: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}})
-	// nfproto check (2) + saddr match (3) + daddr mismatch (3) + masq (1)
-	if len(ex) != 9 {
+	// nfproto check (2) + saddr match (3) + daddr mismatch (3) + not marked tracked (3) + masq (1)
+	if len(ex) != 12 {
 		t.Fatalf("%d expressions", len(ex))
 	}
 	if c := ex[1].(*expr.Cmp); c.Data[0] != 2 { // NFPROTO_IPV4
@@ -41,8 +42,11 @@ func TestExprsMatchSourceAndExemptDestination(t *testing.T) {
 	if c := ex[7].(*expr.Cmp); c.Op != expr.CmpOpNeq || !reflect.DeepEqual(c.Data, []byte{10, 1, 0, 0}) {
 		t.Errorf("daddr compare %+v", c)
 	}
-	if _, ok := ex[8].(*expr.Masq); !ok {
-		t.Errorf("last expression %T, want masquerade", ex[8])
+	if b := ex[9].(*expr.Bitwise); !reflect.DeepEqual(b.Mask, nativeUint32(dataplane.MarkTracked)) {
+		t.Errorf("tracked-mark mask %v", b.Mask)
+	}
+	if _, ok := ex[11].(*expr.Masq); !ok {
+		t.Errorf("last expression %T, want masquerade", ex[11])
 	}
 	ex6 := Exprs(Rule{Source: netip.MustParsePrefix("fd00::/64")})
 	if p := ex6[2].(*expr.Payload); p.Offset != 8 || p.Len != 16 {

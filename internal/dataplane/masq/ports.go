@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/dataplane"
 )
 
 // PortRule publishes one pod port: traffic to a local address (or HostIP) on HostPort is
@@ -19,7 +20,7 @@ type PortRule struct {
 
 // DNATExprs compiles a port rule:
 // meta nfproto X; (fib daddr type local | ip daddr HostIP); meta l4proto P; th dport H;
-// dnat to PodIP:C.
+// meta mark set mark | MarkPortDNAT; dnat to PodIP:C.
 func DNATExprs(r PortRule) []expr.Any {
 	proto, daddrOff := byte(unix.NFPROTO_IPV4), uint32(16)
 	if r.PodIP.Is6() {
@@ -49,6 +50,9 @@ func DNATExprs(r PortRule) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(r.Mapping.HostPort)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(^uint32(dataplane.MarkPortDNAT)), Xor: nativeUint32(dataplane.MarkPortDNAT)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 		&expr.Immediate{Register: 1, Data: r.PodIP.AsSlice()},
 		&expr.Immediate{Register: 2, Data: be16(r.Mapping.ContainerPort)},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(proto), RegAddrMin: 1, RegProtoMin: 2, Specified: true},
@@ -58,19 +62,18 @@ func DNATExprs(r PortRule) []expr.Any {
 
 // HairpinExprs masquerades a pod reaching a published port that leads back into the pod
 // network (its own, or a neighbour's), so the answer returns through the node:
-// ip saddr P; ip daddr P; ct status dnat; masquerade.
+// ip saddr P; ip daddr P; meta mark & MarkPortDNAT != 0; masquerade. (Only published
+// ports: connections through a service keep their source; the service proxy masquerades
+// its own hairpin.)
 func HairpinExprs(p netip.Prefix) []expr.Any {
 	ex := withinPrefix(p)
 	ex = append(ex,
-		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(dataplane.MarkPortDNAT), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 	)
 	return append(ex, &expr.Masq{})
 }
-
-// ipsDstNAT is IPS_DST_NAT from linux/netfilter/nf_conntrack_common.h.
-const ipsDstNAT = 1 << 5
 
 // be16 is a port in network byte order.
 func be16(p int) []byte {

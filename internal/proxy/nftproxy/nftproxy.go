@@ -19,6 +19,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 
 	"github.com/google/nftables"
@@ -113,6 +114,20 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 // by an earlier weftd).
 func (p *Proxy) Reset() { p.applied = nil }
 
+// PrepareNode makes bridged IPv4 and IPv6 traffic pass the inet hooks in the calling
+// thread's network namespace (bridge-nf-call-iptables/ip6tables), as kube-proxy requires:
+// a backend's reply to a client on the same bridge is bridged, not routed, and only then
+// does conntrack translate it back. With the fast path on, plain pod-to-pod traffic never
+// crosses the bridge, so this costs little.
+func PrepareNode() error {
+	for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
+		if err := os.WriteFile("/proc/sys/net/bridge/"+k, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable %s (is br_netfilter loaded?): %w", k, err)
+		}
+	}
+	return nil
+}
+
 // TableExists reports whether weft's service table is in the calling thread's namespace.
 func TableExists() bool {
 	c, err := nftables.New()
@@ -156,6 +171,8 @@ const (
 	mapNoEPNP6    = "no-endpoint-nodeports6"
 	setEndpoints4 = "endpoints4" // ipv4_addr . inet_proto . inet_service
 	setEndpoints6 = "endpoints6"
+	setHairpin4   = "hairpin4" // ipv4_addr . ipv4_addr: each endpoint address twice
+	setHairpin6   = "hairpin6"
 
 	chainServices = "services"
 	chainNoEP     = "no-endpoints"
@@ -222,7 +239,10 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 		b.fail(b.c.AddSet(s, nil))
 		sets[name] = s
 	}
-	for name, key := range map[string]nftables.SetDatatype{setEndpoints4: key4, setEndpoints6: key6} {
+	for name, key := range map[string]nftables.SetDatatype{
+		setEndpoints4: key4, setEndpoints6: key6,
+		setHairpin4: concat(nftables.TypeIPAddr, nftables.TypeIPAddr), setHairpin6: concat(nftables.TypeIP6Addr, nftables.TypeIP6Addr),
+	} {
 		s := &nftables.Set{Table: b.table, Name: name, KeyType: key, Concatenation: true}
 		b.fail(b.c.AddSet(s, nil))
 		sets[name] = s
@@ -254,6 +274,10 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	b.rule(chainServices, nodePortLookup(false, mapNodePorts4)...)
 	b.rule(chainServices, nodePortLookup(true, mapNodePorts6)...)
 	b.rule("nat-postrouting", append(markIsSet(dataplane.MarkMasq), &expr.Masq{})...)
+	// Hairpin: a DNATed connection whose backend is its own client (source = destination)
+	// is masqueraded, so the answer comes back through the node.
+	b.rule("nat-postrouting", hairpin(false)...)
+	b.rule("nat-postrouting", hairpin(true)...)
 	b.rule("raw-prerouting", append(endpointSource(false), setMark(dataplane.MarkTracked)...)...)
 	b.rule("raw-prerouting", append(endpointSource(true), setMark(dataplane.MarkTracked)...)...)
 
@@ -336,9 +360,6 @@ func (b *batch) portChains(p, old *proxy.Port) {
 		}
 	}
 	if len(p.Backends) > 0 {
-		// Hairpin: a backend reaching its own service is masqueraded, so the answer comes
-		// back through the node.
-		b.rule(svcChain(p), b.sourceIn(is6, p.Backends, setMark(dataplane.MarkMasq))...)
 		if p.Affinity != 0 {
 			for _, be := range p.Backends {
 				if !existing[proxy.BackendID(p, be)] {
@@ -480,7 +501,75 @@ func (b *batch) endpoints(old, want []proxy.Key) {
 			b.fail(b.c.SetAddElements(b.sets[set], els))
 		}
 	}
+	b.hairpinPairs(old, want)
 }
+
+// hairpinPairs makes the hairpin sets hold "ip . ip" for every endpoint address.
+func (b *batch) hairpinPairs(old, want []proxy.Key) {
+	addrs := func(keys []proxy.Key) map[netip.Addr]bool {
+		m := map[netip.Addr]bool{}
+		for _, k := range keys {
+			m[k.IP] = true
+		}
+		return m
+	}
+	have, wanted := addrs(old), addrs(want)
+	pair := func(a netip.Addr) nftables.SetElement {
+		return nftables.SetElement{Key: concatKey(a.AsSlice(), a.AsSlice())}
+	}
+	diff := map[string][]nftables.SetElement{}
+	for a := range wanted {
+		if !have[a] {
+			set := setHairpin4
+			if a.Is6() {
+				set = setHairpin6
+			}
+			diff["+"+set] = append(diff["+"+set], pair(a))
+		}
+	}
+	for a := range have {
+		if !wanted[a] {
+			set := setHairpin4
+			if a.Is6() {
+				set = setHairpin6
+			}
+			diff["-"+set] = append(diff["-"+set], pair(a))
+		}
+	}
+	for _, op := range []string{"-" + setHairpin4, "-" + setHairpin6, "+" + setHairpin4, "+" + setHairpin6} {
+		els := diff[op]
+		if len(els) == 0 {
+			continue
+		}
+		b.elements += len(els)
+		if op[0] == '-' {
+			b.fail(b.c.SetDeleteElements(b.sets[op[1:]], els))
+		} else {
+			b.fail(b.c.SetAddElements(b.sets[op[1:]], els))
+		}
+	}
+}
+
+// hairpin is `ct status dnat ip saddr . ip daddr @hairpin masquerade`.
+func hairpin(is6 bool) []expr.Any {
+	off, size, set := uint32(12), uint32(8), setHairpin4
+	if is6 {
+		off, size, set = 8, 32, setHairpin6
+	}
+	ex := append(family(is6),
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		// Source and destination are adjacent in the header: one load fills both.
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: size},
+		&expr.Lookup{SourceRegister: 1, SetName: set},
+	)
+	return append(ex, &expr.Masq{})
+}
+
+// ipsDstNAT is IPS_DST_NAT from linux/netfilter/nf_conntrack_common.h.
+const ipsDstNAT = 1 << 5
 
 // pickDNAT is `dnat to numgen random mod N map { 0 : addr . port, ... }`.
 func (b *batch) pickDNAT(is6 bool, backends []proxy.Backend) []expr.Any {
@@ -521,27 +610,6 @@ func (b *batch) pickChain(p *proxy.Port, backends []proxy.Backend) []expr.Any {
 		&expr.Numgen{Register: 1, Modulus: uint32(len(backends)), Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
 	}
-}
-
-// sourceIn is `ip saddr { backends } <then>`.
-func (b *batch) sourceIn(is6 bool, backends []proxy.Backend, then []expr.Any) []expr.Any {
-	key := nftables.TypeIPAddr
-	if is6 {
-		key = nftables.TypeIP6Addr
-	}
-	s := &nftables.Set{Table: b.table, Anonymous: true, Constant: true, KeyType: key}
-	seen := map[netip.Addr]bool{}
-	var els []nftables.SetElement
-	for _, be := range backends {
-		if !seen[be.IP] {
-			seen[be.IP] = true
-			els = append(els, nftables.SetElement{Key: be.IP.AsSlice()})
-		}
-	}
-	b.elements += len(els)
-	b.fail(b.c.AddSet(s, els))
-	ex := append(loadAddr(is6, false), &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID})
-	return append(ex, then...)
 }
 
 func dnatTo(be proxy.Backend) []expr.Any {

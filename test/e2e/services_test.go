@@ -1,0 +1,379 @@
+package e2e_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/probe"
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+// svcLab is a 3-node lab with pods p1..p3 (one per node, label app=web, echo on 8080) and
+// a Whoami server on 9090 (TCP and UDP) in each, run by the test.
+type svcLab struct {
+	labCLI
+	status labStatus
+	pod    map[string]testutil.NS // by pod name
+	podIPs map[string][]netip.Addr
+	stops  map[string]func()
+}
+
+func newSvcLab(t *testing.T, fabric string) *svcLab {
+	testutil.RequireRoot(t)
+	l := &svcLab{labCLI: labCLI{t: t, name: fmt.Sprintf("s%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")},
+		pod: map[string]testutil.NS{}, podIPs: map[string][]netip.Addr{}, stops: map[string]func(){}}
+	t.Cleanup(func() { _, _ = l.run("down") })
+	l.must("up", "-d", "--nodes", "3", "--fabric", fabric)
+	for i := 1; i <= 3; i++ {
+		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080", "--labels", "app=web")
+	}
+	l.status = l.labCLI.status()
+	for _, p := range l.status.Pods {
+		ns := testutil.NS{Name: p.Name, Path: p.Netns}
+		l.pod[p.Name], l.podIPs[p.Name] = ns, p.IPs
+		ln, err := probe.ListenTCP(ns.Path, "[::]:9090")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, err := probe.ListenUDP(ns.Path, "[::]:9090")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go probe.Whoami(ln, p.Name)
+		go probe.WhoamiUDP(pc, p.Name)
+		l.stops[p.Name] = func() { ln.Close(); pc.Close() }
+		t.Cleanup(l.stops[p.Name])
+	}
+	return l
+}
+
+// service creates a service in the lab and returns it as stored.
+func (l *svcLab) service(args ...string) v1.Service {
+	l.t.Helper()
+	var s v1.Service
+	if err := json.Unmarshal([]byte(l.must(append([]string{"service", "add"}, append(args, "-o", "json")...)...)), &s); err != nil {
+		l.t.Fatal(err)
+	}
+	return s
+}
+
+// settle waits until the service answers from a pod: every node's proxy syncs within a
+// second of the change; the wait only absorbs the CLI's own start.
+func (l *svcLab) settle(from string, addr netip.AddrPort) {
+	l.t.Helper()
+	var err error
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err = probe.AskTCP(l.pod[from].Path, addr, time.Second); err == nil {
+			return
+		}
+	}
+	l.t.Fatalf("%s never answered from %s: %v", addr, from, err)
+}
+
+// underlay is the lab's underlay namespace: outside every node, like a client on the
+// network the nodes share.
+func (l *svcLab) underlay() testutil.NS {
+	l.t.Helper()
+	var state struct{ Underlay string }
+	b, err := os.ReadFile(filepath.Join("/run/weft-lab", l.name, "lab.json"))
+	if err != nil || json.Unmarshal(b, &state) != nil {
+		l.t.Fatalf("lab state: %v", err)
+	}
+	return testutil.NS{Path: state.Underlay}
+}
+
+// TestServicesInLab is the services issue's list, in a 3-node lab under each fabric.
+func TestServicesInLab(t *testing.T) {
+	for _, fabric := range []string{"vxlan", "direct"} {
+		t.Run(fabric, func(t *testing.T) {
+			l := newSvcLab(t, fabric)
+			web := l.service("web", "--selector", "app=web", "--port", "http=80:9090/tcp", "--port", "dns=53:9090/udp", "--dual-stack")
+			vip4 := netip.AddrPortFrom(web.ClusterIPs[0], 80)
+			l.settle("p1", vip4)
+
+			// From pods on every node, TCP and UDP, both families.
+			for _, from := range []string{"p1", "p2", "p3"} {
+				for _, vip := range web.ClusterIPs {
+					if got, err := probe.AskTCP(l.pod[from].Path, netip.AddrPortFrom(vip, 80), 2*time.Second); err != nil || got == "" {
+						t.Errorf("TCP %s from %s: %q %v", vip, from, got, err)
+					}
+					if got, err := probe.AskUDP(l.pod[from].Path, netip.AddrPortFrom(vip, 53), 2*time.Second); err != nil || got == "" {
+						t.Errorf("UDP %s from %s: %q %v", vip, from, got, err)
+					}
+				}
+			}
+			if out, err := l.run("check", "-o", "json"); err != nil || !strings.Contains(out, `"ok": true`) {
+				t.Errorf("lab check: %v\n%s", err, out)
+			}
+			if fabric == "direct" {
+				return // the rest does not depend on the fabric
+			}
+
+			t.Run("spread", func(t *testing.T) {
+				counts := map[string]int{}
+				for range 600 {
+					got, err := probe.AskTCP(l.pod["p1"].Path, vip4, 2*time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					counts[probe.Name(got)]++
+				}
+				for _, p := range []string{"p1", "p2", "p3"} {
+					if c := counts[p]; c < 120 || c > 282 {
+						t.Errorf("%v: %s got %d of 600, want 20–47 %%", counts, p, c)
+					}
+				}
+			})
+
+			t.Run("affinity", func(t *testing.T) {
+				s := l.service("sticky", "--selector", "app=web", "--port", "80:9090", "--affinity", "client-ip:2")
+				addr := netip.AddrPortFrom(s.ClusterIPs[0], 80)
+				l.settle("p2", addr)
+				first := ""
+				for i := range 100 {
+					got, err := probe.AskTCP(l.pod["p2"].Path, addr, 2*time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if i == 0 {
+						first = probe.Name(got)
+					} else if probe.Name(got) != first {
+						t.Fatalf("connection %d went to %s, the first to %s", i, probe.Name(got), first)
+					}
+				}
+			})
+
+			t.Run("hairpin", func(t *testing.T) {
+				s := l.service("self", "--selector", "app=web", "--port", "80:9090")
+				addr := netip.AddrPortFrom(s.ClusterIPs[0], 80)
+				l.settle("p3", addr)
+				seen := map[string]bool{}
+				for range 30 {
+					got, err := probe.AskTCP(l.pod["p3"].Path, addr, 2*time.Second)
+					if err != nil {
+						t.Fatalf("hairpin: %v", err)
+					}
+					seen[probe.Name(got)] = true
+				}
+				if !seen["p3"] {
+					t.Errorf("p3 never reached itself through its service in 30 tries: %v", seen)
+				}
+			})
+
+			t.Run("no endpoints", func(t *testing.T) {
+				s := l.service("empty", "--selector", "app=none", "--port", "80")
+				addr := netip.AddrPortFrom(s.ClusterIPs[0], 80)
+				time.Sleep(time.Second)
+				start := time.Now()
+				_, err := probe.DialTCP(l.pod["p1"].Path, addr, 2*time.Second)
+				if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > 100*time.Millisecond {
+					t.Errorf("%v after %v, want refused in under 100 ms", err, time.Since(start))
+				}
+			})
+
+			t.Run("node ports", func(t *testing.T) {
+				u := l.underlay()
+				np := l.service("np", "--selector", "app=web", "--port", "80:9090", "--type", "NodePort")
+				local := l.service("local", "--selector", "app=web", "--port", "80:9090", "--type", "NodePort", "--external-traffic-policy", "Local")
+				time.Sleep(time.Second)
+				client := underlayClientAddr(t, u)
+				for _, n := range l.status.Nodes {
+					addr := netip.AddrPortFrom(n.Underlay, uint16(np.Ports[0].NodePort))
+					if got, err := probe.AskTCP(u.Path, addr, 2*time.Second); err != nil || got == "" {
+						t.Errorf("node port %s: %q %v", addr, got, err)
+					}
+					// Local: the node's own pod answers and sees the client's own address.
+					addr = netip.AddrPortFrom(n.Underlay, uint16(local.Ports[0].NodePort))
+					got, err := probe.AskTCP(u.Path, addr, 2*time.Second)
+					if err != nil {
+						t.Errorf("Local node port %s: %v", addr, err)
+						continue
+					}
+					name, seen, _ := strings.Cut(got, " ")
+					if want := podOn(l.status, n.Name); name != want || seen != client.String() {
+						t.Errorf("Local node port on %s: answered by %s seeing %s, want %s seeing the client %s", n.Name, name, seen, want, client)
+					}
+				}
+			})
+
+			t.Run("node without local endpoints does not forward", func(t *testing.T) {
+				u := l.underlay()
+				// A Local node port whose only endpoint is p1, on node1.
+				onlyP1 := l.service("onlyp1", "--endpoint", netip.AddrPortFrom(l.podIPs["p1"][0], 9090).String(), "--port", "80", "--type", "NodePort", "--external-traffic-policy", "Local")
+				time.Sleep(time.Second)
+				node2 := l.status.Nodes[1].Underlay
+				if _, err := probe.AskTCP(u.Path, netip.AddrPortFrom(node2, uint16(onlyP1.Ports[0].NodePort)), 500*time.Millisecond); err == nil {
+					t.Errorf("node2 forwarded a Local node port whose only endpoint is elsewhere")
+				}
+			})
+
+			t.Run("host-network endpoint", func(t *testing.T) {
+				// A server in node2's own namespace (host network), behind a service.
+				node2 := l.status.Nodes[1]
+				ln, err := probe.ListenTCP(node2.Netns, fmt.Sprintf("%s:9191", node2.Underlay))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ln.Close()
+				go probe.Whoami(ln, "node2-host")
+				s := l.service("hostsvc", "--endpoint", fmt.Sprintf("%s:9191", node2.Underlay), "--port", "80")
+				addr := netip.AddrPortFrom(s.ClusterIPs[0], 80)
+				l.settle("p1", addr)
+				if got, err := probe.AskTCP(l.pod["p1"].Path, addr, 2*time.Second); err != nil || probe.Name(got) != "node2-host" {
+					t.Errorf("host-network endpoint: %q %v", got, err)
+				}
+			})
+
+			t.Run("weftd restart under a connection loop", func(t *testing.T) {
+				var ok, failed atomic.Int64
+				stop := make(chan struct{})
+				var wg sync.WaitGroup
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if _, err := probe.AskTCP(l.pod["p1"].Path, vip4, 2*time.Second); err != nil {
+							failed.Add(1)
+						} else {
+							ok.Add(1)
+						}
+					}
+				}()
+				time.Sleep(300 * time.Millisecond)
+				l.must("node", "restart", "node1", "--kill")
+				time.Sleep(500 * time.Millisecond)
+				close(stop)
+				wg.Wait()
+				if failed.Load() > 0 || ok.Load() < 10 {
+					t.Errorf("across a weftd SIGKILL and restart: %d connections failed, %d succeeded", failed.Load(), ok.Load())
+				}
+			})
+
+			t.Run("endpoint removal", func(t *testing.T) {
+				// A UDP client sending every 100 ms from one socket, and a TCP connection,
+				// both pinned by conntrack to a backend; that backend's pod goes away.
+				var udp net.Conn
+				if err := probe.InNS(l.pod["p1"].Path, func() error {
+					var err error
+					udp, err = net.Dial("udp", netip.AddrPortFrom(web.ClusterIPs[0], 53).String())
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				defer udp.Close()
+				ask := func() string {
+					_ = udp.SetDeadline(time.Now().Add(200 * time.Millisecond))
+					if _, err := udp.Write([]byte("?")); err != nil {
+						return ""
+					}
+					buf := make([]byte, 256)
+					n, err := udp.Read(buf)
+					if err != nil {
+						return ""
+					}
+					return probe.Name(string(buf[:n]))
+				}
+				victim := ""
+				for victim == "" || victim == "p1" { // keep p1: it is the client
+					victim = ask()
+					if victim == "p1" {
+						udp.Close()
+						_ = probe.InNS(l.pod["p1"].Path, func() error {
+							var err error
+							udp, err = net.Dial("udp", netip.AddrPortFrom(web.ClusterIPs[0], 53).String())
+							return err
+						})
+					}
+				}
+				// A TCP connection to the echo port through the VIP, on the same backend.
+				echoSvc := l.service("echo", "--endpoint", netip.AddrPortFrom(l.podIPs[victim][0], 8080).String(), "--port", "80")
+				echoAddr := netip.AddrPortFrom(echoSvc.ClusterIPs[0], 80)
+				l.settle("p1", echoAddr)
+				tcp, err := probe.DialTCP(l.pod["p1"].Path, echoAddr, 2*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tcp.Close()
+				if _, err := tcp.Write([]byte("x")); err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.ReadFull(tcp, make([]byte, 1))
+
+				l.must("pod", "rm", victim)
+				gone := time.Now()
+				l.must("service", "rm", "echo")
+				// UDP: a live endpoint answers again within a second.
+				moved := false
+				for time.Since(gone) < 1500*time.Millisecond {
+					if got := ask(); got != "" && got != victim {
+						moved = true
+						t.Logf("UDP client moved to %s %v after the endpoint went", got, time.Since(gone).Round(time.Millisecond))
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if !moved {
+					t.Errorf("the UDP client did not reach a live endpoint within a second of %s going", victim)
+				}
+				// No new connection reaches the removed endpoint.
+				for range 50 {
+					if got, _ := probe.AskTCP(l.pod["p1"].Path, vip4, 2*time.Second); probe.Name(got) == victim {
+						t.Fatalf("a new connection reached %s after it went", victim)
+					}
+				}
+				// TCP: the open connection gets a reset, not a timeout.
+				_ = tcp.SetDeadline(time.Now().Add(3 * time.Second))
+				_, _ = tcp.Write([]byte("y"))
+				_, err = io.ReadFull(tcp, make([]byte, 1))
+				if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
+					t.Errorf("TCP connection to a removed endpoint: %v, want a reset", err)
+				}
+			})
+		})
+	}
+}
+
+func podOn(s labStatus, node string) string {
+	for _, p := range s.Pods {
+		if p.Node == node {
+			return p.Name
+		}
+	}
+	return ""
+}
+
+// underlayClientAddr is the underlay namespace's address on the lab's underlay subnet.
+func underlayClientAddr(t *testing.T, u testutil.NS) netip.Addr {
+	t.Helper()
+	h := u.Handle(t)
+	addrs, err := h.AddrList(nil, syscall.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		if ip.Unmap().IsPrivate() {
+			return ip.Unmap()
+		}
+	}
+	t.Fatal("no address on the underlay")
+	return netip.Addr{}
+}
