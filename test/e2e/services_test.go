@@ -76,7 +76,9 @@ func (l *svcLab) settle(from string, addr netip.AddrPort) {
 	l.t.Helper()
 	var err error
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if _, err = probe.AskTCP(l.pod[from].Path, addr, time.Second); err == nil {
+		var c net.Conn
+		if c, err = probe.DialTCP(l.pod[from].Path, addr, time.Second); err == nil {
+			c.Close()
 			return
 		}
 	}
@@ -268,17 +270,42 @@ func TestServicesInLab(t *testing.T) {
 			})
 
 			t.Run("endpoint removal", func(t *testing.T) {
-				// A UDP client sending every 100 ms from one socket, and a TCP connection,
-				// both pinned by conntrack to a backend; that backend's pod goes away.
-				var udp net.Conn
-				if err := probe.InNS(l.pod["p1"].Path, func() error {
-					var err error
-					udp, err = net.Dial("udp", netip.AddrPortFrom(web.ClusterIPs[0], 53).String())
-					return err
-				}); err != nil {
-					t.Fatal(err)
+				// Long-lived servers on 9292: say who they are, then echo, never close.
+				for name, ns := range l.pod {
+					ln, err := probe.ListenTCP(ns.Path, "[::]:9292")
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer ln.Close()
+					go serveNamedEcho(ln, name)
 				}
-				defer udp.Close()
+				long := l.service("long", "--selector", "app=web", "--port", "80:9292")
+				longAddr := netip.AddrPortFrom(long.ClusterIPs[0], 80)
+				l.settle("p1", longAddr)
+				// A TCP connection through the VIP to a backend other than the client.
+				var tcp net.Conn
+				victim := ""
+				for try := 0; victim == "" || victim == "p1"; try++ {
+					if tcp != nil {
+						tcp.Close()
+					}
+					if try == 50 {
+						t.Fatal("never reached a backend other than p1")
+					}
+					var err error
+					if tcp, err = probe.DialTCP(l.pod["p1"].Path, longAddr, 2*time.Second); err != nil {
+						t.Fatal(err)
+					}
+					_ = tcp.SetDeadline(time.Now().Add(2 * time.Second))
+					line := make([]byte, 3)
+					if _, err := io.ReadFull(tcp, line); err != nil {
+						t.Fatal(err)
+					}
+					victim = strings.TrimSpace(string(line))
+				}
+				defer tcp.Close()
+				// A UDP client that sends from one socket, pinned to the same backend.
+				var udp net.Conn
 				ask := func() string {
 					_ = udp.SetDeadline(time.Now().Add(200 * time.Millisecond))
 					if _, err := udp.Write([]byte("?")); err != nil {
@@ -291,41 +318,34 @@ func TestServicesInLab(t *testing.T) {
 					}
 					return probe.Name(string(buf[:n]))
 				}
-				victim := ""
-				for victim == "" || victim == "p1" { // keep p1: it is the client
-					victim = ask()
-					if victim == "p1" {
+				for try := 0; ; try++ {
+					if udp != nil {
 						udp.Close()
-						_ = probe.InNS(l.pod["p1"].Path, func() error {
-							var err error
-							udp, err = net.Dial("udp", netip.AddrPortFrom(web.ClusterIPs[0], 53).String())
-							return err
-						})
+					}
+					if try == 100 {
+						t.Fatalf("no UDP socket landed on %s", victim)
+					}
+					if err := probe.InNS(l.pod["p1"].Path, func() error {
+						var err error
+						udp, err = net.Dial("udp", netip.AddrPortFrom(web.ClusterIPs[0], 53).String())
+						return err
+					}); err != nil {
+						t.Fatal(err)
+					}
+					if ask() == victim {
+						break
 					}
 				}
-				// A TCP connection to the echo port through the VIP, on the same backend.
-				echoSvc := l.service("echo", "--endpoint", netip.AddrPortFrom(l.podIPs[victim][0], 8080).String(), "--port", "80")
-				echoAddr := netip.AddrPortFrom(echoSvc.ClusterIPs[0], 80)
-				l.settle("p1", echoAddr)
-				tcp, err := probe.DialTCP(l.pod["p1"].Path, echoAddr, 2*time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer tcp.Close()
-				if _, err := tcp.Write([]byte("x")); err != nil {
-					t.Fatal(err)
-				}
-				_, _ = io.ReadFull(tcp, make([]byte, 1))
+				defer udp.Close()
 
 				l.must("pod", "rm", victim)
 				gone := time.Now()
-				l.must("service", "rm", "echo")
-				// UDP: a live endpoint answers again within a second.
+				// UDP: a live endpoint answers the same socket within a second.
 				moved := false
 				for time.Since(gone) < 1500*time.Millisecond {
 					if got := ask(); got != "" && got != victim {
 						moved = true
-						t.Logf("UDP client moved to %s %v after the endpoint went", got, time.Since(gone).Round(time.Millisecond))
+						t.Logf("the UDP client reached %s %v after %s went", got, time.Since(gone).Round(time.Millisecond), victim)
 						break
 					}
 					time.Sleep(100 * time.Millisecond)
@@ -339,12 +359,13 @@ func TestServicesInLab(t *testing.T) {
 						t.Fatalf("a new connection reached %s after it went", victim)
 					}
 				}
-				// TCP: the open connection gets a reset, not a timeout.
+				// TCP: the connection to the vanished endpoint is reset, not left to time out.
 				_ = tcp.SetDeadline(time.Now().Add(3 * time.Second))
+				start := time.Now()
 				_, _ = tcp.Write([]byte("y"))
-				_, err = io.ReadFull(tcp, make([]byte, 1))
-				if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
-					t.Errorf("TCP connection to a removed endpoint: %v, want a reset", err)
+				_, err := io.ReadFull(tcp, make([]byte, 1))
+				if !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("TCP connection to a removed endpoint: %v after %v, want a reset", err, time.Since(start))
 				}
 			})
 		})
@@ -376,4 +397,20 @@ func underlayClientAddr(t *testing.T, u testutil.NS) netip.Addr {
 	}
 	t.Fatal("no address on the underlay")
 	return netip.Addr{}
+}
+
+// serveNamedEcho answers each connection with "name\n" and then echoes until the client
+// closes (a long-lived backend).
+func serveNamedEcho(ln net.Listener, name string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_, _ = c.Write([]byte(name + "\n"))
+			_, _ = io.Copy(c, c)
+		}()
+	}
 }
