@@ -51,7 +51,10 @@ func (l *Lab) upUnderlay() error {
 		return err
 	}
 	defer h.Close()
-	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", MTU: 1500}}); err != nil {
+	// No multicast snooping: IPv6 neighbour discovery between nodes must not depend on the
+	// bridge having heard each node's MLD report (sent as the node's link comes up).
+	snoop := false
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", MTU: 1500}, MulticastSnooping: &snoop}); err != nil {
 		return fmt.Errorf("underlay bridge: %w", err)
 	}
 	br, err := h.LinkByName("br0")
@@ -139,6 +142,15 @@ func plugIntoUnderlay(underlay, node, port string, addr netip.Addr) error {
 	six := underlayAddr6(int(addr.As4()[3]))
 	if err := nh.AddrAdd(up, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(six, underlayNet6.Bits())), Flags: unix.IFA_F_NODAD}); err != nil {
 		return err
+	}
+	// A node's link-local address is tentative for its first seconds up; while it is,
+	// the node resolves next hops for forwarded packets from the unspecified address,
+	// which peers take for duplicate address detection and never answer. A host's
+	// uplink is long settled; the lab's is new, so it skips DAD.
+	if err := probe.InNS(node, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/uplink/accept_dad", []byte("0"), 0o644)
+	}); err != nil {
+		return fmt.Errorf("uplink accept_dad: %w", err)
 	}
 	if err := nh.LinkSetUp(up); err != nil {
 		return err

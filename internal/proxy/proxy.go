@@ -55,10 +55,22 @@ type Key struct {
 	Port  uint16
 }
 
+// KeyLess orders keys by address, protocol and port (State.Endpoints is in this order).
+func KeyLess(a, b Key) bool {
+	if a.IP != b.IP {
+		return a.IP.Less(b.IP)
+	}
+	if a.Proto != b.Proto {
+		return a.Proto < b.Proto
+	}
+	return a.Port < b.Port
+}
+
 // State is everything a node's proxy programs.
 type State struct {
 	Ports map[string]*Port
-	// Endpoints lists every service endpoint in the cluster. Packets from them are the
+	// Endpoints lists every service endpoint in the cluster, sorted by KeyLess and without
+	// duplicates. Packets from them are the
 	// replies of DNATed connections: they must stay tracked (no notrack) and off the eBPF
 	// fast path, or their reverse NAT would be skipped.
 	Endpoints []Key
@@ -138,16 +150,7 @@ func Compute(node Node, services []v1.Service, pods []v1.Pod) State {
 			}
 		}
 	}
-	sort.Slice(st.Endpoints, func(i, j int) bool {
-		a, b := st.Endpoints[i], st.Endpoints[j]
-		if a.IP != b.IP {
-			return a.IP.Less(b.IP)
-		}
-		if a.Proto != b.Proto {
-			return a.Proto < b.Proto
-		}
-		return a.Port < b.Port
-	})
+	sort.Slice(st.Endpoints, func(i, j int) bool { return KeyLess(st.Endpoints[i], st.Endpoints[j]) })
 	return st
 }
 

@@ -111,6 +111,12 @@ func TestServicesInLab(t *testing.T) {
 				for _, vip := range web.ClusterIPs {
 					if got, err := probe.AskTCP(l.pod[from].Path, netip.AddrPortFrom(vip, 80), 2*time.Second); err != nil || got == "" {
 						t.Errorf("TCP %s from %s: %q %v", vip, from, got, err)
+						for _, n := range l.status.Nodes {
+							for _, args := range [][]string{{"conntrack", "-L", "-f", "ipv6"}, {"ip", "-6", "neigh"}} {
+								out, _ := testutil.NS{Path: n.Netns}.Command(args[0], args[1:]...).CombinedOutput()
+								t.Logf("DEBUG %s %v:\n%s", n.Name, args, out)
+							}
+						}
 					}
 					if got, err := probe.AskUDP(l.pod[from].Path, netip.AddrPortFrom(vip, 53), 2*time.Second); err != nil || got == "" {
 						t.Errorf("UDP %s from %s: %q %v", vip, from, got, err)

@@ -16,15 +16,16 @@
 package nftproxy
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/dataplane"
@@ -37,11 +38,21 @@ type Proxy struct {
 	applied *proxy.State // nil: the next sync replaces the whole table
 	table   *nftables.Table
 	sets    map[string]*nftables.Set
+	slots   *slots
+	netns   int // a network namespace fd, or -1: the calling thread's
 }
 
 // New returns a proxy for the calling thread's network namespace.
 func New() *Proxy {
-	return &Proxy{table: &nftables.Table{Family: nftables.TableFamilyINet, Name: dataplane.TableServices}}
+	return &Proxy{table: &nftables.Table{Family: nftables.TableFamilyINet, Name: dataplane.TableServices}, netns: -1}
+}
+
+// NewIn returns a proxy for the network namespace open at fd, usable from any goroutine
+// (only the netlink socket is opened in the namespace).
+func NewIn(fd int) *Proxy {
+	p := New()
+	p.netns = fd
+	return p
 }
 
 // Stats describes the last sync.
@@ -57,7 +68,11 @@ type Stats struct {
 
 // Sync makes the table program want. On error the next Sync starts afresh.
 func (p *Proxy) Sync(want proxy.State) (Stats, error) {
-	c, err := nftables.New()
+	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
+	if p.netns >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(p.netns))
+	}
+	c, err := nftables.New(opts...)
 	if err != nil {
 		return Stats{}, fmt.Errorf("nftables: %w", err)
 	}
@@ -65,6 +80,8 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 	st := Stats{Ports: len(want.Ports), Endpoints: len(want.Endpoints)}
 	if p.applied == nil {
 		st.Full = true
+		p.slots = newSlots()
+		b.slots = p.slots
 		b.replaceTable()
 		p.sets = b.staticObjects()
 		b.sets = p.sets
@@ -74,16 +91,15 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 		}
 		b.endpoints(nil, want.Endpoints)
 	} else {
-		b.sets = p.sets
+		b.sets, b.slots = p.sets, p.slots
 		old := p.applied
-		for _, id := range sortedIDs(old.Ports) {
+		for id, o := range old.Ports {
 			if _, ok := want.Ports[id]; !ok {
-				b.removePort(old.Ports[id])
+				b.removePort(o)
 				st.Changed++
 			}
 		}
-		for _, id := range sortedIDs(want.Ports) {
-			n := want.Ports[id]
+		for id, n := range want.Ports {
 			o, ok := old.Ports[id]
 			switch {
 			case !ok:
@@ -95,12 +111,19 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 			}
 		}
 		b.endpoints(old.Endpoints, want.Endpoints)
-		st.Removed = proxy.Removed(*old, want)
+		st.Removed = b.removed
 	}
+	b.flushPending()
 	if b.err != nil {
 		p.applied = nil
 		return st, b.err
 	}
+	fs := time.Now()
+	defer func() {
+		if os.Getenv("WEFT_NFT_DEBUG") != "" {
+			fmt.Fprintf(os.Stderr, "flush %v\n", time.Since(fs))
+		}
+	}()
 	if err := c.Flush(); err != nil {
 		p.applied = nil
 		return st, fmt.Errorf("apply table %s: %w", dataplane.TableServices, err)
@@ -108,6 +131,29 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 	st.Elements, st.Rules = b.elements, b.rules
 	p.applied = &want
 	return st, nil
+}
+
+// bigBuffers lets one transaction carry tens of thousands of services: the whole batch
+// goes in one sendmsg (the kernel applies a batch per message, atomically) and every
+// message is acknowledged. The default socket buffers (~200 KiB) hold a few hundred
+// services. The *FORCE options (CAP_NET_ADMIN, which weftd has) pass the sysctl limits;
+// they bound the buffers, they do not allocate them.
+func bigBuffers(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, 256<<20); e != nil && serr == nil {
+				serr = e
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 // Reset makes the next Sync replace the whole table (after drift, or to adopt a table left
@@ -161,14 +207,15 @@ func sortedIDs(m map[string]*proxy.Port) []string {
 
 // Names of the static objects.
 const (
-	mapServices4  = "services4"  // ipv4_addr . inet_proto . inet_service : verdict
-	mapServices6  = "services6"  // ipv6_addr . ...
-	mapNodePorts4 = "nodeports4" // inet_proto . inet_service : verdict
-	mapNodePorts6 = "nodeports6" //
+	mapAffinity4  = "affinity4"  // ipv4_addr . inet_proto . inet_service : verdict (ClientIP ports)
+	mapAffinity6  = "affinity6"  //
+	mapNPVerdict4 = "nodeports4" // inet_proto . inet_service : verdict (affinity ports, and drop)
+	mapNPVerdict6 = "nodeports6" //
 	mapNoEP4      = "no-endpoints4"
 	mapNoEP6      = "no-endpoints6"
 	mapNoEPNP4    = "no-endpoint-nodeports4"
 	mapNoEPNP6    = "no-endpoint-nodeports6"
+	mapPick       = "pick"       // slot : verdict (the backend chains of affinity ports)
 	setEndpoints4 = "endpoints4" // ipv4_addr . inet_proto . inet_service
 	setEndpoints6 = "endpoints6"
 	setHairpin4   = "hairpin4" // ipv4_addr . ipv4_addr: each endpoint address twice
@@ -193,9 +240,40 @@ type batch struct {
 	c        *nftables.Conn
 	table    *nftables.Table
 	sets     map[string]*nftables.Set
+	slots    *slots
 	err      error
 	elements int
 	rules    int
+	removed  []proxy.Key // backends that left changed ports (for conntrack cleanup)
+	pending  []pendingElements
+}
+
+// pendingElements are element additions sent at the end of the transaction.
+type pendingElements struct {
+	set *nftables.Set
+	els []nftables.SetElement
+}
+
+func (b *batch) later(s *nftables.Set, els []nftables.SetElement) {
+	if len(els) > 0 {
+		b.pending = append(b.pending, pendingElements{s, els})
+	}
+}
+
+// flushPending sends the deferred element additions, merged per set into full messages.
+func (b *batch) flushPending() {
+	bySet := map[*nftables.Set][]nftables.SetElement{}
+	var order []*nftables.Set
+	for _, p := range b.pending {
+		if _, ok := bySet[p.set]; !ok {
+			order = append(order, p.set)
+		}
+		bySet[p.set] = append(bySet[p.set], p.els...)
+	}
+	for _, s := range order {
+		b.addElements(s, bySet[s])
+	}
+	b.pending = nil
 }
 
 func (b *batch) fail(err error) {
@@ -223,27 +301,25 @@ func (b *batch) rule(chain string, ex ...expr.Any) {
 
 func (b *batch) staticObjects() map[string]*nftables.Set {
 	sets := map[string]*nftables.Set{}
-	concat := func(types ...nftables.SetDatatype) nftables.SetDatatype {
-		t, err := nftables.ConcatSetType(types...)
-		b.fail(err)
-		return t
-	}
-	key4 := concat(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
-	key6 := concat(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
-	keyNP := concat(nftables.TypeInetProto, nftables.TypeInetService)
+	key4 := concat(b, nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	key6 := concat(b, nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+	keyNP := concat(b, nftables.TypeInetProto, nftables.TypeInetService)
 	for name, key := range map[string]nftables.SetDatatype{
-		mapServices4: key4, mapServices6: key6, mapNodePorts4: keyNP, mapNodePorts6: keyNP,
+		mapAffinity4: key4, mapAffinity6: key6, mapNPVerdict4: keyNP, mapNPVerdict6: keyNP,
 		mapNoEP4: key4, mapNoEP6: key6, mapNoEPNP4: keyNP, mapNoEPNP6: keyNP,
 	} {
-		s := &nftables.Set{Table: b.table, Name: name, IsMap: true, KeyType: key, DataType: nftables.TypeVerdict, Concatenation: true}
+		s := &nftables.Set{Table: b.table, Name: name, IsMap: true, KeyType: key, DataType: nftables.TypeVerdict}
 		b.fail(b.c.AddSet(s, nil))
 		sets[name] = s
 	}
+	pick := &nftables.Set{Table: b.table, Name: mapPick, IsMap: true, KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian}
+	b.fail(b.c.AddSet(pick, nil))
+	sets[mapPick] = pick
 	for name, key := range map[string]nftables.SetDatatype{
 		setEndpoints4: key4, setEndpoints6: key6,
-		setHairpin4: concat(nftables.TypeIPAddr, nftables.TypeIPAddr), setHairpin6: concat(nftables.TypeIP6Addr, nftables.TypeIP6Addr),
+		setHairpin4: concat(b, nftables.TypeIPAddr, nftables.TypeIPAddr), setHairpin6: concat(b, nftables.TypeIP6Addr, nftables.TypeIP6Addr),
 	} {
-		s := &nftables.Set{Table: b.table, Name: name, KeyType: key, Concatenation: true}
+		s := &nftables.Set{Table: b.table, Name: name, KeyType: key}
 		b.fail(b.c.AddSet(s, nil))
 		sets[name] = s
 	}
@@ -269,10 +345,12 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 
 	b.rule("nat-prerouting", jump(chainServices))
 	b.rule("nat-output", jump(chainServices))
-	b.rule(chainServices, vipLookup(false, mapServices4)...)
-	b.rule(chainServices, vipLookup(true, mapServices6)...)
-	b.rule(chainServices, nodePortLookup(false, mapNodePorts4)...)
-	b.rule(chainServices, nodePortLookup(true, mapNodePorts6)...)
+	// The services chain: the affinity ports' and node ports' verdict maps here; one rule
+	// per backend count in use is added after them (see ports.go).
+	b.rule(chainServices, vipLookup(false, mapAffinity4)...)
+	b.rule(chainServices, vipLookup(true, mapAffinity6)...)
+	b.rule(chainServices, nodePortLookup(false, mapNPVerdict4)...)
+	b.rule(chainServices, nodePortLookup(true, mapNPVerdict6)...)
 	b.rule("nat-postrouting", append(markIsSet(dataplane.MarkMasq), &expr.Masq{})...)
 	// Hairpin: a DNATed connection whose backend is its own client (source = destination)
 	// is masqueraded, so the answer comes back through the node.
@@ -294,451 +372,113 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	return sets
 }
 
-// addPort creates a service port's chains and map elements.
-func (b *batch) addPort(p *proxy.Port) {
-	b.portChains(p, nil)
-	b.portElements(p, true)
-}
-
-// removePort deletes them: elements first, so no map points at a chain being deleted.
-func (b *batch) removePort(p *proxy.Port) {
-	b.portElements(p, false)
-	b.c.FlushChain(b.chain(svcChain(p)))
-	b.c.DelChain(b.chain(svcChain(p)))
-	if p.NodePort != 0 {
-		b.c.FlushChain(b.chain(nodePortChain(p)))
-		b.c.DelChain(b.chain(nodePortChain(p)))
-	}
-	b.removeAffinity(p, nil)
-}
-
-// changePort rewrites a port's rules; affinity sets of backends that stay are kept, so
-// pinned clients stay pinned.
-func (b *batch) changePort(o, n *proxy.Port) {
-	b.portElements(o, false)
-	b.c.FlushChain(b.chain(svcChain(o)))
-	if o.NodePort != 0 {
-		b.c.FlushChain(b.chain(nodePortChain(o)))
-		if n.NodePort == 0 {
-			b.c.DelChain(b.chain(nodePortChain(o)))
-		}
-	}
-	keep := map[string]bool{}
-	if n.Affinity != 0 && n.Affinity == o.Affinity {
-		for _, be := range n.Backends {
-			keep[proxy.BackendID(n, be)] = true
-		}
-	}
-	b.removeAffinity(o, keep)
-	b.portChains(n, o)
-	b.portElements(n, true)
-}
-
-func (b *batch) removeAffinity(p *proxy.Port, keep map[string]bool) {
-	if p.Affinity == 0 {
-		return
-	}
-	for _, be := range p.Backends {
-		if keep[proxy.BackendID(p, be)] {
-			continue
-		}
-		b.c.FlushChain(b.chain(backendChain(p, be)))
-		b.c.DelChain(b.chain(backendChain(p, be)))
-		b.c.DelSet(&nftables.Set{Table: b.table, Name: affinitySet(p, be)})
-	}
-}
-
-// portChains writes the rules of p's chains (creating the chains; old, if set, is what
-// existed before, whose affinity chains and sets may be reused).
-func (b *batch) portChains(p, old *proxy.Port) {
-	is6 := p.Is6()
-	b.c.AddChain(b.chain(svcChain(p)))
-	existing := map[string]bool{}
-	if old != nil && old.Affinity == p.Affinity && old.Affinity != 0 {
-		for _, be := range old.Backends {
-			existing[proxy.BackendID(old, be)] = true
-		}
-	}
-	if len(p.Backends) > 0 {
-		if p.Affinity != 0 {
-			for _, be := range p.Backends {
-				if !existing[proxy.BackendID(p, be)] {
-					b.affinityBackend(p, be)
-				}
-			}
-			for _, be := range p.Backends {
-				b.rule(svcChain(p), append(loadAddr(is6, false),
-					&expr.Lookup{SourceRegister: 1, SetName: affinitySet(p, be)},
-					&expr.Verdict{Kind: expr.VerdictGoto, Chain: backendChain(p, be)})...)
-			}
-			b.rule(svcChain(p), b.pickChain(p, p.Backends)...)
-		} else {
-			b.rule(svcChain(p), b.pickDNAT(is6, p.Backends)...)
-		}
-	}
-	if p.NodePort == 0 || len(p.NodePortBackends) == 0 {
-		return
-	}
-	b.c.AddChain(b.chain(nodePortChain(p)))
-	if !p.ExternalLocal {
-		// From outside under policy Cluster: masquerade, so replies come back this way.
-		b.rule(nodePortChain(p), setMark(dataplane.MarkMasq)...)
-	}
-	if sameBackends(p.Backends, p.NodePortBackends) {
-		b.rule(nodePortChain(p), &expr.Verdict{Kind: expr.VerdictGoto, Chain: svcChain(p)})
-		return
-	}
-	b.rule(nodePortChain(p), b.pickDNAT(is6, p.NodePortBackends)...)
-}
-
-func sameBackends(a, b []proxy.Backend) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// affinityBackend creates a backend's affinity set and chain: remember the client, DNAT.
-func (b *batch) affinityBackend(p *proxy.Port, be proxy.Backend) {
-	is6 := p.Is6()
-	key := nftables.TypeIPAddr
-	if is6 {
-		key = nftables.TypeIP6Addr
-	}
-	s := &nftables.Set{Table: b.table, Name: affinitySet(p, be), KeyType: key, HasTimeout: true, Dynamic: true, Timeout: p.Affinity}
-	b.fail(b.c.AddSet(s, nil))
-	b.c.AddChain(b.chain(backendChain(p, be)))
-	b.rule(backendChain(p, be), append(loadAddr(is6, false),
-		&expr.Dynset{SrcRegKey: 1, SetName: s.Name, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.Affinity})...)
-	b.rule(backendChain(p, be), dnatTo(be)...)
-}
-
-// portElements adds (or deletes) p's map elements: its VIP (or its no-endpoint entry), and
-// its node port.
-func (b *batch) portElements(p *proxy.Port, add bool) {
-	is6 := p.Is6()
-	vipKey := concatKey(p.VIP.AsSlice(), []byte{p.Proto}, be16(p.Port))
-	svcMap, noEP, npMap, noEPNP := mapServices4, mapNoEP4, mapNodePorts4, mapNoEPNP4
-	if is6 {
-		svcMap, noEP, npMap, noEPNP = mapServices6, mapNoEP6, mapNodePorts6, mapNoEPNP6
-	}
-	if len(p.Backends) > 0 {
-		b.element(svcMap, add, vipKey, &expr.Verdict{Kind: expr.VerdictGoto, Chain: svcChain(p)})
-	} else {
-		b.element(noEP, add, vipKey, &expr.Verdict{Kind: expr.VerdictGoto, Chain: chainReject})
-	}
-	if p.NodePort == 0 {
-		return
-	}
-	npKey := concatKey([]byte{p.Proto}, be16(p.NodePort))
-	switch {
-	case len(p.NodePortBackends) > 0:
-		b.element(npMap, add, npKey, &expr.Verdict{Kind: expr.VerdictGoto, Chain: nodePortChain(p)})
-	case p.ExternalLocal && len(p.Backends) > 0:
-		// Endpoints exist, none on this node: traffic policy Local drops it here (a load
-		// balancer's health check sends it to a node that has one).
-		b.element(npMap, add, npKey, &expr.Verdict{Kind: expr.VerdictDrop})
-	default:
-		b.element(noEPNP, add, npKey, &expr.Verdict{Kind: expr.VerdictGoto, Chain: chainReject})
-	}
-}
-
-func (b *batch) element(set string, add bool, key []byte, v *expr.Verdict) {
-	b.elements++
-	el := []nftables.SetElement{{Key: key, VerdictData: v}}
-	if add {
-		b.fail(b.c.SetAddElements(b.sets[set], el))
-	} else {
-		b.fail(b.c.SetDeleteElements(b.sets[set], el))
-	}
-}
-
-// endpoints makes the endpoint sets hold want (old: what they hold now).
-func (b *batch) endpoints(old, want []proxy.Key) {
-	have := map[proxy.Key]bool{}
-	for _, k := range old {
-		have[k] = true
-	}
-	wanted := map[proxy.Key]bool{}
-	for _, k := range want {
-		wanted[k] = true
-	}
-	var add4, add6, del4, del6 []nftables.SetElement
-	for _, k := range want {
-		if !have[k] {
-			el := nftables.SetElement{Key: concatKey(k.IP.AsSlice(), []byte{k.Proto}, be16(k.Port))}
-			if k.IP.Is4() {
-				add4 = append(add4, el)
-			} else {
-				add6 = append(add6, el)
-			}
-		}
-	}
-	for _, k := range old {
-		if !wanted[k] {
-			el := nftables.SetElement{Key: concatKey(k.IP.AsSlice(), []byte{k.Proto}, be16(k.Port))}
-			if k.IP.Is4() {
-				del4 = append(del4, el)
-			} else {
-				del6 = append(del6, el)
-			}
-		}
-	}
-	for set, els := range map[string][]nftables.SetElement{setEndpoints4: del4, setEndpoints6: del6} {
-		if len(els) > 0 {
-			b.elements += len(els)
-			b.fail(b.c.SetDeleteElements(b.sets[set], els))
-		}
-	}
-	for set, els := range map[string][]nftables.SetElement{setEndpoints4: add4, setEndpoints6: add6} {
-		if len(els) > 0 {
-			b.elements += len(els)
-			b.fail(b.c.SetAddElements(b.sets[set], els))
-		}
-	}
-	b.hairpinPairs(old, want)
-}
-
-// hairpinPairs makes the hairpin sets hold "ip . ip" for every endpoint address.
-func (b *batch) hairpinPairs(old, want []proxy.Key) {
-	addrs := func(keys []proxy.Key) map[netip.Addr]bool {
-		m := map[netip.Addr]bool{}
-		for _, k := range keys {
-			m[k.IP] = true
-		}
-		return m
-	}
-	have, wanted := addrs(old), addrs(want)
-	pair := func(a netip.Addr) nftables.SetElement {
-		return nftables.SetElement{Key: concatKey(a.AsSlice(), a.AsSlice())}
-	}
-	diff := map[string][]nftables.SetElement{}
-	for a := range wanted {
-		if !have[a] {
-			set := setHairpin4
-			if a.Is6() {
-				set = setHairpin6
-			}
-			diff["+"+set] = append(diff["+"+set], pair(a))
-		}
-	}
-	for a := range have {
-		if !wanted[a] {
-			set := setHairpin4
-			if a.Is6() {
-				set = setHairpin6
-			}
-			diff["-"+set] = append(diff["-"+set], pair(a))
-		}
-	}
-	for _, op := range []string{"-" + setHairpin4, "-" + setHairpin6, "+" + setHairpin4, "+" + setHairpin6} {
-		els := diff[op]
-		if len(els) == 0 {
-			continue
-		}
-		b.elements += len(els)
-		if op[0] == '-' {
-			b.fail(b.c.SetDeleteElements(b.sets[op[1:]], els))
-		} else {
-			b.fail(b.c.SetAddElements(b.sets[op[1:]], els))
-		}
-	}
-}
-
-// hairpin is `ct status dnat ip saddr . ip daddr @hairpin masquerade`.
-func hairpin(is6 bool) []expr.Any {
-	off, size, set := uint32(12), uint32(8), setHairpin4
-	if is6 {
-		off, size, set = 8, 32, setHairpin6
-	}
-	ex := append(family(is6),
-		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		// Source and destination are adjacent in the header: one load fills both.
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: size},
-		&expr.Lookup{SourceRegister: 1, SetName: set},
-	)
-	return append(ex, &expr.Masq{})
-}
-
-// ipsDstNAT is IPS_DST_NAT from linux/netfilter/nf_conntrack_common.h.
-const ipsDstNAT = 1 << 5
-
-// pickDNAT is `dnat to numgen random mod N map { 0 : addr . port, ... }`.
-func (b *batch) pickDNAT(is6 bool, backends []proxy.Backend) []expr.Any {
-	dataType := nftables.TypeIPAddr
-	family, protoReg := uint32(unix.NFPROTO_IPV4), uint32(9)
-	if is6 {
-		dataType, family, protoReg = nftables.TypeIP6Addr, unix.NFPROTO_IPV6, 12
-	}
-	data, err := nftables.ConcatSetType(dataType, nftables.TypeInetService)
+func concat(b *batch, types ...nftables.SetDatatype) nftables.SetDatatype {
+	t, err := nftables.ConcatSetType(types...)
 	b.fail(err)
-	m := &nftables.Set{Table: b.table, Anonymous: true, Constant: true, IsMap: true,
-		KeyType: nftables.TypeInteger, DataType: data, KeyByteOrder: binaryutil.NativeEndian}
-	els := make([]nftables.SetElement, len(backends))
-	for i, be := range backends {
-		els[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: concatKey(be.IP.AsSlice(), be16(be.Port))}
-	}
-	b.elements += len(els)
-	b.fail(b.c.AddSet(m, els))
-	return []expr.Any{
-		&expr.Numgen{Register: 1, Modulus: uint32(len(backends)), Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family, RegAddrMin: 1, RegProtoMin: protoReg, Specified: true},
+	return t
+}
+
+// elementsPerMessage keeps each element message's nested list under netlink's 64 KiB
+// attribute length (an element is up to ~100 bytes here).
+const elementsPerMessage = 256
+
+// addElements and delElements send els to s in messages of at most elementsPerMessage.
+func (b *batch) addElements(s *nftables.Set, els []nftables.SetElement) {
+	for len(els) > 0 {
+		n := min(len(els), elementsPerMessage)
+		b.elements += n
+		b.fail(b.c.SetAddElements(s, els[:n]))
+		els = els[n:]
 	}
 }
 
-// pickChain is `numgen random mod N vmap { 0 : goto ep-..., ... }` (affinity services).
-func (b *batch) pickChain(p *proxy.Port, backends []proxy.Backend) []expr.Any {
-	m := &nftables.Set{Table: b.table, Anonymous: true, Constant: true, IsMap: true,
-		KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian}
-	els := make([]nftables.SetElement, len(backends))
-	for i, be := range backends {
-		els[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
-			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: backendChain(p, be)}}
-	}
-	b.elements += len(els)
-	b.fail(b.c.AddSet(m, els))
-	return []expr.Any{
-		&expr.Numgen{Register: 1, Modulus: uint32(len(backends)), Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+func (b *batch) delElements(s *nftables.Set, els []nftables.SetElement) {
+	for len(els) > 0 {
+		n := min(len(els), elementsPerMessage)
+		b.elements += n
+		b.fail(b.c.SetDeleteElements(s, els[:n]))
+		els = els[n:]
 	}
 }
 
-func dnatTo(be proxy.Backend) []expr.Any {
-	family := uint32(unix.NFPROTO_IPV4)
-	if be.IP.Is6() {
-		family = unix.NFPROTO_IPV6
-	}
-	return []expr.Any{
-		&expr.Immediate{Register: 1, Data: be.IP.AsSlice()},
-		&expr.Immediate{Register: 2, Data: be16(be.Port)},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
-	}
+// addSet creates s with els, sending the elements in bounded messages.
+func (b *batch) addSet(s *nftables.Set, els []nftables.SetElement) {
+	n := min(len(els), elementsPerMessage)
+	b.elements += n
+	b.fail(b.c.AddSet(s, els[:n]))
+	b.addElements(s, els[n:])
 }
 
-// family matches packets of one address family (in an inet table).
-func family(is6 bool) []expr.Any {
-	f := byte(unix.NFPROTO_IPV4)
-	if is6 {
-		f = unix.NFPROTO_IPV6
+// endpoints makes the endpoint and hairpin sets hold want (old: what they hold now). Both
+// lists are sorted (proxy.State's contract), so the difference is one merge, without
+// building maps of every endpoint on each sync.
+func (b *batch) endpoints(old, want []proxy.Key) {
+	add, del := diffSorted(old, want, proxy.KeyLess)
+	split := func(keys []proxy.Key) (v4, v6 []nftables.SetElement) {
+		for _, k := range keys {
+			el := nftables.SetElement{Key: concatKey(k.IP.AsSlice(), []byte{k.Proto}, be16(k.Port))}
+			if k.IP.Is4() {
+				v4 = append(v4, el)
+			} else {
+				v6 = append(v6, el)
+			}
+		}
+		return v4, v6
 	}
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f}},
+	del4, del6 := split(del)
+	add4, add6 := split(add)
+	b.delElements(b.sets[setEndpoints4], del4)
+	b.delElements(b.sets[setEndpoints6], del6)
+	b.addElements(b.sets[setEndpoints4], add4)
+	b.addElements(b.sets[setEndpoints6], add6)
+
+	// Hairpin pairs: one per distinct endpoint address (the keys are sorted by address).
+	addAddrs, delAddrs := diffSorted(distinctAddrs(old), distinctAddrs(want), netip.Addr.Less)
+	pairs := func(addrs []netip.Addr) (v4, v6 []nftables.SetElement) {
+		for _, a := range addrs {
+			el := nftables.SetElement{Key: concatKey(a.AsSlice(), a.AsSlice())}
+			if a.Is4() {
+				v4 = append(v4, el)
+			} else {
+				v6 = append(v6, el)
+			}
+		}
+		return v4, v6
 	}
+	del4, del6 = pairs(delAddrs)
+	add4, add6 = pairs(addAddrs)
+	b.delElements(b.sets[setHairpin4], del4)
+	b.delElements(b.sets[setHairpin6], del6)
+	b.addElements(b.sets[setHairpin4], add4)
+	b.addElements(b.sets[setHairpin6], add6)
 }
 
-// loadAddr loads the source or destination address into register 1 (family checked).
-func loadAddr(is6, dst bool) []expr.Any {
-	off, size := uint32(12), uint32(4)
-	if is6 {
-		off, size = 8, 16
-	}
-	if dst {
-		off += size
-	}
-	return append(family(is6), &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: size})
-}
-
-// vipLookup is `ip daddr . meta l4proto . th dport vmap @m`.
-func vipLookup(is6 bool, m string) []expr.Any {
-	protoReg, portReg := uint32(9), uint32(10)
-	if is6 {
-		protoReg, portReg = 12, 13
-	}
-	return append(loadAddr(is6, true),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
-		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m},
-	)
-}
-
-// nodePortLookup is `fib daddr type local ip daddr != loopback meta l4proto . th dport vmap @m`.
-func nodePortLookup(is6 bool, m string) []expr.Any {
-	ex := family(is6)
-	ex = append(ex,
-		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-	)
-	if is6 {
-		ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: netip.IPv6Loopback().AsSlice()})
-	} else {
-		ex = append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}})
-	}
-	return append(ex,
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m},
-	)
-}
-
-// endpointSource is `ip saddr . meta l4proto . th sport @endpoints`.
-func endpointSource(is6 bool) []expr.Any {
-	protoReg, portReg, set := uint32(9), uint32(10), setEndpoints4
-	if is6 {
-		protoReg, portReg, set = 12, 13, setEndpoints6
-	}
-	return append(loadAddr(is6, false),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
-		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-		&expr.Lookup{SourceRegister: 1, SetName: set},
-	)
-}
-
-func setMark(bit uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^bit), Xor: binaryutil.NativeEndian.PutUint32(bit)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-	}
-}
-
-func markIsSet(bit uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(bit), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	}
-}
-
-func ctStateNewOnly() []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
-		&expr.Verdict{Kind: expr.VerdictReturn},
-	}
-}
-
-func jump(chain string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }
-
-// concatKey lays out a concatenation as nftables does: each part padded to 4 bytes.
-func concatKey(parts ...[]byte) []byte {
-	var out []byte
-	for _, p := range parts {
-		out = append(out, p...)
-		if pad := len(p) % 4; pad != 0 {
-			out = append(out, make([]byte, 4-pad)...)
+func distinctAddrs(keys []proxy.Key) []netip.Addr {
+	var out []netip.Addr
+	for i, k := range keys {
+		if i == 0 || k.IP != keys[i-1].IP {
+			out = append(out, k.IP)
 		}
 	}
 	return out
 }
 
-func be16(v uint16) []byte {
-	b := make([]byte, 2)
-	binary.BigEndian.PutUint16(b, v)
-	return b
+// diffSorted returns what want has and old lacks (add), and the reverse (del), for two
+// slices sorted by less.
+func diffSorted[T comparable](old, want []T, less func(a, b T) bool) (add, del []T) {
+	i, j := 0, 0
+	for i < len(old) && j < len(want) {
+		switch {
+		case old[i] == want[j]:
+			i++
+			j++
+		case less(old[i], want[j]):
+			del = append(del, old[i])
+			i++
+		default:
+			add = append(add, want[j])
+			j++
+		}
+	}
+	return append(add, want[j:]...), append(del, old[i:]...)
 }

@@ -1,0 +1,489 @@
+// Command svcbench measures weft's nftables service proxy side by side with the rule
+// shapes kube-proxy loads, on the same namespaces, in one run:
+//
+//   - weft: proxy.State programmed by nftproxy over netlink (table inet weft-svc);
+//   - kube-proxy nftables mode's shape, loaded with `nft -f`;
+//   - kube-proxy iptables mode's shape, loaded with iptables-restore, legacy and nf_tables
+//     backends.
+//
+// For each it measures the full programming of N services × 5 endpoints, one endpoint
+// change at N (until the command that applies it returns), and new-connection latency
+// (connect, 1-byte echo, close) through a service address and straight to the backend,
+// against the same with no rules at all. Run it pinned to one CPU (bench/services.sh).
+// Needs root; it works only in namespaces it creates and deletes.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/weftnet/weft/internal/netns"
+	"github.com/weftnet/weft/internal/probe"
+	"github.com/weftnet/weft/internal/proxy"
+	"github.com/weftnet/weft/internal/proxy/nftproxy"
+)
+
+var (
+	sizes     = flag.String("sizes", "10,1000,10000", "service counts")
+	conns     = flag.Int("conns", 2000, "connections per latency sample")
+	shapes    = flag.String("shapes", "weft,nft,iptables-legacy,iptables-nft", "what to measure")
+	nftIpt10k = flag.Bool("iptables-nft-10k", false, "also load 10,000 services with iptables-nft (minutes)")
+)
+
+const (
+	serverIP  = "10.210.2.2"
+	basePort  = 8080
+	endpoints = 5
+)
+
+type topo struct {
+	client, node, server string // namespace paths
+	names                []string
+}
+
+func main() {
+	flag.Parse()
+	tag := fmt.Sprintf("sb%d", os.Getpid()%100000)
+	var ns []int
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			fail(fmt.Errorf("-sizes: %q", s))
+		}
+		ns = append(ns, n)
+	}
+	results := map[string]map[string]string{} // shape → metric → value
+	record := func(shape, metric, v string) {
+		if results[shape] == nil {
+			results[shape] = map[string]string{}
+		}
+		results[shape][metric] = v
+		fmt.Printf("%-16s %-28s %s\n", shape, metric, v)
+	}
+	lat := map[string]time.Duration{} // p50s for ratios
+
+	// Baseline: no rules.
+	t := mustTopo(tag + "b")
+	p50, p99 := latency(t, netip.MustParseAddrPort(serverIP+":8080"))
+	lat["none/direct"] = p50
+	record("no rules", "direct p50/p99", fmt.Sprintf("%v / %v", p50, p99))
+	t.down()
+
+	for _, shape := range strings.Split(*shapes, ",") {
+		for _, n := range ns {
+			if shape == "iptables-nft" && n > 1000 && !*nftIpt10k {
+				record(shape, fmt.Sprintf("full load %d", n), "skipped (minutes; -iptables-nft-10k)")
+				continue
+			}
+			t := mustTopo(fmt.Sprintf("%s%c%d", tag, shape[0], n%100))
+			full, change, err := load(t, shape, n)
+			if err != nil {
+				t.down()
+				fail(fmt.Errorf("%s at %d: %w", shape, n, err))
+			}
+			record(shape, fmt.Sprintf("full load %d", n), full.Round(time.Millisecond).String())
+			record(shape, fmt.Sprintf("one change at %d", n), change.Round(100*time.Microsecond).String())
+			vip := netip.AddrPortFrom(vipOf(n-1), 80) // the last service: no early match
+			p50, p99 := latency(t, vip)
+			d50, d99 := latency(t, netip.MustParseAddrPort(serverIP+":8080"))
+			lat[fmt.Sprintf("%s/vip/%d", shape, n)], lat[fmt.Sprintf("%s/direct/%d", shape, n)] = p50, d50
+			record(shape, fmt.Sprintf("VIP p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.2fx)", p50, p99, ratio(p50, lat["none/direct"])))
+			record(shape, fmt.Sprintf("direct p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.2fx)", d50, d99, ratio(d50, lat["none/direct"])))
+			t.down()
+		}
+	}
+	fmt.Println("\nratios (weft against each, lower is better for weft):")
+	for _, n := range ns {
+		w := results["weft"]
+		for _, other := range []string{"nft", "iptables-legacy", "iptables-nft"} {
+			o := results[other]
+			if w == nil || o == nil {
+				continue
+			}
+			for _, m := range []string{"full load", "one change at"} {
+				key := fmt.Sprintf("%s %d", m, n)
+				a, errA := time.ParseDuration(w[key])
+				b, errB := time.ParseDuration(o[key])
+				if errA == nil && errB == nil {
+					fmt.Printf("  %-22s weft/%-16s %.3fx\n", key, other, float64(a)/float64(b))
+				}
+			}
+		}
+	}
+}
+
+func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "svcbench:", err)
+	os.Exit(1)
+}
+
+func vipOf(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+}
+
+// endpointsOf: service i's 5 backends; the last service's (and the first's) are the real
+// server's 5 ports, the others fake addresses.
+func endpointsOf(i, n int) []proxy.Backend {
+	out := make([]proxy.Backend, endpoints)
+	for e := range out {
+		if i == n-1 || i == 0 {
+			out[e] = proxy.Backend{IP: netip.MustParseAddr(serverIP), Port: uint16(basePort + e)}
+		} else {
+			out[e] = proxy.Backend{IP: netip.AddrFrom4([4]byte{10, 212, byte(i >> 8), byte(i)}), Port: uint16(9000 + e)}
+		}
+	}
+	return out
+}
+
+// load programs n services with shape, then changes one endpoint of the middle service;
+// it returns how long each took.
+func load(t *topo, shape string, n int) (full, change time.Duration, err error) {
+	switch shape {
+	case "weft":
+		return loadWeft(t, n)
+	case "nft":
+		return loadNft(t, n)
+	case "iptables-legacy", "iptables-nft":
+		return loadIptables(t, strings.TrimPrefix(shape, "iptables-"), n)
+	}
+	return 0, 0, fmt.Errorf("unknown shape %q", shape)
+}
+
+func weftState(n int, changed bool) proxy.State {
+	st := proxy.State{Ports: map[string]*proxy.Port{}}
+	for i := range n {
+		p := &proxy.Port{ID: fmt.Sprintf("%06d4", i), VIP: vipOf(i), Proto: proxy.ProtoTCP, Port: 80, Backends: endpointsOf(i, n)}
+		if changed && i == n/2 {
+			p.Backends = append([]proxy.Backend(nil), p.Backends...)
+			p.Backends[0].Port = 9999
+		}
+		st.Ports[p.ID] = p
+		for _, b := range p.Backends {
+			st.Endpoints = append(st.Endpoints, proxy.Key{IP: b.IP, Proto: proxy.ProtoTCP, Port: b.Port})
+		}
+	}
+	sort.Slice(st.Endpoints, func(i, j int) bool {
+		a, b := st.Endpoints[i], st.Endpoints[j]
+		if a.IP != b.IP {
+			return a.IP.Less(b.IP)
+		}
+		return a.Port < b.Port
+	})
+	st.Endpoints = dedupe(st.Endpoints)
+	return st
+}
+
+func dedupe(keys []proxy.Key) []proxy.Key {
+	out := keys[:0]
+	for i, k := range keys {
+		if i == 0 || k != keys[i-1] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func loadWeft(t *topo, n int) (full, change time.Duration, err error) {
+	// As weftd runs it: from an ordinary goroutine, with its socket in the node's namespace.
+	nsh, err := vnetns.GetFromPath(t.node)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer nsh.Close()
+	px := nftproxy.NewIn(int(nsh))
+	want, changed := weftState(n, false), weftState(n, true)
+	start := time.Now()
+	if _, err := px.Sync(want); err != nil {
+		return 0, 0, err
+	}
+	full = time.Since(start)
+	start = time.Now()
+	st, err := px.Sync(changed)
+	change = time.Since(start)
+	if err == nil && st.Changed != 1 {
+		err = fmt.Errorf("one endpoint change rewrote %d service ports", st.Changed)
+	}
+	return full, change, err
+}
+
+// loadNft writes kube-proxy's nftables-mode shape and loads it with `nft -f`; the change
+// is the incremental transaction kube-proxy sends for one endpoint.
+func loadNft(t *topo, n int) (full, change time.Duration, err error) {
+	var b strings.Builder
+	b.WriteString(`add table ip kube-proxy
+add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority dstnat ; }
+add chain ip kube-proxy nat-output { type nat hook output priority -100 ; }
+add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority srcnat ; }
+add chain ip kube-proxy masquerading
+add chain ip kube-proxy mark-for-masquerade
+add chain ip kube-proxy services
+add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }
+add rule ip kube-proxy nat-prerouting jump services
+add rule ip kube-proxy nat-output jump services
+add rule ip kube-proxy nat-postrouting jump masquerading
+add rule ip kube-proxy masquerading meta mark & 0x4000 == 0 return
+add rule ip kube-proxy masquerading meta mark set meta mark ^ 0x4000
+add rule ip kube-proxy masquerading masquerade fully-random
+add rule ip kube-proxy mark-for-masquerade meta mark set meta mark | 0x4000
+add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
+`)
+	for i := range n {
+		nftService(&b, i, endpointsOf(i, n))
+	}
+	if full, err = runTimed(t.node, []byte(b.String()), "nft", "-f", "-"); err != nil {
+		return 0, 0, err
+	}
+	// One endpoint of the middle service moves: new endpoint chain, the service chain
+	// rewritten, the old endpoint chain deleted.
+	i := n / 2
+	old := endpointsOf(i, n)
+	eps := append([]proxy.Backend(nil), old...)
+	eps[0].Port = 9999
+	var c strings.Builder
+	svc := fmt.Sprintf("service-%06d-tcp", i)
+	epChain := func(e proxy.Backend) string { return fmt.Sprintf("endpoint-%06d-%s-%d", i, e.IP, e.Port) }
+	fmt.Fprintf(&c, "add chain ip kube-proxy %s\n", epChain(eps[0]))
+	fmt.Fprintf(&c, "add rule ip kube-proxy %s ip saddr %s jump mark-for-masquerade\n", epChain(eps[0]), eps[0].IP)
+	fmt.Fprintf(&c, "add rule ip kube-proxy %s meta l4proto tcp dnat to %s\n", epChain(eps[0]), eps[0])
+	fmt.Fprintf(&c, "flush chain ip kube-proxy %s\n", svc)
+	nftServiceRules(&c, svc, i, eps)
+	fmt.Fprintf(&c, "flush chain ip kube-proxy %s\ndelete chain ip kube-proxy %s\n", epChain(old[0]), epChain(old[0]))
+	change, err = runTimed(t.node, []byte(c.String()), "nft", "-f", "-")
+	return full, change, err
+}
+
+func nftService(b *strings.Builder, i int, eps []proxy.Backend) {
+	svc := fmt.Sprintf("service-%06d-tcp", i)
+	fmt.Fprintf(b, "add chain ip kube-proxy %s\n", svc)
+	for _, e := range eps {
+		ch := fmt.Sprintf("endpoint-%06d-%s-%d", i, e.IP, e.Port)
+		fmt.Fprintf(b, "add chain ip kube-proxy %s\n", ch)
+		fmt.Fprintf(b, "add rule ip kube-proxy %s ip saddr %s jump mark-for-masquerade\n", ch, e.IP)
+		fmt.Fprintf(b, "add rule ip kube-proxy %s meta l4proto tcp dnat to %s\n", ch, e)
+	}
+	nftServiceRules(b, svc, i, eps)
+	fmt.Fprintf(b, "add element ip kube-proxy service-ips { %s . tcp . 80 : goto %s }\n", vipOf(i), svc)
+}
+
+func nftServiceRules(b *strings.Builder, svc string, i int, eps []proxy.Backend) {
+	fmt.Fprintf(b, "add rule ip kube-proxy %s ip daddr %s tcp dport 80 ip saddr != 10.210.0.0/16 jump mark-for-masquerade\n", svc, vipOf(i))
+	var m []string
+	for k, e := range eps {
+		m = append(m, fmt.Sprintf("%d : goto endpoint-%06d-%s-%d", k, i, e.IP, e.Port))
+	}
+	fmt.Fprintf(b, "add rule ip kube-proxy %s numgen random mod %d vmap { %s }\n", svc, len(eps), strings.Join(m, " , "))
+}
+
+// loadIptables writes kube-proxy's iptables-mode shape (KUBE-SERVICES, a KUBE-SVC chain
+// per service, a KUBE-SEP chain per endpoint, statistic-mode random) and restores it; the
+// change is kube-proxy's partial restore: every chain declared, KUBE-SERVICES rewritten,
+// and the changed service's chains.
+func loadIptables(t *topo, backend string, n int) (full, change time.Duration, err error) {
+	bin := "iptables-" + backend + "-restore"
+	var b strings.Builder
+	iptablesRules(&b, n, -1, true)
+	if full, err = runTimed(t.node, []byte(b.String()), bin); err != nil {
+		return 0, 0, err
+	}
+	var c strings.Builder
+	iptablesRules(&c, n, n/2, false)
+	change, err = runTimed(t.node, []byte(c.String()), bin, "--noflush")
+	return full, change, err
+}
+
+func iptablesRules(b *strings.Builder, n, changed int, all bool) {
+	sep := func(i int, e proxy.Backend) string {
+		return fmt.Sprintf("KUBE-SEP-%06d%d", i, e.Port)
+	}
+	b.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n")
+	for i := range n {
+		fmt.Fprintf(b, ":KUBE-SVC-%06d - [0:0]\n", i)
+		for _, e := range endpointsOf(i, n) {
+			fmt.Fprintf(b, ":%s - [0:0]\n", sep(i, e))
+		}
+	}
+	if all {
+		b.WriteString("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n")
+		b.WriteString("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n")
+		b.WriteString("-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n")
+		b.WriteString("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n")
+		b.WriteString("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n")
+		b.WriteString("-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n")
+		b.WriteString("-A KUBE-POSTROUTING -j MASQUERADE --random-fully\n")
+	}
+	for i := range n {
+		fmt.Fprintf(b, "-A KUBE-SERVICES -d %s/32 -p tcp -m comment --comment \"default/svc%d:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-%06d\n", vipOf(i), i, i)
+	}
+	for i := range n {
+		if !all && i != changed {
+			continue
+		}
+		eps := endpointsOf(i, n)
+		if i == changed {
+			eps[0].Port = 9999
+			fmt.Fprintf(b, ":%s - [0:0]\n", sep(i, eps[0]))
+			fmt.Fprintf(b, "-F KUBE-SVC-%06d\n", i)
+		}
+		fmt.Fprintf(b, "-A KUBE-SVC-%06d ! -s 10.210.0.0/16 -d %s/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ\n", i, vipOf(i))
+		for k, e := range eps {
+			if left := len(eps) - k; left > 1 {
+				fmt.Fprintf(b, "-A KUBE-SVC-%06d -m statistic --mode random --probability %.11f -j %s\n", i, 1/float64(left), sep(i, e))
+			} else {
+				fmt.Fprintf(b, "-A KUBE-SVC-%06d -j %s\n", i, sep(i, e))
+			}
+			fmt.Fprintf(b, "-A %s -s %s/32 -j KUBE-MARK-MASQ\n", sep(i, e), e.IP)
+			fmt.Fprintf(b, "-A %s -p tcp -m tcp -j DNAT --to-destination %s\n", sep(i, e), e)
+		}
+	}
+	b.WriteString("COMMIT\n")
+}
+
+// runTimed runs a command in the namespace with input on stdin, timed.
+func runTimed(nsPath string, input []byte, name string, args ...string) (time.Duration, error) {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + nsPath, "--", name}, args...)...)
+	cmd.Stdin = strings.NewReader(string(input))
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	d := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %v: %.400s", name, err, out)
+	}
+	return d, nil
+}
+
+// latency opens conns connections from the client namespace to addr, each: connect, one
+// byte each way, close; it returns the p50 and p99.
+func latency(t *topo, addr netip.AddrPort) (p50, p99 time.Duration) {
+	samples := make([]time.Duration, 0, *conns)
+	buf := make([]byte, 1)
+	err := probe.InNS(t.client, func() error {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		for range 100 + *conns { // the first 100 warm up
+			start := time.Now()
+			c, err := d.Dial("tcp", addr.String())
+			if err != nil {
+				return err
+			}
+			if _, err := c.Write(buf); err != nil {
+				return err
+			}
+			if _, err := c.Read(buf); err != nil {
+				return err
+			}
+			c.Close()
+			samples = append(samples, time.Since(start))
+		}
+		return nil
+	})
+	if err != nil {
+		fail(fmt.Errorf("latency to %s: %w", addr, err))
+	}
+	samples = samples[100:]
+	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+	return samples[len(samples)/2].Round(100 * time.Nanosecond), samples[len(samples)*99/100].Round(100 * time.Nanosecond)
+}
+
+// mustTopo builds client — node — server, routed through the node, with echo servers on
+// the server's ports 8080-8084.
+func mustTopo(tag string) *topo {
+	t := &topo{}
+	mk := func(short string) string {
+		name := tag + "-" + short
+		p, err := netns.Create(name)
+		if err != nil {
+			fail(err)
+		}
+		t.names = append(t.names, name)
+		return p
+	}
+	t.client, t.node, t.server = mk("c"), mk("n"), mk("s")
+	link := func(a, b string, aName, bName, aAddr, bAddr string) {
+		h, err := handleAt(a)
+		if err != nil {
+			fail(err)
+		}
+		defer h.Close()
+		peerNS, _ := vnetns.GetFromPath(b)
+		defer peerNS.Close()
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: aName}, PeerName: bName, PeerNamespace: netlink.NsFd(peerNS)}
+		if err := h.LinkAdd(v); err != nil {
+			fail(fmt.Errorf("veth %s: %w", aName, err))
+		}
+		up(a, aName, aAddr)
+		up(b, bName, bAddr)
+	}
+	link(t.client, t.node, "eth0", "c0", "10.210.1.2/24", "10.210.1.1/24")
+	link(t.server, t.node, "eth0", "s0", serverIP+"/24", "10.210.2.1/24")
+	route(t.client, "10.210.1.1")
+	route(t.server, "10.210.2.1")
+	_ = probe.InNS(t.node, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	})
+	for e := range endpoints {
+		ln, err := probe.ListenTCP(t.server, fmt.Sprintf(":%d", basePort+e))
+		if err != nil {
+			fail(err)
+		}
+		go probe.Echo(ln)
+	}
+	return t
+}
+
+func (t *topo) down() {
+	for _, n := range t.names {
+		_ = netns.Delete(n)
+	}
+}
+
+func handleAt(path string) (*netlink.Handle, error) {
+	h, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	return netlink.NewHandleAt(h)
+}
+
+func up(nsPath, name, cidr string) {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		fail(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		fail(err)
+	}
+	a, _ := netlink.ParseAddr(cidr)
+	if err := h.AddrAdd(l, a); err != nil {
+		fail(err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		fail(err)
+	}
+}
+
+func route(nsPath, gw string) {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		fail(err)
+	}
+	defer h.Close()
+	if err := h.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw)}); err != nil {
+		fail(fmt.Errorf("default route: %w", err))
+	}
+}
+
