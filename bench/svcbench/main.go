@@ -125,8 +125,14 @@ func main() {
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 
+// active lists the topologies up, so a failure still removes them.
+var active []*topo
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "svcbench:", err)
+	for _, t := range active {
+		t.down()
+	}
 	os.Exit(1)
 }
 
@@ -308,11 +314,21 @@ func iptablesRules(b *strings.Builder, n, changed int, all bool) {
 	sep := func(i int, e proxy.Backend) string {
 		return fmt.Sprintf("KUBE-SEP-%06d%d", i, e.Port)
 	}
-	b.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n")
+	// A chain declared in a --noflush restore is flushed: the partial restore declares
+	// only what it rewrites (KUBE-SERVICES and the changed service's chains).
+	b.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n")
+	if all {
+		b.WriteString(":KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n")
+	}
 	for i := range n {
+		if !all && i != changed {
+			continue
+		}
 		fmt.Fprintf(b, ":KUBE-SVC-%06d - [0:0]\n", i)
 		for _, e := range endpointsOf(i, n) {
-			fmt.Fprintf(b, ":%s - [0:0]\n", sep(i, e))
+			if all {
+				fmt.Fprintf(b, ":%s - [0:0]\n", sep(i, e))
+			}
 		}
 	}
 	if all {
@@ -334,8 +350,9 @@ func iptablesRules(b *strings.Builder, n, changed int, all bool) {
 		eps := endpointsOf(i, n)
 		if i == changed {
 			eps[0].Port = 9999
-			fmt.Fprintf(b, ":%s - [0:0]\n", sep(i, eps[0]))
-			fmt.Fprintf(b, "-F KUBE-SVC-%06d\n", i)
+			for _, e := range eps {
+				fmt.Fprintf(b, ":%s - [0:0]\n", sep(i, e))
+			}
 		}
 		fmt.Fprintf(b, "-A KUBE-SVC-%06d ! -s 10.210.0.0/16 -d %s/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ\n", i, vipOf(i))
 		for k, e := range eps {
@@ -400,6 +417,7 @@ func latency(t *topo, addr netip.AddrPort) (p50, p99 time.Duration) {
 // the server's ports 8080-8084.
 func mustTopo(tag string) *topo {
 	t := &topo{}
+	active = append(active, t)
 	mk := func(short string) string {
 		name := tag + "-" + short
 		p, err := netns.Create(name)
@@ -486,4 +504,3 @@ func route(nsPath, gw string) {
 		fail(fmt.Errorf("default route: %w", err))
 	}
 }
-

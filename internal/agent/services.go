@@ -51,7 +51,9 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 		flushed:   prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
 	}
 	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed)
-	p.loop = reconcile.New(proxyDelay, p.sync, report)
+	p.loop = reconcile.New(proxyDelay, p.sync, report).
+		WithResync(30 * time.Second).
+		WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second})
 	cache.OnChange(func(k resources.Kind) {
 		if k == resources.KindPod || k == resources.KindService {
 			p.loop.Trigger()
@@ -61,26 +63,16 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 }
 
 func (p *serviceProxy) run(ctx context.Context) {
-	tick := time.NewTicker(30 * time.Second)
-	defer tick.Stop()
-	go p.loop.Run(ctx)
 	p.loop.Trigger()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			if !nftproxy.TableExists() {
-				p.nft.Reset() // someone removed it: the next sync writes it whole
-			}
-			p.loop.Trigger()
-		}
-	}
+	p.loop.Run(ctx)
 }
 
 func (p *serviceProxy) sync() error {
 	if !p.cache.Synced() {
 		return nil // an empty cache would withdraw every service
+	}
+	if !nftproxy.TableExists() {
+		p.nft.Reset() // someone removed it (or this is the first sync): write it whole
 	}
 	start := time.Now()
 	want := proxy.Compute(proxy.Node{Name: p.node}, p.cache.Services(), p.cache.Pods())

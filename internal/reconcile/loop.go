@@ -14,6 +14,26 @@ type Loop struct {
 	delay   time.Duration
 	sync    func() error
 	onError func(error)
+	resync  time.Duration // 0: none
+	backoff Backoff
+}
+
+// Backoff bounds the retries after a failed sync: the first after Min, doubling up to
+// Max. The zero Backoff retries only on the next trigger.
+type Backoff struct {
+	Min, Max time.Duration
+}
+
+// WithResync makes the loop also sync every d (repairing drift nobody announced).
+func (l *Loop) WithResync(d time.Duration) *Loop {
+	l.resync = d
+	return l
+}
+
+// WithBackoff makes a failed sync retry by itself, after b.Min doubling to b.Max.
+func (l *Loop) WithBackoff(b Backoff) *Loop {
+	l.backoff = b
+	return l
 }
 
 // New returns a loop that, once triggered, waits delay (gathering more triggers) and runs
@@ -30,14 +50,25 @@ func (l *Loop) Trigger() {
 	}
 }
 
-// Run serves triggers until ctx ends.
+// Run serves triggers (and the resync period and retries) until ctx ends.
 func (l *Loop) Run(ctx context.Context) {
+	var resync <-chan time.Time
+	if l.resync > 0 {
+		t := time.NewTicker(l.resync)
+		defer t.Stop()
+		resync = t.C
+	}
+	var retry <-chan time.Time
+	wait := l.backoff.Min
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-l.kick:
+		case <-resync:
+		case <-retry:
 		}
+		retry = nil
 		if l.delay > 0 {
 			select {
 			case <-ctx.Done():
@@ -49,6 +80,14 @@ func (l *Loop) Run(ctx context.Context) {
 			default:
 			}
 		}
-		l.onError(l.sync())
+		err := l.sync()
+		l.onError(err)
+		switch {
+		case err == nil:
+			wait = l.backoff.Min
+		case l.backoff.Min > 0:
+			retry = time.After(wait)
+			wait = min(2*wait, max(l.backoff.Max, l.backoff.Min))
+		}
 	}
 }
