@@ -133,10 +133,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.syncDataplane()
+	g := newGroup(ctx)
 	if a.opts.Fastpath {
-		a.startFastpath(ctx)
+		a.startFastpath(g)
 	}
-	go a.reaper.Run(ctx)
+	g.Loop("reaper", a.reaper.Run)
 	a.reaper.Trigger() // veths retired while weftd was down
 	contract := cniapi.NodeContract{
 		NodeName: a.opts.NodeName,
@@ -145,46 +146,49 @@ func (a *Agent) Run(ctx context.Context) error {
 		Fabric:   "none",
 		Socket:   a.socketPath(),
 	}
-	errc := make(chan error, 3)
 	if c := a.opts.Cluster; c != nil {
 		contract.Fabric = c.Config().Fabric
-		a.startPodPublisher(ctx, c)
-		a.startServiceProxy(ctx, c)
-		go func() { errc <- c.Run(ctx) }()
+		a.startPodPublisher(g, c)
+		a.startServiceProxy(g, c)
+		g.Go("cluster", c.Run)
 	}
 	for _, s := range a.NodeSets() {
 		contract.Gateways = append(contract.Gateways, s[0].Gateway)
 	}
 
-	go func() { errc <- cniapi.Serve(ctx, a.socketPath(), a.Handle) }()
+	g.Go("cni-socket", func(ctx context.Context) error { return cniapi.Serve(ctx, a.socketPath(), a.Handle) })
 	if a.opts.MetricsAddr != "" {
-		go func() { errc <- a.serveMetrics(ctx) }()
+		g.Go("metrics", a.serveMetrics)
 	}
 	// The contract goes out once the socket is accepting, so a pod that sees it can ADD.
 	if err := waitForSocket(ctx, a.socketPath()); err != nil {
-		return err
+		return errors.Join(err, g.Wait())
 	}
 	if err := cniapi.WriteNodeContract(a.opts.RunDir, contract); err != nil {
-		return fmt.Errorf("write node contract: %w", err)
+		return errors.Join(fmt.Errorf("write node contract: %w", err), g.Wait())
 	}
 	log.Info("weftd ready", "node", a.opts.NodeName, "podCIDRs", fmt.Sprint(a.opts.PodCIDRs), "mtu", contract.MTU, "socket", a.socketPath())
 
-	tick := time.NewTicker(a.opts.ResyncEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-errc:
-			if err != nil {
-				return err
+	g.Loop("resync", func(ctx context.Context) {
+		tick := time.NewTicker(a.opts.ResyncEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				a.syncDataplane()
+				a.reaper.Trigger()
+				a.kickFastpath()
 			}
-		case <-tick.C:
-			a.syncDataplane()
-			a.reaper.Trigger()
-			a.kickFastpath()
 		}
+	})
+	<-g.Done()
+	err := g.Wait() // every component has stopped
+	if a.fast != nil {
+		a.fast.fp.Close() // the attached programs keep running without weftd
 	}
+	return err
 }
 
 // syncDataplane renders and applies the node's NAT; failures are reported through STATUS
@@ -225,7 +229,7 @@ func (a *Agent) syncDataplane() {
 	}
 }
 
-func (a *Agent) startFastpath(ctx context.Context) {
+func (a *Agent) startFastpath(g *group) {
 	var tun *fastpath.Tunnel
 	if a.opts.Cluster != nil {
 		tun = a.opts.Cluster.tunnel()
@@ -235,7 +239,6 @@ func (a *Agent) startFastpath(ctx context.Context) {
 		a.opts.Log.Warn("eBPF fast path unavailable; pod-to-pod traffic takes the normal path", "err", err)
 		return
 	}
-	go func() { <-ctx.Done(); fp.Close() }()
 	bpfDir := a.opts.BPFDir
 	if bpfDir == "" {
 		bpfDir = filepath.Join(a.opts.RunDir, "bpf")
@@ -253,13 +256,13 @@ func (a *Agent) startFastpath(ctx context.Context) {
 		a.fast.uplink, a.fast.tunnel = c.o.UnderlayDev, fabric.DeviceName
 		c.onRemote = fp.SyncRemote
 	}
-	go a.fast.run(ctx)
+	g.Loop("fastpath", a.fast.run)
 	a.fast.Trigger()
 }
 
 // startServiceProxy runs the shared cache of the cluster's resources and the service
 // proxy that reads it.
-func (a *Agent) startServiceProxy(ctx context.Context, c *Cluster) {
+func (a *Agent) startServiceProxy(g *group, c *Cluster) {
 	if a.opts.Proxy == "none" {
 		if nftproxy.TableExists() {
 			_ = nftproxy.Delete()
@@ -274,7 +277,7 @@ func (a *Agent) startServiceProxy(ctx context.Context, c *Cluster) {
 		}
 	}
 	cache := resources.NewCache(c.o.Store)
-	go func() { _ = cache.Run(ctx) }()
+	g.Go("cache", cache.Run)
 	var fp *fastpath.Fastpath
 	if a.fast != nil {
 		fp = a.fast.fp
@@ -285,7 +288,7 @@ func (a *Agent) startServiceProxy(ctx context.Context, c *Cluster) {
 			a.opts.Log.Warn("service proxy sync failed; retrying at the next change or resync", "err", err)
 		}
 	})
-	go sp.run(ctx)
+	g.Loop("service-proxy", sp.run)
 }
 
 // kickFastpath says the node's attachments changed: the fast path map and the published

@@ -59,13 +59,15 @@ func podsFromAllocations(node string, allocs []ipam.Allocation) []v1.Pod {
 
 // startPodPublisher keeps this node's pods in the cluster store, bound to its lease so
 // they vanish with the node.
-func (a *Agent) startPodPublisher(ctx context.Context, c *Cluster) {
+func (a *Agent) startPodPublisher(g *group, c *Cluster) {
 	client := resources.Client{Store: c.o.Store}
 	a.publish = reconcile.New(publishDelay, func() error {
 		allocs, err := a.alloc.List()
 		if err != nil {
 			return err
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		return client.PublishPods(ctx, a.opts.NodeName, c.leaseID.Load(), podsFromAllocations(a.opts.NodeName, allocs))
 	}, func(err error) {
 		a.setProblem("pods", err)
@@ -74,6 +76,6 @@ func (a *Agent) startPodPublisher(ctx context.Context, c *Cluster) {
 		}
 	})
 	c.onLease = a.publish.Trigger
-	go a.publish.Run(ctx)
+	g.Loop("pod-publisher", a.publish.Run)
 	a.publish.Trigger()
 }

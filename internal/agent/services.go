@@ -31,6 +31,7 @@ type serviceProxy struct {
 	syncSeconds prometheus.Histogram
 	ports       prometheus.Gauge
 	endpoints   prometheus.Gauge
+	perService  *prometheus.GaugeVec
 	flushed     prometheus.Counter
 	last        proxy.State
 }
@@ -48,9 +49,12 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 		}),
 		ports:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_proxy_service_ports", Help: "Service ports (per address family) programmed on this node."}),
 		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_proxy_endpoints", Help: "Service endpoints known to this node's proxy."}),
+		perService: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_proxy_service_endpoints",
+			Help: "Backends this node sends new connections of a service port to, by service (namespace/name), port and family."},
+			[]string{"service", "port", "family"}),
 		flushed:   prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
 	}
-	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed)
+	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.perService)
 	p.loop = reconcile.New(proxyDelay, p.sync, report).
 		WithResync(30 * time.Second).
 		WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second})
@@ -101,6 +105,18 @@ func (p *serviceProxy) sync() error {
 	p.syncSeconds.Observe(time.Since(start).Seconds())
 	p.ports.Set(float64(st.Ports))
 	p.endpoints.Set(float64(st.Endpoints))
+	p.perService.Reset()
+	for _, port := range want.Ports {
+		fam := "IPv4"
+		if port.Is6() {
+			fam = "IPv6"
+		}
+		name := port.PortName
+		if name == "" {
+			name = fmt.Sprint(port.Port)
+		}
+		p.perService.WithLabelValues(port.Service, name, fam).Set(float64(len(port.Backends)))
+	}
 	return nil
 }
 

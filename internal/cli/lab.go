@@ -369,7 +369,7 @@ func labNodeName(l *lab.Lab, node string) (string, error) {
 // the lab's underlay namespace against its store. `add` is `create`.
 func newLabServiceCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "service add|ls|get|rm|endpoints ... [--name LAB]",
+		Use:   "service add|ls|get|rm|endpoints ... | programmed NODE [--name LAB]",
 		Short: "Services of a lab (the flags and JSON of weft service)", DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, rest, help := labNameArg(args)
@@ -378,6 +378,20 @@ func newLabServiceCmd() *cobra.Command {
 			}
 			if rest[0] == "add" {
 				rest[0] = "create"
+			}
+			if rest[0] == "programmed" { // read from a node's namespace, not the store
+				if len(rest) < 2 {
+					return usageErr("weft lab service programmed NODE")
+				}
+				l, err := lab.Load(name)
+				if err != nil {
+					return err
+				}
+				node, err := labNodeName(l, rest[1])
+				if err != nil {
+					return err
+				}
+				return l.WeftOnNode(node, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), append([]string{"service", "programmed"}, rest[2:]...)...)
 			}
 			return runInLab(cmd, name, append([]string{"service"}, rest...))
 		},

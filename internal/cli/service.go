@@ -18,6 +18,7 @@ import (
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/endpoints"
 	"github.com/weftnet/weft/internal/manifest"
+	"github.com/weftnet/weft/internal/proxy/nftproxy"
 	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store"
 	"github.com/weftnet/weft/internal/store/storeurl"
@@ -241,7 +242,33 @@ func newServiceCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(create, ls, get, rm, eps)
+	programmed := &cobra.Command{
+		Use: "programmed", Short: "What this node's kernel sends where (weft's service table, in this network namespace)", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ports, err := nftproxy.Programmed()
+			if err != nil {
+				return err
+			}
+			if sf.output == "json" {
+				return printJSON(cmd.OutOrStdout(), ports)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ADDRESS\tPROTOCOL\tBACKENDS")
+			for _, p := range ports {
+				what := strings.Join(p.Backends, ",")
+				if p.Verdict != "" {
+					what = p.Verdict
+				}
+				addr := p.Address
+				if p.NodePort {
+					addr = "node port " + strings.TrimPrefix(addr, ":")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", addr, p.Protocol, what)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.AddCommand(create, ls, get, rm, eps, programmed)
 	return cmd
 }
 

@@ -32,6 +32,17 @@ func (l *Lab) Weft(stdin io.Reader, stdout, stderr io.Writer, args ...string) er
 	return cmd.Run()
 }
 
+// WeftOnNode runs the weft CLI in a node's namespace (what that node's kernel holds).
+func (l *Lab) WeftOnNode(node string, stdin io.Reader, stdout, stderr io.Writer, args ...string) error {
+	n, err := l.node(node)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("nsenter", append([]string{"--net=" + n.Netns, "--", filepath.Join(l.opts.BinDir, "weft")}, args...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	return cmd.Run()
+}
+
 func (l *Lab) weftCmd(args ...string) *exec.Cmd {
 	argv := append([]string{"--net=" + l.State.Underlay, "--", filepath.Join(l.opts.BinDir, "weft")}, args...)
 	cmd := exec.Command("nsenter", argv...)
