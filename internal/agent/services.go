@@ -52,7 +52,7 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 		perService: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_proxy_service_endpoints",
 			Help: "Backends this node sends new connections of a service port to, by service (namespace/name), port and family."},
 			[]string{"service", "port", "family"}),
-		flushed:   prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
+		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
 	}
 	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.perService)
 	p.loop = reconcile.New(proxyDelay, p.sync, report).
