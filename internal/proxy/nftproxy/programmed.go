@@ -76,8 +76,8 @@ func Programmed() ([]ProgrammedPort, error) {
 			case ok && len(e.Val) >= alen+2:
 				ip, _ := netip.AddrFromSlice(e.Val[:alen])
 				p.Backends = append(p.Backends, netip.AddrPortFrom(ip, binary.BigEndian.Uint16(e.Val[alen:alen+2])).String())
-			case e.VerdictData != nil:
-				p.Verdict = verdictName(e.VerdictData.Chain, int(e.VerdictData.Kind))
+			case verdicts:
+				p.Verdict = verdictOf(s.Name)
 			}
 		}
 	}
@@ -120,14 +120,13 @@ func protoName(p byte) string {
 	return fmt.Sprint(p)
 }
 
-func verdictName(chain string, kind int) string {
+// verdictOf says what a verdict map's elements do (the library does not decode verdicts).
+func verdictOf(set string) string {
 	switch {
-	case chain == chainReject:
+	case strings.HasPrefix(set, "no-endpoint"):
 		return "reject (no endpoints)"
-	case chain != "":
-		return "affinity chain " + chain
-	case kind == 0:
-		return "drop (no local endpoints)"
+	case strings.HasPrefix(set, "affinity"):
+		return "ClientIP affinity (a chain per backend)"
 	}
-	return fmt.Sprint(kind)
+	return "drop (no local endpoints), or ClientIP affinity"
 }
