@@ -14,15 +14,19 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -71,14 +75,14 @@ func main() {
 		results[shape][metric] = v
 		fmt.Printf("%-16s %-28s %s\n", shape, metric, v)
 	}
-	lat := map[string]time.Duration{} // p50s for ratios
-
-	// Baseline: no rules.
-	t := mustTopo(tag + "b")
-	p50, p99 := latency(t, netip.MustParseAddrPort(serverIP+":8080"))
-	lat["none/direct"] = p50
-	record("no rules", "direct p50/p99", fmt.Sprintf("%v / %v", p50, p99))
-	t.down()
+	// The baseline, a topology with no rules at all, stays up for the whole run: every
+	// latency sample below is taken in rounds alternating with it, so a ratio compares
+	// two measurements of the same moment on this noisy machine.
+	base := mustTopo(tag + "b")
+	defer base.down()
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	go func() { <-stop; fail(errors.New("interrupted")) }()
 
 	for _, shape := range strings.Split(*shapes, ",") {
 		for _, n := range ns {
@@ -95,11 +99,12 @@ func main() {
 			record(shape, fmt.Sprintf("full load %d", n), full.Round(time.Millisecond).String())
 			record(shape, fmt.Sprintf("one change at %d", n), change.Round(100*time.Microsecond).String())
 			vip := netip.AddrPortFrom(vipOf(n-1), 80) // the last service: no early match
-			p50, p99 := latency(t, vip)
-			d50, d99 := latency(t, netip.MustParseAddrPort(serverIP+":8080"))
-			lat[fmt.Sprintf("%s/vip/%d", shape, n)], lat[fmt.Sprintf("%s/direct/%d", shape, n)] = p50, d50
-			record(shape, fmt.Sprintf("VIP p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.2fx)", p50, p99, ratio(p50, lat["none/direct"])))
-			record(shape, fmt.Sprintf("direct p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.2fx)", d50, d99, ratio(d50, lat["none/direct"])))
+			direct := netip.MustParseAddrPort(serverIP + ":8080")
+			samples := interleaved([]probeTarget{{t, vip}, {t, direct}, {base, direct}})
+			v, d, none := samples[0], samples[1], samples[2]
+			record(shape, fmt.Sprintf("VIP p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", v.p50, v.p99, ratio(v.p50, none.p50)))
+			record(shape, fmt.Sprintf("direct p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", d.p50, d.p99, ratio(d.p50, none.p50)))
+			record(shape, fmt.Sprintf("no rules p50/p99 at %d", n), fmt.Sprintf("%v / %v", none.p50, none.p99))
 			t.down()
 		}
 	}
@@ -128,8 +133,15 @@ func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 // active lists the topologies up, so a failure still removes them.
 var active []*topo
 
+// child is the loader running now (nft, iptables-restore), ended on failure.
+var child atomic.Pointer[os.Process]
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "svcbench:", err)
+	if p := child.Load(); p != nil {
+		_ = p.Kill()
+		_, _ = p.Wait()
+	}
 	for _, t := range active {
 		t.down()
 	}
@@ -216,13 +228,25 @@ func loadWeft(t *topo, n int) (full, change time.Duration, err error) {
 		return 0, 0, err
 	}
 	full = time.Since(start)
-	start = time.Now()
-	st, err := px.Sync(changed)
-	change = time.Since(start)
-	if err == nil && st.Changed != 1 {
-		err = fmt.Errorf("one endpoint change rewrote %d service ports", st.Changed)
+	// One endpoint of one service moves, back and forth: the median of 5.
+	var changes []time.Duration
+	for i := range 5 {
+		next := changed
+		if i%2 == 1 {
+			next = want
+		}
+		start = time.Now()
+		st, err := px.Sync(next)
+		changes = append(changes, time.Since(start))
+		if err != nil {
+			return 0, 0, err
+		}
+		if st.Changed != 1 {
+			return 0, 0, fmt.Errorf("one endpoint change rewrote %d service ports", st.Changed)
+		}
 	}
-	return full, change, err
+	sort.Slice(changes, func(i, j int) bool { return changes[i] < changes[j] })
+	return full, changes[2], nil
 }
 
 // loadNft writes kube-proxy's nftables-mode shape and loads it with `nft -f`; the change
@@ -372,25 +396,59 @@ func iptablesRules(b *strings.Builder, n, changed int, all bool) {
 func runTimed(nsPath string, input []byte, name string, args ...string) (time.Duration, error) {
 	cmd := exec.Command("nsenter", append([]string{"--net=" + nsPath, "--", name}, args...)...)
 	cmd.Stdin = strings.NewReader(string(input))
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
+	err := cmd.Start()
+	if err == nil {
+		child.Store(cmd.Process)
+		err = cmd.Wait()
+		child.Store(nil)
+	}
 	d := time.Since(start)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %v: %.400s", name, err, out)
+		return 0, fmt.Errorf("%s: %v: %.400s", name, err, out.String())
 	}
 	return d, nil
 }
 
-// latency opens conns connections from the client namespace to addr, each: connect, one
-// byte each way, close; it returns the p50 and p99.
-func latency(t *topo, addr netip.AddrPort) (p50, p99 time.Duration) {
-	samples := make([]time.Duration, 0, *conns)
+type probeTarget struct {
+	t    *topo
+	addr netip.AddrPort
+}
+
+type percentiles struct{ p50, p99 time.Duration }
+
+// interleaved measures new-connection latency (connect, one byte each way, close) to each
+// target in turn, in rounds of conns/20 connections, and returns each target's p50 and p99.
+func interleaved(targets []probeTarget) []percentiles {
+	const rounds = 20
+	per := max(*conns/rounds, 1)
+	samples := make([][]time.Duration, len(targets))
+	for _, tg := range targets { // warm up: neighbours, caches
+		connectLoop(tg, 50)
+	}
+	for range rounds {
+		for i, tg := range targets {
+			samples[i] = append(samples[i], connectLoop(tg, per)...)
+		}
+	}
+	out := make([]percentiles, len(targets))
+	for i, s := range samples {
+		sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
+		out[i] = percentiles{s[len(s)/2].Round(100 * time.Nanosecond), s[len(s)*99/100].Round(100 * time.Nanosecond)}
+	}
+	return out
+}
+
+func connectLoop(tg probeTarget, n int) []time.Duration {
+	out := make([]time.Duration, 0, n)
 	buf := make([]byte, 1)
-	err := probe.InNS(t.client, func() error {
+	err := probe.InNS(tg.t.client, func() error {
 		d := net.Dialer{Timeout: 2 * time.Second}
-		for range 100 + *conns { // the first 100 warm up
+		for range n {
 			start := time.Now()
-			c, err := d.Dial("tcp", addr.String())
+			c, err := d.Dial("tcp", tg.addr.String())
 			if err != nil {
 				return err
 			}
@@ -401,16 +459,14 @@ func latency(t *topo, addr netip.AddrPort) (p50, p99 time.Duration) {
 				return err
 			}
 			c.Close()
-			samples = append(samples, time.Since(start))
+			out = append(out, time.Since(start))
 		}
 		return nil
 	})
 	if err != nil {
-		fail(fmt.Errorf("latency to %s: %w", addr, err))
+		fail(fmt.Errorf("latency to %s: %w", tg.addr, err))
 	}
-	samples = samples[100:]
-	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
-	return samples[len(samples)/2].Round(100 * time.Nanosecond), samples[len(samples)*99/100].Round(100 * time.Nanosecond)
+	return out
 }
 
 // mustTopo builds client — node — server, routed through the node, with echo servers on
