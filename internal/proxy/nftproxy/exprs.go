@@ -81,6 +81,16 @@ func vipLookup(is6 bool, m string) []expr.Any {
 	)
 }
 
+// nodePortKeyLookup is `meta nfproto F meta l4proto . th dport vmap @m` (in the nodeports
+// chain, after the local-address check).
+func nodePortKeyLookup(m string, is6 bool) []expr.Any {
+	return append(family(is6),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m},
+	)
+}
+
 // nodePortLookup is `fib daddr type local ip daddr != loopback meta l4proto . th dport vmap @m`.
 func nodePortLookup(is6 bool, m string) []expr.Any {
 	return append(localNotLoopback(is6),
@@ -114,13 +124,13 @@ func markIsSet(bit uint32) []expr.Any {
 	}
 }
 
-func ctStateNewOnly() []expr.Any {
+// ctStateIsNew is `ct state new`.
+func ctStateIsNew() []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
-		&expr.Verdict{Kind: expr.VerdictReturn},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 	}
 }
 

@@ -222,6 +222,8 @@ const (
 	setHairpin6   = "hairpin6"
 
 	chainServices = "services"
+	chainCounts   = "service-counts" // the per-count rules of service addresses
+	chainNodePort = "nodeports"      // node ports (after one local-address check)
 	chainNoEP     = "no-endpoints"
 	chainReject   = "reject"
 )
@@ -326,7 +328,7 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	base := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) {
 		b.c.AddChain(&nftables.Chain{Name: name, Table: b.table, Type: typ, Hooknum: hook, Priority: prio})
 	}
-	for _, name := range []string{chainServices, chainNoEP, chainReject} {
+	for _, name := range []string{chainServices, chainCounts, chainNodePort, chainNoEP, chainReject} {
 		b.c.AddChain(b.chain(name))
 	}
 	base("nat-prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
@@ -340,17 +342,22 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	filterPrio := nftables.ChainPriority(-90) // after DNAT (-100)
 	base("filter-prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, &filterPrio)
 	base("filter-output", nftables.ChainTypeFilter, nftables.ChainHookOutput, &filterPrio)
-	b.rule("filter-prerouting", jump(chainNoEP))
-	b.rule("filter-output", jump(chainNoEP))
+	// Only new connections go on: an established one costs one conntrack-state test.
+	b.rule("filter-prerouting", append(ctStateIsNew(), jump(chainNoEP))...)
+	b.rule("filter-output", append(ctStateIsNew(), jump(chainNoEP))...)
 
 	b.rule("nat-prerouting", jump(chainServices))
 	b.rule("nat-output", jump(chainServices))
-	// The services chain: the affinity ports' and node ports' verdict maps here; one rule
-	// per backend count in use is added after them (see ports.go).
+	// The services chain, cheapest first: service addresses (one rule per backend count
+	// in use, in service-counts, see ports.go), affinity ports, then node ports behind a
+	// single local-address check.
+	b.rule(chainServices, jump(chainCounts))
 	b.rule(chainServices, vipLookup(false, mapAffinity4)...)
 	b.rule(chainServices, vipLookup(true, mapAffinity6)...)
-	b.rule(chainServices, nodePortLookup(false, mapNPVerdict4)...)
-	b.rule(chainServices, nodePortLookup(true, mapNPVerdict6)...)
+	b.rule(chainServices, append(localNotLoopback(false), jump(chainNodePort))...)
+	b.rule(chainServices, append(localNotLoopback(true), jump(chainNodePort))...)
+	b.rule(chainNodePort, nodePortKeyLookup(mapNPVerdict4, false)...)
+	b.rule(chainNodePort, nodePortKeyLookup(mapNPVerdict6, true)...)
 	b.rule("nat-postrouting", append(markIsSet(dataplane.MarkMasq), &expr.Masq{})...)
 	// Hairpin: a DNATed connection whose backend is its own client (source = destination)
 	// is masqueraded, so the answer comes back through the node.
@@ -359,7 +366,6 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	b.rule("raw-prerouting", append(endpointSource(false), setMark(dataplane.MarkTracked)...)...)
 	b.rule("raw-prerouting", append(endpointSource(true), setMark(dataplane.MarkTracked)...)...)
 
-	b.rule(chainNoEP, ctStateNewOnly()...)
 	b.rule(chainNoEP, vipLookup(false, mapNoEP4)...)
 	b.rule(chainNoEP, vipLookup(true, mapNoEP6)...)
 	b.rule(chainNoEP, nodePortLookup(false, mapNoEPNP4)...)

@@ -338,9 +338,9 @@ func (b *batch) ensureCountMap(m countMap) {
 	b.fail(b.c.AddSet(s, nil))
 	b.sets[m.name()] = s
 
-	family, protoReg := uint32(unix.NFPROTO_IPV4), uint32(9)
+	natFamily, protoReg := uint32(unix.NFPROTO_IPV4), uint32(9)
 	if m.is6 {
-		family, protoReg = unix.NFPROTO_IPV6, 12
+		natFamily, protoReg = unix.NFPROTO_IPV6, 12
 	}
 	var ex []expr.Any
 	if m.kind == "svc" {
@@ -351,8 +351,9 @@ func (b *batch) ensureCountMap(m countMap) {
 			&expr.Payload{DestRegister: next + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Numgen{Register: next + 2, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
 	} else {
-		// fib daddr type local, not loopback; meta l4proto . th dport . numgen random mod N
-		ex = append(localNotLoopback(m.is6),
+		// (in the nodeports chain, past the local-address check)
+		// meta l4proto . th dport . numgen random mod N
+		ex = append(family(m.is6),
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 8},
 			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Numgen{Register: 10, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
@@ -361,8 +362,12 @@ func (b *batch) ensureCountMap(m countMap) {
 	if m.kind == "npm" {
 		ex = append(ex, setMarkVia(16, dataplane.MarkMasq)...)
 	}
-	ex = append(ex, &expr.NAT{Type: expr.NATTypeDestNAT, Family: family, RegAddrMin: 1, RegProtoMin: protoReg, Specified: true})
-	b.rule(chainServices, ex...)
+	ex = append(ex, &expr.NAT{Type: expr.NATTypeDestNAT, Family: natFamily, RegAddrMin: 1, RegProtoMin: protoReg, Specified: true})
+	if m.kind == "svc" {
+		b.rule(chainCounts, ex...)
+	} else {
+		b.rule(chainNodePort, ex...)
+	}
 }
 
 func sameKeys(a, b map[string]proxy.Backend) bool {
