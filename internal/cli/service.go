@@ -150,10 +150,7 @@ func newServiceCmd() *cobra.Command {
 		Use: "get NAME", Short: "One service, as stored (with its allocated addresses and ports)", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return sf.withClient(func(ctx context.Context, c resources.Client) error {
-				s, err := c.GetService(ctx, namespace, args[0])
-				if errors.Is(err, store.ErrNotFound) {
-					return &ExitError{Code: 1, Err: fmt.Errorf("service %s/%s not found", namespace, args[0])}
-				}
+				s, err := getService(ctx, c, namespace, args[0])
 				if err != nil {
 					return err
 				}
@@ -196,10 +193,7 @@ func newServiceCmd() *cobra.Command {
 		Use: "endpoints NAME", Short: "A service's endpoints per port, from the pods of every node", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return sf.withClient(func(ctx context.Context, c resources.Client) error {
-				s, err := c.GetService(ctx, namespace, args[0])
-				if errors.Is(err, store.ErrNotFound) {
-					return &ExitError{Code: 1, Err: fmt.Errorf("service %s/%s not found", namespace, args[0])}
-				}
+				s, err := getService(ctx, c, namespace, args[0])
 				if err != nil {
 					return err
 				}
@@ -510,4 +504,13 @@ func sameSpec(have, want v1.Service) bool {
 	a, _ := json.Marshal(have)
 	b, _ := json.Marshal(want)
 	return string(a) == string(b)
+}
+
+// getService reads a service, or says it is not there (exit code 1).
+func getService(ctx context.Context, c resources.Client, namespace, name string) (v1.Service, error) {
+	s, err := c.GetService(ctx, namespace, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return s, &ExitError{Code: 1, Err: fmt.Errorf("service %s/%s not found", namespace, name)}
+	}
+	return s, err
 }

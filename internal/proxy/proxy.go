@@ -214,26 +214,3 @@ func (p *Port) Equal(q *Port) bool {
 	}
 	return true
 }
-
-// Removed lists the backends of old that new no longer has, per protocol: their flows
-// are cleared from conntrack so clients move at once (UDP) or get a reset (TCP).
-func Removed(old, new State) []Key {
-	keep := map[Key]bool{}
-	for _, p := range new.Ports {
-		for _, b := range append(append([]Backend(nil), p.Backends...), p.NodePortBackends...) {
-			keep[Key{IP: b.IP, Proto: p.Proto, Port: b.Port}] = true
-		}
-	}
-	var out []Key
-	seen := map[Key]bool{}
-	for _, p := range old.Ports {
-		for _, b := range append(append([]Backend(nil), p.Backends...), p.NodePortBackends...) {
-			k := Key{IP: b.IP, Proto: p.Proto, Port: b.Port}
-			if !keep[k] && !seen[k] {
-				seen[k] = true
-				out = append(out, k)
-			}
-		}
-	}
-	return out
-}

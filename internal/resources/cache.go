@@ -180,12 +180,7 @@ func kindOf(key string) Kind {
 
 // Pods returns every pod, sorted by namespace, name and container ID.
 func (c *Cache) Pods() []v1.Pod {
-	c.mu.RLock()
-	out := make([]v1.Pod, 0, len(c.pods))
-	for _, p := range c.pods {
-		out = append(out, p)
-	}
-	c.mu.RUnlock()
+	out := values(c, c.pods)
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
 		if a.Namespace != b.Namespace {
@@ -201,24 +196,25 @@ func (c *Cache) Pods() []v1.Pod {
 
 // Services returns every service, sorted by namespace/name.
 func (c *Cache) Services() []v1.Service {
-	c.mu.RLock()
-	out := make([]v1.Service, 0, len(c.services))
-	for _, s := range c.services {
-		out = append(out, s)
-	}
-	c.mu.RUnlock()
+	out := values(c, c.services)
 	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
 	return out
 }
 
 // Nodes returns every registered node, sorted by name.
 func (c *Cache) Nodes() []v1.Node {
-	c.mu.RLock()
-	out := make([]v1.Node, 0, len(c.nodes))
-	for _, n := range c.nodes {
-		out = append(out, n)
-	}
-	c.mu.RUnlock()
+	out := values(c, c.nodes)
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// values copies a map's values under the cache's read lock.
+func values[T any](c *Cache, m map[string]T) []T {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]T, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
 	return out
 }

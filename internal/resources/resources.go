@@ -97,17 +97,22 @@ func (c Client) PublishPods(ctx context.Context, node string, lease int64, pods 
 
 // ListPods returns every published pod of the cluster.
 func (c Client) ListPods(ctx context.Context) ([]v1.Pod, error) {
-	kvs, _, err := c.Store.List(ctx, PodsPrefix)
+	return listAs[v1.Pod](ctx, c.Store, PodsPrefix)
+}
+
+// listAs decodes every value under prefix as a T.
+func listAs[T any](ctx context.Context, s store.Store, prefix string) ([]T, error) {
+	kvs, _, err := s.List(ctx, prefix)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]v1.Pod, 0, len(kvs))
+	out := make([]T, 0, len(kvs))
 	for _, kv := range kvs {
-		var p v1.Pod
-		if err := json.Unmarshal(kv.Value, &p); err != nil {
+		var v T
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
 			return nil, fmt.Errorf("%s: %w", kv.Key, err)
 		}
-		out = append(out, p)
+		out = append(out, v)
 	}
 	return out, nil
 }
@@ -127,19 +132,7 @@ func (c Client) GetService(ctx context.Context, namespace, name string) (v1.Serv
 
 // ListServices returns every service.
 func (c Client) ListServices(ctx context.Context) ([]v1.Service, error) {
-	kvs, _, err := c.Store.List(ctx, ServicesPrefix)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]v1.Service, 0, len(kvs))
-	for _, kv := range kvs {
-		var s v1.Service
-		if err := json.Unmarshal(kv.Value, &s); err != nil {
-			return nil, fmt.Errorf("%s: %w", kv.Key, err)
-		}
-		out = append(out, s)
-	}
-	return out, nil
+	return listAs[v1.Service](ctx, c.Store, ServicesPrefix)
 }
 
 // DeleteService removes a service and frees its ClusterIPs and node ports in the same

@@ -390,29 +390,20 @@ const elementsPerMessage = 256
 
 // addElements and delElements send els to s in messages of at most elementsPerMessage.
 func (b *batch) addElements(s *nftables.Set, els []nftables.SetElement) {
-	for len(els) > 0 {
-		n := min(len(els), elementsPerMessage)
-		b.elements += n
-		b.fail(b.c.SetAddElements(s, els[:n]))
-		els = els[n:]
-	}
+	b.chunked(b.c.SetAddElements, s, els)
 }
 
 func (b *batch) delElements(s *nftables.Set, els []nftables.SetElement) {
+	b.chunked(b.c.SetDeleteElements, s, els)
+}
+
+func (b *batch) chunked(send func(*nftables.Set, []nftables.SetElement) error, s *nftables.Set, els []nftables.SetElement) {
 	for len(els) > 0 {
 		n := min(len(els), elementsPerMessage)
 		b.elements += n
-		b.fail(b.c.SetDeleteElements(s, els[:n]))
+		b.fail(send(s, els[:n]))
 		els = els[n:]
 	}
-}
-
-// addSet creates s with els, sending the elements in bounded messages.
-func (b *batch) addSet(s *nftables.Set, els []nftables.SetElement) {
-	n := min(len(els), elementsPerMessage)
-	b.elements += n
-	b.fail(b.c.AddSet(s, els[:n]))
-	b.addElements(s, els[n:])
 }
 
 // endpoints makes the endpoint and hairpin sets hold want (old: what they hold now). Both
