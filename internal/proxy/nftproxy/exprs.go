@@ -91,15 +91,6 @@ func nodePortKeyLookup(m string, is6 bool) []expr.Any {
 	)
 }
 
-// nodePortLookup is `fib daddr type local ip daddr != loopback meta l4proto . th dport vmap @m`.
-func nodePortLookup(is6 bool, m string) []expr.Any {
-	return append(localNotLoopback(is6),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m},
-	)
-}
-
 // endpointSource is `ip saddr . meta l4proto . th sport @endpoints`.
 func endpointSource(is6 bool) []expr.Any {
 	protoReg, portReg, set := uint32(9), uint32(10), setEndpoints4
@@ -120,16 +111,6 @@ func markIsSet(bit uint32) []expr.Any {
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(bit), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	}
-}
-
-// ctStateIsNew is `ct state new`.
-func ctStateIsNew() []expr.Any {
-	return []expr.Any{
-		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 	}
 }

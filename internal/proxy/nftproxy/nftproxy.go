@@ -6,7 +6,7 @@
 //   - a chain per service port and family: hairpin mark, ClientIP affinity (per-backend
 //     dynamic sets with a timeout), then `dnat to numgen random mod N map {...}`;
 //   - services without endpoints are in a second pair of maps whose verdict rejects new
-//     connections at once (TCP reset, ICMP port unreachable) in prerouting and output;
+//     connections at once (TCP reset, ICMP port unreachable) from the nat chain itself;
 //   - a set of every service endpoint: packets from one are marked at raw priority so
 //     weft-nat's pod-to-pod notrack leaves them to conntrack (their reverse NAT).
 //
@@ -224,7 +224,6 @@ const (
 	chainServices = "services"
 	chainCounts   = "service-counts" // the per-count rules of service addresses
 	chainNodePort = "nodeports"      // node ports (after one local-address check)
-	chainNoEP     = "no-endpoints"
 	chainReject   = "reject"
 )
 
@@ -328,7 +327,7 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	base := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) {
 		b.c.AddChain(&nftables.Chain{Name: name, Table: b.table, Type: typ, Hooknum: hook, Priority: prio})
 	}
-	for _, name := range []string{chainServices, chainCounts, chainNodePort, chainNoEP, chainReject} {
+	for _, name := range []string{chainServices, chainCounts, chainNodePort, chainReject} {
 		b.c.AddChain(b.chain(name))
 	}
 	base("nat-prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
@@ -336,28 +335,24 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	base("nat-postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
 	raw := nftables.ChainPriority(dataplane.PriorityServicesRaw)
 	base("raw-prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, &raw)
-	// Connections to a service without endpoints are refused where they enter: in
-	// prerouting (before routing, which may have no route for a VIP and drop it
-	// silently) and in output for the node's own.
-	filterPrio := nftables.ChainPriority(-90) // after DNAT (-100)
-	base("filter-prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, &filterPrio)
-	base("filter-output", nftables.ChainTypeFilter, nftables.ChainHookOutput, &filterPrio)
-	// Only new connections go on: an established one costs one conntrack-state test.
-	b.rule("filter-prerouting", append(ctStateIsNew(), jump(chainNoEP))...)
-	b.rule("filter-output", append(ctStateIsNew(), jump(chainNoEP))...)
-
 	b.rule("nat-prerouting", jump(chainServices))
 	b.rule("nat-output", jump(chainServices))
-	// The services chain, cheapest first: service addresses (one rule per backend count
-	// in use, in service-counts, see ports.go), affinity ports, then node ports behind a
+	// The services chain (nat: the first packet of a connection only), cheapest first:
+	// service addresses (one rule per backend count in use, in service-counts, see
+	// ports.go), affinity ports, services without endpoints (refused here, before routing,
+	// which may have no route for a VIP and drop it silently), then node ports behind a
 	// single local-address check.
 	b.rule(chainServices, jump(chainCounts))
 	b.rule(chainServices, vipLookup(false, mapAffinity4)...)
 	b.rule(chainServices, vipLookup(true, mapAffinity6)...)
+	b.rule(chainServices, vipLookup(false, mapNoEP4)...)
+	b.rule(chainServices, vipLookup(true, mapNoEP6)...)
 	b.rule(chainServices, append(localNotLoopback(false), jump(chainNodePort))...)
 	b.rule(chainServices, append(localNotLoopback(true), jump(chainNodePort))...)
 	b.rule(chainNodePort, nodePortKeyLookup(mapNPVerdict4, false)...)
 	b.rule(chainNodePort, nodePortKeyLookup(mapNPVerdict6, true)...)
+	b.rule(chainNodePort, nodePortKeyLookup(mapNoEPNP4, false)...)
+	b.rule(chainNodePort, nodePortKeyLookup(mapNoEPNP6, true)...)
 	b.rule("nat-postrouting", append(markIsSet(dataplane.MarkMasq), &expr.Masq{})...)
 	// Hairpin: a DNATed connection whose backend is its own client (source = destination)
 	// is masqueraded, so the answer comes back through the node.
@@ -366,10 +361,6 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	b.rule("raw-prerouting", append(endpointSource(false), setMark(dataplane.MarkTracked)...)...)
 	b.rule("raw-prerouting", append(endpointSource(true), setMark(dataplane.MarkTracked)...)...)
 
-	b.rule(chainNoEP, vipLookup(false, mapNoEP4)...)
-	b.rule(chainNoEP, vipLookup(true, mapNoEP6)...)
-	b.rule(chainNoEP, nodePortLookup(false, mapNoEPNP4)...)
-	b.rule(chainNoEP, nodePortLookup(true, mapNoEPNP6)...)
 	b.rule(chainReject,
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
