@@ -100,6 +100,10 @@ func main() {
 			record(shape, fmt.Sprintf("one change at %d", n), change.Round(100*time.Microsecond).String())
 			vip := netip.AddrPortFrom(vipOf(n-1), 80) // the last service: no early match
 			direct := netip.MustParseAddrPort(serverIP + ":8080")
+			_ = vip
+			if strings.HasPrefix(shape, "empty") {
+				vip = direct // nothing to reach through a VIP
+			}
 			samples := interleaved([]probeTarget{{t, vip}, {t, direct}, {base, direct}})
 			v, d, none := samples[0], samples[1], samples[2]
 			record(shape, fmt.Sprintf("VIP p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", v.p50, v.p99, ratio(v.p50, none.p50)))
@@ -176,6 +180,11 @@ func load(t *topo, shape string, n int) (full, change time.Duration, err error) 
 		return loadNft(t, n)
 	case "iptables-legacy", "iptables-nft":
 		return loadIptables(t, strings.TrimPrefix(shape, "iptables-"), n)
+	case "empty-ip", "empty-inet":
+		// Reference points: a NAT hook and nothing else (conntrack on), by family.
+		fam := strings.TrimPrefix(shape, "empty-")
+		d, err := runTimed(t.node, []byte("table "+fam+" x {\n chain p { type nat hook prerouting priority dstnat; }\n chain o { type nat hook postrouting priority srcnat; }\n}\n"), "nft", "-f", "-")
+		return d, 0, err
 	}
 	return 0, 0, fmt.Errorf("unknown shape %q", shape)
 }
