@@ -1,0 +1,283 @@
+package dns
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// Server answers the cluster domain from the current Records and forwards every other
+// name to the upstream resolvers through a cache. It answers only clients in Allowed
+// (the pod networks and the node): never an open resolver.
+type Server struct {
+	Allowed   []netip.Prefix
+	Upstreams []string // host:port
+	// OnQuery, if set, hears every answered query (for metrics): type, rcode, cached.
+	OnQuery func(qtype uint16, rcode int, cached bool)
+	// OnRefused, if set, hears a refused client (rate-limited logging is the caller's).
+	OnRefused func(client netip.Addr)
+
+	records atomic.Pointer[Records]
+	cache   cache
+}
+
+// SetRecords swaps in a new snapshot of the zone.
+func (s *Server) SetRecords(r *Records) { s.records.Store(r) }
+
+// Records returns the current snapshot.
+func (s *Server) Records() *Records { return s.records.Load() }
+
+// ServeDNS implements mdns.Handler.
+func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
+	client := addrOf(w.RemoteAddr())
+	if !s.allowed(client) {
+		if s.OnRefused != nil {
+			s.OnRefused(client)
+		}
+		m := new(mdns.Msg)
+		m.SetRcode(req, mdns.RcodeRefused)
+		_ = w.WriteMsg(m)
+		return
+	}
+	m, cached := s.Resolve(req)
+	if s.OnQuery != nil && len(req.Question) == 1 {
+		s.OnQuery(req.Question[0].Qtype, m.Rcode, cached)
+	}
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		size := mdns.MinMsgSize
+		if o := req.IsEdns0(); o != nil {
+			size = int(max(o.UDPSize(), mdns.MinMsgSize))
+		}
+		m.Truncate(size) // the client retries over TCP
+	}
+	_ = w.WriteMsg(m)
+}
+
+// Resolve answers req: the zone's own names authoritatively, anything else through the
+// cache and the upstreams. It reports whether the answer came from the cache.
+func (s *Server) Resolve(req *mdns.Msg) (*mdns.Msg, bool) {
+	if len(req.Question) != 1 || req.Opcode != mdns.OpcodeQuery {
+		m := new(mdns.Msg)
+		m.SetRcode(req, mdns.RcodeFormatError)
+		return m, false
+	}
+	if r := s.records.Load(); r != nil {
+		if m, ok := r.Answer(req); ok {
+			setEDNS(req, m)
+			return m, false
+		}
+	}
+	m, cached := s.cache.get(req, s.forward)
+	setEDNS(req, m)
+	return m, cached
+}
+
+func setEDNS(req, m *mdns.Msg) {
+	if o := req.IsEdns0(); o != nil && m.IsEdns0() == nil {
+		m.SetEdns0(max(o.UDPSize(), mdns.MinMsgSize), false)
+	}
+}
+
+// forward asks the upstreams in turn; SERVFAIL when none answers.
+func (s *Server) forward(q mdns.Question) *mdns.Msg {
+	req := new(mdns.Msg)
+	req.SetQuestion(q.Name, q.Qtype)
+	req.Question[0].Qclass = q.Qclass
+	req.RecursionDesired = true
+	req.SetEdns0(4096, false)
+	for _, up := range s.Upstreams {
+		c := &mdns.Client{Net: "udp", Timeout: 2 * time.Second}
+		m, _, err := c.Exchange(req, up)
+		if err == nil && m.Truncated {
+			c.Net = "tcp"
+			m, _, err = c.Exchange(req, up)
+		}
+		if err == nil && m != nil {
+			return m
+		}
+	}
+	m := new(mdns.Msg)
+	m.SetRcode(req, mdns.RcodeServerFailure)
+	return m
+}
+
+func (s *Server) allowed(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	for _, p := range s.Allowed {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	switch v := a.(type) {
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(v.IP)
+		return ip.Unmap()
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(v.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}
+
+// ListenAndServe serves UDP and TCP on addr until ctx ends.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	servers := []*mdns.Server{
+		{Addr: addr, Net: "udp", Handler: s, ReusePort: true},
+		{Addr: addr, Net: "tcp", Handler: s, ReusePort: true},
+	}
+	errc := make(chan error, len(servers))
+	started := make(chan struct{}, len(servers))
+	for _, srv := range servers {
+		srv.NotifyStartedFunc = func() { started <- struct{}{} }
+		go func() { errc <- srv.ListenAndServe() }()
+	}
+	for range servers {
+		select {
+		case <-started:
+		case err := <-errc:
+			for _, srv := range servers {
+				_ = srv.Shutdown()
+			}
+			return err
+		}
+	}
+	<-ctx.Done()
+	for _, srv := range servers {
+		_ = srv.ShutdownContext(context.Background())
+	}
+	return nil
+}
+
+// cache keeps upstream answers for their TTL (negative ones for the SOA's minimum, and a
+// failure for a few seconds), bounded in size, and makes concurrent identical questions
+// share one upstream query.
+type cache struct {
+	mu       sync.Mutex
+	entries  map[mdns.Question]cacheEntry
+	inflight map[mdns.Question]*call
+}
+
+type cacheEntry struct {
+	msg     *mdns.Msg
+	expires time.Time
+}
+
+type call struct {
+	done chan struct{}
+	msg  *mdns.Msg
+}
+
+const (
+	cacheMax     = 10000
+	failureTTL   = 2 * time.Second
+	maxCachedTTL = 300 * time.Second
+)
+
+func (c *cache) get(req *mdns.Msg, fetch func(mdns.Question) *mdns.Msg) (*mdns.Msg, bool) {
+	q := req.Question[0]
+	q.Name = strings.ToLower(q.Name)
+	now := time.Now()
+	c.mu.Lock()
+	if c.entries == nil {
+		c.entries, c.inflight = map[mdns.Question]cacheEntry{}, map[mdns.Question]*call{}
+	}
+	if e, ok := c.entries[q]; ok && now.Before(e.expires) {
+		c.mu.Unlock()
+		return reply(req, e.msg, e.expires.Sub(now)), true
+	}
+	if cl, ok := c.inflight[q]; ok { // coalesce identical questions in flight
+		c.mu.Unlock()
+		<-cl.done
+		return reply(req, cl.msg, 0), true
+	}
+	cl := &call{done: make(chan struct{})}
+	c.inflight[q] = cl
+	c.mu.Unlock()
+
+	cl.msg = fetch(q)
+	close(cl.done)
+	ttl := cacheTTL(cl.msg)
+	c.mu.Lock()
+	delete(c.inflight, q)
+	if ttl > 0 {
+		if len(c.entries) >= cacheMax {
+			c.evict(now)
+		}
+		c.entries[q] = cacheEntry{msg: cl.msg, expires: now.Add(ttl)}
+	}
+	c.mu.Unlock()
+	return reply(req, cl.msg, 0), false
+}
+
+// evict drops the expired entries, then any others, down to 90 % of the bound.
+func (c *cache) evict(now time.Time) {
+	for k, e := range c.entries {
+		if now.After(e.expires) {
+			delete(c.entries, k)
+		}
+	}
+	for k := range c.entries {
+		if len(c.entries) < cacheMax*9/10 {
+			return
+		}
+		delete(c.entries, k)
+	}
+}
+
+// cacheTTL is how long an upstream answer may be kept.
+func cacheTTL(m *mdns.Msg) time.Duration {
+	switch m.Rcode {
+	case mdns.RcodeServerFailure:
+		return failureTTL
+	case mdns.RcodeSuccess, mdns.RcodeNameError:
+	default:
+		return 0
+	}
+	ttl := maxCachedTTL
+	rrs := m.Answer
+	if len(rrs) == 0 { // negative: the SOA's minimum bounds it
+		for _, rr := range m.Ns {
+			if soa, ok := rr.(*mdns.SOA); ok {
+				ttl = min(ttl, time.Duration(min(soa.Minttl, soa.Hdr.Ttl))*time.Second)
+			}
+		}
+		if ttl == maxCachedTTL {
+			ttl = 30 * time.Second
+		}
+	}
+	for _, rr := range rrs {
+		ttl = min(ttl, time.Duration(rr.Header().Ttl)*time.Second)
+	}
+	return ttl
+}
+
+// reply answers req with a cached message, the TTLs lowered by the time it was kept.
+func reply(req, cached *mdns.Msg, left time.Duration) *mdns.Msg {
+	m := cached.Copy()
+	m.Id = req.Id
+	m.Question = req.Question
+	m.RecursionDesired = req.RecursionDesired
+	if left > 0 {
+		secs := uint32(left / time.Second)
+		for _, rrs := range [][]mdns.RR{m.Answer, m.Ns, m.Extra} {
+			for _, rr := range rrs {
+				if h := rr.Header(); h.Rrtype != mdns.TypeOPT && h.Ttl > secs {
+					h.Ttl = secs
+				}
+			}
+		}
+	}
+	return m
+}
