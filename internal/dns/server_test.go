@@ -161,7 +161,6 @@ func TestTruncationOverUDP(t *testing.T) {
 	}
 }
 
-
 func TestListenAndServe(t *testing.T) {
 	s := &Server{}
 	s.SetRecords(zone())
