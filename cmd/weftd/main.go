@@ -6,11 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+
+	mdns "github.com/miekg/dns"
 
 	"github.com/weftnet/weft/internal/agent"
 	"github.com/weftnet/weft/internal/config"
@@ -27,10 +30,10 @@ func main() {
 
 // flags are weftd's command-line settings.
 type flags struct {
-	configFile, stateDir, runDir, bpfDir, proxy, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
-	store, underlayDev, etcdCA, etcdCert, etcdKey                                                      string
-	mtu                                                                                                int
-	masquerade, sysctls, fastpath, preflight                                                           bool
+	configFile, stateDir, runDir, bpfDir, proxy, dnsUpstream, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
+	store, underlayDev, etcdCA, etcdCert, etcdKey                                                                   string
+	mtu                                                                                                             int
+	masquerade, sysctls, fastpath, preflight                                                                        bool
 }
 
 func run(args []string) error {
@@ -41,6 +44,7 @@ func run(args []string) error {
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/weft", "directory of the node store")
 	fs.StringVar(&f.runDir, "run-dir", "/run/weft", "directory of the socket and node contract")
 	fs.StringVar(&f.proxy, "proxy", "nftables", "cluster mode: the service proxy, nftables or none")
+	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "cluster mode: where the node's DNS forwards other names, HOST:PORT,... (default: the nameservers of /etc/resolv.conf; none: do not forward)")
 	fs.StringVar(&f.bpfDir, "bpf-dir", "", "bpffs where the fast path pins its tcx links (mounted if needed; default RUN_DIR/bpf)")
 	fs.StringVar(&f.podCIDR, "pod-cidr", "", "the node's pod CIDR(s), comma separated (one IPv4 and/or one IPv6)")
 	fs.StringVar(&f.clusterCIDR, "cluster-cidr", "", "the whole cluster's pod CIDR(s), comma separated: traffic between them is not NATed")
@@ -81,7 +85,7 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	opts := agent.Options{
-		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, Proxy: f.proxy, PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
+		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, Proxy: f.proxy, DNSUpstreams: dnsUpstreams(f.dnsUpstream), PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
 		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Preflight: f.preflight, Log: log,
 	}
 	if f.store != "" {
@@ -173,4 +177,32 @@ func (f *flags) applyFile(fs *flag.FlagSet) error {
 		f.fastpath = *file.Fastpath
 	}
 	return nil
+}
+
+// dnsUpstreams reads --dns-upstream: a list, "none", or "" for the host's resolv.conf.
+func dnsUpstreams(flag string) []string {
+	switch flag {
+	case "none":
+		return nil
+	case "":
+		cc, err := mdns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil
+		}
+		var out []string
+		for _, s := range cc.Servers {
+			out = append(out, net.JoinHostPort(s, cc.Port))
+		}
+		return out
+	}
+	var out []string
+	for _, s := range strings.Split(flag, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			if _, _, err := net.SplitHostPort(s); err != nil {
+				s = net.JoinHostPort(s, "53")
+			}
+			out = append(out, s)
+		}
+	}
+	return out
 }

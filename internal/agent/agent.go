@@ -41,6 +41,7 @@ type Options struct {
 	Fastpath      bool     // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
 	BPFDir        string   // weftd's own bpffs for pinned tcx links; "": RunDir/bpf
 	Proxy         string   // service proxy in cluster mode: "nftables" (default) or "none"
+	DNSUpstreams  []string // where the node's DNS server forwards other names (host:port); none: it does not
 	Preflight     bool     // refuse to start when a pod CIDR overlaps the node's addresses or routes
 	Cluster       *Cluster // cluster membership (lease, fabric); nil on a single host
 	Masquerade    bool
@@ -50,13 +51,15 @@ type Options struct {
 
 // Agent is a running weftd.
 type Agent struct {
-	opts    Options
-	store   *boltstore.Store
-	alloc   *ipam.Allocator
-	metrics *metrics
-	reaper  *reconcile.Loop // deletes retired veths (see podnet.Retire)
-	fast    *fastpathSync   // nil when the fast path is off or unavailable
-	publish *reconcile.Loop // this node's pods into the cluster store; nil on a single host
+	opts      Options
+	store     *boltstore.Store
+	alloc     *ipam.Allocator
+	metrics   *metrics
+	reaper    *reconcile.Loop // deletes retired veths (see podnet.Retire)
+	fast      *fastpathSync   // nil when the fast path is off or unavailable
+	publish   *reconcile.Loop // this node's pods into the cluster store; nil on a single host
+	dnsAddrs  []netip.Addr    // the cluster DNS addresses this node answers on
+	dnsDomain string
 
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
@@ -149,7 +152,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if c := a.opts.Cluster; c != nil {
 		contract.Fabric = c.Config().Fabric
 		a.startPodPublisher(g, c)
-		a.startServiceProxy(g, c)
+		cache := resources.NewCache(c.o.Store)
+		g.Go("cache", cache.Run)
+		a.startServiceProxy(g, cache)
+		a.startDNS(g, c, cache)
+		if len(a.dnsAddrs) > 0 {
+			contract.DNSServers, contract.DNSDomain = a.dnsAddrs, a.dnsDomain
+		}
 		g.Go("cluster", c.Run)
 	}
 	for _, s := range a.NodeSets() {
@@ -262,7 +271,7 @@ func (a *Agent) startFastpath(g *group) {
 
 // startServiceProxy runs the shared cache of the cluster's resources and the service
 // proxy that reads it.
-func (a *Agent) startServiceProxy(g *group, c *Cluster) {
+func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) {
 	if a.opts.Proxy == "none" {
 		if nftproxy.TableExists() {
 			_ = nftproxy.Delete()
@@ -276,8 +285,6 @@ func (a *Agent) startServiceProxy(g *group, c *Cluster) {
 			a.opts.Log.Error("service proxy: same-node replies in bridge mode will not be translated", "err", err)
 		}
 	}
-	cache := resources.NewCache(c.o.Store)
-	g.Go("cache", cache.Run)
 	var fp *fastpath.Fastpath
 	if a.fast != nil {
 		fp = a.fast.fp

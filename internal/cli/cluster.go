@@ -63,7 +63,8 @@ func newClusterCmd() *cobra.Command {
 			b, _ := json.Marshal(cfg)
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			if _, err := st.Txn(ctx, []store.Cond{{Key: resources.ConfigKey}}, []store.Op{{Key: resources.ConfigKey, Value: b}}); err != nil {
+			ops := append([]store.Op{{Key: resources.ConfigKey, Value: b}}, resources.DNSClaims(cfg.ServiceCIDRs)...)
+			if _, err := st.Txn(ctx, []store.Cond{{Key: resources.ConfigKey}}, ops); err != nil {
 				if errors.Is(err, store.ErrConflict) {
 					return &ExitError{Code: 1, Err: fmt.Errorf("the cluster is already initialised (%s exists)", resources.ConfigKey)}
 				}

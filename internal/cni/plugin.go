@@ -107,7 +107,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrTryAgainLater, "configure pod interface: "+err.Error(), "")
 	}
 	defer pt.mark("print")
-	return types.PrintResult(buildResult(conf, got.addrs, res, conf.Mode == config.ModePTP), conf.CNIVersion)
+	result := buildResult(conf, got.addrs, res, conf.Mode == config.ModePTP)
+	if len(result.DNS.Nameservers) == 0 && len(result.DNS.Search) == 0 {
+		result.DNS = clusterDNS(node, env["K8S_POD_NAMESPACE"])
+	}
+	return types.PrintResult(result, conf.CNIVersion)
 }
 
 // ipamOutcome is what address allocation produced, and how to undo it.

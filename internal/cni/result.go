@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"github.com/weftnet/weft/internal/cniapi"
 	"net"
 	"net/netip"
 
@@ -37,6 +38,22 @@ func buildResult(conf *config.NetConf, alloc []ipam.IPConfig, res podnet.Result,
 	}
 	r.DNS = resultDNS(conf)
 	return r
+}
+
+// clusterDNS is the default dns of a pod on a node that serves the cluster domain: the
+// node's DNS addresses and Kubernetes' search path for the pod's namespace.
+func clusterDNS(node *cniapi.NodeContract, namespace string) types.DNS {
+	if node == nil || len(node.DNSServers) == 0 || node.DNSDomain == "" {
+		return types.DNS{}
+	}
+	if namespace == "" {
+		namespace = "default"
+	}
+	d := types.DNS{Search: []string{namespace + ".svc." + node.DNSDomain, "svc." + node.DNSDomain, node.DNSDomain}, Options: []string{"ndots:5"}}
+	for _, a := range node.DNSServers {
+		d.Nameservers = append(d.Nameservers, a.String())
+	}
+	return d
 }
 
 // resultDNS merges the config's dns with the runtime's dns capability; the runtime wins.

@@ -21,6 +21,10 @@ type NodeContract struct {
 	MTU      int            `json:"mtu"`
 	Fabric   string         `json:"fabric"`
 	Socket   string         `json:"socket"`
+	// The cluster DNS this node answers on, and its domain: pods get them in the CNI
+	// result (resolv.conf) unless the network config or the runtime says otherwise.
+	DNSServers []netip.Addr `json:"dnsServers,omitempty"`
+	DNSDomain  string       `json:"dnsDomain,omitempty"`
 }
 
 // ErrNoContract means weftd has not (yet) published the node contract.

@@ -194,7 +194,7 @@ func (l *Lab) startWeftd(n *Node) error {
 	// address.
 	cmd := exec.Command("nsenter", "--net="+nsPath, "--", filepath.Join(l.opts.BinDir, "weftd"),
 		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--store", l.State.Store, "--underlay-dev", "uplink",
-		"--metrics-addr", MetricsAddr)
+		"--metrics-addr", MetricsAddr, "--dns-upstream", "none") // a lab never forwards outside its namespaces
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals
 	if err := cmd.Start(); err != nil {

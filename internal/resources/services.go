@@ -181,3 +181,28 @@ func bigClamp(v *big.Int, lo, hi int64) *big.Int {
 	}
 	return v
 }
+
+// DNSService is who the cluster DNS addresses belong to in the store.
+const DNSService = "kube-system/kube-dns"
+
+// DNSAddrs are the cluster DNS addresses: the 10th address of each service CIDR, as in
+// Kubernetes. Every node answers them itself (weftd binds them to its loopback).
+func DNSAddrs(serviceCIDRs []netip.Prefix) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range serviceCIDRs {
+		if a, ok := netcalc.Add(p.Masked().Addr(), 10); ok && p.Contains(a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// DNSClaims are the store writes that reserve the cluster DNS addresses, so no service is
+// given one (part of `weft cluster init`'s transaction).
+func DNSClaims(serviceCIDRs []netip.Prefix) []store.Op {
+	var ops []store.Op
+	for _, a := range DNSAddrs(serviceCIDRs) {
+		ops = append(ops, store.Op{Key: serviceIPKey(a), Value: []byte(DNSService)})
+	}
+	return ops
+}
