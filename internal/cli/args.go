@@ -28,3 +28,12 @@ func minArgs(n int) cobra.PositionalArgs {
 		return nil
 	}
 }
+
+func rangeArgs(lo, hi int) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) < lo || len(args) > hi {
+			return usageErr("want %d to %d argument(s), got %d", lo, hi, len(args))
+		}
+		return nil
+	}
+}

@@ -240,7 +240,7 @@ func newLabCmd() *cobra.Command {
 	restart.Flags().BoolVar(&kill, "kill", false, "SIGKILL instead of SIGTERM")
 	nodeCmd.AddCommand(restart)
 
-	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd())
+	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd(), newLabDNSCmd())
 	return labCmd
 }
 
@@ -444,4 +444,47 @@ func labNameArg(args []string) (name string, rest []string, help bool) {
 		}
 	}
 	return name, rest, help
+}
+
+// newLabDNSCmd is `weft dns` pointed at a lab: `query NAME [TYPE] --node N` asks that
+// node's server from the node itself; `records` reads the lab's store.
+func newLabDNSCmd() *cobra.Command {
+	return &cobra.Command{
+		Use: "dns query NAME [TYPE] --node N | records [--name LAB]", Short: "The lab's cluster DNS (as weft dns)", DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, rest, help := labNameArg(args)
+			if help || len(rest) == 0 {
+				return cmd.Help()
+			}
+			if rest[0] != "query" {
+				return runInLab(cmd, name, append([]string{"dns"}, rest...))
+			}
+			node := "1"
+			var q []string
+			for i := 0; i < len(rest); i++ {
+				if rest[i] == "--node" && i+1 < len(rest) {
+					node = rest[i+1]
+					i++
+					continue
+				}
+				q = append(q, rest[i])
+			}
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			nodeName, err := labNodeName(l, node)
+			if err != nil {
+				return err
+			}
+			n := l.NodeRunDir(nodeName)
+			if err := l.WeftOnNode(nodeName, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), append(append([]string{"dns"}, q...), "--run-dir", n)...); err != nil {
+				if ee, ok := err.(*exec.ExitError); ok {
+					return &ExitError{Code: ee.ExitCode(), Err: errors.New("")}
+				}
+				return err
+			}
+			return nil
+		},
+	}
 }

@@ -43,6 +43,15 @@ func (l *Lab) WeftOnNode(node string, stdin io.Reader, stdout, stderr io.Writer,
 	return cmd.Run()
 }
 
+// NodeRunDir is a node's weftd run directory (its node contract).
+func (l *Lab) NodeRunDir(node string) string {
+	n, err := l.node(node)
+	if err != nil {
+		return ""
+	}
+	return n.RunDir
+}
+
 func (l *Lab) weftCmd(args ...string) *exec.Cmd {
 	argv := append([]string{"--net=" + l.State.Underlay, "--", filepath.Join(l.opts.BinDir, "weft")}, args...)
 	cmd := exec.Command("nsenter", argv...)
