@@ -139,13 +139,25 @@ func (l *Lab) RemovePod(name string) error {
 }
 
 // Exec runs argv in the pod's network namespace, attached to the caller's terminal.
+// The command sees the pod's resolv.conf (the cluster DNS, Kubernetes' search path), as a
+// container would: it runs in a private mount namespace with that file bound over
+// /etc/resolv.conf.
 func (l *Lab) Exec(pod string, argv []string) error {
 	for _, p := range l.State.Pods {
 		if p.Name == pod {
-			cmd := exec.Command("nsenter", append([]string{"--net=" + p.Netns, "--"}, argv...)...)
+			resolv := filepath.Join(l.dir(), "resolv.conf")
+			if err := os.WriteFile(resolv, []byte(ResolvConf), 0o644); err != nil {
+				return err
+			}
+			args := append([]string{"--net=" + p.Netns, "--", "unshare", "--mount", "--propagation", "private", "--",
+				"sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv}, argv...)
+			cmd := exec.Command("nsenter", args...)
 			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 			return cmd.Run()
 		}
 	}
 	return fmt.Errorf("no pod %q in lab %s", pod, l.opts.Name)
 }
+
+// ResolvConf is a lab pod's resolv.conf (its pods are in namespace default).
+const ResolvConf = "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	mdns "github.com/miekg/dns"
+
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/endpoints"
 	"github.com/weftnet/weft/internal/probe"
@@ -117,6 +119,15 @@ func (l *Lab) checkServices(r *Report, fail func(string, ...any)) {
 			ready := endpoints.Serving(port.Endpoints)
 			for _, vip := range s.ClusterIPs {
 				fam := endpoints.Family(ready, vip.Is4())
+				if port.Port == s.Ports[0].Port && port.Protocol == s.Ports[0].Protocol {
+					// By name, from a pod on every node: the cluster DNS knows it.
+					for _, c := range clients {
+						r.Services++
+						if err := resolves(c.Netns, s, vip); err != nil {
+							fail("DNS %s from %s (%s): %v", s.Key(), c.Name, c.Node, err)
+						}
+					}
+				}
 				target := netip.AddrPortFrom(vip, uint16(port.Port))
 				if len(fam) == 0 {
 					if len(endpoints.Family(port.Endpoints, vip.Is4())) == 0 && port.Protocol == v1.ProtocolTCP {
@@ -225,4 +236,42 @@ func udpEcho(pc net.PacketConn) {
 		}
 		_, _ = pc.WriteTo(buf[:n], from)
 	}
+}
+
+// resolves checks the service's name gives vip, asking the cluster DNS from a pod.
+func resolves(nsPath string, s *v1.Service, vip netip.Addr) error {
+	name := s.Name + "." + s.Namespace + ".svc.cluster.local."
+	qtype := mdns.TypeA
+	if vip.Is6() {
+		qtype = mdns.TypeAAAA
+	}
+	var c net.Conn
+	if err := probe.InNS(nsPath, func() error {
+		var err error
+		c, err = net.Dial("udp", "10.96.0.10:53")
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	req := new(mdns.Msg)
+	req.SetQuestion(name, qtype)
+	co := &mdns.Conn{Conn: c}
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if err := co.WriteMsg(req); err != nil {
+		return err
+	}
+	m, err := co.ReadMsg()
+	if err != nil {
+		return err
+	}
+	for _, rr := range m.Answer {
+		if a, ok := rr.(*mdns.A); ok && a.A.Equal(net.IP(vip.AsSlice())) {
+			return nil
+		}
+		if a, ok := rr.(*mdns.AAAA); ok && a.AAAA.Equal(net.IP(vip.AsSlice())) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s %s: %s %v, want %s", name, mdns.TypeToString[qtype], mdns.RcodeToString[m.Rcode], m.Answer, vip)
 }
