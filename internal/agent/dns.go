@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -40,15 +41,24 @@ func (a *Agent) startDNS(g *group, c *Cluster, cache *resources.Cache) {
 	queries := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "weft_dns_queries_total",
 		Help: "DNS queries answered by this node, by type, rcode and whether the cache answered."}, []string{"type", "rcode", "cached"})
 	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_dns_refused_total", Help: "Queries refused: the client is outside the pod networks and the node."})
-	a.metrics.reg.MustRegister(queries, refused)
+	upstream := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "weft_dns_upstream_duration_seconds",
+		Help: "Time to an answer from an upstream resolver, by upstream and result.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"upstream", "result"})
+	a.metrics.reg.MustRegister(queries, refused, upstream)
+	srv.OnUpstream = func(up string, took time.Duration, err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		upstream.WithLabelValues(up, result).Observe(took.Seconds())
+	}
 	srv.OnQuery = func(t uint16, rcode int, cached bool) {
 		queries.WithLabelValues(mdns.TypeToString[t], mdns.RcodeToString[rcode], fmt.Sprint(cached)).Inc()
 	}
-	var lastLog time.Time
+	var lastLog atomic.Int64 // unix nanoseconds; queries are served concurrently
 	srv.OnRefused = func(client netip.Addr) {
 		refused.Inc()
-		if time.Since(lastLog) > 10*time.Second { // rate-limited
-			lastLog = time.Now()
+		now := time.Now().UnixNano()
+		if last := lastLog.Load(); now-last > int64(10*time.Second) && lastLog.CompareAndSwap(last, now) { // rate-limited
 			a.opts.Log.Warn("DNS query refused: client outside the pod networks", "client", client.String())
 		}
 	}

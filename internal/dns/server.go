@@ -20,6 +20,8 @@ type Server struct {
 	Upstreams []string // host:port
 	// OnQuery, if set, hears every answered query (for metrics): type, rcode, cached.
 	OnQuery func(qtype uint16, rcode int, cached bool)
+	// OnUpstream, if set, hears every upstream exchange: how long it took and whether it failed.
+	OnUpstream func(upstream string, took time.Duration, err error)
 	// OnRefused, if set, hears a refused client (rate-limited logging is the caller's).
 	OnRefused func(client netip.Addr)
 
@@ -93,10 +95,14 @@ func (s *Server) forward(q mdns.Question) *mdns.Msg {
 	req.SetEdns0(4096, false)
 	for _, up := range s.Upstreams {
 		c := &mdns.Client{Net: "udp", Timeout: 2 * time.Second}
+		start := time.Now()
 		m, _, err := c.Exchange(req, up)
 		if err == nil && m.Truncated {
 			c.Net = "tcp"
 			m, _, err = c.Exchange(req, up)
+		}
+		if s.OnUpstream != nil {
+			s.OnUpstream(up, time.Since(start), err)
 		}
 		if err == nil && m != nil {
 			return m
