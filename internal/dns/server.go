@@ -2,14 +2,19 @@ package dns
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // Server answers the cluster domain from the current Records and forwards every other
@@ -35,35 +40,46 @@ func (s *Server) SetRecords(r *Records) { s.records.Store(r) }
 // Records returns the current snapshot.
 func (s *Server) Records() *Records { return s.records.Load() }
 
-// ServeDNS implements mdns.Handler.
+// ServeDNS implements mdns.Handler (TCP, and UDP on a wildcard address).
 func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
-	client := addrOf(w.RemoteAddr())
+	_, udp := w.RemoteAddr().(*net.UDPAddr)
+	_ = w.WriteMsg(s.answer(req, addrOf(w.RemoteAddr()), udp, true))
+}
+
+// answer is the reply to req from client: REFUSED outside Allowed, the zone's own names,
+// or the forwarded answer, truncated to the client's buffer over UDP. Without mayBlock it
+// returns nil rather than wait for an upstream.
+func (s *Server) answer(req *mdns.Msg, client netip.Addr, udp, mayBlock bool) *mdns.Msg {
 	if !s.allowed(client) {
 		if s.OnRefused != nil {
 			s.OnRefused(client)
 		}
 		m := new(mdns.Msg)
 		m.SetRcode(req, mdns.RcodeRefused)
-		_ = w.WriteMsg(m)
-		return
+		return m
 	}
-	m, cached := s.Resolve(req)
+	m, cached := s.resolve(req, mayBlock)
+	if m == nil {
+		return nil
+	}
 	if s.OnQuery != nil && len(req.Question) == 1 {
 		s.OnQuery(req.Question[0].Qtype, m.Rcode, cached)
 	}
-	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+	if udp {
 		size := mdns.MinMsgSize
 		if o := req.IsEdns0(); o != nil {
 			size = int(max(o.UDPSize(), mdns.MinMsgSize))
 		}
 		m.Truncate(size) // the client retries over TCP
 	}
-	_ = w.WriteMsg(m)
+	return m
 }
 
 // Resolve answers req: the zone's own names authoritatively, anything else through the
 // cache and the upstreams. It reports whether the answer came from the cache.
-func (s *Server) Resolve(req *mdns.Msg) (*mdns.Msg, bool) {
+func (s *Server) Resolve(req *mdns.Msg) (*mdns.Msg, bool) { return s.resolve(req, true) }
+
+func (s *Server) resolve(req *mdns.Msg, mayBlock bool) (*mdns.Msg, bool) {
 	if len(req.Question) != 1 || req.Opcode != mdns.OpcodeQuery {
 		m := new(mdns.Msg)
 		m.SetRcode(req, mdns.RcodeFormatError)
@@ -75,7 +91,13 @@ func (s *Server) Resolve(req *mdns.Msg) (*mdns.Msg, bool) {
 			return m, false
 		}
 	}
-	m, cached := s.cache.get(req, s.forward)
+	var m *mdns.Msg
+	cached := true
+	if mayBlock {
+		m, cached = s.cache.get(req, s.forward)
+	} else if m = s.cache.peek(req); m == nil {
+		return nil, false
+	}
 	setEDNS(req, m)
 	return m, cached
 }
@@ -137,32 +159,142 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// ListenAndServe serves UDP and TCP on addr until ctx ends.
+// ListenAndServe serves UDP and TCP on addr until ctx ends. On a specific address, UDP
+// is served in batches (see serveUDP); on a wildcard one, replies must leave from the
+// address each query came to, which miekg's server handles per packet.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	servers := []*mdns.Server{
-		{Addr: addr, Net: "udp", Handler: s, ReusePort: true},
-		{Addr: addr, Net: "tcp", Handler: s, ReusePort: true},
+	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return err
 	}
-	errc := make(chan error, len(servers))
+	tcp := &mdns.Server{Addr: addr, Net: "tcp", Handler: s, ReusePort: true}
+	servers := []*mdns.Server{tcp}
+	var conn *net.UDPConn
+	if udpAddr.IP == nil || udpAddr.IP.IsUnspecified() {
+		servers = append(servers, &mdns.Server{Addr: addr, Net: "udp", Handler: s, ReusePort: true})
+	} else if conn, err = net.ListenUDP("udp", udpAddr); err != nil {
+		return err
+	}
+	errc := make(chan error, len(servers)+1)
 	started := make(chan struct{}, len(servers))
 	for _, srv := range servers {
 		srv.NotifyStartedFunc = func() { started <- struct{}{} }
 		go func() { errc <- srv.ListenAndServe() }()
 	}
+	stop := func() {
+		for _, srv := range servers {
+			_ = srv.ShutdownContext(context.Background())
+		}
+		if conn != nil {
+			_ = conn.Close()
+		}
+	}
 	for range servers {
 		select {
 		case <-started:
 		case err := <-errc:
-			for _, srv := range servers {
-				_ = srv.Shutdown()
-			}
+			stop()
 			return err
 		}
 	}
-	<-ctx.Done()
-	for _, srv := range servers {
-		_ = srv.ShutdownContext(context.Background())
+	if conn != nil {
+		go func() { errc <- s.serveUDP(conn) }()
 	}
+	select {
+	case <-ctx.Done():
+		stop()
+		return nil
+	case err := <-errc:
+		stop()
+		return err
+	}
+}
+
+// udpBatch is how many datagrams one recvmmsg/sendmmsg moves. Per-packet syscalls were
+// half of the server's CPU under load; batching them is what BIND (libuv) does too.
+const udpBatch = 64
+
+// serveUDP answers the datagrams on conn in batches: it reads up to udpBatch queries with
+// one syscall, answers those it can from memory (the zone, the cache, refusals) and sends
+// the replies with one syscall. A query that needs an upstream leaves the batch and is
+// answered on its own when the upstream replies.
+func (s *Server) serveUDP(conn *net.UDPConn) error {
+	var bc batchConn = ipv4.NewPacketConn(conn)
+	if conn.LocalAddr().(*net.UDPAddr).IP.To4() == nil {
+		bc = ipv6.NewPacketConn(conn)
+	}
+	in := make([]ipv4.Message, udpBatch)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, 4096)}
+	}
+	out := make([]ipv4.Message, udpBatch)
+	bufs := make([][]byte, udpBatch)
+	for {
+		n, err := bc.ReadBatch(in, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		k := 0
+		for _, msg := range in[:n] {
+			addr, ok := msg.Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			m := s.answerPacket(msg.Buffers[0][:msg.N], addr, conn)
+			if m == nil {
+				continue
+			}
+			b, err := m.PackBuffer(bufs[k])
+			if err != nil {
+				continue
+			}
+			bufs[k] = b
+			out[k] = ipv4.Message{Buffers: [][]byte{b}, Addr: addr}
+			k++
+		}
+		for sent := 0; sent < k; {
+			w, err := bc.WriteBatch(out[sent:k], 0)
+			if err != nil {
+				break // the client is gone; its query is lost as a datagram would be
+			}
+			sent += w
+		}
+	}
+}
+
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// answerPacket is the reply to one datagram, or nil: none is due (a response, not a
+// query) or it is being answered apart because it waits on an upstream.
+func (s *Server) answerPacket(b []byte, from *net.UDPAddr, conn *net.UDPConn) *mdns.Msg {
+	req := new(mdns.Msg)
+	if err := req.Unpack(b); err != nil {
+		if len(b) < 12 || b[2]&0x80 != 0 { // no header, or a response: never answer
+			return nil
+		}
+		m := new(mdns.Msg)
+		m.Id, m.Response, m.Rcode = binary.BigEndian.Uint16(b), true, mdns.RcodeFormatError
+		return m
+	}
+	if req.Response {
+		return nil
+	}
+	client := addrOf(from)
+	if m := s.answer(req, client, true, false); m != nil {
+		return m
+	}
+	to := &net.UDPAddr{IP: slices.Clone(from.IP), Port: from.Port, Zone: from.Zone}
+	go func() {
+		if b, err := s.answer(req, client, true, true).Pack(); err == nil {
+			_, _ = conn.WriteToUDP(b, to)
+		}
+	}()
 	return nil
 }
 
@@ -190,6 +322,19 @@ const (
 	failureTTL   = 2 * time.Second
 	maxCachedTTL = 300 * time.Second
 )
+
+// peek is the cached answer to req, or nil (never waits on an upstream).
+func (c *cache) peek(req *mdns.Msg) *mdns.Msg {
+	q := req.Question[0]
+	q.Name = strings.ToLower(q.Name)
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[q]; ok && now.Before(e.expires) {
+		return reply(req, e.msg, e.expires.Sub(now))
+	}
+	return nil
+}
 
 func (c *cache) get(req *mdns.Msg, fetch func(mdns.Question) *mdns.Msg) (*mdns.Msg, bool) {
 	q := req.Question[0]
