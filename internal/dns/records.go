@@ -301,7 +301,12 @@ func (r *Records) Answer(req *mdns.Msg) (*mdns.Msg, bool) {
 		m.Ns = []mdns.RR{r.negativeSOA()}
 		return m, true
 	}
-	for _, rr := range ans {
+	if q.Name == owner { // the usual lower-case question: share the snapshot's records, never written
+		m.Answer = ans[:len(ans):len(ans)]
+		return m, true
+	}
+	m.Answer = make([]mdns.RR, 0, len(ans))
+	for _, rr := range ans { // echo the question's case in the owner names
 		c := mdns.Copy(rr)
 		c.Header().Name = q.Name
 		m.Answer = append(m.Answer, c)
