@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -36,6 +37,41 @@ func dnsQuery(nsPath string, server netip.AddrPort, name string, qtype uint16) (
 		return nil, err
 	}
 	return co.ReadMsg()
+}
+
+// parallelAandAAAA does what glibc's resolver does for getaddrinfo: an A and an AAAA
+// question sent back to back from one UDP socket (one conntrack tuple), then both replies
+// awaited. With DNAT in the path, the second can lose the conntrack insertion race and be
+// dropped (kubernetes#56903), which glibc notices only after its 5 s timeout.
+func parallelAandAAAA(nsPath string, server netip.AddrPort, name string, wait time.Duration) error {
+	var c net.Conn
+	if err := probe.InNS(nsPath, func() error {
+		var err error
+		c, err = net.Dial("udp", server.String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	co := &mdns.Conn{Conn: c}
+	a, aaaa := new(mdns.Msg).SetQuestion(name, mdns.TypeA), new(mdns.Msg).SetQuestion(name, mdns.TypeAAAA)
+	aaaa.Id = a.Id + 1
+	if err := co.WriteMsg(a); err != nil {
+		return err
+	}
+	if err := co.WriteMsg(aaaa); err != nil {
+		return err
+	}
+	_ = c.SetDeadline(time.Now().Add(wait))
+	pending := map[uint16]bool{a.Id: true, aaaa.Id: true}
+	for len(pending) > 0 {
+		m, err := co.ReadMsg()
+		if err != nil {
+			return fmt.Errorf("replies still missing %v: %w", pending, err)
+		}
+		delete(pending, m.Id)
+	}
+	return nil
 }
 
 func lastFields(m *mdns.Msg) string {
@@ -77,6 +113,14 @@ func TestDNSInLab(t *testing.T) {
 		}
 	}
 	t.Logf("resolvable on every node %v after creation (the CLI included)", time.Since(created).Round(time.Millisecond))
+	// glibc-style A+AAAA pairs from one socket never wait for a retry (no DNAT, no race).
+	for _, from := range []string{"p1", "p2", "p3"} {
+		for i := range 300 {
+			if err := parallelAandAAAA(l.pod[from].Path, dnsAddr, name, time.Second); err != nil {
+				t.Fatalf("A+AAAA pair %d from %s: %v", i, from, err)
+			}
+		}
+	}
 	if m, err := dnsQuery(l.pod["p2"].Path, dnsAddr, "_http._tcp."+name, mdns.TypeSRV); err != nil || len(m.Answer) != 1 || !strings.Contains(m.Answer[0].String(), " 80 "+name) {
 		t.Errorf("SRV: %v %v", m, err)
 	}
