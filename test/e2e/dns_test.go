@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -113,6 +114,11 @@ func TestDNSInLab(t *testing.T) {
 		}
 	}
 	t.Logf("resolvable on every node %v after creation (the CLI included)", time.Since(created).Round(time.Millisecond))
+	// A pod's own resolver tools see the cluster DNS through lab exec's resolv.conf.
+	out, err := exec.Command(l.bin, "lab", "exec", "--name", l.name, "p2", "--", "nslookup", "web.default.svc.cluster.local").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), web.ClusterIPs[0].String()) {
+		t.Errorf("lab exec p2 -- nslookup: %v\n%s", err, out)
+	}
 	// glibc-style A+AAAA pairs from one socket never wait for a retry (no DNAT, no race).
 	for _, from := range []string{"p1", "p2", "p3"} {
 		for i := range 300 {
