@@ -61,7 +61,10 @@ func TestPodman(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// dns: what weft puts in every result (from the config here; on a cluster node, the
+	// node's DNS); podman writes the container's resolv.conf from it.
 	write("net.d/"+net+".conflist", fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[{"type":"weft-cni","mode":"bridge","socket":%q,
+		"dns":{"nameservers":["10.110.0.53"],"search":["shop.svc.cluster.local","svc.cluster.local"],"options":["ndots:5"]},
 		"capabilities":{"ips":true,"mac":true,"portMappings":true}}]}`, net, w.Socket()))
 	write("net.d/"+net+"b.conflist", fmt.Sprintf(`{"cniVersion":"1.0.0","name":"%sb","plugins":[{"type":"weft-cni","mode":"bridge","bridge":"weft-b%d","socket":%q,
 		"ipam":{"type":"weft-cni","ranges":[[{"subnet":"10.111.0.0/24"}]]}}]}`, net, os.Getpid()%10000, w.Socket()))
@@ -107,6 +110,12 @@ tmp_dir = %q
 	ip3 := start("c3-"+net, []string{"--network", net + ":ip=10.110.0.50"}, "/bin/sleep", "3600")
 	if ip3 != "10.110.0.50" {
 		t.Errorf("static IP: got %s, want 10.110.0.50", ip3)
+	}
+	// (podman 4 takes nameservers and search from the result; options come from its own
+	// dns_options.)
+	if out, err := pm.run("exec", "c1-"+net, "cat", "/etc/resolv.conf"); err != nil || !strings.Contains(out, "nameserver 10.110.0.53") ||
+		!strings.Contains(out, "search shop.svc.cluster.local svc.cluster.local") {
+		t.Errorf("resolv.conf from the CNI result's dns: %v\n%s", err, out)
 	}
 	if out, err := pm.run("exec", "c1-"+net, "ping", "-c", "2", "-W", "2", ip2); err != nil || !strings.Contains(out, "0% packet loss") {
 		t.Errorf("c1 → c2 ping: %v\n%s", err, out)
