@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -29,6 +30,12 @@ type Server struct {
 	OnUpstream func(upstream string, took time.Duration, err error)
 	// OnRefused, if set, hears a refused client (rate-limited logging is the caller's).
 	OnRefused func(client netip.Addr)
+	// MaxForwarding bounds the UDP queries waiting on an upstream at once (0: 1024); past
+	// it, a query gets SERVFAIL at once, so a flood of unique names cannot pile up goroutines.
+	MaxForwarding int
+
+	forwardingOnce sync.Once
+	forwarding     chan struct{}
 
 	records atomic.Pointer[Records]
 	cache   cache
@@ -289,8 +296,17 @@ func (s *Server) answerPacket(b []byte, from *net.UDPAddr, conn *net.UDPConn) *m
 	if m := s.answer(req, client, true, false); m != nil {
 		return m
 	}
+	s.forwardingOnce.Do(func() { s.forwarding = make(chan struct{}, cmp.Or(s.MaxForwarding, 1024)) })
+	select {
+	case s.forwarding <- struct{}{}:
+	default:
+		m := new(mdns.Msg)
+		m.SetRcode(req, mdns.RcodeServerFailure)
+		return m
+	}
 	to := &net.UDPAddr{IP: slices.Clone(from.IP), Port: from.Port, Zone: from.Zone}
 	go func() {
+		defer func() { <-s.forwarding }()
 		if b, err := s.answer(req, client, true, true).Pack(); err == nil {
 			_, _ = conn.WriteToUDP(b, to)
 		}

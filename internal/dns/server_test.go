@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -187,5 +188,32 @@ func TestListenAndServe(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestForwardingBounded: past MaxForwarding queries waiting on an upstream, the next one
+// gets SERVFAIL at once instead of another goroutine.
+func TestForwardingBounded(t *testing.T) {
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // an upstream that never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	s := &Server{Upstreams: []string{silent.LocalAddr().String()}, MaxForwarding: 2}
+	from := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353}
+	for i, want := range []int{-1, -1, mdns.RcodeServerFailure} {
+		b, _ := query(fmt.Sprintf("n%d.example.net.", i), mdns.TypeA).Pack()
+		m := s.answerPacket(b, from, conn)
+		switch {
+		case want < 0 && m != nil:
+			t.Errorf("query %d answered at once (%s), want it forwarded", i, mdns.RcodeToString[m.Rcode])
+		case want >= 0 && (m == nil || m.Rcode != want):
+			t.Errorf("query %d: %v, want %s", i, m, mdns.RcodeToString[want])
+		}
 	}
 }
