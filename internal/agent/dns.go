@@ -66,8 +66,7 @@ func (a *Agent) startDNS(g *group, c *Cluster, cache *resources.Cache) {
 		if !cache.Synced() {
 			return nil
 		}
-		srv.SetRecords(dns.Build(dns.Config{Domain: domain, Reverse: append(append([]netip.Prefix(nil), cfg.ClusterCIDRs...), cfg.ServiceCIDRs...)},
-			cache.Services(), cache.Pods()))
+		srv.SetRecords(dns.Build(dns.ConfigFor(cfg), cache.Services(), cache.Pods()))
 		return nil
 	}, func(error) {}).WithResync(30 * time.Second)
 	cache.OnChange(func(k resources.Kind) {

@@ -109,7 +109,7 @@ func newDNSCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				r := dns.Build(dns.Config{Domain: cfg.Domain, Reverse: append(append([]netip.Prefix(nil), cfg.ClusterCIDRs...), cfg.ServiceCIDRs...)}, svcs, pods)
+				r := dns.Build(dns.ConfigFor(cfg), svcs, pods)
 				names := r.Names()
 				if sf.output == "json" {
 					return printJSON(cmd.OutOrStdout(), names)

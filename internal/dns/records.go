@@ -26,6 +26,12 @@ type Config struct {
 	Reverse []netip.Prefix
 }
 
+// ConfigFor is the zone of a cluster: its domain, and PTR records for its pod and service
+// networks.
+func ConfigFor(c v1.ClusterConfig) Config {
+	return Config{Domain: c.Domain, Reverse: append(append([]netip.Prefix(nil), c.ClusterCIDRs...), c.ServiceCIDRs...)}
+}
+
 // Records is one immutable snapshot of the zone.
 type Records struct {
 	cfg    Config
