@@ -9,7 +9,12 @@ import (
 const (
 	FabricVXLAN  = "vxlan"
 	FabricDirect = "direct"
+	FabricBGP    = "bgp"
 )
+
+// DefaultASN is the cluster's AS number when `--asn` is not given (private range, as
+// Calico's default).
+const DefaultASN = 64512
 
 // ClusterConfig is written once by `weft cluster init` and read by every weftd.
 type ClusterConfig struct {
@@ -23,6 +28,17 @@ type ClusterConfig struct {
 	DirectRouting     bool           `json:"directRouting,omitempty"`
 	MTU               int            `json:"mtu,omitempty"` // 0: underlay minus encapsulation
 	Domain            string         `json:"domain,omitempty"`
+	BGP               *BGPConfig     `json:"bgp,omitempty"` // fabric bgp
+}
+
+// BGPConfig is the cluster-wide part of fabric bgp.
+type BGPConfig struct {
+	ASN uint32 `json:"asn"` // every node's AS (iBGP among nodes)
+	// NoNodeMesh turns off the iBGP full mesh (and route reflection) among nodes: each
+	// node then peers only with its external peers (a top-of-rack router per rack).
+	NoNodeMesh bool `json:"noNodeMesh,omitempty"`
+	// AnnounceServices sends the service CIDRs (ClusterIP ranges) to external peers.
+	AnnounceServices bool `json:"announceServices,omitempty"`
 }
 
 // Validate checks the fields each on its own (overlaps are netcalc.Check's job).
@@ -44,8 +60,12 @@ func (c *ClusterConfig) Validate() error {
 	}
 	switch c.Fabric {
 	case FabricVXLAN, FabricDirect:
+	case FabricBGP:
+		if c.BGP == nil || c.BGP.ASN == 0 || c.BGP.ASN == 23456 || c.BGP.ASN == 4294967295 {
+			return fmt.Errorf("fabric bgp: an AS number from 1 to 4294967294 is needed (not 23456)")
+		}
 	default:
-		return fmt.Errorf("fabric %q: use %s or %s", c.Fabric, FabricVXLAN, FabricDirect)
+		return fmt.Errorf("fabric %q: use %s, %s or %s", c.Fabric, FabricVXLAN, FabricDirect, FabricBGP)
 	}
 	if c.VNI < 0 || c.VNI > 1<<24-1 {
 		return fmt.Errorf("vni %d is outside 0..16777215", c.VNI)
@@ -62,6 +82,9 @@ type Node struct {
 	Underlay []netip.Addr `json:"underlay"`
 	VTEPMAC  string       `json:"vtepMAC,omitempty"`
 	BGPASN   uint32       `json:"bgpASN,omitempty"`
+	// RouteReflector: under fabric bgp, the other nodes peer with this one (and the other
+	// reflectors) instead of with each other.
+	RouteReflector bool `json:"routeReflector,omitempty"`
 }
 
 // Lease gives a node its pod CIDR blocks.

@@ -33,7 +33,7 @@ type flags struct {
 	configFile, stateDir, runDir, bpfDir, proxy, dnsUpstream, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
 	store, underlayDev, etcdCA, etcdCert, etcdKey                                                                   string
 	mtu                                                                                                             int
-	masquerade, sysctls, fastpath, preflight                                                                        bool
+	masquerade, sysctls, fastpath, preflight, routeReflector                                                        bool
 }
 
 func run(args []string) error {
@@ -57,6 +57,7 @@ func run(args []string) error {
 	fs.BoolVar(&f.preflight, "preflight", true, "refuse to start when a pod CIDR overlaps this namespace's addresses or routes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.store, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (the pod CIDR then comes from a lease)")
+	fs.BoolVar(&f.routeReflector, "bgp-route-reflector", false, "fabric bgp: this node reflects routes for the others (they peer with the reflectors only)")
 	fs.StringVar(&f.underlayDev, "underlay-dev", "", "cluster mode: the device other nodes are reached through (default: the default route's)")
 	fs.StringVar(&f.etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
 	fs.StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for etcd")
@@ -105,7 +106,7 @@ func run(args []string) error {
 			}
 			dev = u.Device
 		}
-		c, err := agent.Join(ctx, agent.ClusterOptions{Store: st, NodeName: f.nodeName, UnderlayDev: dev, StateDir: f.stateDir, Log: log})
+		c, err := agent.Join(ctx, agent.ClusterOptions{Store: st, NodeName: f.nodeName, UnderlayDev: dev, StateDir: f.stateDir, RouteReflector: f.routeReflector, Log: log})
 		if err != nil {
 			return err
 		}

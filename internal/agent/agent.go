@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/dataplane/masq"
@@ -158,6 +159,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.startDNS(g, c, cache)
 		if len(a.dnsAddrs) > 0 {
 			contract.DNSServers, contract.DNSDomain = a.dnsAddrs, a.dnsDomain
+		}
+		if c.Config().Fabric == v1.FabricBGP {
+			if err := a.startBGP(g, c); err != nil {
+				return errors.Join(err, g.Wait())
+			}
 		}
 		g.Go("cluster", c.Run)
 	}

@@ -32,7 +32,9 @@ type ClusterOptions struct {
 	UnderlayDev string
 	StateDir    string
 	TTL         time.Duration
-	Log         *slog.Logger
+	// RouteReflector marks the node a route reflector under fabric bgp.
+	RouteReflector bool
+	Log            *slog.Logger
 }
 
 // Cluster is this node's membership: its config, lease and fabric.
@@ -52,6 +54,8 @@ type Cluster struct {
 	// onLease hears when it changes.
 	leaseID atomic.Int64
 	onLease func()
+	// bgp is fabric bgp's speaker; nil under the other fabrics.
+	bgp *bgpFabric
 }
 
 // Join waits for the cluster configuration, registers the node and takes its lease.
@@ -108,7 +112,7 @@ func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		return nil, fmt.Errorf("underlay device %s has no IPv4 address", o.UnderlayDev)
 	}
 	c.mtu = fabric.PodMTU(c.cfg, dev.Attrs().MTU, false)
-	c.node = v1.Node{Name: o.NodeName, Underlay: underlay, VTEPMAC: fabric.VTEPMAC(o.NodeName).String()}
+	c.node = v1.Node{Name: o.NodeName, Underlay: underlay, VTEPMAC: fabric.VTEPMAC(o.NodeName).String(), RouteReflector: o.RouteReflector}
 	if err := c.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -208,7 +212,8 @@ func (c *Cluster) watch(ctx context.Context) {
 		if err == nil {
 			c.fabric.Trigger()
 			for e := range ch {
-				if strings.HasPrefix(e.KV.Key, resources.NodesPrefix) || strings.HasPrefix(e.KV.Key, lease.Prefix) {
+				if strings.HasPrefix(e.KV.Key, resources.NodesPrefix) || strings.HasPrefix(e.KV.Key, lease.Prefix) ||
+					strings.HasPrefix(e.KV.Key, resources.BGPPeersPrefix) {
 					c.fabric.Trigger()
 				}
 			}
@@ -234,13 +239,20 @@ func (c *Cluster) syncFabric(ctx context.Context) error {
 		byNode[l.Node] = l
 	}
 	var peers []fabric.Peer
+	var all []v1.Node
 	for _, kv := range nodes {
 		var n v1.Node
 		if json.Unmarshal(kv.Value, &n) != nil {
 			continue
 		}
+		all = append(all, n)
 		if l, ok := byNode[n.Name]; ok {
 			peers = append(peers, fabric.Peer{Node: n, Lease: l})
+		}
+	}
+	if c.bgp != nil {
+		if err := c.bgp.sync(ctx, all); err != nil {
+			return fmt.Errorf("bgp: %w", err)
 		}
 	}
 	st, err := fabric.Desired(c.cfg, fabric.Self{Node: c.node, Lease: c.held.Lease, Underlay: c.under}, peers)

@@ -112,6 +112,18 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 			return nil
 		})
 		return cniapi.Response{Status: &st}
+	case cniapi.OpBGP:
+		c := a.opts.Cluster
+		if c == nil || c.bgp == nil {
+			return fail(cniapi.CodeInvalidConfig, "this node does not run fabric bgp")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := c.bgp.status(ctx)
+		if err != nil {
+			return fail(cniapi.CodeInternal, err.Error())
+		}
+		return cniapi.Response{BGP: st}
 	}
 	return fail(cniapi.CodeInvalidConfig, "unknown op "+req.Op)
 }

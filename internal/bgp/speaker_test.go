@@ -195,8 +195,8 @@ func TestGracefulRestartKeepsRoutes(t *testing.T) {
 	aAddr := netip.MustParseAddr("127.0.0.41")
 	aPort := freePort(t, aAddr.String())
 	child := func(restarting bool, prefixes string) *exec.Cmd {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestSpeakerChild$")
-		cmd.Env = append(os.Environ(), "WEFT_BGP_CHILD=1", "CHILD_ADDR="+aAddr.String(), "CHILD_PORT="+strconv.Itoa(int(aPort)),
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), childEnv+"=1", "CHILD_ADDR="+aAddr.String(), "CHILD_PORT="+strconv.Itoa(int(aPort)),
 			"PEER_ADDR="+b.addr.String(), "PEER_PORT="+strconv.Itoa(int(b.port)),
 			"CHILD_RESTARTING="+strconv.FormatBool(restarting), "CHILD_PREFIXES="+prefixes)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -227,31 +227,39 @@ func TestGracefulRestartKeepsRoutes(t *testing.T) {
 		routesAre(b, map[string][]string{"10.244.1.0/24": {"127.0.0.41"}}))
 }
 
-// TestSpeakerChild is the speaker TestGracefulRestartKeepsRoutes runs and kills.
-func TestSpeakerChild(t *testing.T) {
-	if os.Getenv("WEFT_BGP_CHILD") != "1" {
-		t.Skip("helper process for TestGracefulRestartKeepsRoutes")
+const childEnv = "WEFT_BGP_CHILD"
+
+// TestMain doubles as the speaker TestGracefulRestartKeepsRoutes runs and kills.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		if err := runChild(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		time.Sleep(time.Minute) // until killed
+		os.Exit(0)
 	}
+	os.Exit(m.Run())
+}
+
+func runChild() error {
 	addr := netip.MustParseAddr(os.Getenv("CHILD_ADDR"))
 	port, _ := strconv.Atoi(os.Getenv("CHILD_PORT"))
 	peerPort, _ := strconv.Atoi(os.Getenv("PEER_PORT"))
 	s, err := Start(context.Background(), Config{ASN: 64512, RouterID: addr, ListenAddrs: []netip.Addr{addr}, ListenPort: int32(port),
 		Accept: cluster, Export: cluster, Restarting: os.Getenv("CHILD_RESTARTING") == "true"}, nil)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	var as []Announcement
 	for _, p := range splitComma(os.Getenv("CHILD_PREFIXES")) {
 		as = append(as, Announcement{Prefix: netip.MustParsePrefix(p), NextHop: addr})
 	}
 	if err := s.Announce(context.Background(), as); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := s.SetPeers(context.Background(), []Peer{{Address: netip.MustParseAddr(os.Getenv("PEER_ADDR")), Port: uint16(peerPort),
-		ASN: 64512, LocalAddress: addr, HoldTime: 3 * time.Second}}); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Minute) // until killed
+	return s.SetPeers(context.Background(), []Peer{{Address: netip.MustParseAddr(os.Getenv("PEER_ADDR")), Port: uint16(peerPort),
+		ASN: 64512, LocalAddress: addr, HoldTime: 3 * time.Second}})
 }
 
 func splitComma(s string) []string {

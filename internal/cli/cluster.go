@@ -37,9 +37,10 @@ func newClusterCmd() *cobra.Command {
 	}
 
 	var cfg v1.ClusterConfig
+	var bgpCfg v1.BGPConfig
 	var clusterCIDRs, serviceCIDRs []string
 	init := &cobra.Command{
-		Use: "init --store URL --cluster-cidr CIDR [--fabric vxlan|direct]", Short: "Write the cluster configuration, once",
+		Use: "init --store URL --cluster-cidr CIDR [--fabric vxlan|direct|bgp]", Short: "Write the cluster configuration, once",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -48,6 +49,11 @@ func newClusterCmd() *cobra.Command {
 			}
 			if cfg.ServiceCIDRs, err = netcalc.ParseCIDRs(serviceCIDRs); err != nil {
 				return badInput(fmt.Errorf("--service-cidr: %w", err))
+			}
+			if cfg.Fabric == v1.FabricBGP {
+				cfg.BGP = &bgpCfg
+			} else if cmd.Flags().Changed("asn") || bgpCfg.NoNodeMesh || bgpCfg.AnnounceServices {
+				return usageErr("--asn, --bgp-no-node-mesh and --bgp-announce-services need --fabric bgp")
 			}
 			if err := cfg.Validate(); err != nil {
 				return badInput(err)
@@ -78,7 +84,10 @@ func newClusterCmd() *cobra.Command {
 	init.Flags().StringSliceVar(&serviceCIDRs, "service-cidr", nil, "service network(s)")
 	init.Flags().IntVar(&cfg.NodePrefixLength, "node-prefix", 24, "IPv4 block per node")
 	init.Flags().IntVar(&cfg.NodePrefixLength6, "node-prefix-v6", 64, "IPv6 block per node")
-	init.Flags().StringVar(&cfg.Fabric, "fabric", v1.FabricVXLAN, "vxlan or direct")
+	init.Flags().StringVar(&cfg.Fabric, "fabric", v1.FabricVXLAN, "vxlan, direct or bgp")
+	init.Flags().Uint32Var(&bgpCfg.ASN, "asn", v1.DefaultASN, "fabric bgp: the nodes' AS number")
+	init.Flags().BoolVar(&bgpCfg.NoNodeMesh, "bgp-no-node-mesh", false, "fabric bgp: nodes peer only with external peers (top-of-rack routers), not with each other")
+	init.Flags().BoolVar(&bgpCfg.AnnounceServices, "bgp-announce-services", false, "fabric bgp: announce the service CIDRs to external peers")
 	init.Flags().IntVar(&cfg.VNI, "vni", 1, "VXLAN network identifier")
 	init.Flags().IntVar(&cfg.Port, "port", 4789, "VXLAN UDP port")
 	init.Flags().BoolVar(&cfg.DirectRouting, "direct-routing", false, "vxlan: route directly to peers on the same L2 segment")

@@ -22,6 +22,7 @@ const (
 	OpStatus   = "status"
 	OpList     = "list"
 	OpReap     = "reap" // delete retired veths (see podnet.Retire)
+	OpBGP      = "bgp"  // the node's BGP sessions and routes (weft bgp)
 )
 
 // Error codes weftd returns; they are the CNI codes weft-cni passes on.
@@ -57,6 +58,7 @@ type Response struct {
 	Reused      bool              `json:"reused,omitempty"`      // the allocation predates this request
 	Allocations []ipam.Allocation `json:"allocations,omitempty"` // GC: those released; list: all
 	Status      *Status           `json:"status,omitempty"`
+	BGP         *v1.BGPStatus     `json:"bgp,omitempty"`
 }
 
 // Status describes the agent's health for CNI STATUS and `weft status`.

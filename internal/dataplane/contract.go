@@ -8,6 +8,9 @@ const (
 	RouteProtoPod = 0x77
 	// RouteProtoFabric marks routes to other nodes' pod blocks.
 	RouteProtoFabric = 0x78
+	// RouteProtoBGP marks routes learned over BGP (fabric bgp): other nodes' pod blocks,
+	// with every equal-cost next hop.
+	RouteProtoBGP = 0x79
 
 	// BridgeName is the default node bridge; host veths are "weft" + 11 hex digits.
 	BridgeName = "weft0"

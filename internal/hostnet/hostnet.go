@@ -49,7 +49,7 @@ func Prefixes() ([]netcalc.HostPrefix, error) {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
 	for _, r := range routes {
-		if r.Dst == nil || r.Protocol == netlinkx.RouteProtocol || r.Protocol == netlinkx.RouteProtocolFabric {
+		if r.Dst == nil || r.Protocol == netlinkx.RouteProtocol || r.Protocol == netlinkx.RouteProtocolFabric || r.Protocol == netlinkx.RouteProtocolBGP {
 			continue // default route, or one of weft's
 		}
 		ip, _ := netip.AddrFromSlice(r.Dst.IP)

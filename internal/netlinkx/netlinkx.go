@@ -12,10 +12,12 @@ import (
 )
 
 // Route protocols mark the routes weft installs, so they can be recognised and swept:
-// pod host routes (ptp mode) and fabric routes to other nodes' pod blocks.
+// pod host routes (ptp mode), fabric routes to other nodes' pod blocks, and routes
+// learned over BGP.
 const (
 	RouteProtocol       netlink.RouteProtocol = 0x77
 	RouteProtocolFabric netlink.RouteProtocol = 0x78
+	RouteProtocolBGP    netlink.RouteProtocol = 0x79
 )
 
 // HandleAt returns a netlink handle whose sockets live in the namespace at path. Calls on

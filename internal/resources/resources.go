@@ -28,6 +28,7 @@ const (
 	ServicesPrefix   = "/weft/services/"   // + namespace/name
 	ServiceIPsPrefix = "/weft/serviceips/" // + address → namespace/name
 	NodePortsPrefix  = "/weft/nodeports/"  // + protocol/port → namespace/name
+	BGPPeersPrefix   = "/weft/bgppeers/"   // + name
 )
 
 // ErrExists means a service of that name exists already.
@@ -128,6 +129,30 @@ func (c Client) GetService(ctx context.Context, namespace, name string) (v1.Serv
 		return v1.Service{}, fmt.Errorf("%s: %w", kv.Key, err)
 	}
 	return s, nil
+}
+
+// PutBGPPeer creates or replaces an external BGP peer.
+func (c Client) PutBGPPeer(ctx context.Context, p v1.BGPPeer) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(p)
+	_, err := c.Store.Txn(ctx, nil, []store.Op{{Key: BGPPeersPrefix + p.Name, Value: b}})
+	return err
+}
+
+// ListBGPPeers returns every external BGP peer.
+func (c Client) ListBGPPeers(ctx context.Context) ([]v1.BGPPeer, error) {
+	return listAs[v1.BGPPeer](ctx, c.Store, BGPPeersPrefix)
+}
+
+// DeleteBGPPeer removes an external BGP peer.
+func (c Client) DeleteBGPPeer(ctx context.Context, name string) error {
+	if _, err := c.Store.Get(ctx, BGPPeersPrefix+name); err != nil {
+		return err
+	}
+	_, err := c.Store.Txn(ctx, nil, []store.Op{{Key: BGPPeersPrefix + name, Delete: true}})
+	return err
 }
 
 // ListServices returns every service.

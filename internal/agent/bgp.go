@@ -1,0 +1,224 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/bgp"
+	"github.com/weftnet/weft/internal/dataplane/routed"
+	"github.com/weftnet/weft/internal/reconcile"
+	"github.com/weftnet/weft/internal/resources"
+)
+
+// stuckAfter is how long a session may stay short of Established before the node reports
+// it (weft status, /healthz, CNI STATUS).
+const stuckAfter = 30 * time.Second
+
+// bgpFabric is fabric bgp on this node: the speaker announces the node's pod blocks and
+// peers as the cluster says; the routes it learns go into the kernel.
+type bgpFabric struct {
+	c      *Cluster
+	sp     *bgp.Speaker
+	kernel *reconcile.Loop
+	cfg    v1.BGPConfig
+
+	mu        sync.Mutex
+	installed int
+}
+
+func (c *Cluster) bgpMarker() string { return filepath.Join(c.o.StateDir, "bgp.announced") }
+
+// startBGP runs the speaker and its kernel-route loop under the agent's group.
+func (a *Agent) startBGP(g *group, c *Cluster) error {
+	cfg := *c.cfg.BGP
+	self := c.node
+	routerID, ok := firstV4(self.Underlay)
+	if !ok {
+		return fmt.Errorf("bgp: node %s has no IPv4 underlay address for a router ID", self.Name)
+	}
+	export := append([]netip.Prefix(nil), c.cfg.ClusterCIDRs...)
+	if cfg.AnnounceServices {
+		export = append(export, c.cfg.ServiceCIDRs...)
+	}
+	_, err := os.Stat(c.bgpMarker())
+	restarting := err == nil
+	f := &bgpFabric{c: c, cfg: cfg}
+	f.kernel = reconcile.New(20*time.Millisecond, f.syncKernel, func(err error) {
+		a.setProblem("bgp-routes", err)
+		if err != nil {
+			c.o.Log.Warn("installing BGP routes failed", "err", err)
+		}
+	})
+	sp, err := bgp.Start(context.Background(), bgp.Config{
+		ASN: cfg.ASN, RouterID: routerID, ListenAddrs: self.Underlay, Accept: c.cfg.ClusterCIDRs, Export: export,
+		Restarting: restarting, Log: c.o.Log,
+	}, f.kernel.Trigger)
+	if err != nil {
+		return err
+	}
+	if restarting {
+		c.o.Log.Info("bgp: restarting gracefully; peers keep this node's routes meanwhile")
+	}
+	f.sp = sp
+	c.bgp = f
+	a.metrics.reg.MustRegister(bgpCollector{f})
+	g.Loop("bgp-routes", f.kernel.Run)
+	g.Loop("bgp-health", func(ctx context.Context) {
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				// No Stop: the sessions end with the process, without a Cease, so peers
+				// keep this node's routes through a restart (graceful restart).
+				return
+			case <-tick.C:
+				a.setProblem("bgp", f.stuckPeers(ctx))
+				f.kernel.Trigger() // also sweeps once the sync deadline has passed
+			}
+		}
+	})
+	return nil
+}
+
+// sync makes the speaker's peers and announcements follow the cluster.
+func (f *bgpFabric) sync(ctx context.Context, nodes []v1.Node) error {
+	peers, err := (resources.Client{Store: f.c.o.Store}).ListBGPPeers(ctx)
+	if err != nil {
+		return err
+	}
+	self := f.c.node
+	if err := f.sp.SetPeers(ctx, bgp.PlanPeers(f.cfg, self, nodes, peers)); err != nil {
+		return err
+	}
+	var extra []netip.Prefix
+	if f.cfg.AnnounceServices {
+		extra = f.c.cfg.ServiceCIDRs
+	}
+	if err := f.sp.Announce(ctx, bgp.PlanAnnouncements(self, f.c.held.Lease.PodCIDRs, extra)); err != nil {
+		return err
+	}
+	return os.WriteFile(f.c.bgpMarker(), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+}
+
+func (f *bgpFabric) syncKernel() error {
+	rs, err := f.sp.Routes()
+	if err != nil {
+		return err
+	}
+	want := make([]routed.Route, 0, len(rs))
+	own := map[netip.Prefix]bool{}
+	for _, p := range f.c.held.Lease.PodCIDRs {
+		own[p] = true
+	}
+	for _, r := range rs {
+		if !own[r.Prefix] { // never route this node's own block away
+			want = append(want, routed.Route{Dst: r.Prefix, NextHops: r.NextHops})
+		}
+	}
+	res, err := routed.Sync(&netlink.Handle{}, want, f.sp.Synced())
+	f.mu.Lock()
+	f.installed = len(want) - res.Unresolved
+	f.mu.Unlock()
+	if res.Installed+res.Replaced+res.Deleted > 0 {
+		f.c.o.Log.Info("bgp routes", "installed", res.Installed, "replaced", res.Replaced, "deleted", res.Deleted, "unresolved", res.Unresolved)
+	}
+	return err
+}
+
+func (f *bgpFabric) stuckPeers(ctx context.Context) error {
+	ps, err := f.sp.Peers(ctx)
+	if err != nil {
+		return err
+	}
+	var stuck []string
+	for _, p := range ps {
+		if p.State != "established" && time.Since(p.Since) > stuckAfter {
+			stuck = append(stuck, fmt.Sprintf("peer %s (%s, AS %d) %s since %s", p.Name, p.Address, p.ASN, p.State, p.Since.UTC().Format(time.RFC3339)))
+		}
+	}
+	if len(stuck) > 0 {
+		return fmt.Errorf("%s", strings.Join(stuck, "; "))
+	}
+	return nil
+}
+
+// status is `weft bgp peers|routes` for this node.
+func (f *bgpFabric) status(ctx context.Context) (*v1.BGPStatus, error) {
+	ps, err := f.sp.Peers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := f.sp.Routes()
+	if err != nil {
+		return nil, err
+	}
+	id, _ := firstV4(f.c.node.Underlay)
+	out := &v1.BGPStatus{ASN: f.cfg.ASN, RouterID: id.String(), Peers: []v1.BGPPeerStatus{}, Routes: []v1.BGPRoute{}, Announced: []v1.BGPRoute{}}
+	for _, p := range ps {
+		out.Peers = append(out.Peers, v1.BGPPeerStatus(p))
+	}
+	for _, r := range rs {
+		out.Routes = append(out.Routes, v1.BGPRoute{Prefix: r.Prefix, NextHops: r.NextHops})
+	}
+	for _, a := range f.sp.Announced() {
+		out.Announced = append(out.Announced, v1.BGPRoute{Prefix: a.Prefix, NextHops: []netip.Addr{a.NextHop}})
+	}
+	return out, nil
+}
+
+func firstV4(as []netip.Addr) (netip.Addr, bool) {
+	for _, a := range as {
+		if a.Is4() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// bgpCollector reports sessions and routes at scrape time.
+type bgpCollector struct{ f *bgpFabric }
+
+var (
+	bgpSessionUp = prometheus.NewDesc("weft_bgp_session_up", "1 when the BGP session is Established.", []string{"peer", "address"}, nil)
+	bgpReceived  = prometheus.NewDesc("weft_bgp_prefixes_received", "Prefixes received from the peer.", []string{"peer", "address"}, nil)
+	bgpAccepted  = prometheus.NewDesc("weft_bgp_prefixes_accepted", "Prefixes received from the peer and accepted by the import filter.", []string{"peer", "address"}, nil)
+	bgpSent      = prometheus.NewDesc("weft_bgp_prefixes_advertised", "Prefixes advertised to the peer.", []string{"peer", "address"}, nil)
+	bgpInstalled = prometheus.NewDesc("weft_bgp_routes_installed", "BGP-learned routes in the node's kernel.", nil, nil)
+)
+
+func (bgpCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{bgpSessionUp, bgpReceived, bgpAccepted, bgpSent, bgpInstalled} {
+		ch <- d
+	}
+}
+
+func (c bgpCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ps, _ := c.f.sp.Peers(ctx)
+	for _, p := range ps {
+		up := 0.0
+		if p.State == "established" {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(bgpSessionUp, prometheus.GaugeValue, up, p.Name, p.Address)
+		ch <- prometheus.MustNewConstMetric(bgpReceived, prometheus.GaugeValue, float64(p.Received), p.Name, p.Address)
+		ch <- prometheus.MustNewConstMetric(bgpAccepted, prometheus.GaugeValue, float64(p.Accepted), p.Name, p.Address)
+		ch <- prometheus.MustNewConstMetric(bgpSent, prometheus.GaugeValue, float64(p.Advertised), p.Name, p.Address)
+	}
+	c.f.mu.Lock()
+	n := c.f.installed
+	c.f.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(bgpInstalled, prometheus.GaugeValue, float64(n))
+}
