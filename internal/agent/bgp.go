@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -105,7 +106,14 @@ func (f *bgpFabric) sync(ctx context.Context, nodes []v1.Node) error {
 	if f.cfg.AnnounceServices {
 		extra = f.c.cfg.ServiceCIDRs
 	}
-	if err := f.sp.Announce(ctx, bgp.PlanAnnouncements(self, f.c.held.Lease.PodCIDRs, extra)); err != nil {
+	want := bgp.PlanAnnouncements(self, f.c.held.Lease.PodCIDRs, extra)
+	if !slices.ContainsFunc(nodes, func(n v1.Node) bool { return n.Name == self.Name }) {
+		// Removed from the cluster (weft cluster remove-node): withdraw everything, so
+		// every router and node forgets this node's blocks now rather than when its
+		// sessions time out.
+		want = nil
+	}
+	if err := f.sp.Announce(ctx, want); err != nil {
 		return err
 	}
 	return os.WriteFile(f.c.bgpMarker(), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)

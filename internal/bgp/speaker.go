@@ -367,6 +367,11 @@ func (s *Speaker) apiPeer(p Peer) *api.Peer {
 	if p.LocalAddress.IsValid() {
 		ap.Transport.LocalAddress = p.LocalAddress.String()
 	}
+	if p.ASN != s.cfg.ASN {
+		// Every node has the cluster's AS: a route one node announced comes back through
+		// a top-of-rack router with that AS in its path, and must not be taken for a loop.
+		ap.Conf.AllowOwnAsn = 1
+	}
 	if p.RRClient {
 		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: s.cfg.RouterID.String()}
 	}

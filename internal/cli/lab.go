@@ -7,6 +7,7 @@ import (
 	"io"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,7 +29,7 @@ func newLabCmd() *cobra.Command {
 
 	var detach bool
 	up := &cobra.Command{
-		Use: "up [--nodes 3] [--fabric vxlan|direct] [-d]", Short: "Bring a lab up: underlay, etcd, nodes running weftd", Args: noArgs,
+		Use: "up [--nodes 3] [--fabric vxlan|direct|bgp [--racks 2 [--tor bird|gobgpd|frr]]] [-d]", Short: "Bring a lab up: underlay, etcd, nodes running weftd", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := lab.Up(opts)
 			if err != nil {
@@ -46,7 +47,9 @@ func newLabCmd() *cobra.Command {
 		},
 	}
 	up.Flags().IntVar(&opts.Nodes, "nodes", 3, "how many nodes")
-	up.Flags().StringVar(&opts.Fabric, "fabric", "vxlan", "vxlan or direct")
+	up.Flags().StringVar(&opts.Fabric, "fabric", "vxlan", "vxlan, direct or bgp")
+	up.Flags().IntVar(&opts.Racks, "racks", 0, "fabric bgp: spread nodes over this many L2 segments joined only by a BGP router")
+	up.Flags().StringVar(&opts.TOR, "tor", "", "with --racks: the router's BGP daemon, bird (default), gobgpd or frr")
 	up.Flags().StringVar(&opts.Mode, "mode", "bridge", "pod attachment: bridge or ptp")
 	up.Flags().BoolVarP(&detach, "detach", "d", false, "leave the lab running and return")
 
@@ -240,7 +243,7 @@ func newLabCmd() *cobra.Command {
 	restart.Flags().BoolVar(&kill, "kill", false, "SIGKILL instead of SIGTERM")
 	nodeCmd.AddCommand(restart)
 
-	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd(), newLabDNSCmd())
+	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd(), newLabDNSCmd(), newLabBGPCmd())
 	return labCmd
 }
 
@@ -485,6 +488,45 @@ func newLabDNSCmd() *cobra.Command {
 				return err
 			}
 			return nil
+		},
+	}
+}
+
+// newLabBGPCmd is `weft bgp` pointed at a lab: `peers|routes NODE` asks that node's
+// weftd; `router` prints the rack router's own view (birdc, gobgp or vtysh).
+func newLabBGPCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "bgp peers|routes NODE [-o json] | router [--name LAB]",
+		Short: "BGP in a lab: a node's sessions and routes, or the rack router's view", DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, rest, help := labNameArg(args)
+			if help || len(rest) == 0 {
+				return cmd.Help()
+			}
+			l, err := lab.Load(name)
+			if err != nil {
+				return err
+			}
+			switch rest[0] {
+			case "router":
+				out, err := l.RouterView()
+				if err != nil {
+					return err
+				}
+				_, err = io.WriteString(cmd.OutOrStdout(), out)
+				return err
+			case "peers", "routes":
+				if len(rest) < 2 {
+					return usageErr("weft lab bgp %s NODE", rest[0])
+				}
+				node, err := labNodeName(l, rest[1])
+				if err != nil {
+					return err
+				}
+				args := append([]string{"bgp", rest[0], "--socket", filepath.Join(l.NodeRunDir(node), "weft.sock")}, rest[2:]...)
+				return l.WeftOnNode(node, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), args...)
+			}
+			return usageErr("weft lab bgp peers|routes NODE | router")
 		},
 	}
 }

@@ -39,7 +39,9 @@ type Options struct {
 	BinDir string // folder holding weft, weftd and weft-cni
 	Mode   string // bridge or ptp
 	Nodes  int    // default 3
-	Fabric string // vxlan or direct
+	Fabric string // vxlan, direct or bgp
+	Racks  int    // fabric bgp: L2 segments joined only by a router running TOR (0, 1: one segment)
+	TOR    string // the racks' router: bird (default), gobgpd or frr
 }
 
 // Node is one node namespace with its weftd.
@@ -47,12 +49,19 @@ type Node struct {
 	Name     string         `json:"name"`
 	Netns    string         `json:"netns"`
 	Underlay netip.Addr     `json:"underlay"`
+	Rack     int            `json:"rack,omitempty"` // racked labs: the node's segment, from 1
 	PodCIDRs []netip.Prefix `json:"podCIDRs"`
 	Fabric   string         `json:"fabric"`
 	MTU      int            `json:"mtu"`
 	PID      int            `json:"pid"`
 	RunDir   string         `json:"runDir"`
 	StateDir string         `json:"stateDir"`
+}
+
+// Proc is a process the lab started (checked by program name before it is signalled).
+type Proc struct {
+	PID     int    `json:"pid"`
+	Program string `json:"program"`
 }
 
 // Pod is one pod namespace attached to a node.
@@ -73,6 +82,10 @@ type State struct {
 	Mode     string  `json:"mode"`
 	Fabric   string  `json:"fabric"`
 	Underlay string  `json:"underlay"` // the underlay namespace
+	Racks    int     `json:"racks,omitempty"`
+	TOR      string  `json:"tor,omitempty"`
+	Router   string  `json:"router,omitempty"` // racked labs: the router namespace
+	TORProcs []Proc  `json:"torProcs,omitempty"`
 	Store    string  `json:"store"`
 	EtcdPID  int     `json:"etcdPID"`
 	Nodes    []*Node `json:"nodes"`
@@ -101,8 +114,23 @@ func (o *Options) defaults() error {
 	if o.Fabric == "" {
 		o.Fabric = "vxlan"
 	}
-	if o.Fabric != "vxlan" && o.Fabric != "direct" {
-		return fmt.Errorf("--fabric %q: use vxlan or direct", o.Fabric)
+	if o.Fabric != "vxlan" && o.Fabric != "direct" && o.Fabric != "bgp" {
+		return fmt.Errorf("--fabric %q: use vxlan, direct or bgp", o.Fabric)
+	}
+	if o.Racks > 1 && o.Fabric != "bgp" {
+		return fmt.Errorf("--racks needs --fabric bgp: only BGP routes pod networks across the rack router")
+	}
+	if o.Racks < 0 || o.Racks > 8 {
+		return fmt.Errorf("--racks %d: from 1 to 8", o.Racks)
+	}
+	if o.Racks > 1 && o.TOR == "" {
+		o.TOR = "bird"
+	}
+	if o.TOR != "" && o.TOR != "bird" && o.TOR != "gobgpd" && o.TOR != "frr" {
+		return fmt.Errorf("--tor %q: use bird, gobgpd or frr", o.TOR)
+	}
+	if o.TOR != "" && o.Racks < 2 {
+		return fmt.Errorf("--tor needs --racks 2 or more")
 	}
 	if len(o.Name) > 8 || strings.ContainsAny(o.Name, "/ .:") {
 		return fmt.Errorf("lab name %q: use at most 8 letters, digits or dashes", o.Name)
@@ -134,7 +162,7 @@ func Up(opts Options) (*Lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the lab needs root (it creates network namespaces)")
 	}
-	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode, Fabric: opts.Fabric}}
+	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode, Fabric: opts.Fabric, Racks: opts.Racks, TOR: opts.TOR}}
 	if _, err := os.Stat(l.stateFile()); err == nil {
 		return nil, fmt.Errorf("lab %q already exists: run `weft lab down --name %s` first", opts.Name, opts.Name)
 	}
@@ -149,6 +177,11 @@ func Up(opts Options) (*Lab, error) {
 	}()
 	if err := l.upUnderlay(); err != nil {
 		return nil, err
+	}
+	if l.State.Racks > 1 {
+		if err := l.upRacks(); err != nil {
+			return nil, err
+		}
 	}
 	for i := 1; i <= opts.Nodes; i++ {
 		if err := l.addNode(i); err != nil {
@@ -167,13 +200,15 @@ func (l *Lab) addNode(i int) error {
 	if err != nil {
 		return err
 	}
-	n := &Node{Name: name, Netns: nsPath, Underlay: underlayAddr(i), Fabric: l.State.Fabric,
+	seg := l.segmentOf(i)
+	addr, _ := seg.host(i)
+	n := &Node{Name: name, Netns: nsPath, Underlay: addr, Rack: l.rackOf(i), Fabric: l.State.Fabric,
 		RunDir: filepath.Join(l.dir(), name, "run"), StateDir: filepath.Join(l.dir(), name, "state")}
 	l.State.Nodes = append(l.State.Nodes, n)
 	if err := l.save(); err != nil {
 		return err
 	}
-	if err := plugIntoUnderlay(l.State.Underlay, nsPath, fmt.Sprintf("u%d", i), n.Underlay); err != nil {
+	if err := plugIntoUnderlay(l.State.Underlay, nsPath, fmt.Sprintf("u%d", i), seg, i); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Join(l.dir(), name), 0o755); err != nil {
@@ -366,6 +401,10 @@ func (l *Lab) Down() error {
 		errs = append(errs, deleteNS(n.Netns))
 	}
 	stopPID(l.State.EtcdPID, "weft")
+	for _, p := range l.State.TORProcs {
+		stopPID(p.PID, p.Program)
+	}
+	errs = append(errs, deleteNS(l.State.Router))
 	errs = append(errs, deleteNS(l.State.Underlay))
 	errs = append(errs, os.RemoveAll(l.dir()))
 	return errors.Join(errs...)

@@ -26,15 +26,8 @@ var (
 const etcdPort = 2379
 
 func underlayAddr(i int) netip.Addr {
-	b := underlayNet.Addr().As4()
-	b[3] = byte(i)
-	return netip.AddrFrom4(b)
-}
-
-func underlayAddr6(i int) netip.Addr {
-	b := underlayNet6.Addr().As16()
-	b[15] = byte(i)
-	return netip.AddrFrom16(b)
+	a, _ := flat.host(i)
+	return a
 }
 
 func (l *Lab) upUnderlay() error {
@@ -104,6 +97,12 @@ func (l *Lab) upUnderlay() error {
 		"--store", l.State.Store, "--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--node-prefix", "24", "--node-prefix-v6", "64",
 		"--service-cidr", ServiceCIDRs,
 		"--fabric", l.State.Fabric)
+	if l.State.Fabric == "bgp" {
+		init.Args = append(init.Args, "--asn", fmt.Sprint(NodeASN))
+		if l.State.Racks > 1 {
+			init.Args = append(init.Args, "--bgp-no-node-mesh") // each node peers with its rack's router
+		}
+	}
 	var out []byte
 	for range 50 {
 		if out, err = init.CombinedOutput(); err == nil {
@@ -115,9 +114,32 @@ func (l *Lab) upUnderlay() error {
 	return fmt.Errorf("weft cluster init: %v: %s", err, out)
 }
 
+// segment is an L2 segment of the underlay: a bridge in the underlay namespace with its
+// networks. The flat lab has one (br0); a racked lab has one per rack, joined only by the
+// router namespace (gw, gw6 are its addresses there).
+type segment struct {
+	bridge    string
+	net, net6 netip.Prefix
+	gw, gw6   netip.Addr
+}
+
+var flat = segment{bridge: "br0", net: underlayNet, net6: underlayNet6}
+
+// host is address i of the segment's networks.
+func (s segment) host(i int) (netip.Addr, netip.Addr) {
+	b := s.net.Addr().As4()
+	b[3] = byte(i)
+	b6 := s.net6.Addr().As16()
+	b6[15] = byte(i)
+	return netip.AddrFrom4(b), netip.AddrFrom16(b6)
+}
+
 // plugIntoUnderlay gives the node namespace an "uplink" veth whose peer is a port of the
-// underlay bridge.
-func plugIntoUnderlay(underlay, node, port string, addr netip.Addr) error {
+// segment's bridge, with address i of the segment; in a rack, the other racks and the
+// management segment (etcd) are reached through the rack's router, pod networks only
+// through what BGP teaches.
+func plugIntoUnderlay(underlay, node, port string, seg segment, i int) error {
+	addr, six := seg.host(i)
 	nh, err := netlinkx.HandleAt(node)
 	if err != nil {
 		return err
@@ -136,11 +158,10 @@ func plugIntoUnderlay(underlay, node, port string, addr netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	if err := nh.AddrAdd(up, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(addr, underlayNet.Bits()))}); err != nil {
+	if err := nh.AddrAdd(up, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(addr, seg.net.Bits()))}); err != nil {
 		return err
 	}
-	six := underlayAddr6(int(addr.As4()[3]))
-	if err := nh.AddrAdd(up, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(six, underlayNet6.Bits())), Flags: unix.IFA_F_NODAD}); err != nil {
+	if err := nh.AddrAdd(up, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(six, seg.net6.Bits())), Flags: unix.IFA_F_NODAD}); err != nil {
 		return err
 	}
 	// A node's link-local address is tentative for its first seconds up; while it is,
@@ -155,6 +176,16 @@ func plugIntoUnderlay(underlay, node, port string, addr netip.Addr) error {
 	if err := nh.LinkSetUp(up); err != nil {
 		return err
 	}
+	if seg.gw.IsValid() {
+		for _, r := range []struct {
+			dst netip.Prefix
+			gw  netip.Addr
+		}{{underlayWide, seg.gw}, {underlayWide6, seg.gw6}} {
+			if err := nh.RouteAdd(&netlink.Route{Dst: prefixNet(r.dst), Gw: r.gw.AsSlice(), LinkIndex: up.Attrs().Index}); err != nil {
+				return fmt.Errorf("route %s via %s: %w", r.dst, r.gw, err)
+			}
+		}
+	}
 	uh, err := netlinkx.HandleAt(underlay)
 	if err != nil {
 		return err
@@ -164,7 +195,7 @@ func plugIntoUnderlay(underlay, node, port string, addr netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	br, err := uh.LinkByName("br0")
+	br, err := uh.LinkByName(seg.bridge)
 	if err != nil {
 		return err
 	}
