@@ -49,7 +49,7 @@ func TestPurePackagesTouchNoKernel(t *testing.T) {
 
 // Adapters do not import each other, nor the composition layer.
 func TestAdaptersStayApart(t *testing.T) {
-	adapters := []string{"podnet", "dataplane/masq", "dataplane/fastpath", "store/boltstore", "hostnet", "pmtu", "netns"}
+	adapters := []string{"podnet", "dataplane/masq", "dataplane/fastpath", "dataplane/routed", "bgp", "store/boltstore", "hostnet", "pmtu", "netns"}
 	for _, a := range adapters {
 		var others []string
 		for _, b := range adapters {
@@ -60,5 +60,21 @@ func TestAdaptersStayApart(t *testing.T) {
 		others = append(others, "github.com/weftnet/weft/internal/agent", "github.com/weftnet/weft/internal/cni",
 			"github.com/weftnet/weft/internal/cli", "github.com/weftnet/weft/internal/lab")
 		forbid(t, "github.com/weftnet/weft/internal/"+a, others...)
+	}
+}
+
+// GoBGP (and its protobuf types) stay inside internal/bgp: no other package imports it.
+func TestGoBGPStaysInItsAdapter(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, "github.com/weftnet/weft/...").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		for _, imp := range f[1:] {
+			if strings.HasPrefix(imp, "github.com/osrg/gobgp") && f[0] != "github.com/weftnet/weft/internal/bgp" {
+				t.Errorf("%s imports %s: only internal/bgp may", f[0], imp)
+			}
+		}
 	}
 }

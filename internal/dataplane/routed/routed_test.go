@@ -1,0 +1,114 @@
+package routed_test
+
+import (
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/dataplane/routed"
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+func route(dst string, hops ...string) routed.Route {
+	r := routed.Route{Dst: netip.MustParsePrefix(dst)}
+	for _, h := range hops {
+		r.NextHops = append(r.NextHops, netip.MustParseAddr(h))
+	}
+	return r
+}
+
+// kernel lists the namespace's BGP routes as "dst via gw[,gw]".
+func kernel(t *testing.T, h *netlink.Handle) string {
+	t.Helper()
+	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routed.RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rs {
+		var gws []string
+		if r.Gw != nil {
+			gws = append(gws, r.Gw.String())
+		}
+		for _, nh := range r.MultiPath {
+			gws = append(gws, nh.Gw.String())
+		}
+		sort.Strings(gws)
+		out = append(out, r.Dst.String()+" via "+strings.Join(gws, ","))
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
+}
+
+func TestSyncECMPRecursionAndSweep(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNS(t, "rt")
+	h := ns.Handle(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "under0"}, PeerName: "under1"}); err != nil {
+		t.Fatal(err)
+	}
+	if peer, err := h.LinkByName("under1"); err != nil || h.LinkSetUp(peer) != nil {
+		t.Fatal(err)
+	}
+	dev, _ := h.LinkByName("under0")
+	for _, a := range []string{"10.0.0.1/24", "fd00::1/64"} {
+		p := netip.MustParsePrefix(a)
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}, Flags: unix.IFA_F_NODAD}
+		if err := h.AddrAdd(dev, addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.LinkSetUp(dev); err != nil {
+		t.Fatal(err)
+	}
+	// Another rack's nodes sit behind a router: their next hops resolve through it.
+	if err := h.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IP{10, 1, 0, 0}, Mask: net.CIDRMask(16, 32)}, Gw: net.IP{10, 0, 0, 254}, LinkIndex: dev.Attrs().Index}); err != nil {
+		t.Fatal(err)
+	}
+	want := []routed.Route{
+		route("10.244.1.0/24", "10.0.0.2"),
+		route("10.244.2.0/24", "10.0.0.3", "10.0.0.2"), // ECMP
+		route("10.244.3.0/24", "10.1.2.3"),             // recursive: via the router
+		route("10.244.4.0/24", "10.9.9.9"),             // resolves nowhere: left out
+		route("fd00:244:0:1::/64", "fd00::2"),
+	}
+	res, err := routed.Sync(h, want, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Installed != 4 || res.Unresolved != 1 {
+		t.Errorf("first sync: %+v", res)
+	}
+	const all = "10.244.1.0/24 via 10.0.0.2; 10.244.2.0/24 via 10.0.0.2,10.0.0.3; 10.244.3.0/24 via 10.0.0.254; fd00:244:0:1::/64 via fd00::2"
+	if got := kernel(t, h); got != all {
+		t.Fatalf("kernel:\n got %s\nwant %s", got, all)
+	}
+	// The same state again changes nothing.
+	if res, err := routed.Sync(h, want, true); err != nil || res.Installed+res.Replaced+res.Deleted != 0 {
+		t.Errorf("idempotent sync: %+v %v", res, err)
+	}
+	// Before the view is complete (a restart), a missing route stays; a changed one moves.
+	partial := []routed.Route{route("10.244.1.0/24", "10.0.0.4")}
+	if res, err := routed.Sync(h, partial, false); err != nil || res.Replaced != 1 || res.Deleted != 0 {
+		t.Errorf("partial sync: %+v %v", res, err)
+	}
+	if got := kernel(t, h); !strings.Contains(got, "10.244.1.0/24 via 10.0.0.4") || !strings.Contains(got, "10.244.3.0/24") {
+		t.Errorf("after the partial sync: %s", got)
+	}
+	// Once complete, the rest is swept.
+	if res, err := routed.Sync(h, partial, true); err != nil || res.Deleted != 3 {
+		t.Errorf("sweep: %+v %v", res, err)
+	}
+	if got := kernel(t, h); got != "10.244.1.0/24 via 10.0.0.4" {
+		t.Errorf("after the sweep: %s", got)
+	}
+	// Routes of other owners are never touched.
+	if rs, _ := h.RouteList(dev, netlink.FAMILY_V4); len(rs) < 2 {
+		t.Errorf("the router route went: %v", rs)
+	}
+}

@@ -1,0 +1,119 @@
+package e2e_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/internal/probe"
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+// TestBGPAcrossRacks runs fabric bgp over two racks joined only by a router running a
+// real BGP daemon: cross-rack pod traffic can only follow routes learned over BGP.
+func TestBGPAcrossRacks(t *testing.T) {
+	for _, tor := range []string{"bird"} {
+		t.Run(tor, func(t *testing.T) { testBGPRacks(t, tor) })
+	}
+}
+
+func testBGPRacks(t *testing.T, tor string) {
+	testutil.RequireRoot(t)
+	l := labCLI{t: t, name: fmt.Sprintf("g%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
+	t.Cleanup(func() {
+		_, _ = l.run("down")
+		if left, _ := filepath.Glob("/run/netns/" + l.name + "-*"); len(left) > 0 {
+			t.Errorf("lab down left namespaces: %v", left)
+		}
+	})
+	l.must("up", "-d", "--nodes", "3", "--fabric", "bgp", "--racks", "2", "--tor", tor)
+	for i := 1; i <= 3; i++ { // node1 and node3 in rack 1, node2 in rack 2
+		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080")
+	}
+	s := l.status()
+
+	// The router learned every node's blocks (IPv4 and IPv6) over BGP.
+	var view string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		view = l.must("bgp", "router")
+		missing := ""
+		for _, n := range s.Nodes {
+			for _, p := range n.PodCIDRs {
+				if !strings.Contains(view, p.String()) {
+					missing += " " + p.String()
+				}
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the %s router lacks%s:\n%s", tor, missing, view)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Every pod reaches every other (ICMP, TCP, both families) across the racks.
+	if out, err := l.run("check"); err != nil {
+		t.Fatalf("lab check: %v\n%s", err, out)
+	}
+	// Each node reports its session with its rack's router as established.
+	for _, n := range []string{"node1", "node2"} {
+		var peers []struct{ Name, State string }
+		if err := json.Unmarshal([]byte(l.must("bgp", "peers", n, "-o", "json")), &peers); err != nil {
+			t.Fatal(err)
+		}
+		if len(peers) != 1 || !strings.HasPrefix(peers[0].Name, "tor-rack") || peers[0].State != "established" {
+			t.Errorf("%s peers: %+v", n, peers)
+		}
+	}
+
+	// kill -9 of node2's weftd (rack 2) under a 10 ms ping from rack 1: graceful restart
+	// keeps its routes on the router, and the kernel keeps the node's own.
+	pinger := probe.StartPinger(s.Pods[0].Netns, s.Pods[1].IPs[0], 10*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	l.must("node", "restart", "node2", "--kill")
+	time.Sleep(3 * time.Second) // past the speakers' reconnection
+	if sent, lost := pinger.Stop(); lost > 0 || sent < 200 {
+		t.Errorf("lost %d of %d pings across a weftd kill -9 and restart", lost, sent)
+	}
+	if out, err := l.run("check"); err != nil {
+		t.Fatalf("lab check after the restart: %v\n%s", err, out)
+	}
+
+	// Removing node3 (rack 1) withdraws its block everywhere within a second: its weftd
+	// withdraws, the router passes the withdrawal on.
+	var state struct{ Underlay, Store string }
+	b, err := os.ReadFile(filepath.Join("/run/weft-lab", l.name, "lab.json"))
+	if err != nil || json.Unmarshal(b, &state) != nil {
+		t.Fatalf("lab state: %v", err)
+	}
+	underlay := testutil.NS{Path: state.Underlay}
+	gone := s.Nodes[2].PodCIDRs[0].String()
+	start := time.Now()
+	if out, err := underlay.Command(l.bin, "cluster", "remove-node", "node3", "--store", state.Store).CombinedOutput(); err != nil {
+		t.Fatalf("remove-node: %v\n%s", err, out)
+	}
+	for _, n := range s.Nodes[:2] {
+		for {
+			routes, _ := exec.Command("ip", "-n", filepath.Base(n.Netns), "route").Output()
+			if !strings.Contains(string(routes), gone) {
+				break
+			}
+			if time.Since(start) > time.Second {
+				t.Fatalf("%s still routes node3's %s %v after its removal:\n%s", n.Name, gone, time.Since(start), routes)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	t.Logf("node3's block withdrawn from every node in %v", time.Since(start).Round(time.Millisecond))
+	if view := l.must("bgp", "router"); strings.Contains(view, gone) {
+		t.Errorf("the router still has %s:\n%s", gone, view)
+	}
+}
+
