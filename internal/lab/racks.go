@@ -6,7 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +49,15 @@ func rackSegment(r int) segment {
 		gw:     netip.AddrFrom4([4]byte{192, 168, byte(r), 254}),
 		gw6:    netip.AddrFrom16(gw6),
 	}
+}
+
+// torASN is the rack router's AS: its own (eBGP), or the cluster's for gobgpd, which
+// reflects routes inside it.
+func (l *Lab) torASN() uint32 {
+	if l.State.TOR == "gobgpd" {
+		return NodeASN
+	}
+	return TORASN
 }
 
 // rackOf spreads nodes over racks round-robin: node 1 in rack 1, node 2 in rack 2, ...
@@ -145,7 +156,7 @@ func (l *Lab) upRacks() error {
 	for r := 1; r <= l.State.Racks; r++ {
 		s := rackSegment(r)
 		if err := l.weftInUnderlay("bgp", "peer", "add", fmt.Sprintf("tor-rack%d", r), "--address", s.gw.String(),
-			"--asn", fmt.Sprint(TORASN), "--node-subnet", s.net.String(), "--store", l.State.Store); err != nil {
+			"--asn", fmt.Sprint(l.torASN()), "--node-subnet", s.net.String(), "--store", l.State.Store); err != nil {
 			return err
 		}
 	}
@@ -220,8 +231,190 @@ func (l *Lab) startTOR() error {
 	switch l.State.TOR {
 	case "bird":
 		return l.startBIRD()
+	case "frr":
+		if err := l.startZebra(); err != nil {
+			return err
+		}
+		return l.startFRRBGP()
+	case "gobgpd":
+		if err := l.startZebra(); err != nil { // gobgpd programs the FIB through FRR's zebra
+			return err
+		}
+		return l.startGoBGPD()
 	}
-	return fmt.Errorf("--tor %s: not built yet", l.State.TOR)
+	return fmt.Errorf("--tor %q: use bird, gobgpd or frr", l.State.TOR)
+}
+
+// startDaemon runs program in the router namespace in the foreground (so its PID is its
+// own), logging to DIR/name.out, and waits until ready says it serves.
+func (l *Lab) startDaemon(name, program string, ready func() bool, args ...string) error {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + l.State.Router, "--", program}, args...)...)
+	logf, err := os.Create(filepath.Join(l.torDir(), name+".out"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { _ = cmd.Wait() }()
+	l.State.TORProcs = append(l.State.TORProcs, Proc{PID: cmd.Process.Pid, Program: filepath.Base(program)})
+	if err := l.save(); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if ready() {
+			return nil
+		}
+		if !pidAlive(cmd.Process.Pid) {
+			break
+		}
+	}
+	out, _ := os.ReadFile(logf.Name())
+	return fmt.Errorf("%s did not start: %s", name, out)
+}
+
+const frrDir = "/usr/lib/frr"
+
+// zserv is the socket of the router's zebra (FRR's FIB manager).
+func (l *Lab) zserv() string { return filepath.Join(l.torDir(), "zserv.api") }
+
+func (l *Lab) startZebra() error {
+	if _, err := os.Stat(filepath.Join(frrDir, "zebra")); err != nil {
+		return fmt.Errorf("--tor %s needs FRR's zebra (apt-get install frr): %w", l.State.TOR, err)
+	}
+	// FRR's daemons drop to its own user: they need to own their directory.
+	if u, err := user.Lookup("frr"); err == nil {
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(l.torDir(), uid, gid); err != nil {
+			return err
+		}
+	}
+	conf := filepath.Join(l.torDir(), "zebra.conf")
+	if err := os.WriteFile(conf, []byte("hostname tor\n"), 0o644); err != nil {
+		return err
+	}
+	return l.startDaemon("zebra", filepath.Join(frrDir, "zebra"), exists(l.zserv()), "-f", conf, "-i", filepath.Join(l.torDir(), "zebra.pid"),
+		"-z", l.zserv(), "--vty_socket", l.torDir(), "-P", "0", "--log", "file:"+filepath.Join(l.torDir(), "zebra.log"))
+}
+
+func (l *Lab) startFRRBGP() error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, `frr defaults datacenter
+hostname tor
+ip prefix-list cluster4 seq 5 permit 10.244.0.0/16 le 32
+ipv6 prefix-list cluster6 seq 5 permit fd00:244::/56 le 128
+router bgp %d
+ bgp router-id %s
+ no bgp ebgp-requires-policy
+ bgp graceful-restart
+ bgp bestpath as-path multipath-relax
+ neighbor rack peer-group
+ neighbor rack remote-as %d
+ neighbor rack timers 3 9
+ neighbor rack timers connect 1
+`, TORASN, routerMgmt, NodeASN)
+	for r := 1; r <= l.State.Racks; r++ {
+		fmt.Fprintf(&b, " bgp listen range %s peer-group rack\n", rackSegment(r).net)
+	}
+	b.WriteString(` address-family ipv4 unicast
+  neighbor rack activate
+  neighbor rack prefix-list cluster4 in
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor rack activate
+  neighbor rack prefix-list cluster6 in
+ exit-address-family
+`)
+	conf := filepath.Join(l.torDir(), "bgpd.conf")
+	if err := os.WriteFile(conf, b.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return l.startDaemon("bgpd", filepath.Join(frrDir, "bgpd"), exists(filepath.Join(l.torDir(), "bgpd.vty")), "-f", conf, "-i", filepath.Join(l.torDir(), "bgpd.pid"),
+		"-z", l.zserv(), "--vty_socket", l.torDir(), "-P", "0", "--log", "file:"+filepath.Join(l.torDir(), "bgpd.log"))
+}
+
+// startGoBGPD runs gobgpd as the racks' route reflector inside the cluster's AS (iBGP;
+// nodes resolve a next hop in another rack through the router). Not as an eBGP router
+// like the others: with every node in one AS, GoBGP must replace the AS on the way out
+// (replace-peer-as), and then it drops the withdrawals (their AS path still loops), so a
+// removed node's block would stay routed forever.
+func (l *Lab) startGoBGPD() error {
+	if _, err := exec.LookPath(gobgpBin("gobgpd")); err != nil {
+		return fmt.Errorf("--tor gobgpd needs gobgpd: %w", err)
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, `[global.config]
+  as = %d
+  router-id = "%s"
+[global.use-multiple-paths.config]
+  enabled = true
+[zebra.config]
+  enabled = true
+  url = "unix:%s"
+  version = 6
+  software-name = "frr8.4"
+  redistribute-route-type-list = []
+[[peer-groups]]
+  [peer-groups.config]
+    peer-group-name = "rack"
+    peer-as = %d
+  [peer-groups.route-reflector.config]
+    route-reflector-client = true
+    route-reflector-cluster-id = "%s"
+  [peer-groups.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+    connect-retry = 1
+  [peer-groups.graceful-restart.config]
+    enabled = true
+  [[peer-groups.afi-safis]]
+    [peer-groups.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+    [peer-groups.afi-safis.mp-graceful-restart.config]
+      enabled = true
+  [[peer-groups.afi-safis]]
+    [peer-groups.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+    [peer-groups.afi-safis.mp-graceful-restart.config]
+      enabled = true
+`, NodeASN, routerMgmt, l.zserv(), NodeASN, routerMgmt)
+	for r := 1; r <= l.State.Racks; r++ {
+		fmt.Fprintf(&b, "[[dynamic-neighbors]]\n  [dynamic-neighbors.config]\n    prefix = \"%s\"\n    peer-group = \"rack\"\n", rackSegment(r).net)
+	}
+	conf := filepath.Join(l.torDir(), "gobgpd.toml")
+	if err := os.WriteFile(conf, b.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return l.startDaemon("gobgpd", gobgpBin("gobgpd"), func() bool {
+		return exec.Command("nsenter", "--net="+l.State.Router, "--", gobgpBin("gobgp"), "-u", "127.0.0.1", "-p", "50051", "global").Run() == nil
+	}, "-f", conf, "-t", "toml", "--api-hosts", gobgpAPI, "--pprof-disable",
+		"--log-plain")
+}
+
+// gobgpAPI is where the router's gobgpd serves its gRPC API (inside the router namespace).
+const gobgpAPI = "127.0.0.1:50051"
+
+func exists(path string) func() bool {
+	return func() bool { _, err := os.Stat(path); return err == nil }
+}
+
+// gobgpBin finds gobgpd or gobgp: in $WEFT_GOBGP_DIR when set, else on the PATH.
+// Debian 12's gobgpd (3.10) cannot read the interface messages of Debian 12's zebra (FRR
+// 8.4: it panics on the longer interface names of FRR >= 8.3), so a racked lab with
+// --tor gobgpd uses GoBGP v4 built from its module (scripts/test.sh does: go install
+// github.com/osrg/gobgp/v4/cmd/gobgpd@v4.8.0) and points WEFT_GOBGP_DIR at it.
+func gobgpBin(name string) string {
+	if d := os.Getenv("WEFT_GOBGP_DIR"); d != "" {
+		return filepath.Join(d, name)
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return name
 }
 
 func (l *Lab) startBIRD() error {
@@ -291,6 +484,12 @@ func (l *Lab) RouterView() (string, error) {
 	switch l.State.TOR {
 	case "bird":
 		cmd = exec.Command("birdc", "-s", l.BIRDSocket(), "show", "route")
+	case "frr":
+		cmd = exec.Command("vtysh", "--vty_socket", l.torDir(), "-c", "show ip bgp", "-c", "show bgp ipv6 unicast")
+	case "gobgpd":
+		g := gobgpBin("gobgp")
+		cmd = exec.Command("nsenter", "--net="+l.State.Router, "--", "sh", "-c",
+			g+" -u 127.0.0.1 -p 50051 global rib -a ipv4; "+g+" -u 127.0.0.1 -p 50051 global rib -a ipv6")
 	default:
 		return "", fmt.Errorf("lab %s has no rack router", l.opts.Name)
 	}

@@ -17,9 +17,35 @@ import (
 // TestBGPAcrossRacks runs fabric bgp over two racks joined only by a router running a
 // real BGP daemon: cross-rack pod traffic can only follow routes learned over BGP.
 func TestBGPAcrossRacks(t *testing.T) {
-	for _, tor := range []string{"bird"} {
-		t.Run(tor, func(t *testing.T) { testBGPRacks(t, tor) })
+	for _, tor := range []string{"bird", "frr", "gobgpd"} {
+		t.Run(tor, func(t *testing.T) {
+			if tor == "gobgpd" {
+				useGoBGPv4(t)
+			}
+			testBGPRacks(t, tor)
+		})
 	}
+}
+
+// useGoBGPv4 points the lab at GoBGP v4's gobgpd (see lab.gobgpBin for why not Debian's),
+// building it once into GOPATH when scripts/test.sh has not.
+func useGoBGPv4(t *testing.T) {
+	if os.Getenv("WEFT_GOBGP_DIR") != "" {
+		return
+	}
+	gopath, err := exec.Command("go", "env", "GOPATH").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(gopath)), "weft-gobgp-v4.8.0")
+	if _, err := os.Stat(filepath.Join(dir, "gobgpd")); err != nil {
+		cmd := exec.Command("go", "install", "github.com/osrg/gobgp/v4/cmd/gobgpd@v4.8.0", "github.com/osrg/gobgp/v4/cmd/gobgp@v4.8.0")
+		cmd.Env = append(os.Environ(), "GOBIN="+dir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build gobgpd v4.8.0: %v\n%s", err, out)
+		}
+	}
+	t.Setenv("WEFT_GOBGP_DIR", dir)
 }
 
 func testBGPRacks(t *testing.T, tor string) {
@@ -57,6 +83,27 @@ func testBGPRacks(t *testing.T, tor string) {
 			t.Fatalf("the %s router lacks%s:\n%s", tor, missing, view)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// ... and every node has every other node's blocks in its kernel.
+	for _, n := range s.Nodes {
+		for {
+			routes, _ := exec.Command("ip", "-n", filepath.Base(n.Netns), "route", "show", "table", "all").Output()
+			missing := ""
+			for _, o := range s.Nodes {
+				for _, p := range o.PodCIDRs {
+					if o.Name != n.Name && !strings.Contains(string(routes), p.String()) {
+						missing += " " + p.String()
+					}
+				}
+			}
+			if missing == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks routes to%s:\n%s", n.Name, missing, routes)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	// Every pod reaches every other (ICMP, TCP, both families) across the racks.
 	if out, err := l.run("check"); err != nil {
