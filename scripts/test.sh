@@ -23,7 +23,7 @@ leftovers() { comm -13 <(sort -u <<<"$1") <(sort -u <<<"$2"); }
 if [ "${WEFT_TEST_INNER:-}" != 1 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt_need iproute2 util-linux procps nftables iptables iputils-ping containernetworking-plugins busybox-static \
-      iperf3 sockperf podman containerd runc conmon etcd-server dnsutils
+      iperf3 sockperf podman containerd runc conmon etcd-server dnsutils bird2 frr
   else
     echo "not root: privileged tests will skip"
   fi
@@ -34,6 +34,12 @@ if [ "${WEFT_TEST_INNER:-}" != 1 ]; then
   export WEFT_CNI_PLUGINS_V191="$(go env GOPATH)/weft-cni-plugins-$PLUGINS_VERSION"
   [ -x "$WEFT_CNI_PLUGINS_V191/bandwidth" ] ||
     GOBIN="$WEFT_CNI_PLUGINS_V191" go install "github.com/containernetworking/plugins/plugins/meta/bandwidth@$PLUGINS_VERSION"
+
+  # GoBGP v4's gobgpd for the racked lab's --tor gobgpd (Debian's 3.10 cannot talk to
+  # Debian's FRR 8.4 zebra: see internal/lab/racks.go).
+  export WEFT_GOBGP_DIR="$(go env GOPATH)/weft-gobgp-v4.8.0"
+  [ -x "$WEFT_GOBGP_DIR/gobgpd" ] ||
+    GOBIN="$WEFT_GOBGP_DIR" go install github.com/osrg/gobgp/v4/cmd/gobgpd@v4.8.0 github.com/osrg/gobgp/v4/cmd/gobgp@v4.8.0
 
   echo "== go vet"
   go vet ./...
