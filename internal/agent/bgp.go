@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/bgp"
@@ -32,6 +31,8 @@ type bgpFabric struct {
 	sp     *bgp.Speaker
 	kernel *reconcile.Loop
 	cfg    v1.BGPConfig
+
+	kern *routed.Kernel // syncKernel's, opened on first use
 
 	mu        sync.Mutex
 	installed int
@@ -54,7 +55,7 @@ func (a *Agent) startBGP(g *group, c *Cluster) error {
 	_, err := os.Stat(c.bgpMarker())
 	restarting := err == nil
 	f := &bgpFabric{c: c, cfg: cfg}
-	f.kernel = reconcile.New(20*time.Millisecond, f.syncKernel, func(err error) {
+	f.kernel = reconcile.New(0, f.syncKernel, func(err error) {
 		a.setProblem("bgp-routes", err)
 		if err != nil {
 			c.o.Log.Warn("installing BGP routes failed", "err", err)
@@ -134,7 +135,12 @@ func (f *bgpFabric) syncKernel() error {
 			want = append(want, routed.Route{Dst: r.Prefix, NextHops: r.NextHops})
 		}
 	}
-	res, err := routed.Sync(&netlink.Handle{}, want, f.sp.Synced())
+	if f.kern == nil {
+		if f.kern, err = routed.Open(""); err != nil {
+			return err
+		}
+	}
+	res, err := f.kern.Sync(want, f.sp.Synced())
 	f.mu.Lock()
 	f.installed = len(want) - res.Unresolved
 	f.mu.Unlock()

@@ -397,16 +397,30 @@ func (s *Speaker) Announce(ctx context.Context, want []Announcement) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
+	// Withdrawals name their paths (GoBGP's delete by UUID scans every path per UUID).
+	var gone []netip.Prefix
+	var withdraw []*apiutil.Path
 	for p, a := range s.announced {
-		if nh, ok := wanted[p]; ok && nh == a.nextHop {
-			continue
+		if nh, ok := wanted[p]; !ok || nh != a.nextHop {
+			path, err := localPath(p, a.nextHop)
+			if err != nil {
+				return err
+			}
+			gone, withdraw = append(gone, p), append(withdraw, path)
 		}
-		if err := s.srv.DeletePath(apiutil.DeletePathRequest{UUIDs: []uuid.UUID{a.id}}); err != nil {
-			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
-			continue
-		}
-		delete(s.announced, p)
 	}
+	if len(withdraw) > 0 {
+		if err := s.srv.DeletePath(apiutil.DeletePathRequest{Paths: withdraw}); err != nil {
+			return fmt.Errorf("withdraw %d prefixes: %w", len(withdraw), err)
+		}
+		for _, p := range gone {
+			delete(s.announced, p)
+		}
+	}
+	// New prefixes go in one AddPath call: GoBGP then sends them in as few UPDATEs as it
+	// can, and thousands of announcements cost one call, not thousands.
+	var prefixes []netip.Prefix
+	var paths []*apiutil.Path
 	for p, nh := range wanted {
 		if _, ok := s.announced[p]; ok {
 			continue
@@ -416,15 +430,23 @@ func (s *Speaker) Announce(ctx context.Context, want []Announcement) error {
 			errs = append(errs, err)
 			continue
 		}
-		res, err := s.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}})
-		if err == nil && len(res) == 1 && res[0].Error != nil {
-			err = res[0].Error
+		prefixes, paths = append(prefixes, p), append(paths, path)
+	}
+	if len(paths) > 0 {
+		res, err := s.srv.AddPath(apiutil.AddPathRequest{Paths: paths})
+		if err == nil && len(res) != len(paths) {
+			err = fmt.Errorf("GoBGP answered %d of %d paths", len(res), len(paths))
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("announce %s: %w", p, err))
-			continue
+			return errors.Join(append(errs, fmt.Errorf("announce: %w", err))...)
 		}
-		s.announced[p] = announced{nextHop: nh, id: res[0].UUID}
+		for i, r := range res {
+			if r.Error != nil {
+				errs = append(errs, fmt.Errorf("announce %s: %w", prefixes[i], r.Error))
+				continue
+			}
+			s.announced[prefixes[i]] = announced{nextHop: wanted[prefixes[i]], id: r.UUID}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -42,25 +43,29 @@ type Result struct {
 // connected network is resolved through the kernel's own routes (recursive next hop, as
 // for iBGP peers across a router); one that resolves nowhere is left out. With sweep,
 // routes not in want are deleted.
-func Sync(h *netlink.Handle, want []Route, sweep bool) (Result, error) {
+//
+// What the kernel holds is read from it (one dump) on the first sync, after a failed one,
+// and once every dumpEvery; in between, Sync trusts its own record of what it installed,
+// so a sync that changes a few of 10,000 routes costs only those few.
+func (k *Kernel) Sync(want []Route, sweep bool) (Result, error) {
 	var res Result
-	have, err := netlinkx.Retry(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
-			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return res, err
-	}
-	current := map[netip.Prefix][]hop{}
-	kernel := map[netip.Prefix]netlink.Route{}
-	for _, r := range have {
-		if r.Dst == nil {
-			continue
+	h := k.h
+	if k.current == nil || time.Since(k.dumped) > dumpEvery {
+		have, err := netlinkx.Retry(func() ([]netlink.Route, error) {
+			return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+				netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		})
+		if err != nil {
+			return res, err
 		}
-		p := prefixOf(r.Dst)
-		current[p] = hopsOf(r)
-		kernel[p] = r
+		k.current, k.dumped = map[netip.Prefix][]hop{}, time.Now()
+		for _, r := range have {
+			if r.Dst != nil {
+				k.current[prefixOf(r.Dst)] = hopsOf(r)
+			}
+		}
 	}
+	current := k.current
 	resolved := map[netip.Addr]hop{}
 	resolve := func(a netip.Addr) (hop, bool) {
 		if h, ok := resolved[a]; ok {
@@ -71,6 +76,7 @@ func Sync(h *netlink.Handle, want []Route, sweep bool) (Result, error) {
 		return hp, ok
 	}
 	var errs []error
+	var ops []op
 	wanted := map[netip.Prefix]bool{}
 	for _, r := range want {
 		dst := r.Dst.Masked()
@@ -93,34 +99,33 @@ func Sync(h *netlink.Handle, want []Route, sweep bool) (Result, error) {
 		if exists && slices.Equal(old, hops) {
 			continue
 		}
-		rt := &netlink.Route{Dst: ipNet(dst), Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}
-		if len(hops) == 1 {
-			rt.Gw, rt.LinkIndex = hops[0].gw.AsSlice(), hops[0].ifindex
-		} else {
-			for _, hp := range hops {
-				rt.MultiPath = append(rt.MultiPath, &netlink.NexthopInfo{Gw: hp.gw.AsSlice(), LinkIndex: hp.ifindex})
-			}
-		}
-		if err := h.RouteReplace(rt); err != nil {
-			errs = append(errs, fmt.Errorf("route %s: %w", dst, err))
-			continue
-		}
-		if exists {
-			res.Replaced++
-		} else {
-			res.Installed++
-		}
+		ops = append(ops, op{dst: dst, hops: hops, replace: exists})
 	}
 	if sweep {
-		for p, r := range kernel {
-			if wanted[p] {
-				continue
+		for p := range current {
+			if !wanted[p] {
+				ops = append(ops, op{dst: p, del: true})
 			}
-			if err := h.RouteDel(&r); err != nil && !netlinkx.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("delete stale route %s: %w", p, err))
-				continue
-			}
+		}
+	}
+	for i, err := range k.apply(ops) {
+		o := ops[i]
+		if o.del {
+			delete(current, o.dst)
+		} else if err == nil {
+			current[o.dst] = o.hops
+		}
+		switch {
+		case err != nil && o.del && errors.Is(err, unix.ESRCH):
+		case err != nil:
+			k.current = nil // read the kernel again next time
+			errs = append(errs, fmt.Errorf("route %s: %w", o.dst, err))
+		case o.del:
 			res.Deleted++
+		case o.replace:
+			res.Replaced++
+		default:
+			res.Installed++
 		}
 	}
 	return res, errors.Join(errs...)

@@ -70,6 +70,11 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 	if err := h.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IP{10, 1, 0, 0}, Mask: net.CIDRMask(16, 32)}, Gw: net.IP{10, 0, 0, 254}, LinkIndex: dev.Attrs().Index}); err != nil {
 		t.Fatal(err)
 	}
+	k, err := routed.Open(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
 	want := []routed.Route{
 		route("10.244.1.0/24", "10.0.0.2"),
 		route("10.244.2.0/24", "10.0.0.3", "10.0.0.2"), // ECMP
@@ -77,7 +82,7 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 		route("10.244.4.0/24", "10.9.9.9"),             // resolves nowhere: left out
 		route("fd00:244:0:1::/64", "fd00::2"),
 	}
-	res, err := routed.Sync(h, want, true)
+	res, err := k.Sync(want, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,19 +94,19 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 		t.Fatalf("kernel:\n got %s\nwant %s", got, all)
 	}
 	// The same state again changes nothing.
-	if res, err := routed.Sync(h, want, true); err != nil || res.Installed+res.Replaced+res.Deleted != 0 {
+	if res, err := k.Sync(want, true); err != nil || res.Installed+res.Replaced+res.Deleted != 0 {
 		t.Errorf("idempotent sync: %+v %v", res, err)
 	}
 	// Before the view is complete (a restart), a missing route stays; a changed one moves.
 	partial := []routed.Route{route("10.244.1.0/24", "10.0.0.4")}
-	if res, err := routed.Sync(h, partial, false); err != nil || res.Replaced != 1 || res.Deleted != 0 {
+	if res, err := k.Sync(partial, false); err != nil || res.Replaced != 1 || res.Deleted != 0 {
 		t.Errorf("partial sync: %+v %v", res, err)
 	}
 	if got := kernel(t, h); !strings.Contains(got, "10.244.1.0/24 via 10.0.0.4") || !strings.Contains(got, "10.244.3.0/24") {
 		t.Errorf("after the partial sync: %s", got)
 	}
 	// Once complete, the rest is swept.
-	if res, err := routed.Sync(h, partial, true); err != nil || res.Deleted != 3 {
+	if res, err := k.Sync(partial, true); err != nil || res.Deleted != 3 {
 		t.Errorf("sweep: %+v %v", res, err)
 	}
 	if got := kernel(t, h); got != "10.244.1.0/24 via 10.0.0.4" {
