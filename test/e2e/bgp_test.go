@@ -163,4 +163,3 @@ func testBGPRacks(t *testing.T, tor string) {
 		t.Errorf("the router still has %s:\n%s", gone, view)
 	}
 }
-
