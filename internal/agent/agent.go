@@ -161,7 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			contract.DNSServers, contract.DNSDomain = a.dnsAddrs, a.dnsDomain
 		}
 		if c.Config().Fabric == v1.FabricBGP {
-			if err := a.startBGP(g, c); err != nil {
+			if err := a.startBGP(g, c, cache); err != nil {
 				return errors.Join(err, g.Wait())
 			}
 		}
@@ -301,6 +301,11 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) {
 			a.opts.Log.Warn("service proxy sync failed; retrying at the next change or resync", "err", err)
 		}
 	})
+	if c := a.opts.Cluster; c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP != nil && c.cfg.BGP.AnnounceServices {
+		// Routers send outside clients to service addresses: their replies must come
+		// back through the node that translated them.
+		sp.nft.MasqueradeExternal(c.cfg.ClusterCIDRs, c.cfg.ServiceCIDRs)
+	}
 	g.Loop("service-proxy", sp.run)
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ import (
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/bgp"
 	"github.com/weftnet/weft/internal/dataplane/routed"
+	"github.com/weftnet/weft/internal/endpoints"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
 )
@@ -27,10 +29,13 @@ const stuckAfter = 30 * time.Second
 // bgpFabric is fabric bgp on this node: the speaker announces the node's pod blocks and
 // peers as the cluster says; the routes it learns go into the kernel.
 type bgpFabric struct {
-	c      *Cluster
-	sp     *bgp.Speaker
-	kernel *reconcile.Loop
-	cfg    v1.BGPConfig
+	c        *Cluster
+	sp       *bgp.Speaker
+	kernel   *reconcile.Loop
+	announce *reconcile.Loop
+	cache    *resources.Cache
+	cfg      v1.BGPConfig
+	removed  atomic.Bool // the node was removed from the cluster: announce nothing
 
 	kern *routed.Kernel // syncKernel's, opened on first use
 
@@ -40,8 +45,9 @@ type bgpFabric struct {
 
 func (c *Cluster) bgpMarker() string { return filepath.Join(c.o.StateDir, "bgp.announced") }
 
-// startBGP runs the speaker and its kernel-route loop under the agent's group.
-func (a *Agent) startBGP(g *group, c *Cluster) error {
+// startBGP runs the speaker, its kernel-route loop and its announcement loop under the
+// agent's group.
+func (a *Agent) startBGP(g *group, c *Cluster, cache *resources.Cache) error {
 	cfg := *c.cfg.BGP
 	self := c.node
 	routerID, ok := firstV4(self.Underlay)
@@ -54,7 +60,7 @@ func (a *Agent) startBGP(g *group, c *Cluster) error {
 	}
 	_, err := os.Stat(c.bgpMarker())
 	restarting := err == nil
-	f := &bgpFabric{c: c, cfg: cfg}
+	f := &bgpFabric{c: c, cfg: cfg, cache: cache}
 	f.kernel = reconcile.New(0, f.syncKernel, func(err error) {
 		a.setProblem("bgp-routes", err)
 		if err != nil {
@@ -72,7 +78,21 @@ func (a *Agent) startBGP(g *group, c *Cluster) error {
 		c.o.Log.Info("bgp: restarting gracefully; peers keep this node's routes meanwhile")
 	}
 	f.sp = sp
+	f.announce = reconcile.New(10*time.Millisecond, f.syncAnnouncements, func(err error) {
+		a.setProblem("bgp-announce", err)
+		if err != nil {
+			c.o.Log.Warn("BGP announcements failed", "err", err)
+		}
+	}).WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second})
+	if cfg.AnnounceServices {
+		cache.OnChange(func(k resources.Kind) {
+			if k == resources.KindPod || k == resources.KindService {
+				f.announce.Trigger()
+			}
+		})
+	}
 	c.bgp = f
+	g.Loop("bgp-announce", f.announce.Run)
 	a.metrics.reg.MustRegister(bgpCollector{f})
 	g.Loop("bgp-routes", f.kernel.Run)
 	g.Loop("bgp-health", func(ctx context.Context) {
@@ -103,21 +123,59 @@ func (f *bgpFabric) sync(ctx context.Context, nodes []v1.Node) error {
 	if err := f.sp.SetPeers(ctx, bgp.PlanPeers(f.cfg, self, nodes, peers)); err != nil {
 		return err
 	}
+	f.removed.Store(!slices.ContainsFunc(nodes, func(n v1.Node) bool { return n.Name == self.Name }))
+	f.announce.Trigger()
+	return nil
+}
+
+// syncAnnouncements makes the announced prefixes follow the node's blocks and, with
+// announceServices, the service ranges plus the address of every service with
+// externalTrafficPolicy Local that has a ready endpoint on this node (a host route, so
+// routers send its traffic only to such nodes: MetalLB's and kube-router's behaviour).
+func (f *bgpFabric) syncAnnouncements() error {
 	var extra []netip.Prefix
 	if f.cfg.AnnounceServices {
-		extra = f.c.cfg.ServiceCIDRs
+		extra = append(extra, f.c.cfg.ServiceCIDRs...)
+		if !f.cache.Synced() {
+			return nil // an empty cache would withdraw every service address
+		}
+		extra = append(extra, localServiceAddrs(f.c.node.Name, f.cache.Services(), f.cache.Pods())...)
 	}
-	want := bgp.PlanAnnouncements(self, f.c.held.Lease.PodCIDRs, extra)
-	if !slices.ContainsFunc(nodes, func(n v1.Node) bool { return n.Name == self.Name }) {
+	want := bgp.PlanAnnouncements(f.c.node, f.c.held.Lease.PodCIDRs, extra)
+	if f.removed.Load() {
 		// Removed from the cluster (weft cluster remove-node): withdraw everything, so
 		// every router and node forgets this node's blocks now rather than when its
 		// sessions time out.
 		want = nil
 	}
-	if err := f.sp.Announce(ctx, want); err != nil {
+	if err := f.sp.Announce(context.Background(), want); err != nil {
 		return err
 	}
 	return os.WriteFile(f.c.bgpMarker(), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+}
+
+// localServiceAddrs are the addresses (/32, /128) of the services with
+// externalTrafficPolicy Local that have a ready, serving endpoint on node.
+func localServiceAddrs(node string, services []v1.Service, pods []v1.Pod) []netip.Prefix {
+	var out []netip.Prefix
+	for i := range services {
+		svc := &services[i]
+		if svc.ExternalTrafficPolicy != v1.TrafficPolicyLocal || len(svc.ClusterIPs) == 0 {
+			continue
+		}
+		local := false
+		for _, port := range endpoints.For(svc, pods) {
+			for _, e := range endpoints.Local(endpoints.Serving(port.Endpoints), node) {
+				local = local || e.Ready
+			}
+		}
+		if local {
+			for _, a := range svc.ClusterIPs {
+				out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+	}
+	return out
 }
 
 func (f *bgpFabric) syncKernel() error {

@@ -103,6 +103,7 @@ type Speaker struct {
 	announced map[netip.Prefix]announced
 	state     map[netip.Addr]*peerState
 	started   time.Time
+	peersSet  bool // SetPeers has run: until then nothing is known of the peers
 	notify    func()
 }
 
@@ -309,6 +310,7 @@ func (s *Speaker) SetPeers(ctx context.Context, want []Peer) error {
 		wanted[p.Address] = p
 	}
 	s.mu.Lock()
+	s.peersSet = true
 	have := make(map[netip.Addr]Peer, len(s.peers))
 	for a, p := range s.peers {
 		have[a] = p
@@ -634,15 +636,19 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 	return out, err
 }
 
-// Synced says the learned routes are complete: every configured peer is established and
-// has sent End-of-RIB for every family, or the sync deadline after start has passed. Until
-// then a restarted node must not delete kernel routes it cannot see yet.
+// Synced says the learned routes are complete: the peers are known (SetPeers ran) and
+// every one is established and has sent End-of-RIB for every family, or the sync
+// deadline after start has passed. Until then a restarted node must not delete kernel
+// routes it cannot see yet.
 func (s *Speaker) Synced() bool {
 	if time.Since(s.started) > syncDeadline {
 		return true
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.peersSet {
+		return false
+	}
 	for a := range s.peers {
 		ps := s.state[a]
 		if ps == nil || ps.state != "established" {

@@ -275,3 +275,18 @@ func splitComma(s string) []string {
 	}
 	return out
 }
+
+// A restarted speaker knows nothing of its peers until told: it must not call its view
+// complete (and let stale kernel routes be swept) before then.
+func TestNotSyncedBeforePeersAreKnown(t *testing.T) {
+	a := startNode(t, "127.0.0.51", 64512)
+	if a.Synced() {
+		t.Fatal("synced before SetPeers")
+	}
+	b := startNode(t, "127.0.0.52", 64512)
+	mesh(t, a, b)
+	if a.Synced() {
+		t.Fatal("synced before the session is up")
+	}
+	eventually(t, "a synced once b's End-of-RIB arrived", func() (bool, string) { return a.Synced(), "" })
+}

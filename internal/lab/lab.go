@@ -85,6 +85,7 @@ type State struct {
 	Racks    int     `json:"racks,omitempty"`
 	TOR      string  `json:"tor,omitempty"`
 	Router   string  `json:"router,omitempty"` // racked labs: the router namespace
+	Client   string  `json:"client,omitempty"` // racked labs: a client outside the cluster, behind the router
 	TORProcs []Proc  `json:"torProcs,omitempty"`
 	Store    string  `json:"store"`
 	EtcdPID  int     `json:"etcdPID"`
@@ -404,7 +405,7 @@ func (l *Lab) Down() error {
 	for _, p := range l.State.TORProcs {
 		stopPID(p.PID, p.Program)
 	}
-	errs = append(errs, deleteNS(l.State.Router))
+	errs = append(errs, deleteNS(l.State.Router), deleteNS(l.State.Client))
 	errs = append(errs, deleteNS(l.State.Underlay))
 	errs = append(errs, os.RemoveAll(l.dir()))
 	return errors.Join(errs...)

@@ -150,6 +150,9 @@ func (l *Lab) upRacks() error {
 			return fmt.Errorf("underlay route %s: %w", r.dst, err)
 		}
 	}
+	if err := l.upClient(); err != nil {
+		return err
+	}
 	if err := l.startTOR(); err != nil {
 		return err
 	}
@@ -158,6 +161,63 @@ func (l *Lab) upRacks() error {
 		if err := l.weftInUnderlay("bgp", "peer", "add", fmt.Sprintf("tor-rack%d", r), "--address", s.gw.String(),
 			"--asn", fmt.Sprint(l.torASN()), "--node-subnet", s.net.String(), "--store", l.State.Store); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// The client network: one namespace outside the cluster, behind the router, as a user
+// reaching services from elsewhere (its only route is the router).
+var (
+	clientNet  = segment{bridge: "brc", net: netip.MustParsePrefix("192.168.250.0/24"), net6: netip.MustParsePrefix("fd00:255:0:fa::/64")}
+	clientAddr = netip.MustParseAddr("192.168.250.1")
+)
+
+func (l *Lab) upClient() error {
+	uh, err := netlinkx.HandleAt(l.State.Underlay)
+	if err != nil {
+		return err
+	}
+	defer uh.Close()
+	snoop := false
+	if err := uh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: clientNet.bridge, MTU: 1500}, MulticastSnooping: &snoop}); err != nil {
+		return fmt.Errorf("client bridge: %w", err)
+	}
+	br, err := uh.LinkByName(clientNet.bridge)
+	if err != nil {
+		return err
+	}
+	if err := uh.LinkSetUp(br); err != nil {
+		return err
+	}
+	gw, gw6 := clientNet.host(254)
+	if err := plugRouterLeg(l.State.Underlay, l.State.Router, "rc", "trc", clientNet, gw, gw6); err != nil {
+		return err
+	}
+	path, err := createNS(l.nsName("client"))
+	if err != nil {
+		return err
+	}
+	l.State.Client = path
+	if err := l.save(); err != nil {
+		return err
+	}
+	_, a6 := clientNet.host(1)
+	if err := plugRouterLeg(l.State.Underlay, path, "eth0", "tc", clientNet, clientAddr, a6); err != nil {
+		return err
+	}
+	ch, err := netlinkx.HandleAt(path)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	eth, err := ch.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	for _, gwa := range []netip.Addr{gw, gw6} {
+		if err := ch.RouteAdd(&netlink.Route{Gw: gwa.AsSlice(), LinkIndex: eth.Attrs().Index}); err != nil {
+			return fmt.Errorf("client default route via %s: %w", gwa, err)
 		}
 	}
 	return nil
@@ -306,7 +366,9 @@ func (l *Lab) startFRRBGP() error {
 	fmt.Fprintf(&b, `frr defaults datacenter
 hostname tor
 ip prefix-list cluster4 seq 5 permit 10.244.0.0/16 le 32
+ip prefix-list cluster4 seq 10 permit 10.96.0.0/16 le 32
 ipv6 prefix-list cluster6 seq 5 permit fd00:244::/56 le 128
+ipv6 prefix-list cluster6 seq 10 permit fd00:96::/112 le 128
 router bgp %d
  bgp router-id %s
  no bgp ebgp-requires-policy
@@ -431,8 +493,8 @@ template bgp rack {
   local as %d;
   hold time 9; keepalive time 3; connect retry time 1;
   graceful restart on;
-  ipv4 { import where net ~ [ 10.244.0.0/16+ ]; export where source = RTS_BGP; };
-  ipv6 { import where net ~ [ fd00:244::/56+ ]; export where source = RTS_BGP; };
+  ipv4 { import where net ~ [ 10.244.0.0/16+, 10.96.0.0/16+ ]; export where source = RTS_BGP; };
+  ipv6 { import where net ~ [ fd00:244::/56+, fd00:96::/112+ ]; export where source = RTS_BGP; };
 }
 `, l.torDir(), routerMgmt, TORASN)
 	for r := 1; r <= l.State.Racks; r++ {

@@ -100,7 +100,9 @@ func (l *Lab) upUnderlay() error {
 	if l.State.Fabric == "bgp" {
 		init.Args = append(init.Args, "--asn", fmt.Sprint(NodeASN))
 		if l.State.Racks > 1 {
-			init.Args = append(init.Args, "--bgp-no-node-mesh") // each node peers with its rack's router
+			// Each node peers with its rack's router, which also learns the service
+			// addresses (the lab's client behind it reaches services through them).
+			init.Args = append(init.Args, "--bgp-no-node-mesh", "--bgp-announce-services")
 		}
 	}
 	var out []byte

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,13 +134,52 @@ func testBGPRacks(t *testing.T, tor string) {
 		t.Fatalf("lab check after the restart: %v\n%s", err, out)
 	}
 
-	// Removing node3 (rack 1) withdraws its block everywhere within a second: its weftd
-	// withdraws, the router passes the withdrawal on.
-	var state struct{ Underlay, Store string }
+	var state struct{ Underlay, Store, Client string }
 	b, err := os.ReadFile(filepath.Join("/run/weft-lab", l.name, "lab.json"))
 	if err != nil || json.Unmarshal(b, &state) != nil {
 		t.Fatalf("lab state: %v", err)
 	}
+
+	// A service with externalTrafficPolicy Local: only the node with its endpoint
+	// announces its address, so the router sends the client behind it there; when the
+	// endpoint moves to another node, the address moves with it within a second.
+	l.must("pod", "add", "e1", "--node", "1", "--serve", "tcp:8080", "--labels", "app=ext")
+	l.must("service", "add", "ext", "--type", "NodePort", "--selector", "app=ext", "--port", "80:8080/tcp", "--external-traffic-policy", "Local")
+	var svc struct{ ClusterIPs []netip.Addr }
+	if err := json.Unmarshal([]byte(l.must("service", "get", "ext", "-o", "json")), &svc); err != nil || len(svc.ClusterIPs) == 0 {
+		t.Fatalf("service: %v %+v", err, svc)
+	}
+	vip := svc.ClusterIPs[0]
+	announcedBy := func(node netip.Addr, within time.Duration) {
+		t.Helper()
+		start := time.Now()
+		for {
+			view := l.must("bgp", "router")
+			if i := strings.Index(view, vip.String()+"/32"); i >= 0 && strings.Contains(view[i:min(len(view), i+300)], node.String()) {
+				t.Logf("%s/32 announced by %s after %v", vip, node, time.Since(start).Round(time.Millisecond))
+				return
+			}
+			if time.Since(start) > within {
+				t.Fatalf("the router does not route %s/32 via %s after %v:\n%s", vip, node, within, view)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	reach := func() {
+		t.Helper()
+		if err := probe.TCPEcho(state.Client, netip.AddrPortFrom(vip, 80), 3*time.Second); err != nil {
+			t.Fatalf("the client outside the cluster cannot reach %s:80: %v", vip, err)
+		}
+	}
+	announcedBy(s.Nodes[0].Underlay, 3*time.Second)
+	reach()
+	l.must("pod", "add", "e2", "--node", "2", "--serve", "tcp:8080", "--labels", "app=ext")
+	l.must("pod", "rm", "e1")
+	announcedBy(s.Nodes[1].Underlay, time.Second)
+	reach()
+
+	// Removing node3 (rack 1) withdraws its block everywhere within a second: its weftd
+	// withdraws, the router passes the withdrawal on.
 	underlay := testutil.NS{Path: state.Underlay}
 	gone := s.Nodes[2].PodCIDRs[0].String()
 	start := time.Now()

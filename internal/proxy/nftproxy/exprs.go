@@ -8,6 +8,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/dataplane"
 	"github.com/weftnet/weft/internal/proxy"
 )
 
@@ -159,4 +160,34 @@ func setMarkVia(reg, bit uint32) []expr.Any {
 			Mask: binaryutil.NativeEndian.PutUint32(^bit), Xor: binaryutil.NativeEndian.PutUint32(bit)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg},
 	}
+}
+
+// inPrefix compares the address in register 1 (loaded by loadAddr) with a prefix.
+func inPrefix(p netip.Prefix, op expr.CmpOp) []expr.Any {
+	n := p.Addr().BitLen() / 8
+	mask := make([]byte, n)
+	for i := 0; i < p.Bits(); i++ {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)},
+		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+// externalToService is `daddr in svc, saddr in none of cluster, saddr not local: mark
+// for masquerade`.
+func externalToService(svc netip.Prefix, cluster []netip.Prefix) []expr.Any {
+	is6 := svc.Addr().Is6()
+	ex := append(loadAddr(is6, true), inPrefix(svc, expr.CmpOpEq)...)
+	for _, c := range cluster {
+		if c.Addr().Is6() == is6 {
+			ex = append(ex, loadAddr(is6, false)[len(family(is6)):]...) // family checked already
+			ex = append(ex, inPrefix(c, expr.CmpOpNeq)...)
+		}
+	}
+	ex = append(ex,
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)})
+	return append(ex, setMark(dataplane.MarkMasq)...)
 }

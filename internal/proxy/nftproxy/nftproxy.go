@@ -40,6 +40,21 @@ type Proxy struct {
 	sets    map[string]*nftables.Set
 	slots   *slots
 	netns   int // a network namespace fd, or -1: the calling thread's
+	// external: masquerade connections to service addresses from outside the cluster
+	// (set by MasqueradeExternal).
+	external *externalNets
+}
+
+type externalNets struct{ cluster, services []netip.Prefix }
+
+// MasqueradeExternal makes connections to the service networks from outside the cluster
+// (a source neither in the cluster's pod networks nor the node's own) be masqueraded, as
+// kube-proxy does: a router may send them to any node (BGP announces service addresses),
+// and the backend's replies must come back through the node that translated them. It
+// takes effect at the next full sync.
+func (p *Proxy) MasqueradeExternal(cluster, services []netip.Prefix) {
+	p.external = &externalNets{cluster: cluster, services: services}
+	p.applied = nil
 }
 
 // New returns a proxy for the calling thread's network namespace.
@@ -83,7 +98,7 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 		p.slots = newSlots()
 		b.slots = p.slots
 		b.replaceTable()
-		p.sets = b.staticObjects()
+		p.sets = b.staticObjects(p.external)
 		b.sets = p.sets
 		for _, id := range sortedIDs(want.Ports) {
 			b.addPort(want.Ports[id])
@@ -300,7 +315,7 @@ func (b *batch) rule(chain string, ex ...expr.Any) {
 	b.c.AddRule(&nftables.Rule{Table: b.table, Chain: b.chain(chain), Exprs: ex})
 }
 
-func (b *batch) staticObjects() map[string]*nftables.Set {
+func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	sets := map[string]*nftables.Set{}
 	key4 := concat(b, nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
 	key6 := concat(b, nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
@@ -342,6 +357,11 @@ func (b *batch) staticObjects() map[string]*nftables.Set {
 	// ports.go), affinity ports, services without endpoints (refused here, before routing,
 	// which may have no route for a VIP and drop it silently), then node ports behind a
 	// single local-address check.
+	if ext != nil {
+		for _, svc := range ext.services {
+			b.rule(chainServices, externalToService(svc, ext.cluster)...)
+		}
+	}
 	b.rule(chainServices, jump(chainCounts))
 	b.rule(chainServices, vipLookup(false, mapAffinity4)...)
 	b.rule(chainServices, vipLookup(true, mapAffinity6)...)
