@@ -290,3 +290,39 @@ func TestNotSyncedBeforePeersAreKnown(t *testing.T) {
 	}
 	eventually(t, "a synced once b's End-of-RIB arrived", func() (bool, string) { return a.Synced(), "" })
 }
+
+// TCP MD5 (RFC 2385): the same password on both sides establishes; a wrong one never does.
+func TestMD5Password(t *testing.T) {
+	a := startNode(t, "127.0.0.61", 64512)
+	b := startNode(t, "127.0.0.62", 64512)
+	c := startNode(t, "127.0.0.63", 64512)
+	withPassword := func(p Peer, pw string) Peer { p.Password = pw; return p }
+	for _, set := range []struct {
+		n     *node
+		peers []Peer
+	}{
+		{a, []Peer{withPassword(a.peerOf(b), "s3cret"), withPassword(a.peerOf(c), "s3cret")}},
+		{b, []Peer{withPassword(b.peerOf(a), "s3cret")}},
+		{c, []Peer{withPassword(c.peerOf(a), "wrong")}},
+	} {
+		if err := set.n.SetPeers(context.Background(), set.peers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func(n *node, addr netip.Addr) string {
+		ps, _ := n.Peers(context.Background())
+		for _, p := range ps {
+			if p.Address == addr.String() {
+				return p.State
+			}
+		}
+		return ""
+	}
+	eventually(t, "a and b establish with the same password", func() (bool, string) {
+		return state(a, b.addr) == "established", state(a, b.addr)
+	})
+	time.Sleep(2 * time.Second)
+	if s := state(a, c.addr); s == "established" {
+		t.Fatal("a established with c, whose password differs")
+	}
+}

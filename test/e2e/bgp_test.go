@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -118,6 +120,19 @@ func testBGPRacks(t *testing.T, tor string) {
 		}
 		if len(peers) != 1 || !strings.HasPrefix(peers[0].Name, "tor-rack") || peers[0].State != "established" {
 			t.Errorf("%s peers: %+v", n, peers)
+		}
+	}
+
+	// Its metrics say the same.
+	resp, err := testutil.NS{Path: s.Nodes[0].Netns}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`weft_bgp_session_up{address="192.168.1.254",peer="tor-rack1"} 1`, "weft_bgp_routes_installed "} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("node1's metrics lack %s", want)
 		}
 	}
 
