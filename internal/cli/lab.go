@@ -149,7 +149,11 @@ func newLabCmd() *cobra.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintf(cmd.OutOrStdout(), "%d pings, %d TCP round trips, %d MTUs, %d DF probes, %d service probes: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, r.Services, len(r.Failures))
+				bgp := ""
+				if r.BGP > 0 {
+					bgp = fmt.Sprintf(", %d BGP sessions and router routes", r.BGP)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d pings, %d TCP round trips, %d MTUs, %d DF probes, %d service probes%s: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, r.Services, bgp, len(r.Failures))
 				for _, f := range r.Failures {
 					fmt.Fprintln(cmd.OutOrStdout(), "  "+f)
 				}

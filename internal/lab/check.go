@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -25,6 +26,7 @@ type Report struct {
 	MTUs     int      `json:"mtus"`
 	DF       int      `json:"dfProbes"`
 	Services int      `json:"services"` // service and node port probes
+	BGP      int      `json:"bgp"`      // fabric bgp: sessions and router entries checked
 }
 
 // Check tests every pod pair (ICMP, and TCP to pods that serve), each pod's MTU against its
@@ -76,8 +78,56 @@ func (l *Lab) Check() Report {
 		}
 	}
 	l.checkServices(&r, fail)
+	checked, problems := l.bgpProblems()
+	r.BGP += checked
+	for _, p := range problems {
+		fail("%s", p)
+	}
 	r.OK = len(r.Failures) == 0
 	return r
+}
+
+// bgpProblems, under fabric bgp: every node's sessions are established, and in a racked
+// lab the rack router's own view holds every node's blocks. It also says how many things
+// it checked.
+func (l *Lab) bgpProblems() (checked int, problems []string) {
+	if l.State.Fabric != "bgp" {
+		return 0, nil
+	}
+	for _, n := range l.State.Nodes {
+		var out strings.Builder
+		if err := l.WeftOnNode(n.Name, nil, &out, &out, "bgp", "peers", "-o", "json", "--socket", filepath.Join(n.RunDir, "weft.sock")); err != nil {
+			problems = append(problems, fmt.Sprintf("bgp peers of %s: %v: %s", n.Name, err, out.String()))
+			continue
+		}
+		var peers []struct{ Name, Address, State string }
+		if err := json.Unmarshal([]byte(out.String()), &peers); err != nil {
+			problems = append(problems, fmt.Sprintf("bgp peers of %s: %v", n.Name, err))
+			continue
+		}
+		for _, p := range peers {
+			checked++
+			if p.State != "established" {
+				problems = append(problems, fmt.Sprintf("bgp session %s -> %s (%s): %s", n.Name, p.Name, p.Address, p.State))
+			}
+		}
+	}
+	if l.State.Router == "" {
+		return checked, problems
+	}
+	view, err := l.RouterView()
+	if err != nil {
+		return checked, append(problems, fmt.Sprintf("rack router: %v", err))
+	}
+	for _, n := range l.State.Nodes {
+		for _, b := range n.PodCIDRs {
+			checked++
+			if !strings.Contains(view, b.String()) {
+				problems = append(problems, fmt.Sprintf("the rack router (%s) has no route to %s's %s", l.State.TOR, n.Name, b))
+			}
+		}
+	}
+	return checked, problems
 }
 
 func podMTU(p *Pod) (int, error) {

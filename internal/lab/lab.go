@@ -189,6 +189,19 @@ func Up(opts Options) (*Lab, error) {
 			return nil, err
 		}
 	}
+	if l.State.Fabric == "bgp" {
+		// Up means routed: every session established (and the rack router knowing every
+		// block), as up waits for each weftd to serve.
+		var problems []string
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if _, problems = l.bgpProblems(); len(problems) == 0 {
+				break
+			}
+		}
+		if len(problems) > 0 {
+			return nil, fmt.Errorf("BGP did not converge in 30 s: %s", strings.Join(problems, "; "))
+		}
+	}
 	ok = true
 	return l, nil
 }
