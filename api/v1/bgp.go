@@ -81,6 +81,7 @@ type BGPPeerStatus struct {
 	Accepted   uint64    `json:"accepted"`
 	Advertised uint64    `json:"advertised"`
 	Synced     bool      `json:"synced"`
+	DownSince  time.Time `json:"downSince,omitzero"` // when it last left Established
 }
 
 // BGPRoute is a prefix with its next hops.

@@ -24,7 +24,7 @@ import (
 
 // stuckAfter is how long a session may stay short of Established before the node reports
 // it (weft status, /healthz, CNI STATUS).
-const stuckAfter = 30 * time.Second
+var stuckAfter = 30 * time.Second
 
 // bgpFabric is fabric bgp on this node: the speaker announces the node's pod blocks and
 // peers as the cluster says; the routes it learns go into the kernel.
@@ -215,8 +215,8 @@ func (f *bgpFabric) stuckPeers(ctx context.Context) error {
 	}
 	var stuck []string
 	for _, p := range ps {
-		if p.State != "established" && time.Since(p.Since) > stuckAfter {
-			stuck = append(stuck, fmt.Sprintf("peer %s (%s, AS %d) %s since %s", p.Name, p.Address, p.ASN, p.State, p.Since.UTC().Format(time.RFC3339)))
+		if p.State != "established" && time.Since(p.DownSince) > stuckAfter {
+			stuck = append(stuck, fmt.Sprintf("peer %s (%s, AS %d) %s, not established since %s", p.Name, p.Address, p.ASN, p.State, p.DownSince.UTC().Format(time.RFC3339)))
 		}
 	}
 	if len(stuck) > 0 {

@@ -1,11 +1,15 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/bgp"
 )
 
 func TestLocalServiceAddrs(t *testing.T) {
@@ -42,5 +46,37 @@ func TestLocalServiceAddrs(t *testing.T) {
 	}
 	if got := fmt.Sprint(localServiceAddrs("n2", services, pods)); got != "[10.96.0.11/32]" {
 		t.Errorf("n2 announces %s", got)
+	}
+}
+
+// A session that never comes up is reported, naming the peer and its state, once it has
+// been short of Established for stuckAfter; the node is then degraded (STATUS, healthz).
+func TestStuckPeerIsReported(t *testing.T) {
+	old := stuckAfter
+	stuckAfter = 500 * time.Millisecond
+	defer func() { stuckAfter = old }()
+	self := netip.MustParseAddr("127.0.0.71")
+	sp, err := bgp.Start(context.Background(), bgp.Config{ASN: 64512, RouterID: self, ListenAddrs: []netip.Addr{self}, ListenPort: -1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Stop()
+	// Nothing listens there: the session stays in Active/Connect.
+	if err := sp.SetPeers(context.Background(), []bgp.Peer{{Name: "tor", Address: netip.MustParseAddr("127.0.0.72"), Port: 1, ASN: 65000, LocalAddress: self}}); err != nil {
+		t.Fatal(err)
+	}
+	f := &bgpFabric{sp: sp}
+	if err := f.stuckPeers(context.Background()); err != nil {
+		t.Fatalf("reported before stuckAfter: %v", err)
+	}
+	time.Sleep(stuckAfter + 300*time.Millisecond)
+	err = f.stuckPeers(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "peer tor (127.0.0.72, AS 65000)") {
+		t.Fatalf("stuck peer not reported: %v", err)
+	}
+	a := &Agent{problems: map[string]string{}}
+	a.setProblem("bgp", err)
+	if st := a.Status(); st.Ready || len(st.Problems) != 1 || !strings.Contains(st.Problems[0], "bgp: peer tor") {
+		t.Errorf("status: %+v", st)
 	}
 }

@@ -90,6 +90,9 @@ type PeerStatus struct {
 	Accepted   uint64    `json:"accepted"`
 	Advertised uint64    `json:"advertised"`
 	Synced     bool      `json:"synced"` // End-of-RIB received for every family
+	// DownSince is when the session last left Established (or the peer was added); zero
+	// while established. A flapping session keeps its DownSince.
+	DownSince time.Time `json:"downSince,omitzero"`
 }
 
 // Speaker is a running BGP speaker.
@@ -113,9 +116,10 @@ type announced struct {
 }
 
 type peerState struct {
-	state string
-	since time.Time
-	eor   map[bgp.Family]bool
+	state     string
+	since     time.Time
+	downSince time.Time
+	eor       map[bgp.Family]bool
 }
 
 var families = []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC}
@@ -181,6 +185,12 @@ func Start(ctx context.Context, cfg Config, notify func()) (*Speaker, error) {
 			s.mu.Lock()
 			ps := s.state[ev.Peer.State.NeighborAddress]
 			if ps != nil && ps.state != st {
+				switch {
+				case st == "established":
+					ps.downSince = time.Time{}
+				case ps.state == "established":
+					ps.downSince = at
+				}
 				ps.state, ps.since = st, at
 				if st != "established" {
 					ps.eor = map[bgp.Family]bool{}
@@ -339,7 +349,8 @@ func (s *Speaker) SetPeers(ctx context.Context, want []Peer) error {
 			continue
 		}
 		s.mu.Lock()
-		s.state[a] = &peerState{state: "idle", since: time.Now(), eor: map[bgp.Family]bool{}}
+		now := time.Now()
+		s.state[a] = &peerState{state: "idle", since: now, downSince: now, eor: map[bgp.Family]bool{}}
 		s.mu.Unlock()
 		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p)}); err != nil {
 			s.mu.Lock()
@@ -618,7 +629,7 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerStatus, error) {
 		st := PeerStatus{Address: addr.String(), ASN: p.GetConf().GetPeerAsn(), Name: p.GetConf().GetDescription()}
 		s.mu.Lock()
 		if ps := s.state[addr]; ps != nil {
-			st.State, st.Since = ps.state, ps.since
+			st.State, st.Since, st.DownSince = ps.state, ps.since, ps.downSince
 			st.Synced = ps.state == "established"
 			for _, f := range families {
 				st.Synced = st.Synced && ps.eor[f]
