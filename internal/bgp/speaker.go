@@ -108,6 +108,9 @@ type Speaker struct {
 	started   time.Time
 	peersSet  bool // SetPeers has run: until then nothing is known of the peers
 	notify    func()
+	// routes caches Routes per family; stale marks the families an event touched since.
+	routes map[bgp.Family][]Route
+	stale  map[bgp.Family]bool
 }
 
 type announced struct {
@@ -151,7 +154,8 @@ func Start(ctx context.Context, cfg Config, notify func()) (*Speaker, error) {
 	srv := server.NewBgpServer(server.LoggerOption(slog.New(atLeast{cfg.Log.Handler(), level}).With("component", "gobgp"), level))
 	go srv.Serve()
 	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, peers: map[netip.Addr]Peer{}, announced: map[netip.Prefix]announced{},
-		state: map[netip.Addr]*peerState{}, started: time.Now(), notify: notify}
+		state: map[netip.Addr]*peerState{}, started: time.Now(), notify: notify,
+		routes: map[bgp.Family][]Route{}, stale: map[bgp.Family]bool{}}
 	global := &api.Global{
 		Asn: cfg.ASN, RouterId: cfg.RouterID.String(), ListenPort: cfg.ListenPort,
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)},
@@ -168,7 +172,14 @@ func Start(ctx context.Context, cfg Config, notify func()) (*Speaker, error) {
 		return nil, err
 	}
 	err := srv.WatchEvent(context.WithoutCancel(ctx), server.WatchEventMessageCallbacks{
-		OnBestPath: func([]*apiutil.Path, time.Time) { s.notify() },
+		OnBestPath: func(paths []*apiutil.Path, _ time.Time) {
+			s.mu.Lock()
+			for _, p := range paths {
+				s.stale[p.Family] = true
+			}
+			s.mu.Unlock()
+			s.notify()
+		},
 		OnPathEor: func(p *apiutil.Path, _ time.Time) {
 			s.mu.Lock()
 			if ps := s.state[p.PeerAddress]; ps != nil {
@@ -184,6 +195,9 @@ func Start(ctx context.Context, cfg Config, notify func()) (*Speaker, error) {
 			st := sessionState(ev.Peer.State.SessionState)
 			s.mu.Lock()
 			ps := s.state[ev.Peer.State.NeighborAddress]
+			for _, f := range families {
+				s.stale[f] = true
+			}
 			if ps != nil && ps.state != st {
 				switch {
 				case st == "established":
@@ -321,6 +335,9 @@ func (s *Speaker) SetPeers(ctx context.Context, want []Peer) error {
 	}
 	s.mu.Lock()
 	s.peersSet = true
+	for _, f := range families {
+		s.stale[f] = true
+	}
 	have := make(map[netip.Addr]Peer, len(s.peers))
 	for a, p := range s.peers {
 		have[a] = p
@@ -494,9 +511,23 @@ func localPath(p netip.Prefix, nh netip.Addr) (*apiutil.Path, error) {
 // Routes are the learned destinations (this node's own announcements left out), each
 // with the next hops of every path as good as the best one (same local preference, AS
 // path length, origin and MED): the kernel spreads flows over them (ECMP).
+//
+// A family's routes are read back from GoBGP only when a best-path event or a session
+// change touched it since the last read (reading the RIB copies it); otherwise the last
+// read is reused.
 func (s *Speaker) Routes() ([]Route, error) {
 	var out []Route
 	for _, fam := range families {
+		s.mu.Lock()
+		cached, fresh := s.routes[fam]
+		fresh = fresh && !s.stale[fam]
+		s.stale[fam] = false // an event from now on marks it again
+		s.mu.Unlock()
+		if fresh {
+			out = append(out, cached...)
+			continue
+		}
+		var famRoutes []Route
 		err := s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: fam},
 			func(nlri bgp.NLRI, paths []*apiutil.Path) {
 				pfx, ok := nlriPrefix(nlri)
@@ -525,11 +556,17 @@ func (s *Speaker) Routes() ([]Route, error) {
 				}
 				sort.Slice(hops, func(i, j int) bool { return hops[i].Less(hops[j]) })
 				hops = dedup(hops)
-				out = append(out, Route{Prefix: pfx, NextHops: hops})
+				famRoutes = append(famRoutes, Route{Prefix: pfx, NextHops: hops})
 			})
+		s.mu.Lock()
 		if err != nil {
+			s.stale[fam] = true
+			s.mu.Unlock()
 			return nil, err
 		}
+		s.routes[fam] = famRoutes
+		s.mu.Unlock()
+		out = append(out, famRoutes...)
 	}
 	sort.Slice(out, func(i, j int) bool { return prefixLess(out[i].Prefix, out[j].Prefix) })
 	return out, nil
