@@ -326,3 +326,28 @@ func TestMD5Password(t *testing.T) {
 		t.Fatal("a established with c, whose password differs")
 	}
 }
+
+// Route reflection: two clients that peer only with the reflector learn each other's
+// blocks through it, with the originator's next hop (iBGP: unchanged).
+func TestRouteReflector(t *testing.T) {
+	rr := startNode(t, "127.0.0.81", 64512)
+	c1 := startNode(t, "127.0.0.82", 64512)
+	c2 := startNode(t, "127.0.0.83", 64512)
+	client := func(p Peer) Peer { p.RRClient = true; return p }
+	for _, set := range []struct {
+		n     *node
+		peers []Peer
+	}{
+		{rr, []Peer{client(rr.peerOf(c1)), client(rr.peerOf(c2))}},
+		{c1, []Peer{c1.peerOf(rr)}},
+		{c2, []Peer{c2.peerOf(rr)}},
+	} {
+		if err := set.n.SetPeers(context.Background(), set.peers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	announce(t, c1, "10.244.1.0/24", "192.168.255.1")
+	announce(t, c2, "10.244.2.0/24", "192.168.255.2")
+	eventually(t, "c1 learns c2's block through the reflector", routesAre(c1, map[string][]string{"10.244.2.0/24": {"192.168.255.2"}}))
+	eventually(t, "c2 learns c1's block through the reflector", routesAre(c2, map[string][]string{"10.244.1.0/24": {"192.168.255.1"}}))
+}
