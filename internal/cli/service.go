@@ -426,7 +426,7 @@ func newApplyCmd() *cobra.Command {
 	var sf storeFlags
 	var files []string
 	cmd := &cobra.Command{
-		Use: "apply -f FILE", Short: "Create the objects of Kubernetes manifests (v1 Service) in the cluster store", Args: noArgs,
+		Use: "apply -f FILE", Short: "Create the objects of Kubernetes manifests (v1 Service, networking.k8s.io/v1 NetworkPolicy) in the cluster store", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 {
 				return usageErr("-f FILE is required (- for standard input)")
@@ -454,8 +454,15 @@ func newApplyCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				var created []v1.Service
+				created, applied := []v1.Service{}, []v1.NetworkPolicy{}
 				for _, o := range objs {
+					if o.Policy != nil { // created or replaced, as kubectl apply does
+						if err := c.PutPolicy(ctx, *o.Policy); err != nil {
+							return &ExitError{Code: 1, Err: err}
+						}
+						applied = append(applied, *o.Policy)
+						continue
+					}
 					got, err := c.CreateService(ctx, *o.Service, cidrs)
 					if errors.Is(err, resources.ErrExists) {
 						// Applying again is not an error when nothing would change.
@@ -472,10 +479,16 @@ func newApplyCmd() *cobra.Command {
 					created = append(created, got)
 				}
 				if sf.output == "json" {
-					return printJSON(cmd.OutOrStdout(), created)
+					return printJSON(cmd.OutOrStdout(), struct {
+						Services        []v1.Service       `json:"services"`
+						NetworkPolicies []v1.NetworkPolicy `json:"networkPolicies"`
+					}{created, applied})
 				}
 				for _, s := range created {
 					fmt.Fprintf(cmd.OutOrStdout(), "service %s: %s\n", s.Key(), describeAddrs(s))
+				}
+				for _, p := range applied {
+					fmt.Fprintf(cmd.OutOrStdout(), "networkpolicy %s: applied\n", p.Key())
 				}
 				return nil
 			})

@@ -22,6 +22,7 @@ import (
 type Object struct {
 	Kind    string
 	Service *v1.Service
+	Policy  *v1.NetworkPolicy
 }
 
 var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
@@ -84,10 +85,16 @@ func parseJSON(js []byte) ([]Object, error) {
 			return nil, err
 		}
 		return []Object{{Kind: "Service", Service: s}}, nil
+	case head.Kind == "NetworkPolicy" && head.APIVersion == "networking.k8s.io/v1":
+		p, err := parsePolicy(js)
+		if err != nil {
+			return nil, err
+		}
+		return []Object{{Kind: "NetworkPolicy", Policy: p}}, nil
 	case head.Kind == "":
 		return nil, errors.New("no kind")
 	}
-	return nil, fmt.Errorf("%s %s: weft does not take this kind (it takes v1 Service)", head.APIVersion, head.Kind)
+	return nil, fmt.Errorf("%s %s: weft does not take this kind (it takes v1 Service and networking.k8s.io/v1 NetworkPolicy)", head.APIVersion, head.Kind)
 }
 
 // strict decodes js into v refusing unknown fields, and names the field path.

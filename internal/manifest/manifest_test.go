@@ -84,3 +84,81 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The upstream documentation's example policy (kubernetes.io, "Network Policies").
+const docsPolicy = `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: test-network-policy
+  namespace: default
+spec:
+  podSelector:
+    matchLabels:
+      role: db
+  policyTypes:
+  - Ingress
+  - Egress
+  ingress:
+  - from:
+    - ipBlock:
+        cidr: 172.17.0.0/16
+        except:
+        - 172.17.1.0/24
+    - namespaceSelector:
+        matchLabels:
+          project: myproject
+    - podSelector:
+        matchLabels:
+          role: frontend
+    ports:
+    - protocol: TCP
+      port: 6379
+  egress:
+  - to:
+    - ipBlock:
+        cidr: 10.0.0.0/24
+    ports:
+    - protocol: TCP
+      port: 32000
+      endPort: 32768
+    - port: dns
+`
+
+func TestParsePolicy(t *testing.T) {
+	objs, err := Parse([]byte(docsPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := objs[0].Policy
+	if len(objs) != 1 || p == nil || p.Key() != "default/test-network-policy" || p.PodSelector.MatchLabels["role"] != "db" {
+		t.Fatalf("%+v", objs)
+	}
+	in, eg := p.Types()
+	from := p.Ingress[0].From
+	if !in || !eg || len(from) != 3 || from[0].IPBlock.Except[0].String() != "172.17.1.0/24" ||
+		from[1].NamespaceSelector.MatchLabels["project"] != "myproject" || from[2].PodSelector.MatchLabels["role"] != "frontend" ||
+		p.Ingress[0].Ports[0].Port != 6379 {
+		t.Errorf("ingress %+v", p.Ingress)
+	}
+	ports := p.Egress[0].Ports
+	if ports[0].Port != 32000 || ports[0].EndPort != 32768 || ports[1].PortName != "dns" || ports[1].Protocol != "TCP" {
+		t.Errorf("egress ports %+v", ports)
+	}
+}
+
+func TestParsePolicyRefuses(t *testing.T) {
+	head := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\n"
+	for in, want := range map[string]string{
+		head + "spec: {podSelector: {}, ingress: [{from: [{serviceAccountSelector: {}}]}]}":                     "field \"serviceAccountSelector\" is not supported",
+		head + "spec: {podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}": "spec.egress[0].to[0].ipBlock.except[0]",
+		head + "spec: {podSelector: {}, ingress: [{ports: [{port: 80, endPort: 70}]}]}":                         "spec.ingress[0].ports[0].endPort",
+		head + "spec: {podSelector: {matchExpressions: [{key: k, operator: Near}]}}":                            "spec.podSelector.matchExpressions[0].operator",
+		head + "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]}":                      "spec.ingress[0].from[0].ipBlock.cidr",
+		"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nspec: {podSelector: {}}":                        "metadata.name is required",
+	} {
+		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+}

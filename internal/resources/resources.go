@@ -29,6 +29,8 @@ const (
 	ServiceIPsPrefix = "/weft/serviceips/" // + address → namespace/name
 	NodePortsPrefix  = "/weft/nodeports/"  // + protocol/port → namespace/name
 	BGPPeersPrefix   = "/weft/bgppeers/"   // + name
+	PoliciesPrefix   = "/weft/policies/"   // + namespace/name
+	NamespacesPrefix = "/weft/namespaces/" // + name (labels)
 )
 
 // ErrExists means a service of that name exists already.
@@ -129,6 +131,58 @@ func (c Client) GetService(ctx context.Context, namespace, name string) (v1.Serv
 		return v1.Service{}, fmt.Errorf("%s: %w", kv.Key, err)
 	}
 	return s, nil
+}
+
+// PutPolicy creates or replaces a network policy (kubectl apply's meaning).
+func (c Client) PutPolicy(ctx context.Context, p v1.NetworkPolicy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(p)
+	_, err := c.Store.Txn(ctx, nil, []store.Op{{Key: PoliciesPrefix + p.Namespace + "/" + p.Name, Value: b}})
+	return err
+}
+
+// GetPolicy reads one network policy.
+func (c Client) GetPolicy(ctx context.Context, namespace, name string) (v1.NetworkPolicy, error) {
+	kv, err := c.Store.Get(ctx, PoliciesPrefix+namespace+"/"+name)
+	if err != nil {
+		return v1.NetworkPolicy{}, err
+	}
+	var p v1.NetworkPolicy
+	if err := json.Unmarshal(kv.Value, &p); err != nil {
+		return p, fmt.Errorf("%s: %w", kv.Key, err)
+	}
+	return p, nil
+}
+
+// ListPolicies returns every network policy.
+func (c Client) ListPolicies(ctx context.Context) ([]v1.NetworkPolicy, error) {
+	return listAs[v1.NetworkPolicy](ctx, c.Store, PoliciesPrefix)
+}
+
+// DeletePolicy removes a network policy.
+func (c Client) DeletePolicy(ctx context.Context, namespace, name string) error {
+	if _, err := c.Store.Get(ctx, PoliciesPrefix+namespace+"/"+name); err != nil {
+		return err
+	}
+	_, err := c.Store.Txn(ctx, nil, []store.Op{{Key: PoliciesPrefix + namespace + "/" + name, Delete: true}})
+	return err
+}
+
+// PutNamespace sets a namespace's labels.
+func (c Client) PutNamespace(ctx context.Context, n v1.Namespace) error {
+	if err := v1.ValidName("namespace", n.Name); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(n)
+	_, err := c.Store.Txn(ctx, nil, []store.Op{{Key: NamespacesPrefix + n.Name, Value: b}})
+	return err
+}
+
+// ListNamespaces returns the namespaces that have labels.
+func (c Client) ListNamespaces(ctx context.Context) ([]v1.Namespace, error) {
+	return listAs[v1.Namespace](ctx, c.Store, NamespacesPrefix)
 }
 
 // PutBGPPeer creates or replaces an external BGP peer.

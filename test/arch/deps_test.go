@@ -42,7 +42,7 @@ func TestWeftCNIStaysLean(t *testing.T) {
 
 // Level 0 and 1 packages are pure: no kernel or datastore library.
 func TestPurePackagesTouchNoKernel(t *testing.T) {
-	for _, pkg := range []string{"netcalc", "ipam", "config", "cniapi", "mtu", "network", "reconcile", "lease", "store", "resources", "endpoints", "proxy", "manifest", "dataplane", "dns"} {
+	for _, pkg := range []string{"netcalc", "ipam", "config", "cniapi", "mtu", "network", "reconcile", "lease", "store", "resources", "endpoints", "proxy", "manifest", "dataplane", "dns", "policy"} {
 		forbid(t, "github.com/weftnet/weft/internal/"+pkg, kernelAndStores...)
 	}
 }
