@@ -81,7 +81,7 @@ func newLab(t *testing.T, fabric string) labCLI {
 }
 
 func TestLabThreeNodes(t *testing.T) {
-	for _, fabric := range []string{"vxlan", "direct"} {
+	for _, fabric := range []string{"vxlan", "direct", "bgp"} { // bgp: one segment, iBGP full mesh
 		t.Run(fabric, func(t *testing.T) {
 			l := newLab(t, fabric)
 			out, err := l.run("check", "-o", "json")
