@@ -186,6 +186,24 @@ func TestMatrix(t *testing.T) {
 			probes: map[probe]expect{{"TCP", 80}: func(s, d *v1.Pod) bool { return d != xa || s.Namespace == "z" }},
 		},
 		{
+			name: "x/a may send only to pods' serve-80-tcp (egress, named port)",
+			policies: []v1.NetworkPolicy{{Name: "p", Namespace: "x", PodSelector: *sel("pod", "a"), PolicyTypes: []string{"Egress"},
+				Egress: []v1.EgressRule{{Ports: []v1.PolicyPort{{Protocol: "TCP", PortName: "serve-80-tcp"}}}}}},
+			probes: map[probe]expect{
+				{"TCP", 80}: allowAll,
+				{"TCP", 81}: func(s, d *v1.Pod) bool { return s != xa },
+			},
+		},
+		{
+			name: "x/a may send to namespace z on UDP 80-81 (egress, range and selector)",
+			policies: []v1.NetworkPolicy{{Name: "p", Namespace: "x", PodSelector: *sel("pod", "a"), PolicyTypes: []string{"Egress"},
+				Egress: []v1.EgressRule{{To: []v1.PolicyPeer{{NamespaceSelector: sel("ns", "z")}}, Ports: []v1.PolicyPort{{Protocol: "UDP", Port: 80, EndPort: 81}}}}}},
+			probes: map[probe]expect{
+				{"UDP", 81}: func(s, d *v1.Pod) bool { return s != xa || d.Namespace == "z" },
+				{"TCP", 80}: func(s, d *v1.Pod) bool { return s != xa },
+			},
+		},
+		{
 			name: "egress of x denied except DNS (UDP 53 anywhere)",
 			policies: []v1.NetworkPolicy{{Name: "dns-only", Namespace: "x", PolicyTypes: []string{"Egress"},
 				Egress: []v1.EgressRule{{Ports: []v1.PolicyPort{{Protocol: "UDP", Port: 53}, {Protocol: "TCP", Port: 53}}}}}},
@@ -226,6 +244,15 @@ func TestMatrix(t *testing.T) {
 				}
 			}
 			m := New(tc.policies, c.ns)
+			// The compiled rules (what a node enforces) must decide every cell the same.
+			var all []v1.Pod
+			for _, p := range c.pods {
+				all = append(all, *p)
+			}
+			compiled := map[*v1.Pod]PodRules{}
+			for _, p := range c.pods {
+				compiled[p] = m.Compile(p, all)
+			}
 			for pr, want := range tc.probes {
 				var wrong []string
 				for _, s := range c.pods {
@@ -234,6 +261,11 @@ func TestMatrix(t *testing.T) {
 						exp := s == d || want(s, d) // a pod reaches itself over loopback
 						if got != exp {
 							wrong = append(wrong, fmt.Sprintf("%s->%s got %v", key(s), key(d), got))
+						}
+						enforced := s == d || (compiled[s].Egress.Allows(d.IPs[0], pr.proto, pr.port) &&
+							compiled[d].Ingress.Allows(s.IPs[0], pr.proto, pr.port))
+						if enforced != exp {
+							wrong = append(wrong, fmt.Sprintf("%s->%s compiled %v", key(s), key(d), enforced))
 						}
 					}
 				}
@@ -268,6 +300,35 @@ func TestDecisionSaysWhy(t *testing.T) {
 	}
 	if v := m.Decide(outside, ep(c.pod("y/b")), "TCP", 80); !v.Allowed {
 		t.Errorf("outside -> y/b (no policy) denied: %+v", v)
+	}
+}
+
+func TestSubtract(t *testing.T) {
+	pp := netip.MustParsePrefix
+	for _, tc := range []struct {
+		p      string
+		except []string
+		want   string
+	}{
+		{"10.0.0.0/8", nil, "[10.0.0.0/8]"},
+		{"10.0.0.0/8", []string{"10.0.0.0/8"}, "[]"},
+		{"10.0.0.0/8", []string{"10.0.0.0/7"}, "[]"},
+		{"10.0.0.0/30", []string{"10.0.0.1/32"}, "[10.0.0.0/32 10.0.0.2/31]"},
+		{"172.17.0.0/16", []string{"172.17.1.0/24"}, "[172.17.0.0/24 172.17.2.0/23 172.17.4.0/22 172.17.8.0/21 172.17.16.0/20 172.17.32.0/19 172.17.64.0/18 172.17.128.0/17]"},
+		{"fd00::/126", []string{"fd00::3/128"}, "[fd00::/127 fd00::2/128]"},
+		{"10.0.0.0/8", []string{"192.168.0.0/16"}, "[10.0.0.0/8]"},
+	} {
+		var ex []netip.Prefix
+		for _, e := range tc.except {
+			ex = append(ex, pp(e))
+		}
+		got := subtract(pp(tc.p), ex)
+		if got == nil {
+			got = []netip.Prefix{}
+		}
+		if fmt.Sprint(got) != tc.want {
+			t.Errorf("%s minus %v = %v, want %s", tc.p, tc.except, got, tc.want)
+		}
 	}
 }
 
