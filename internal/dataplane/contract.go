@@ -23,6 +23,9 @@ const (
 	TableNAT = "weft-nat"
 	// TableServices holds the service proxy (inet).
 	TableServices = "weft-svc"
+	// TablePolicy holds network policy enforcement (inet); absent while no policy
+	// selects a pod of the node.
+	TablePolicy = "weft-policy"
 
 	// MarkMasq on a packet asks the service proxy's postrouting chain to masquerade it
 	// (hairpin, NodePort traffic under externalTrafficPolicy Cluster).
@@ -40,4 +43,6 @@ const (
 
 	// PriorityServicesRaw runs before weft-nat's raw chain (priority raw, -300).
 	PriorityServicesRaw = -301
+	// PriorityPolicyRaw marks policed pods' traffic tracked, before both.
+	PriorityPolicyRaw = -302
 )

@@ -1,0 +1,147 @@
+package nftpolicy_test
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/internal/policy"
+	"github.com/weftnet/weft/internal/policy/nftpolicy"
+	"github.com/weftnet/weft/internal/probe"
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+// A node namespace routing two pod namespaces (a: 10.50.1.2, b: 10.50.2.2) through routed
+// veths, as weft's ptp mode does; every probe is real TCP through the node's forward hook.
+type topo struct {
+	node, a, b testutil.NS
+}
+
+func build(t *testing.T) topo {
+	t.Helper()
+	tp := topo{node: testutil.NewNS(t, "pn"), a: testutil.NewNS(t, "pa"), b: testutil.NewNS(t, "pb")}
+	nh := tp.node.Handle(t)
+	for i, pod := range []testutil.NS{tp.a, tp.b} {
+		host, podIP, gw := "h"+string(rune('a'+i)), netip.AddrFrom4([4]byte{10, 50, byte(i + 1), 2}), netip.AddrFrom4([4]byte{10, 50, byte(i + 1), 1})
+		pf, err := os.Open(pod.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: "eth0", PeerNamespace: netlink.NsFd(pf.Fd())}); err != nil {
+			t.Fatal(err)
+		}
+		pf.Close()
+		hl, _ := nh.LinkByName(host)
+		must(t, nh.AddrAdd(hl, &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(32, 32)}}))
+		must(t, nh.LinkSetUp(hl))
+		must(t, nh.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: podIP.AsSlice(), Mask: net.CIDRMask(32, 32)}, LinkIndex: hl.Attrs().Index, Scope: netlink.SCOPE_LINK}))
+		ph := pod.Handle(t)
+		el, _ := ph.LinkByName("eth0")
+		must(t, ph.AddrAdd(el, &netlink.Addr{IPNet: &net.IPNet{IP: podIP.AsSlice(), Mask: net.CIDRMask(32, 32)}}))
+		must(t, ph.LinkSetUp(el))
+		lo, _ := ph.LinkByName("lo")
+		must(t, ph.LinkSetUp(lo))
+		must(t, ph.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(32, 32)}, LinkIndex: el.Attrs().Index, Scope: netlink.SCOPE_LINK}))
+		must(t, ph.RouteAdd(&netlink.Route{Gw: gw.AsSlice(), LinkIndex: el.Attrs().Index}))
+	}
+	must(t, probe.InNS(tp.node.Path, func() error { return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644) }))
+	for _, pod := range []testutil.NS{tp.a, tp.b} {
+		for _, port := range []string{"80", "81"} {
+			ln, err := probe.ListenTCP(pod.Path, ":"+port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go probe.Echo(ln)
+		}
+	}
+	return tp
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	ipA = netip.MustParseAddr("10.50.1.2")
+	ipB = netip.MustParseAddr("10.50.2.2")
+)
+
+func (tp topo) apply(t *testing.T, pods ...nftpolicy.Pod) {
+	t.Helper()
+	f, err := os.Open(tp.node.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := nftpolicy.Apply(nftpolicy.State{Cluster: []netip.Prefix{netip.MustParsePrefix("10.50.0.0/16")}, Pods: pods}, int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reach: can from open a connection to to:port (and get its echo back)?
+func (tp topo) reach(from testutil.NS, to netip.Addr, port uint16) bool {
+	return probe.TCPEcho(from.Path, netip.AddrPortFrom(to, port), 400*time.Millisecond) == nil
+}
+
+func (tp topo) expect(t *testing.T, what string, from testutil.NS, to netip.Addr, port uint16, want bool) {
+	t.Helper()
+	if got := tp.reach(from, to, port); got != want {
+		t.Errorf("%s: %v:%d reachable %v, want %v", what, to, port, got, want)
+	}
+}
+
+func p(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func TestEnforcement(t *testing.T) {
+	testutil.RequireRoot(t)
+	tp := build(t)
+	tp.expect(t, "no table", tp.a, ipB, 81, true)
+
+	// b takes TCP 80 from a only; everything else to b is dropped. a's echo replies come
+	// back (stateful), and b may still open connections of its own (egress open).
+	tp.apply(t, nftpolicy.Pod{ID: "b", IPs: []netip.Addr{ipB}, Rules: policy.PodRules{
+		Ingress: &policy.Rules{Ports: []policy.PortRule{{Peer: p("10.50.1.2/32"), Proto: "TCP", First: 80, Last: 80}}}}})
+	tp.expect(t, "a to b's allowed port", tp.a, ipB, 80, true)
+	tp.expect(t, "a to b's other port", tp.a, ipB, 81, false)
+	tp.expect(t, "b to a (b's egress is open)", tp.b, ipA, 81, true)
+
+	// Interval sets: a range of ports and peers given as overlapping prefixes.
+	tp.apply(t, nftpolicy.Pod{ID: "b", IPs: []netip.Addr{ipB}, Rules: policy.PodRules{
+		Ingress: &policy.Rules{Ports: []policy.PortRule{
+			{Peer: p("10.50.0.0/16"), Proto: "TCP", First: 81, Last: 90},
+			{Peer: p("10.50.1.0/24"), Proto: "TCP", First: 81, Last: 90}}}}})
+	tp.expect(t, "a to b in the range", tp.a, ipB, 81, true)
+	tp.expect(t, "a to b below the range", tp.a, ipB, 80, false)
+
+	// Egress: a may reach only 10.50.3.0/24 (not b); b's ingress open again.
+	tp.apply(t, nftpolicy.Pod{ID: "a", IPs: []netip.Addr{ipA}, Rules: policy.PodRules{Egress: &policy.Rules{Any: []netip.Prefix{p("10.50.3.0/24")}}}})
+	tp.expect(t, "a's egress to b", tp.a, ipB, 80, false)
+	tp.expect(t, "b to a (a's ingress is open; replies are established)", tp.b, ipA, 80, true)
+
+	// A direction selected with no rule at all denies everything; Any 0.0.0.0/0 allows all.
+	tp.apply(t, nftpolicy.Pod{ID: "a", IPs: []netip.Addr{ipA}, Rules: policy.PodRules{Ingress: &policy.Rules{}, Egress: &policy.Rules{Any: []netip.Prefix{p("0.0.0.0/0")}}}})
+	tp.expect(t, "b to a (a's ingress denies all)", tp.b, ipA, 80, false)
+	tp.expect(t, "a to b (a's egress allows all)", tp.a, ipB, 80, true)
+
+	// The drops are counted.
+	out, _ := tp.node.Command("nft", "list", "chain", "inet", "weft-policy", "i-a").CombinedOutput()
+	if !strings.Contains(string(out), "counter packets") || strings.Contains(string(out), "counter packets 0 ") {
+		t.Errorf("i-a's drop counter:\n%s", out)
+	}
+
+	// No policed pod: no table.
+	tp.apply(t)
+	if out, err := tp.node.Command("nft", "list", "table", "inet", "weft-policy").CombinedOutput(); err == nil {
+		t.Errorf("the table is still there:\n%s", out)
+	}
+	tp.expect(t, "no table again", tp.b, ipA, 80, true)
+}
