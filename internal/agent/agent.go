@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/weftnet/weft/api/v1"
@@ -64,6 +65,10 @@ type Agent struct {
 
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
+
+	// policedPods are the addresses of the node's pods a network policy selects (they
+	// stay off the fast path); nil until the policy enforcer's first sync.
+	policedPods atomic.Pointer[map[netip.Addr]bool]
 
 	natMu   sync.Mutex // one NAT render at a time
 	portsMu sync.Mutex // host-port clash check and allocation happen as one step
@@ -156,6 +161,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		cache := resources.NewCache(c.o.Store)
 		g.Go("cache", cache.Run)
 		a.startServiceProxy(g, cache)
+		a.startPolicy(g, cache)
 		a.startDNS(g, c, cache)
 		if len(a.dnsAddrs) > 0 {
 			contract.DNSServers, contract.DNSDomain = a.dnsAddrs, a.dnsDomain
@@ -266,6 +272,7 @@ func (a *Agent) startFastpath(g *group) {
 			a.opts.Log.Warn("fast path sync failed", "err", err)
 		}
 	})
+	a.fast.policed = a.policedAddr
 	a.metrics.reg.MustRegister(fastpathCollector{fp: fp, yielded: a.fast.yieldedPods.Load})
 	if c := a.opts.Cluster; c != nil {
 		a.fast.uplink, a.fast.tunnel = c.o.UnderlayDev, fabric.DeviceName

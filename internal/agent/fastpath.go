@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,9 @@ type fastpathSync struct {
 	uplink, tunnel string
 	passes         int
 	fail           func(error)
+	// policed says a pod address is selected by a network policy: such a pod leaves the
+	// fast path (its traffic must meet the policy table in the forward hook).
+	policed func(netip.Addr) bool
 }
 
 // fastpathDelay batches the link events of a burst of ADDs into one pass; until a new
@@ -49,6 +53,18 @@ func newFastpathSync(fp *fastpath.Fastpath, alloc *ipam.Allocator, fail func(err
 }
 
 func (s *fastpathSync) Trigger() { s.loop.Trigger() }
+
+func (s *fastpathSync) isPoliced(al ipam.Allocation) bool {
+	if s.policed == nil {
+		return false
+	}
+	for _, ip := range al.IPs {
+		if s.policed(ip.Address.Addr()) {
+			return true
+		}
+	}
+	return false
+}
 
 func (s *fastpathSync) run(ctx context.Context) {
 	updates := make(chan netlink.LinkUpdate, 64)
@@ -168,8 +184,9 @@ func (s *fastpathSync) sync() error {
 			continue // allocation not committed yet, or already released
 		}
 		cacheKey := fmt.Sprintf("%d/%s", attrs.Index, attrs.Alias)
-		if foreign[attrs.Index] {
-			// Shaped or filtered by another plugin: neither redirected into nor out of.
+		if foreign[attrs.Index] || s.isPoliced(al) {
+			// Shaped or filtered by another plugin, or policed: neither redirected into
+			// nor out of.
 			yielded++
 			if s.attached[cacheKey] || verify || !s.yielded[cacheKey] {
 				toDetach = append(toDetach, l)

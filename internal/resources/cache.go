@@ -21,6 +21,8 @@ const (
 	KindNode Kind = iota
 	KindPod
 	KindService
+	KindPolicy
+	KindNamespace
 )
 
 // Cache is a weftd's one view of the cluster: a list, then one watch over Root, keeping
@@ -34,13 +36,16 @@ type Cache struct {
 	nodes    map[string]v1.Node
 	pods     map[string]v1.Pod // by key
 	services map[string]v1.Service
+	policies map[string]v1.NetworkPolicy
+	spaces   map[string]v1.Namespace
 	synced   bool
 	handlers []func(Kind)
 }
 
 // NewCache returns a cache of s; Run fills it.
 func NewCache(s store.Store) *Cache {
-	return &Cache{store: s, nodes: map[string]v1.Node{}, pods: map[string]v1.Pod{}, services: map[string]v1.Service{}}
+	return &Cache{store: s, nodes: map[string]v1.Node{}, pods: map[string]v1.Pod{}, services: map[string]v1.Service{},
+		policies: map[string]v1.NetworkPolicy{}, spaces: map[string]v1.Namespace{}}
 }
 
 // OnChange registers a handler, called after each change is in the cache (and once for
@@ -87,6 +92,7 @@ func (c *Cache) relist(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	nodes, pods, services := map[string]v1.Node{}, map[string]v1.Pod{}, map[string]v1.Service{}
+	policies, spaces := map[string]v1.NetworkPolicy{}, map[string]v1.Namespace{}
 	for _, kv := range kvs {
 		switch kindOf(kv.Key) {
 		case KindNode:
@@ -104,16 +110,26 @@ func (c *Cache) relist(ctx context.Context) (int64, error) {
 			if json.Unmarshal(kv.Value, &s) == nil {
 				services[kv.Key] = s
 			}
+		case KindPolicy:
+			var p v1.NetworkPolicy
+			if json.Unmarshal(kv.Value, &p) == nil {
+				policies[kv.Key] = p
+			}
+		case KindNamespace:
+			var n v1.Namespace
+			if json.Unmarshal(kv.Value, &n) == nil {
+				spaces[kv.Key] = n
+			}
 		}
 	}
 	c.mu.Lock()
-	c.nodes, c.pods, c.services, c.synced = nodes, pods, services, true
+	c.nodes, c.pods, c.services, c.policies, c.spaces, c.synced = nodes, pods, services, policies, spaces, true
 	handlers := slices.Clone(c.handlers)
 	c.mu.Unlock()
 	for _, h := range handlers {
-		h(KindNode)
-		h(KindPod)
-		h(KindService)
+		for _, k := range []Kind{KindNode, KindPod, KindService, KindPolicy, KindNamespace} {
+			h(k)
+		}
 	}
 	return rev, nil
 }
@@ -145,6 +161,8 @@ func (c *Cache) apply(k Kind, ev store.Event) {
 		delete(c.nodes, key)
 		delete(c.pods, key)
 		delete(c.services, key)
+		delete(c.policies, key)
+		delete(c.spaces, key)
 		return
 	}
 	switch k {
@@ -163,6 +181,16 @@ func (c *Cache) apply(k Kind, ev store.Event) {
 		if json.Unmarshal(ev.KV.Value, &s) == nil {
 			c.services[key] = s
 		}
+	case KindPolicy:
+		var p v1.NetworkPolicy
+		if json.Unmarshal(ev.KV.Value, &p) == nil {
+			c.policies[key] = p
+		}
+	case KindNamespace:
+		var n v1.Namespace
+		if json.Unmarshal(ev.KV.Value, &n) == nil {
+			c.spaces[key] = n
+		}
 	}
 }
 
@@ -174,6 +202,10 @@ func kindOf(key string) Kind {
 		return KindPod
 	case strings.HasPrefix(key, ServicesPrefix):
 		return KindService
+	case strings.HasPrefix(key, PoliciesPrefix):
+		return KindPolicy
+	case strings.HasPrefix(key, NamespacesPrefix):
+		return KindNamespace
 	}
 	return -1
 }
@@ -198,6 +230,20 @@ func (c *Cache) Pods() []v1.Pod {
 func (c *Cache) Services() []v1.Service {
 	out := values(c, c.services)
 	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+// Policies returns every network policy, sorted by namespace/name.
+func (c *Cache) Policies() []v1.NetworkPolicy {
+	out := values(c, c.policies)
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+// Namespaces returns the namespaces that carry labels.
+func (c *Cache) Namespaces() []v1.Namespace {
+	out := values(c, c.spaces)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 

@@ -130,6 +130,15 @@ func (b *builder) build(st State) {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 		&expr.Verdict{Kind: expr.VerdictAccept})
 
+	// IPv6 neighbour discovery is the link working, not a connection: never policed
+	// (ICMPv6 types 133-137: router and neighbour solicitation and advertisement, redirect).
+	b.rule("forward", append(family(true),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: []byte{133}, ToData: []byte{137}},
+		&expr.Verdict{Kind: expr.VerdictAccept})...)
+
 	// Chains first, then the verdict maps that point at them.
 	type entry struct {
 		ip    netip.Addr

@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weftnet/weft/internal/policy"
+	"github.com/weftnet/weft/internal/policy/nftpolicy"
+	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/reconcile"
+	"github.com/weftnet/weft/internal/resources"
+)
+
+// policyEnforcer keeps the node's policy table equal to what the cluster's policies say
+// for the node's pods: on every change of a pod, policy or namespace anywhere, it compiles
+// each local pod's selecting policies (policy.Model.Compile) and replaces the table. Policed
+// pods leave the eBPF fast path, whose redirects would carry their traffic around the
+// forward hook.
+type policyEnforcer struct {
+	node    string
+	sysctls bool // may turn on bridge netfilter (pods on a bridge talk past the forward hook otherwise)
+	cluster []netip.Prefix
+	cache   *resources.Cache
+	fast    *fastpathSync // nil: no fast path
+	loop    *reconcile.Loop
+	// policed are the addresses of the node's policed pods (the agent's, read by the
+	// fast path).
+	policed *atomic.Pointer[map[netip.Addr]bool]
+	pods    prometheus.Gauge
+}
+
+// policyDelay gathers a burst of changes into one sync, well under the one second a change
+// may take to reach every node.
+const policyDelay = 20 * time.Millisecond
+
+func (a *Agent) startPolicy(g *group, cache *resources.Cache) {
+	e := &policyEnforcer{node: a.opts.NodeName, cluster: a.opts.ClusterCIDRs, cache: cache, fast: a.fast, policed: &a.policedPods, sysctls: a.opts.ManageSysctls,
+		pods: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_policy_pods", Help: "Pods of this node selected by a network policy."})}
+	if len(e.cluster) == 0 {
+		e.cluster = a.opts.PodCIDRs
+	}
+	a.metrics.reg.MustRegister(e.pods)
+	e.loop = reconcile.New(policyDelay, e.sync, func(err error) {
+		a.setProblem("policy", err)
+		if err != nil {
+			a.opts.Log.Warn("network policy sync failed", "err", err)
+		}
+	}).WithResync(30 * time.Second).WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second})
+	cache.OnChange(func(k resources.Kind) {
+		if k == resources.KindPod || k == resources.KindPolicy || k == resources.KindNamespace {
+			e.loop.Trigger()
+		}
+	})
+	g.Loop("policy", func(ctx context.Context) {
+		e.loop.Trigger()
+		e.loop.Run(ctx)
+	})
+}
+
+// policedAddr reports whether an address is a policed pod's, as the enforcer last said.
+func (a *Agent) policedAddr(ip netip.Addr) bool {
+	m := a.policedPods.Load()
+	return m != nil && (*m)[ip]
+}
+
+func (e *policyEnforcer) sync() error {
+	if !e.cache.Synced() {
+		return nil // an empty cache would lift every policy
+	}
+	model := policy.New(e.cache.Policies(), e.cache.Namespaces())
+	all := e.cache.Pods()
+	st := nftpolicy.State{Cluster: e.cluster}
+	policed := map[netip.Addr]bool{}
+	for i := range all {
+		p := &all[i]
+		if p.Node != e.node {
+			continue
+		}
+		rules := model.Compile(p, all)
+		if rules.Ingress == nil && rules.Egress == nil {
+			continue
+		}
+		st.Pods = append(st.Pods, nftpolicy.Pod{ID: podID(p.Namespace, p.Name, p.ContainerID), IPs: p.IPs, Rules: rules})
+		for _, ip := range p.IPs {
+			policed[ip] = true
+		}
+	}
+	old := e.policed.Load()
+	if changed := old == nil || !sameAddrs(*old, policed); changed {
+		e.policed.Store(&policed)
+		if e.fast != nil {
+			e.fast.Trigger() // policed pods off the fast path, the others back on it
+		}
+	}
+	e.pods.Set(float64(len(st.Pods)))
+	if len(st.Pods) > 0 && e.sysctls {
+		// Same-node pods on a bridge reach each other bridged: only bridge netfilter shows
+		// that traffic to the forward hook (the service proxy turns it on too).
+		if err := nftproxy.PrepareNode(); err != nil {
+			return err
+		}
+	}
+	return nftpolicy.Apply(st, -1)
+}
+
+func sameAddrs(a, b map[netip.Addr]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+var podIDEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// podID names a pod's chains: short, stable, unique on the node.
+func podID(namespace, name, containerID string) string {
+	h := sha256.Sum256([]byte(namespace + "/" + name + "/" + containerID))
+	return strings.ToLower(podIDEncoding.EncodeToString(h[:]))[:12]
+}
