@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"net/netip"
+	"maps"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +36,12 @@ type policyEnforcer struct {
 	// fast path).
 	policed *atomic.Pointer[map[netip.Addr]bool]
 	pods    prometheus.Gauge
+
+	// Drops: each sync rewrites the table (and its counters), so what the chains counted
+	// is added to totals first; chains maps the table's chains to "ns/name direction".
+	mu     sync.Mutex
+	totals map[string]uint64
+	chains map[string]string
 }
 
 // policyDelay gathers a burst of changes into one sync, well under the one second a change
@@ -42,11 +50,12 @@ const policyDelay = 20 * time.Millisecond
 
 func (a *Agent) startPolicy(g *group, cache *resources.Cache) {
 	e := &policyEnforcer{node: a.opts.NodeName, cluster: a.opts.ClusterCIDRs, cache: cache, fast: a.fast, policed: &a.policedPods, sysctls: a.opts.ManageSysctls,
-		pods: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_policy_pods", Help: "Pods of this node selected by a network policy."})}
+		pods:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_policy_pods", Help: "Pods of this node selected by a network policy."}),
+		totals: map[string]uint64{}, chains: map[string]string{}}
 	if len(e.cluster) == 0 {
 		e.cluster = a.opts.PodCIDRs
 	}
-	a.metrics.reg.MustRegister(e.pods)
+	a.metrics.reg.MustRegister(e.pods, policyDrops{e})
 	e.loop = reconcile.New(policyDelay, e.sync, func(err error) {
 		a.setProblem("policy", err)
 		if err != nil {
@@ -78,6 +87,7 @@ func (e *policyEnforcer) sync() error {
 	all := e.cache.Pods()
 	st := nftpolicy.State{Cluster: e.cluster}
 	policed := map[netip.Addr]bool{}
+	chains := map[string]string{}
 	for i := range all {
 		p := &all[i]
 		if p.Node != e.node {
@@ -87,7 +97,9 @@ func (e *policyEnforcer) sync() error {
 		if rules.Ingress == nil && rules.Egress == nil {
 			continue
 		}
-		st.Pods = append(st.Pods, nftpolicy.Pod{ID: podID(p.Namespace, p.Name, p.ContainerID), IPs: p.IPs, Rules: rules})
+		id := podID(p.Namespace, p.Name, p.ContainerID)
+		st.Pods = append(st.Pods, nftpolicy.Pod{ID: id, IPs: p.IPs, Rules: rules})
+		chains["i-"+id], chains["e-"+id] = p.Namespace+"/"+p.Name+" ingress", p.Namespace+"/"+p.Name+" egress"
 		for _, ip := range p.IPs {
 			policed[ip] = true
 		}
@@ -107,7 +119,46 @@ func (e *policyEnforcer) sync() error {
 			return err
 		}
 	}
-	return nftpolicy.Apply(st, -1)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if live, err := nftpolicy.Drops(-1); err == nil {
+		for chain, n := range live {
+			if k, ok := e.chains[chain]; ok {
+				e.totals[k] += n
+			}
+		}
+	}
+	if err := nftpolicy.Apply(st, -1); err != nil {
+		return err
+	}
+	e.chains = chains
+	return nil
+}
+
+// policyDrops reports packets dropped by policy per pod and direction.
+type policyDrops struct{ e *policyEnforcer }
+
+var policyDropsDesc = prometheus.NewDesc("weft_policy_drops_total",
+	"Packets of new connections dropped because no network policy selecting the pod allowed them.", []string{"pod", "direction"}, nil)
+
+func (policyDrops) Describe(ch chan<- *prometheus.Desc) { ch <- policyDropsDesc }
+
+func (d policyDrops) Collect(ch chan<- prometheus.Metric) {
+	e := d.e
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	sum := maps.Clone(e.totals)
+	if live, err := nftpolicy.Drops(-1); err == nil {
+		for chain, n := range live {
+			if k, ok := e.chains[chain]; ok {
+				sum[k] += n
+			}
+		}
+	}
+	for k, n := range sum {
+		pod, dir, _ := strings.Cut(k, " ")
+		ch <- prometheus.MustNewConstMetric(policyDropsDesc, prometheus.CounterValue, float64(n), pod, dir)
+	}
 }
 
 func sameAddrs(a, b map[netip.Addr]bool) bool {

@@ -3,14 +3,17 @@ package e2e_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -102,7 +105,7 @@ func TestPolicyEnforcedInLab(t *testing.T) {
 		l.must("apply", "-f", f)
 	}
 	reach := func(from, to string) bool {
-		return probe.TCPEcho(pod[from], netip.AddrPortFrom(addr[to], 8080), 500*time.Millisecond) == nil
+		return probe.TCPEcho(pod[from], netip.AddrPortFrom(addr[to], 8080), 200*time.Millisecond) == nil
 	}
 	// cells waits up to a second for every listed cell to hold.
 	cells := func(what string, want map[[2]string]bool) {
@@ -144,6 +147,16 @@ spec:
 	if _, err := probe.Ping(pod["client"], addr["web"], 56, false, 500*time.Millisecond); err == nil {
 		t.Error("ping client -> web passed: the policy allows TCP 8080 only")
 	}
+	// The drops are counted for the pod, on its node.
+	resp, err := testutil.NS{Path: s.Nodes[0].Netns}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if m := regexp.MustCompile(`weft_policy_drops_total\{direction="ingress",pod="default/web"\} (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
+		t.Errorf("no ingress drops counted for default/web: %s", m)
+	}
 
 	// A second policy lets in namespaces labelled team=blue: labelling default flips other->web.
 	apply(`apiVersion: networking.k8s.io/v1
@@ -161,7 +174,13 @@ spec:
 	weft("policy", "rm", "web-from-clients")
 	weft("policy", "rm", "web-from-blue")
 	cells("no policy again", map[[2]string]bool{{"other", "web"}: true, {"client", "web"}: true})
-	if out, err := exec.Command("nsenter", "--net="+s.Nodes[0].Netns, "--", "nft", "list", "table", "inet", "weft-policy").CombinedOutput(); err == nil {
-		t.Errorf("node1 still has the policy table:\n%s", out)
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		out, err := exec.Command("nsenter", "--net="+s.Nodes[0].Netns, "--", "nft", "list", "table", "inet", "weft-policy").CombinedOutput()
+		if err != nil {
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatalf("node1 still has the policy table a second after the last policy went:\n%s", out)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -374,4 +375,40 @@ func be16(v int) []byte {
 	b := make([]byte, 2)
 	binary.BigEndian.PutUint16(b, uint16(v))
 	return b
+}
+
+// Drops reads the drop counters of the table's pod chains: chain name ("i-ID" for ingress,
+// "e-ID" for egress) to packets dropped since the table was written. No table: none.
+func Drops(nsFd int) (map[string]uint64, error) {
+	var opts []nftables.ConnOption
+	if nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(nsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, err
+	}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: dataplane.TablePolicy}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for _, ch := range chains {
+		if ch.Table.Name != dataplane.TablePolicy || (!strings.HasPrefix(ch.Name, "i-") && !strings.HasPrefix(ch.Name, "e-")) {
+			continue
+		}
+		rules, err := c.GetRules(table, ch)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if cnt, ok := e.(*expr.Counter); ok {
+					out[ch.Name] += cnt.Packets
+				}
+			}
+		}
+	}
+	return out, nil
 }
