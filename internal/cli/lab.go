@@ -54,9 +54,9 @@ func newLabCmd() *cobra.Command {
 	up.Flags().BoolVarP(&detach, "detach", "d", false, "leave the lab running and return")
 
 	pod := &cobra.Command{Use: "pod", Short: "Pods of a lab"}
-	var node, labels, serve string
+	var node, labels, serve, podNamespace string
 	add := &cobra.Command{
-		Use: "add NAME --node N [--serve tcp:PORT]", Short: "Attach a pod through the real weft-cni exec path", Args: exactArgs(1),
+		Use: "add NAME --node N [--namespace NS] [--labels k=v,...] [--serve tcp:PORT]", Short: "Attach a pod through the real weft-cni exec path", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			port := 0
 			if serve != "" {
@@ -86,7 +86,7 @@ func newLabCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := l.AddPod(args[0], nodeName, port, lbls)
+			p, err := l.AddPodIn(podNamespace, args[0], nodeName, port, lbls)
 			if err != nil {
 				return err
 			}
@@ -96,6 +96,7 @@ func newLabCmd() *cobra.Command {
 	}
 	add.Flags().StringVar(&node, "node", "1", "node: its number (1) or its name as status prints it (node1)")
 	add.Flags().StringVar(&labels, "labels", "", "k=v,... (recorded by weft-cni)")
+	add.Flags().StringVar(&podNamespace, "namespace", "default", "the pod's (Kubernetes) namespace")
 	add.Flags().StringVar(&serve, "serve", "", "run a TCP echo server in the pod: tcp:PORT")
 	rm := &cobra.Command{
 		Use: "rm NAME", Short: "Detach and delete a pod", Args: exactArgs(1),

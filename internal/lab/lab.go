@@ -66,14 +66,15 @@ type Proc struct {
 
 // Pod is one pod namespace attached to a node.
 type Pod struct {
-	Name     string       `json:"name"`
-	Node     string       `json:"node"`
-	Netns    string       `json:"netns"`
-	IPs      []netip.Addr `json:"addresses"`
-	MAC      string       `json:"mac"`
-	MTU      int          `json:"mtu"`
-	Serve    int          `json:"serve,omitempty"` // TCP echo port, 0: none
-	ServePID int          `json:"servePID,omitempty"`
+	Name      string       `json:"name"`
+	Namespace string       `json:"namespace,omitempty"` // "": default
+	Node      string       `json:"node"`
+	Netns     string       `json:"netns"`
+	IPs       []netip.Addr `json:"addresses"`
+	MAC       string       `json:"mac"`
+	MTU       int          `json:"mtu"`
+	Serve     int          `json:"serve,omitempty"` // TCP echo port, 0: none
+	ServePID  int          `json:"servePID,omitempty"`
 }
 
 // State is what a lab made, persisted so another process can tear it down.
@@ -305,6 +306,12 @@ func (l *Lab) cni() *libcni.CNIConfig {
 // AddPod creates a pod namespace, attaches it to node through weft-cni and, with serve > 0,
 // starts a TCP echo server in it on that port.
 func (l *Lab) AddPod(name, nodeName string, serve int, labels map[string]string) (*Pod, error) {
+	return l.AddPodIn("default", name, nodeName, serve, labels)
+}
+
+// AddPodIn is AddPod in a namespace of the pod's own (the pod's name stays unique in the
+// lab: it names its network namespace).
+func (l *Lab) AddPodIn(namespace, name, nodeName string, serve int, labels map[string]string) (*Pod, error) {
 	n, err := l.node(nodeName)
 	if err != nil {
 		return nil, err
@@ -313,7 +320,7 @@ func (l *Lab) AddPod(name, nodeName string, serve int, labels map[string]string)
 	if err != nil {
 		return nil, err
 	}
-	p := &Pod{Name: name, Node: nodeName, Netns: nsPath, MTU: n.MTU}
+	p := &Pod{Name: name, Namespace: namespace, Node: nodeName, Netns: nsPath, MTU: n.MTU}
 	l.State.Pods = append(l.State.Pods, p)
 	if err := l.save(); err != nil {
 		return nil, err
@@ -355,9 +362,16 @@ func (l *Lab) AddPod(name, nodeName string, serve int, labels map[string]string)
 	return p, l.save()
 }
 
+func (p *Pod) namespace() string {
+	if p.Namespace == "" {
+		return "default"
+	}
+	return p.Namespace
+}
+
 func (l *Lab) runtimeConf(p *Pod) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{ContainerID: "lab-" + l.opts.Name + "-" + p.Name, NetNS: p.Netns, IfName: "eth0",
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_NAMESPACE", "default"}}}
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_NAMESPACE", p.namespace()}}}
 }
 
 // PingResult is one cell of the connectivity matrix.

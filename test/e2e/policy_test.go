@@ -9,11 +9,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/lab"
+	"github.com/weftnet/weft/internal/manifest"
+	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -181,6 +186,172 @@ spec:
 		}
 		if time.Since(start) > time.Second {
 			t.Fatalf("node1 still has the policy table a second after the last policy went:\n%s", out)
+		}
+	}
+}
+
+// TestPolicyMatrixInLab measures the upstream netpol e2e matrix with real TCP probes:
+// pods a, b, c in namespaces x, y, z spread over three nodes; for each case, every one of
+// the 81 cells must match what the model (internal/policy, checked on its own against
+// the written-out truth tables) decides, within a second or two of applying it.
+func TestPolicyMatrixInLab(t *testing.T) {
+	testutil.RequireRoot(t)
+	for _, fabric := range []string{"vxlan", "direct"} {
+		t.Run(fabric, func(t *testing.T) { testPolicyMatrix(t, fabric) })
+	}
+}
+
+func testPolicyMatrix(t *testing.T, fabric string) {
+	l := labCLI{t: t, name: fmt.Sprintf("m%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
+	t.Cleanup(func() { _, _ = l.run("down") })
+	l.must("up", "-d", "--nodes", "3", "--fabric", fabric)
+	var pods []v1.Pod
+	netnsOf := map[string]string{}
+	i := 0
+	for _, ns := range []string{"x", "y", "z"} {
+		for _, name := range []string{"a", "b", "c"} {
+			i++
+			l.must("pod", "add", ns+"-"+name, "--namespace", ns, "--node", fmt.Sprint(1+i%3), "--labels", "pod="+name, "--serve", "tcp:80")
+		}
+	}
+	for _, p := range l.status().Pods {
+		ns, name, _ := strings.Cut(p.Name, "-")
+		pods = append(pods, v1.Pod{Name: p.Name, Namespace: ns, IPs: p.IPs, Labels: map[string]string{"pod": name}})
+		netnsOf[p.Name] = p.Netns
+	}
+	ipOf := func(name string) string {
+		for _, p := range pods {
+			if p.Name == name {
+				return p.IPs[0].String()
+			}
+		}
+		t.Fatalf("no pod %s", name)
+		return ""
+	}
+	measure := func() map[[2]string]bool {
+		out := map[[2]string]bool{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for _, s := range pods {
+			for _, d := range pods {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ok := probe.TCPEcho(netnsOf[s.Name], netip.AddrPortFrom(d.IPs[0], 80), 300*time.Millisecond) == nil
+					mu.Lock()
+					out[[2]string{s.Name, d.Name}] = ok
+					mu.Unlock()
+				}()
+			}
+		}
+		wg.Wait()
+		return out
+	}
+	cases := []struct{ name, yaml string }{
+		{"default deny ingress in x", `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}`},
+		{"x/a from namespace y", `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: 'y'}}}]}]`},
+		{"x/a from pods b of namespace y", `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-yb, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: 'y'}}, podSelector: {matchLabels: {pod: b}}}]}]`},
+		{"x/a only on port 81", `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: port-81, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}}], ports: [{protocol: TCP, port: 81}]}]`},
+		{"x/a may send to the pod networks except y/b", `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: except-yb, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: [` + ipOf("y-b") + `/32]}}]}]`},
+		{"both directions: x/a sends only to y, y/b takes only x/a", `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: out, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: 'y'}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: in, namespace: 'y'}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}, podSelector: {matchLabels: {pod: a}}}]}]`},
+	}
+	var state struct{ Underlay, Store string }
+	b, _ := os.ReadFile(filepath.Join("/run/weft-lab", l.name, "lab.json"))
+	if err := json.Unmarshal(b, &state); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range cases {
+		objs, err := manifest.Parse([]byte(tc.yaml))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var policies []v1.NetworkPolicy
+		for _, o := range objs {
+			policies = append(policies, *o.Policy)
+		}
+		model := policy.New(policies, nil)
+		want := map[[2]string]bool{}
+		denied := 0
+		for _, s := range pods {
+			for _, d := range pods {
+				ok := model.Decide(policy.Endpoint{Pod: &s, IP: s.IPs[0]}, policy.Endpoint{Pod: &d, IP: d.IPs[0]}, "TCP", 80).Allowed
+				want[[2]string{s.Name, d.Name}] = ok
+				if !ok {
+					denied++
+				}
+			}
+		}
+		f := filepath.Join(t.TempDir(), "np.yaml")
+		if err := os.WriteFile(f, []byte(tc.yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		l.must("apply", "-f", f)
+		start := time.Now()
+		for {
+			got := measure()
+			var wrong []string
+			for k, w := range want {
+				if got[k] != w {
+					wrong = append(wrong, fmt.Sprintf("%s->%s %v", k[0], k[1], got[k]))
+				}
+			}
+			if len(wrong) == 0 {
+				t.Logf("%s: all 81 cells as the model says (%d denied) after %v", tc.name, denied, time.Since(start).Round(time.Millisecond))
+				break
+			}
+			if time.Since(start) > 2*time.Second {
+				sort.Strings(wrong)
+				t.Fatalf("%s: %d of 81 cells differ from the model after %v: %s", tc.name, len(wrong), time.Since(start).Round(time.Millisecond), strings.Join(wrong, ", "))
+			}
+		}
+		for _, p := range policies {
+			out, err := testutil.NS{Path: state.Underlay}.Command(l.bin, "policy", "rm", p.Name, "-n", p.Namespace, "--store", state.Store).CombinedOutput()
+			if err != nil {
+				t.Fatalf("policy rm: %v\n%s", err, out)
+			}
 		}
 	}
 }
