@@ -17,7 +17,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -29,11 +28,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 
-	"github.com/weftnet/weft/internal/netns"
-	"github.com/weftnet/weft/internal/probe"
+	"github.com/weftnet/weft/bench/internal/nettopo"
 	"github.com/weftnet/weft/internal/proxy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
 )
@@ -46,15 +43,12 @@ var (
 )
 
 const (
-	serverIP  = "10.210.2.2"
+	serverIP  = nettopo.ServerIP
 	basePort  = 8080
 	endpoints = 5
 )
 
-type topo struct {
-	client, node, server string // namespace paths
-	names                []string
-}
+type topo struct{ *nettopo.Topo }
 
 func main() {
 	flag.Parse()
@@ -104,11 +98,11 @@ func main() {
 			if strings.HasPrefix(shape, "empty") {
 				vip = direct // nothing to reach through a VIP
 			}
-			samples := interleaved([]probeTarget{{t, vip}, {t, direct}, {base, direct}})
+			samples := interleaved([]nettopo.Target{{Topo: t.Topo, Addr: vip}, {Topo: t.Topo, Addr: direct}, {Topo: base.Topo, Addr: direct}})
 			v, d, none := samples[0], samples[1], samples[2]
-			record(shape, fmt.Sprintf("VIP p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", v.p50, v.p99, ratio(v.p50, none.p50)))
-			record(shape, fmt.Sprintf("direct p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", d.p50, d.p99, ratio(d.p50, none.p50)))
-			record(shape, fmt.Sprintf("no rules p50/p99 at %d", n), fmt.Sprintf("%v / %v", none.p50, none.p99))
+			record(shape, fmt.Sprintf("VIP p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", v.P50, v.P99, ratio(v.P50, none.P50)))
+			record(shape, fmt.Sprintf("direct p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", d.P50, d.P99, ratio(d.P50, none.P50)))
+			record(shape, fmt.Sprintf("no rules p50/p99 at %d", n), fmt.Sprintf("%v / %v", none.P50, none.P99))
 			t.down()
 		}
 	}
@@ -183,7 +177,7 @@ func load(t *topo, shape string, n int) (full, change time.Duration, err error) 
 	case "empty-ip", "empty-inet":
 		// Reference points: a NAT hook and nothing else (conntrack on), by family.
 		fam := strings.TrimPrefix(shape, "empty-")
-		d, err := runTimed(t.node, []byte("table "+fam+" x {\n chain p { type nat hook prerouting priority dstnat; }\n chain o { type nat hook postrouting priority srcnat; }\n}\n"), "nft", "-f", "-")
+		d, err := runTimed(t.Node, []byte("table "+fam+" x {\n chain p { type nat hook prerouting priority dstnat; }\n chain o { type nat hook postrouting priority srcnat; }\n}\n"), "nft", "-f", "-")
 		return d, 0, err
 	}
 	return 0, 0, fmt.Errorf("unknown shape %q", shape)
@@ -225,7 +219,7 @@ func dedupe(keys []proxy.Key) []proxy.Key {
 
 func loadWeft(t *topo, n int) (full, change time.Duration, err error) {
 	// As weftd runs it: from an ordinary goroutine, with its socket in the node's namespace.
-	nsh, err := vnetns.GetFromPath(t.node)
+	nsh, err := vnetns.GetFromPath(t.Node)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -282,7 +276,7 @@ add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service
 	for i := range n {
 		nftService(&b, i, endpointsOf(i, n))
 	}
-	if full, err = runTimed(t.node, []byte(b.String()), "nft", "-f", "-"); err != nil {
+	if full, err = runTimed(t.Node, []byte(b.String()), "nft", "-f", "-"); err != nil {
 		return 0, 0, err
 	}
 	// One endpoint of the middle service moves: new endpoint chain, the service chain
@@ -300,7 +294,7 @@ add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service
 	fmt.Fprintf(&c, "flush chain ip kube-proxy %s\n", svc)
 	nftServiceRules(&c, svc, i, eps)
 	fmt.Fprintf(&c, "flush chain ip kube-proxy %s\ndelete chain ip kube-proxy %s\n", epChain(old[0]), epChain(old[0]))
-	change, err = runTimed(t.node, []byte(c.String()), "nft", "-f", "-")
+	change, err = runTimed(t.Node, []byte(c.String()), "nft", "-f", "-")
 	return full, change, err
 }
 
@@ -334,12 +328,12 @@ func loadIptables(t *topo, backend string, n int) (full, change time.Duration, e
 	bin := "iptables-" + backend + "-restore"
 	var b strings.Builder
 	iptablesRules(&b, n, -1, true)
-	if full, err = runTimed(t.node, []byte(b.String()), bin); err != nil {
+	if full, err = runTimed(t.Node, []byte(b.String()), bin); err != nil {
 		return 0, 0, err
 	}
 	var c strings.Builder
 	iptablesRules(&c, n, n/2, false)
-	change, err = runTimed(t.node, []byte(c.String()), bin, "--noflush")
+	change, err = runTimed(t.Node, []byte(c.String()), bin, "--noflush")
 	return full, change, err
 }
 
@@ -421,151 +415,29 @@ func runTimed(nsPath string, input []byte, name string, args ...string) (time.Du
 	return d, nil
 }
 
-type probeTarget struct {
-	t    *topo
-	addr netip.AddrPort
-}
-
-type percentiles struct{ p50, p99 time.Duration }
-
-// interleaved measures new-connection latency (connect, one byte each way, close) to each
-// target in turn, in rounds of conns/20 connections, and returns each target's p50 and p99.
-func interleaved(targets []probeTarget) []percentiles {
-	const rounds = 20
-	per := max(*conns/rounds, 1)
-	samples := make([][]time.Duration, len(targets))
-	for _, tg := range targets { // warm up: neighbours, caches
-		connectLoop(tg, 50)
-	}
-	for range rounds {
-		for i, tg := range targets {
-			samples[i] = append(samples[i], connectLoop(tg, per)...)
-		}
-	}
-	out := make([]percentiles, len(targets))
-	for i, s := range samples {
-		sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
-		out[i] = percentiles{s[len(s)/2].Round(100 * time.Nanosecond), s[len(s)*99/100].Round(100 * time.Nanosecond)}
-	}
-	return out
-}
-
-func connectLoop(tg probeTarget, n int) []time.Duration {
-	out := make([]time.Duration, 0, n)
-	buf := make([]byte, 1)
-	err := probe.InNS(tg.t.client, func() error {
-		d := net.Dialer{Timeout: 2 * time.Second}
-		for range n {
-			start := time.Now()
-			c, err := d.Dial("tcp", tg.addr.String())
-			if err != nil {
-				return err
-			}
-			if _, err := c.Write(buf); err != nil {
-				return err
-			}
-			if _, err := c.Read(buf); err != nil {
-				return err
-			}
-			c.Close()
-			out = append(out, time.Since(start))
-		}
-		return nil
-	})
-	if err != nil {
-		fail(fmt.Errorf("latency to %s: %w", tg.addr, err))
-	}
-	return out
-}
-
-// mustTopo builds client — node — server, routed through the node, with echo servers on
-// the server's ports 8080-8084.
+// mustTopo builds a client — node — server topology (nettopo) with echo servers on the
+// server's ports 8080-8084, recorded so that a failure still removes it.
 func mustTopo(tag string) *topo {
-	t := &topo{}
-	active = append(active, t)
-	mk := func(short string) string {
-		name := tag + "-" + short
-		p, err := netns.Create(name)
-		if err != nil {
-			fail(err)
-		}
-		t.names = append(t.names, name)
-		return p
+	ports := make([]int, endpoints)
+	for e := range ports {
+		ports[e] = basePort + e
 	}
-	t.client, t.node, t.server = mk("c"), mk("n"), mk("s")
-	link := func(a, b string, aName, bName, aAddr, bAddr string) {
-		h, err := handleAt(a)
-		if err != nil {
-			fail(err)
-		}
-		defer h.Close()
-		peerNS, _ := vnetns.GetFromPath(b)
-		defer peerNS.Close()
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: aName}, PeerName: bName, PeerNamespace: netlink.NsFd(peerNS)}
-		if err := h.LinkAdd(v); err != nil {
-			fail(fmt.Errorf("veth %s: %w", aName, err))
-		}
-		up(a, aName, aAddr)
-		up(b, bName, bAddr)
-	}
-	link(t.client, t.node, "eth0", "c0", "10.210.1.2/24", "10.210.1.1/24")
-	link(t.server, t.node, "eth0", "s0", serverIP+"/24", "10.210.2.1/24")
-	route(t.client, "10.210.1.1")
-	route(t.server, "10.210.2.1")
-	_ = probe.InNS(t.node, func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
-	})
-	for e := range endpoints {
-		ln, err := probe.ListenTCP(t.server, fmt.Sprintf(":%d", basePort+e))
-		if err != nil {
-			fail(err)
-		}
-		go probe.Echo(ln)
-	}
-	return t
-}
-
-func (t *topo) down() {
-	for _, n := range t.names {
-		_ = netns.Delete(n)
-	}
-}
-
-func handleAt(path string) (*netlink.Handle, error) {
-	h, err := vnetns.GetFromPath(path)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	return netlink.NewHandleAt(h)
-}
-
-func up(nsPath, name, cidr string) {
-	h, err := handleAt(nsPath)
+	t, err := nettopo.New(tag, ports)
 	if err != nil {
 		fail(err)
 	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		fail(err)
-	}
-	a, _ := netlink.ParseAddr(cidr)
-	if err := h.AddrAdd(l, a); err != nil {
-		fail(err)
-	}
-	if err := h.LinkSetUp(l); err != nil {
-		fail(err)
-	}
+	tp := &topo{t}
+	active = append(active, tp)
+	return tp
 }
 
-func route(nsPath, gw string) {
-	h, err := handleAt(nsPath)
+func (t *topo) down() { t.Down() }
+
+// interleaved is nettopo.Interleaved over -conns connections per sample.
+func interleaved(targets []nettopo.Target) []nettopo.Percentiles {
+	out, err := nettopo.Interleaved(targets, *conns)
 	if err != nil {
 		fail(err)
 	}
-	defer h.Close()
-	if err := h.RouteAdd(&netlink.Route{Gw: net.ParseIP(gw)}); err != nil {
-		fail(fmt.Errorf("default route: %w", err))
-	}
+	return out
 }
