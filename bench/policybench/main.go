@@ -1,0 +1,165 @@
+// Command policybench measures the cost of network policy on a new connection, side by
+// side in one run: a server pod selected by N policies (each allowing one address block on
+// TCP 8080, one of them the client's), enforced
+//
+//   - by weft: policy.Model.Compile and nftpolicy (table inet weft-policy: verdict map,
+//     interval sets), and
+//   - in the shape Calico and kube-router use with iptables: one ipset and one chain per
+//     policy, jumped to in turn from the pod's chain (iptables-legacy + ipset),
+//
+// against the same topology with no policy at all. It reports the time to program the N
+// policies and new-connection latency (connect, one byte each way, close) in interleaved
+// rounds. Run by bench/policy.sh; needs root; works only in namespaces it creates.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/bench/internal/nettopo"
+	"github.com/weftnet/weft/internal/policy"
+	"github.com/weftnet/weft/internal/policy/nftpolicy"
+)
+
+var (
+	sizes = flag.String("sizes", "1,100,1000", "policy counts")
+	conns = flag.Int("conns", 2000, "connections per latency sample")
+)
+
+var topos []*nettopo.Topo
+
+func fail(err error) {
+	for _, t := range topos {
+		t.Down()
+	}
+	fmt.Fprintln(os.Stderr, "policybench:", err)
+	os.Exit(1)
+}
+
+func mustTopo(tag string) *nettopo.Topo {
+	t, err := nettopo.New(tag, []int{8080})
+	if err != nil {
+		fail(err)
+	}
+	topos = append(topos, t)
+	return t
+}
+
+// policies are n policies in namespace bench selecting app=server, policy i allowing the
+// block 10.(100+i/256).(i%256).0/24 on TCP 8080; the last one allows the client instead.
+func policies(n int) []v1.NetworkPolicy {
+	out := make([]v1.NetworkPolicy, n)
+	for i := range out {
+		block := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i/256), byte(i % 256), 0}), 24)
+		if i == n-1 {
+			block = netip.MustParsePrefix(nettopo.ClientIP + "/32")
+		}
+		out[i] = v1.NetworkPolicy{Name: fmt.Sprintf("p%d", i), Namespace: "bench",
+			PodSelector: v1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			Ingress: []v1.IngressRule{{From: []v1.PolicyPeer{{IPBlock: &v1.IPBlock{CIDR: block}}},
+				Ports: []v1.PolicyPort{{Protocol: v1.ProtocolTCP, Port: 8080}}}}}
+	}
+	return out
+}
+
+var server = v1.Pod{Name: "server", Namespace: "bench", IPs: []netip.Addr{netip.MustParseAddr(nettopo.ServerIP)},
+	Labels: map[string]string{"app": "server"}, Ready: true}
+
+// loadWeft compiles and programs the policies as weftd does; the time covers both.
+func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
+	f, err := os.Open(t.Node)
+	if err != nil {
+		fail(err)
+	}
+	defer f.Close()
+	start := time.Now()
+	rules := policy.New(ps, nil).Compile(&server, []v1.Pod{server})
+	st := nftpolicy.State{Cluster: []netip.Prefix{netip.MustParsePrefix("10.210.0.0/16")},
+		Pods: []nftpolicy.Pod{{ID: "server", IPs: server.IPs, Rules: rules}}}
+	if err := nftpolicy.Apply(st, int(f.Fd())); err != nil {
+		fail(err)
+	}
+	return time.Since(start)
+}
+
+// loadIpset programs the iptables + ipset shape: per policy a hash:net set and a chain that
+// accepts its members on TCP 8080; the pod's chain jumps to every policy chain in order.
+func loadIpset(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
+	var sets, rules strings.Builder
+	rules.WriteString("*filter\n:FORWARD ACCEPT [0:0]\n:pod-in - [0:0]\n")
+	for i, p := range ps {
+		fmt.Fprintf(&sets, "create pol-%d hash:net family inet\nadd pol-%d %s\n", i, i, p.Ingress[0].From[0].IPBlock.CIDR)
+		fmt.Fprintf(&rules, ":pol-%d - [0:0]\n", i)
+	}
+	rules.WriteString("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n")
+	fmt.Fprintf(&rules, "-A FORWARD -d %s/32 -j pod-in\n", nettopo.ServerIP)
+	for i := range ps {
+		fmt.Fprintf(&rules, "-A pod-in -j pol-%d\n", i)
+		fmt.Fprintf(&rules, "-A pol-%d -p tcp -m set --match-set pol-%d src -m tcp --dport 8080 -j ACCEPT\n", i, i)
+	}
+	rules.WriteString("-A pod-in -j DROP\nCOMMIT\n")
+	start := time.Now()
+	for _, c := range []struct {
+		in   string
+		name string
+		args []string
+	}{{sets.String(), "ipset", []string{"restore"}}, {rules.String(), "iptables-legacy-restore", nil}} {
+		cmd := exec.Command("nsenter", append([]string{"--net=" + t.Node, "--", c.name}, c.args...)...)
+		cmd.Stdin = strings.NewReader(c.in)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fail(fmt.Errorf("%s: %v: %s", c.name, err, out))
+		}
+	}
+	return time.Since(start)
+}
+
+// loadTracked turns conntrack on in the node and nothing else (one forward chain passing
+// established traffic): the share of the cost that any stateful enforcement pays.
+func loadTracked(t *nettopo.Topo) {
+	cmd := exec.Command("nsenter", "--net="+t.Node, "--", "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader("table inet tracked {\n chain forward { type filter hook forward priority 0; ct state established,related accept; }\n}\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fail(fmt.Errorf("nft: %v: %s", err, out))
+	}
+}
+
+func main() {
+	flag.Parse()
+	tag := fmt.Sprintf("pb%d", os.Getpid()%100000)
+	base := mustTopo(tag + "b")
+	tracked := mustTopo(tag + "t")
+	loadTracked(tracked)
+	defer func() {
+		for _, t := range topos {
+			t.Down()
+		}
+	}()
+	dst := netip.MustParseAddrPort(nettopo.ServerIP + ":8080")
+	fmt.Printf("%-8s %-13s %-13s %-25s %-25s %-25s %s\n", "policies", "weft program", "ipset program", "weft p50/p99 (x none)", "ipset p50/p99 (x none)", "conntrack only (x none)", "none p50/p99")
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			fail(fmt.Errorf("-sizes: %q", s))
+		}
+		ps := policies(n)
+		w, i := mustTopo(fmt.Sprintf("%sw%d", tag, n%1000)), mustTopo(fmt.Sprintf("%si%d", tag, n%1000))
+		wt, it := loadWeft(w, ps), loadIpset(i, ps)
+		res, err := nettopo.Interleaved([]nettopo.Target{{Topo: w, Addr: dst}, {Topo: i, Addr: dst}, {Topo: tracked, Addr: dst}, {Topo: base, Addr: dst}}, *conns)
+		if err != nil {
+			fail(err)
+		}
+		r := func(p nettopo.Percentiles) string {
+			return fmt.Sprintf("%v/%v (%.3fx)", p.P50, p.P99, float64(p.P50)/float64(res[3].P50))
+		}
+		fmt.Printf("%-8d %-13v %-13v %-25s %-25s %-25s %v/%v\n", n, wt.Round(100*time.Microsecond), it.Round(100*time.Microsecond), r(res[0]), r(res[1]), r(res[2]), res[3].P50, res[3].P99)
+		w.Down()
+		i.Down()
+	}
+}
