@@ -238,8 +238,20 @@ func (b *builder) rules(chain string, r *policy.Rules, peerIsDst bool, allow *ex
 			b.rule(chain, append(ex, allow)...)
 		}
 	}
+	// Drops are logged to nflog group LogGroup (weftd reads it: `weft policy log`), at
+	// most LogRate a second per chain so a flood costs little, then counted.
+	b.rule(chain,
+		&expr.Limit{Type: expr.LimitTypePkts, Rate: LogRate, Unit: expr.LimitTimeSecond, Burst: LogRate},
+		&expr.Log{Group: LogGroup, Data: []byte(chain), Snaplen: 80,
+			Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN})
 	b.rule(chain, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
 }
+
+// LogGroup is the nflog group drops are logged to; LogRate bounds the log per chain.
+const (
+	LogGroup = 7712
+	LogRate  = 50
+)
 
 // peerMatch tests the peer address against prefixes: no test for the whole family, else
 // a lookup in an interval set of them.

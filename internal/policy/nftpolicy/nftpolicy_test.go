@@ -1,6 +1,7 @@
 package nftpolicy_test
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"os"
@@ -144,4 +145,37 @@ func TestEnforcement(t *testing.T) {
 		t.Errorf("the table is still there:\n%s", out)
 	}
 	tp.expect(t, "no table again", tp.b, ipA, 80, true)
+}
+
+// TestDropsAreLogged reads the nflog group while a denied connection is tried: the drop
+// arrives with its chain and 5-tuple.
+func TestDropsAreLogged(t *testing.T) {
+	testutil.RequireRoot(t)
+	tp := build(t)
+	tp.apply(t, nftpolicy.Pod{ID: "b", IPs: []netip.Addr{ipB}, Rules: policy.PodRules{Ingress: &policy.Rules{}}})
+	drops := make(chan nftpolicy.Drop, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan error, 1)
+	go func() {
+		ready <- probe.InNS(tp.node.Path, func() error {
+			return nftpolicy.ReadLog(ctx, func(d nftpolicy.Drop) { drops <- d })
+		})
+	}()
+	deadline := time.After(5 * time.Second)
+	for {
+		tp.reach(tp.a, ipB, 81) // denied: dropped and logged
+		select {
+		case d := <-drops:
+			if d.Chain != "i-b" || d.Proto != "TCP" || d.Src != ipA || d.Dst != ipB || d.DPort != 81 || d.SPort == 0 {
+				t.Fatalf("drop %+v", d)
+			}
+			return
+		case err := <-ready:
+			t.Fatalf("log reader ended: %v", err)
+		case <-deadline:
+			t.Fatal("no drop logged")
+		default:
+		}
+	}
 }
