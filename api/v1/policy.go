@@ -3,6 +3,7 @@ package v1
 import (
 	"fmt"
 	"net/netip"
+	"time"
 )
 
 // Policy types.
@@ -244,4 +245,17 @@ func (n Namespace) LabelsWithName() map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// PolicyDrop is a packet a node dropped because no network policy allowed it.
+type PolicyDrop struct {
+	Seq       uint64     `json:"seq"`
+	Time      time.Time  `json:"time"`
+	Pod       string     `json:"pod"`       // namespace/name of the policed pod
+	Direction string     `json:"direction"` // ingress or egress
+	Protocol  string     `json:"protocol"`
+	Src       netip.Addr `json:"src"`
+	Dst       netip.Addr `json:"dst"`
+	SrcPort   uint16     `json:"srcPort,omitempty"`
+	DstPort   uint16     `json:"dstPort,omitempty"`
 }

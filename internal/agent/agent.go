@@ -69,6 +69,9 @@ type Agent struct {
 	// policedPods are the addresses of the node's pods a network policy selects (they
 	// stay off the fast path); nil until the policy enforcer's first sync.
 	policedPods atomic.Pointer[map[netip.Addr]bool]
+	// policyLog returns the recent policy drops after a sequence number; nil without the
+	// policy component.
+	policyLog func(since uint64) []v1.PolicyDrop
 
 	natMu   sync.Mutex // one NAT render at a time
 	portsMu sync.Mutex // host-port clash check and allocation happen as one step

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/ipam"
 )
@@ -112,6 +113,15 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 			return nil
 		})
 		return cniapi.Response{Status: &st}
+	case cniapi.OpDrops:
+		if a.policyLog == nil {
+			return fail(cniapi.CodeInvalidConfig, "this node enforces no network policy (cluster mode only)")
+		}
+		drops := a.policyLog(req.Since)
+		if drops == nil {
+			drops = []v1.PolicyDrop{}
+		}
+		return cniapi.Response{Drops: drops}
 	case cniapi.OpBGP:
 		c := a.opts.Cluster
 		if c == nil || c.bgp == nil {

@@ -8,10 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/resources"
 )
@@ -150,7 +152,54 @@ func newPolicyCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(ls, get, rm, explain)
+	var socket, podFilter string
+	var follow bool
+	logCmd := &cobra.Command{
+		Use: "log [--pod NS/NAME] [-f]", Short: "Recent packets this node dropped by network policy (5-tuple, pod, direction)", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := cniapi.Client{Socket: socket}
+			var since uint64
+			if podFilter != "" && !strings.Contains(podFilter, "/") {
+				podFilter = namespace + "/" + podFilter
+			}
+			for {
+				resp, err := c.Do(cniapi.Request{Op: cniapi.OpDrops, Since: since})
+				if err != nil {
+					return err
+				}
+				if resp.Error != nil {
+					return fmt.Errorf("%s", resp.Error.Msg)
+				}
+				for _, d := range resp.Drops {
+					since = max(since, d.Seq)
+					if podFilter != "" && d.Pod != podFilter {
+						continue
+					}
+					if sf.output == "json" {
+						if err := printJSON(cmd.OutOrStdout(), d); err != nil {
+							return err
+						}
+						continue
+					}
+					src, dst := d.Src.String(), d.Dst.String()
+					if d.SrcPort != 0 || d.DstPort != 0 {
+						src = netip.AddrPortFrom(d.Src, d.SrcPort).String()
+						dst = netip.AddrPortFrom(d.Dst, d.DstPort).String()
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s %s -> %s dropped at the %s of %s\n",
+						d.Time.Format("15:04:05.000"), d.Protocol, src, dst, d.Direction, d.Pod)
+				}
+				if !follow {
+					return nil
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		},
+	}
+	logCmd.Flags().StringVar(&socket, "socket", defaultSocket, "weftd's socket (the node whose drops to show)")
+	logCmd.Flags().StringVar(&podFilter, "pod", "", "only this pod's drops (NS/NAME, or NAME in --namespace)")
+	logCmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new drops")
+	cmd.AddCommand(ls, get, rm, explain, logCmd)
 	return cmd
 }
 

@@ -21,8 +21,9 @@ const (
 	OpGC       = "gc"
 	OpStatus   = "status"
 	OpList     = "list"
-	OpReap     = "reap" // delete retired veths (see podnet.Retire)
-	OpBGP      = "bgp"  // the node's BGP sessions and routes (weft bgp)
+	OpReap     = "reap"  // delete retired veths (see podnet.Retire)
+	OpBGP      = "bgp"   // the node's BGP sessions and routes (weft bgp)
+	OpDrops    = "drops" // packets dropped by network policy, after Since (weft policy log)
 )
 
 // Error codes weftd returns; they are the CNI codes weft-cni passes on.
@@ -49,6 +50,7 @@ type Request struct {
 	Ports  []v1.PortMapping `json:"ports,omitempty"` // allocate: ports to publish on the node
 	Valid  []ipam.Key       `json:"valid,omitempty"` // GC: attachments still in use
 	Reap   bool             `json:"reap,omitempty"`  // release: a veth was retired, reap it
+	Since  uint64           `json:"since,omitempty"` // drops: the last sequence number seen
 }
 
 // Response carries the outcome of one Request.
@@ -59,6 +61,7 @@ type Response struct {
 	Allocations []ipam.Allocation `json:"allocations,omitempty"` // GC: those released; list: all
 	Status      *Status           `json:"status,omitempty"`
 	BGP         *v1.BGPStatus     `json:"bgp,omitempty"`
+	Drops       []v1.PolicyDrop   `json:"drops,omitempty"`
 }
 
 // Status describes the agent's health for CNI STATUS and `weft status`.

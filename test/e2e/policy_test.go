@@ -152,6 +152,18 @@ spec:
 	if _, err := probe.Ping(pod["client"], addr["web"], 56, false, 500*time.Millisecond); err == nil {
 		t.Error("ping client -> web passed: the policy allows TCP 8080 only")
 	}
+	// The drops are in the node's log, with their 5-tuple.
+	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		out, err := exec.Command("nsenter", "--net="+s.Nodes[0].Netns, "--", l.bin, "policy", "log", "--pod", "default/web",
+			"--socket", filepath.Join("/run/weft-lab", l.name, "node1", "run", "weft.sock")).CombinedOutput()
+		if err == nil && strings.Contains(string(out), addr["other"].String()+":") &&
+			strings.Contains(string(out), addr["web"].String()+":8080 dropped at the ingress of default/web") {
+			break
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Fatalf("weft policy log: %v\n%s", err, out)
+		}
+	}
 	// The drops are counted for the pod, on its node.
 	resp, err := testutil.NS{Path: s.Nodes[0].Netns}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
 	if err != nil {
