@@ -164,8 +164,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		cache := resources.NewCache(c.o.Store)
 		g.Go("cache", cache.Run)
 		a.startServiceProxy(g, cache)
-		a.startPolicy(g, cache)
 		a.startDNS(g, c, cache)
+		a.startPolicy(g, cache) // after DNS: policies govern pods' queries to it
 		if len(a.dnsAddrs) > 0 {
 			contract.DNSServers, contract.DNSDomain = a.dnsAddrs, a.dnsDomain
 		}

@@ -28,6 +28,7 @@ import (
 // forward hook.
 type policyEnforcer struct {
 	node    string
+	dns     []netip.Addr // the node's DNS addresses (a peer as policy.NodeDNS)
 	sysctls bool // may turn on bridge netfilter (pods on a bridge talk past the forward hook otherwise)
 	cluster []netip.Prefix
 	cache   *resources.Cache
@@ -58,7 +59,7 @@ const dropsKept = 1000
 const policyDelay = 20 * time.Millisecond
 
 func (a *Agent) startPolicy(g *group, cache *resources.Cache) {
-	e := &policyEnforcer{node: a.opts.NodeName, cluster: a.opts.ClusterCIDRs, cache: cache, fast: a.fast, policed: &a.policedPods, sysctls: a.opts.ManageSysctls,
+	e := &policyEnforcer{node: a.opts.NodeName, cluster: a.opts.ClusterCIDRs, cache: cache, fast: a.fast, policed: &a.policedPods, sysctls: a.opts.ManageSysctls, dns: a.dnsAddrs,
 		pods:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_policy_pods", Help: "Pods of this node selected by a network policy."}),
 		totals: map[string]uint64{}, chains: map[string]string{}}
 	if len(e.cluster) == 0 {
@@ -134,7 +135,11 @@ func (e *policyEnforcer) sync() error {
 	}
 	model := policy.New(e.cache.Policies(), e.cache.Namespaces())
 	all := e.cache.Pods()
-	st := nftpolicy.State{Cluster: e.cluster}
+	peers := all
+	if len(e.dns) > 0 {
+		peers = append(append([]v1.Pod(nil), all...), policy.NodeDNS(e.dns))
+	}
+	st := nftpolicy.State{Cluster: e.cluster, DNS: e.dns}
 	policed := map[netip.Addr]bool{}
 	chains := map[string]string{}
 	for i := range all {
@@ -142,7 +147,7 @@ func (e *policyEnforcer) sync() error {
 		if p.Node != e.node {
 			continue
 		}
-		rules := model.Compile(p, all)
+		rules := model.Compile(p, peers)
 		if rules.Ingress == nil && rules.Egress == nil {
 			continue
 		}

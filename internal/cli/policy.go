@@ -101,6 +101,9 @@ func newPolicyCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if cidrs, err := serviceCIDRs(ctx, c); err == nil && len(cidrs) > 0 {
+					pods = append(pods, policy.NodeDNS(resources.DNSAddrs(cidrs))) // kube-system/kube-dns
+				}
 				src, err := endpointOf(args[0], namespace, pods)
 				if err != nil {
 					return badInput(err)

@@ -209,3 +209,14 @@ func (r *Rules) Allows(peer netip.Addr, proto string, port int) bool {
 	}
 	return false
 }
+
+// NodeDNS is weft's node-local DNS server as network policies see it: the pod Kubernetes
+// manifests name when they allow DNS (kube-system, k8s-app=kube-dns, ports dns and
+// dns-tcp), at the cluster DNS addresses. It is not a pod of the cluster: the enforcer adds
+// it to the pods it resolves peers against, so "allow DNS" policies allow it and policed
+// pods reach it only when one does.
+func NodeDNS(addrs []netip.Addr) v1.Pod {
+	return v1.Pod{Name: "kube-dns", Namespace: "kube-system", IPs: addrs, Ready: true,
+		Labels: map[string]string{"k8s-app": "kube-dns"},
+		Ports: []v1.NamedPort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}, {Name: "dns-tcp", Port: 53, Protocol: v1.ProtocolTCP}}}
+}

@@ -348,3 +348,19 @@ func TestValidateNamesTheField(t *testing.T) {
 		}
 	}
 }
+
+// The node's DNS is the kube-dns pod policies name: "allow DNS" rules compile to its
+// addresses, and a pod whose egress is denied otherwise reaches nothing else.
+func TestNodeDNSIsKubeDNS(t *testing.T) {
+	c := newCluster()
+	dns := NodeDNS([]netip.Addr{netip.MustParseAddr("10.96.0.10")})
+	all := []v1.Pod{*c.pod("x/a"), dns}
+	m := New([]v1.NetworkPolicy{{Name: "dns", Namespace: "x", PolicyTypes: []string{"Egress"},
+		Egress: []v1.EgressRule{{To: []v1.PolicyPeer{{NamespaceSelector: sel(v1.NamespaceNameLabel, "kube-system"), PodSelector: sel("k8s-app", "kube-dns")}},
+			Ports: []v1.PolicyPort{{Protocol: "UDP", PortName: "dns"}}}}}}, c.ns)
+	r := m.Compile(c.pod("x/a"), all)
+	if !r.Egress.Allows(netip.MustParseAddr("10.96.0.10"), "UDP", 53) || r.Egress.Allows(netip.MustParseAddr("10.96.0.10"), "TCP", 53) ||
+		r.Egress.Allows(c.pod("y/a").IPs[0], "UDP", 53) {
+		t.Errorf("egress rules %+v", r.Egress)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	mdns "github.com/miekg/dns"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/lab"
@@ -174,6 +177,57 @@ spec:
 	if m := regexp.MustCompile(`weft_policy_drops_total\{direction="ingress",pod="default/web"\} (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
 		t.Errorf("no ingress drops counted for default/web: %s", m)
 	}
+
+	// DNS to the node's resolver is egress like any other: denied by a default-deny egress
+	// policy, allowed by the usual "allow kube-dns" rule (weft's node DNS stands for it).
+	dnsWorks := func() bool {
+		var c net.Conn
+		if err := probe.InNS(pod["client"], func() (err error) { c, err = net.Dial("udp", dnsAddr.String()); return err }); err != nil {
+			return false
+		}
+		defer c.Close()
+		req := new(mdns.Msg)
+		req.SetQuestion("nothing.default.svc.cluster.local.", mdns.TypeA)
+		co := &mdns.Conn{Conn: c}
+		_ = c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		if co.WriteMsg(req) != nil {
+			return false
+		}
+		_, err := co.ReadMsg()
+		return err == nil
+	}
+	if !dnsWorks() {
+		t.Fatal("DNS from client fails before any egress policy")
+	}
+	apply(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+`)
+	for start := time.Now(); dnsWorks(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 2*time.Second {
+			t.Fatal("DNS still answers a pod whose egress is denied")
+		}
+	}
+	apply(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-dns}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+    ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
+`)
+	for start := time.Now(); !dnsWorks(); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 2*time.Second {
+			t.Fatal("DNS does not answer once a policy allows kube-dns")
+		}
+	}
+	weft("policy", "rm", "client-egress")
+	weft("policy", "rm", "client-dns")
 
 	// A second policy lets in namespaces labelled team=blue: labelling default flips other->web.
 	apply(`apiVersion: networking.k8s.io/v1

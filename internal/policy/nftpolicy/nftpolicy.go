@@ -42,6 +42,9 @@ type Pod struct {
 type State struct {
 	Cluster []netip.Prefix // the pod networks
 	Pods    []Pod
+	// DNS are the node's own DNS addresses: a policed pod's queries to them arrive at the
+	// node itself (the input hook), and are checked against its egress like any other.
+	DNS []netip.Addr
 }
 
 // Apply replaces the table with st in the network namespace open at nsFd (-1: the
@@ -99,6 +102,7 @@ func (b *builder) build(st State) {
 	raw := nftables.ChainPriority(dataplane.PriorityPolicyRaw)
 	b.c.AddChain(&nftables.Chain{Name: "raw-prerouting", Table: b.t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: &raw})
 	b.c.AddChain(&nftables.Chain{Name: "forward", Table: b.t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+	b.c.AddChain(&nftables.Chain{Name: "input", Table: b.t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
 
 	var policed [2][]netip.Prefix
 	for _, p := range st.Pods {
@@ -125,6 +129,13 @@ func (b *builder) build(st State) {
 	}
 
 	b.rule("forward",
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		&expr.Verdict{Kind: expr.VerdictAccept})
+
+	b.rule("input",
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
@@ -185,6 +196,13 @@ func (b *builder) build(st State) {
 			b.fail(b.c.AddSet(vm, els))
 			b.rule("forward", append(loadAddr(is6, !m.src),
 				&expr.Lookup{SourceRegister: 1, SetName: vm.Name, SetID: vm.ID, DestRegister: 0, IsDestRegSet: true})...)
+			// The node's DNS is reached through the input hook: the source's egress applies.
+			if dns := ofFamily(prefixesOf(st.DNS), f); m.src && len(dns) > 0 {
+				ds := b.addrSet(is6, dns)
+				ex := append(loadAddr(is6, true), &expr.Lookup{SourceRegister: 1, SetName: ds.Name, SetID: ds.ID})
+				ex = append(ex, loadAddr(is6, false)[len(family(is6)):]...)
+				b.rule("input", append(ex, &expr.Lookup{SourceRegister: 1, SetName: vm.Name, SetID: vm.ID, DestRegister: 0, IsDestRegSet: true})...)
+			}
 		}
 	}
 }
@@ -306,6 +324,14 @@ func intervalElements(is6 bool, ps []netip.Prefix) []nftables.SetElement {
 		}
 	}
 	return els
+}
+
+func prefixesOf(as []netip.Addr) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(as))
+	for _, a := range as {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
 }
 
 func lastAddr(p netip.Prefix) netip.Addr {
