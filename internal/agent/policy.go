@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base32"
+	"fmt"
 	"maps"
 	"net/netip"
 	"strings"
@@ -166,12 +167,12 @@ func (e *policyEnforcer) sync() error {
 		}
 	}
 	e.pods.Set(float64(len(st.Pods)))
+	var bridgeErr error
 	if len(st.Pods) > 0 && e.sysctls {
 		// Same-node pods on a bridge reach each other bridged: only bridge netfilter shows
-		// that traffic to the forward hook (the service proxy turns it on too).
-		if err := nftproxy.PrepareNode(); err != nil {
-			return err
-		}
+		// that traffic to the forward hook (the service proxy turns it on too). Without it
+		// the table still holds for routed traffic; the failure is reported.
+		bridgeErr = nftproxy.PrepareNode()
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -186,6 +187,9 @@ func (e *policyEnforcer) sync() error {
 		return err
 	}
 	e.chains = chains
+	if bridgeErr != nil {
+		return fmt.Errorf("pods on the same bridge are not policed: %w", bridgeErr)
+	}
 	return nil
 }
 
