@@ -49,7 +49,7 @@ func TestPurePackagesTouchNoKernel(t *testing.T) {
 
 // Adapters do not import each other, nor the composition layer.
 func TestAdaptersStayApart(t *testing.T) {
-	adapters := []string{"podnet", "dataplane/masq", "dataplane/fastpath", "dataplane/routed", "bgp", "store/boltstore", "hostnet", "pmtu", "netns"}
+	adapters := []string{"podnet", "dataplane/masq", "dataplane/fastpath", "dataplane/routed", "bgp", "policy/nftpolicy", "store/boltstore", "hostnet", "pmtu", "netns"}
 	for _, a := range adapters {
 		var others []string
 		for _, b := range adapters {
