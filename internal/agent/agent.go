@@ -24,6 +24,7 @@ import (
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netcalc"
 	"github.com/weftnet/weft/internal/podnet"
+	"github.com/weftnet/weft/internal/policy/nftpolicy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
@@ -276,6 +277,11 @@ func (a *Agent) startFastpath(g *group) {
 		}
 	})
 	a.fast.policed = a.policedAddr
+	// Until the policy component's first sync, the pods the kernel's table polices stay
+	// off the fast path (the table survived a restart; its pods must not be bypassed).
+	if m, err := nftpolicy.Policed(-1); err == nil && len(m) > 0 {
+		a.policedPods.Store(&m)
+	}
 	a.metrics.reg.MustRegister(fastpathCollector{fp: fp, yielded: a.fast.yieldedPods.Load})
 	if c := a.opts.Cluster; c != nil {
 		a.fast.uplink, a.fast.tunnel = c.o.UnderlayDev, fabric.DeviceName

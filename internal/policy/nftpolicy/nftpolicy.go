@@ -450,3 +450,35 @@ func Drops(nsFd int) (map[string]uint64, error) {
 	}
 	return out, nil
 }
+
+// Policed reads the addresses the table polices now (the keys of its verdict maps), so a
+// restarted weftd keeps those pods off the fast path until its first sync: the table
+// outlives weftd, and so must what it needs.
+func Policed(nsFd int) (map[netip.Addr]bool, error) {
+	var opts []nftables.ConnOption
+	if nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(nsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, err
+	}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: dataplane.TablePolicy}
+	out := map[netip.Addr]bool{}
+	for _, name := range []string{"ingress4", "ingress6", "egress4", "egress6"} {
+		s, err := c.GetSetByName(table, name)
+		if err != nil {
+			continue // no such map (or no table): nothing policed in it
+		}
+		els, err := c.GetSetElements(s)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range els {
+			if a, ok := netip.AddrFromSlice(e.Key); ok {
+				out[a.Unmap()] = true
+			}
+		}
+	}
+	return out, nil
+}

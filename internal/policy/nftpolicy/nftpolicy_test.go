@@ -133,6 +133,15 @@ func TestEnforcement(t *testing.T) {
 	tp.expect(t, "b to a (a's ingress denies all)", tp.b, ipA, 80, false)
 	tp.expect(t, "a to b (a's egress allows all)", tp.a, ipB, 80, true)
 
+	// What the table polices can be read back (a restarted weftd keeps those pods off the
+	// fast path until it has synced).
+	f, _ := os.Open(tp.node.Path)
+	policed, err := nftpolicy.Policed(int(f.Fd()))
+	f.Close()
+	if err != nil || len(policed) != 1 || !policed[ipA] {
+		t.Errorf("policed = %v, %v", policed, err)
+	}
+
 	// The drops are counted.
 	out, _ := tp.node.Command("nft", "list", "chain", "inet", "weft-policy", "i-a").CombinedOutput()
 	if !strings.Contains(string(out), "counter packets") || strings.Contains(string(out), "counter packets 0 ") {
