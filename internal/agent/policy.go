@@ -30,7 +30,7 @@ import (
 type policyEnforcer struct {
 	node    string
 	dns     []netip.Addr // the node's DNS addresses (a peer as policy.NodeDNS)
-	sysctls bool // may turn on bridge netfilter (pods on a bridge talk past the forward hook otherwise)
+	sysctls bool         // may turn on bridge netfilter (pods on a bridge talk past the forward hook otherwise)
 	cluster []netip.Prefix
 	cache   *resources.Cache
 	fast    *fastpathSync // nil: no fast path

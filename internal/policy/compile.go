@@ -218,5 +218,5 @@ func (r *Rules) Allows(peer netip.Addr, proto string, port int) bool {
 func NodeDNS(addrs []netip.Addr) v1.Pod {
 	return v1.Pod{Name: "kube-dns", Namespace: "kube-system", IPs: addrs, Ready: true,
 		Labels: map[string]string{"k8s-app": "kube-dns"},
-		Ports: []v1.NamedPort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}, {Name: "dns-tcp", Port: 53, Protocol: v1.ProtocolTCP}}}
+		Ports:  []v1.NamedPort{{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}, {Name: "dns-tcp", Port: 53, Protocol: v1.ProtocolTCP}}}
 }
