@@ -16,18 +16,17 @@
 package nftpolicy
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/nftexpr"
 	"github.com/weftnet/weft/internal/policy"
 )
 
@@ -50,11 +49,7 @@ type State struct {
 // Apply replaces the table with st in the network namespace open at nsFd (-1: the
 // calling thread's). An empty st deletes the table.
 func Apply(st State, nsFd int) error {
-	var opts []nftables.ConnOption
-	if nsFd >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(nsFd))
-	}
-	c, err := nftables.New(opts...)
+	c, err := nftexpr.Conn(nsFd)
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -121,30 +116,20 @@ func (b *builder) build(st State) {
 		}
 		pol, clu := b.addrSet(is6, policed[f]), b.addrSet(is6, cluster[f])
 		for _, dir := range [][2]*nftables.Set{{pol, clu}, {clu, pol}} {
-			ex := append(loadAddr(is6, false), &expr.Lookup{SourceRegister: 1, SetName: dir[0].Name, SetID: dir[0].ID})
-			ex = append(ex, loadAddr(is6, true)[len(family(is6)):]...)
+			ex := append(nftexpr.LoadAddr(is6, false), &expr.Lookup{SourceRegister: 1, SetName: dir[0].Name, SetID: dir[0].ID})
+			ex = append(ex, nftexpr.LoadAddrSameFamily(is6, true)...)
 			ex = append(ex, &expr.Lookup{SourceRegister: 1, SetName: dir[1].Name, SetID: dir[1].ID})
-			b.rule("raw-prerouting", append(ex, setMark(dataplane.MarkTracked)...)...)
+			b.rule("raw-prerouting", append(ex, nftexpr.SetMark(dataplane.MarkTracked)...)...)
 		}
 	}
 
-	b.rule("forward",
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Verdict{Kind: expr.VerdictAccept})
+	b.rule("forward", nftexpr.EstablishedAccept()...)
 
-	b.rule("input",
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Verdict{Kind: expr.VerdictAccept})
+	b.rule("input", nftexpr.EstablishedAccept()...)
 
 	// IPv6 neighbour discovery is the link working, not a connection: never policed
 	// (ICMPv6 types 133-137: router and neighbour solicitation and advertisement, redirect).
-	b.rule("forward", append(family(true),
+	b.rule("forward", append(nftexpr.Family(true),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
@@ -194,13 +179,13 @@ func (b *builder) build(st State) {
 			}
 			vm := &nftables.Set{Table: b.t, Name: fmt.Sprintf("%s%d", m.name, 4+2*f), IsMap: true, KeyType: addrType(is6), DataType: nftables.TypeVerdict}
 			b.fail(b.c.AddSet(vm, els))
-			b.rule("forward", append(loadAddr(is6, !m.src),
+			b.rule("forward", append(nftexpr.LoadAddr(is6, !m.src),
 				&expr.Lookup{SourceRegister: 1, SetName: vm.Name, SetID: vm.ID, DestRegister: 0, IsDestRegSet: true})...)
 			// The node's DNS is reached through the input hook: the source's egress applies.
 			if dns := ofFamily(prefixesOf(st.DNS), f); m.src && len(dns) > 0 {
 				ds := b.addrSet(is6, dns)
-				ex := append(loadAddr(is6, true), &expr.Lookup{SourceRegister: 1, SetName: ds.Name, SetID: ds.ID})
-				ex = append(ex, loadAddr(is6, false)[len(family(is6)):]...)
+				ex := append(nftexpr.LoadAddr(is6, true), &expr.Lookup{SourceRegister: 1, SetName: ds.Name, SetID: ds.ID})
+				ex = append(ex, nftexpr.LoadAddrSameFamily(is6, false)...)
 				b.rule("input", append(ex, &expr.Lookup{SourceRegister: 1, SetName: vm.Name, SetID: vm.ID, DestRegister: 0, IsDestRegSet: true})...)
 			}
 		}
@@ -251,7 +236,7 @@ func (b *builder) rules(chain string, r *policy.Rules, peerIsDst bool, allow *ex
 			if g.first != 0 || g.last != 65535 {
 				ex = append(ex,
 					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-					&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: be16(g.first), ToData: be16(g.last)})
+					&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: nftexpr.BE16(uint16(g.first)), ToData: nftexpr.BE16(uint16(g.last))})
 			}
 			b.rule(chain, append(ex, allow)...)
 		}
@@ -276,11 +261,11 @@ const (
 func (b *builder) peerMatch(is6, peerIsDst bool, peers []netip.Prefix) []expr.Any {
 	for _, p := range peers {
 		if p.Bits() == 0 {
-			return family(is6)
+			return nftexpr.Family(is6)
 		}
 	}
 	s := b.addrSet(is6, peers)
-	return append(loadAddr(is6, peerIsDst), &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID})
+	return append(nftexpr.LoadAddr(is6, peerIsDst), &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID})
 }
 
 // addrSet makes an anonymous-like named interval set of prefixes (merged: the kernel
@@ -377,52 +362,10 @@ func protoNumber(p string) byte {
 	return unix.IPPROTO_TCP
 }
 
-func family(is6 bool) []expr.Any {
-	f := byte(unix.NFPROTO_IPV4)
-	if is6 {
-		f = unix.NFPROTO_IPV6
-	}
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f}},
-	}
-}
-
-// loadAddr checks the family and loads the source or destination address into register 1.
-func loadAddr(is6, dst bool) []expr.Any {
-	off, size := uint32(12), uint32(4)
-	if is6 {
-		off, size = 8, 16
-	}
-	if dst {
-		off += size
-	}
-	return append(family(is6), &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: size})
-}
-
-func setMark(bit uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^bit), Xor: binaryutil.NativeEndian.PutUint32(bit)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-	}
-}
-
-func be16(v int) []byte {
-	b := make([]byte, 2)
-	binary.BigEndian.PutUint16(b, uint16(v))
-	return b
-}
-
 // Drops reads the drop counters of the table's pod chains: chain name ("i-ID" for ingress,
 // "e-ID" for egress) to packets dropped since the table was written. No table: none.
 func Drops(nsFd int) (map[string]uint64, error) {
-	var opts []nftables.ConnOption
-	if nsFd >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(nsFd))
-	}
-	c, err := nftables.New(opts...)
+	c, err := nftexpr.Conn(nsFd)
 	if err != nil {
 		return nil, err
 	}
@@ -455,11 +398,7 @@ func Drops(nsFd int) (map[string]uint64, error) {
 // restarted weftd keeps those pods off the fast path until its first sync: the table
 // outlives weftd, and so must what it needs.
 func Policed(nsFd int) (map[netip.Addr]bool, error) {
-	var opts []nftables.ConnOption
-	if nsFd >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(nsFd))
-	}
-	c, err := nftables.New(opts...)
+	c, err := nftexpr.Conn(nsFd)
 	if err != nil {
 		return nil, err
 	}

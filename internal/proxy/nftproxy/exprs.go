@@ -1,7 +1,6 @@
 package nftproxy
 
 import (
-	"encoding/binary"
 	"net/netip"
 
 	"github.com/google/nftables/binaryutil"
@@ -9,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/nftexpr"
 	"github.com/weftnet/weft/internal/proxy"
 )
 
@@ -18,7 +18,7 @@ func hairpin(is6 bool) []expr.Any {
 	if is6 {
 		off, size, set = 8, 32, setHairpin6
 	}
-	ex := append(family(is6),
+	ex := append(nftexpr.Family(is6),
 		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
@@ -40,33 +40,9 @@ func dnatTo(be proxy.Backend) []expr.Any {
 	}
 	return []expr.Any{
 		&expr.Immediate{Register: 1, Data: be.IP.AsSlice()},
-		&expr.Immediate{Register: 2, Data: be16(be.Port)},
+		&expr.Immediate{Register: 2, Data: nftexpr.BE16(be.Port)},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
 	}
-}
-
-// family matches packets of one address family (in an inet table).
-func family(is6 bool) []expr.Any {
-	f := byte(unix.NFPROTO_IPV4)
-	if is6 {
-		f = unix.NFPROTO_IPV6
-	}
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f}},
-	}
-}
-
-// loadAddr loads the source or destination address into register 1 (family checked).
-func loadAddr(is6, dst bool) []expr.Any {
-	off, size := uint32(12), uint32(4)
-	if is6 {
-		off, size = 8, 16
-	}
-	if dst {
-		off += size
-	}
-	return append(family(is6), &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: size})
 }
 
 // vipLookup is `ip daddr . meta l4proto . th dport vmap @m`.
@@ -75,7 +51,7 @@ func vipLookup(is6 bool, m string) []expr.Any {
 	if is6 {
 		protoReg, portReg = 12, 13
 	}
-	return append(loadAddr(is6, true),
+	return append(nftexpr.LoadAddr(is6, true),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
 		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m},
@@ -85,7 +61,7 @@ func vipLookup(is6 bool, m string) []expr.Any {
 // nodePortKeyLookup is `meta nfproto F meta l4proto . th dport vmap @m` (in the nodeports
 // chain, after the local-address check).
 func nodePortKeyLookup(m string, is6 bool) []expr.Any {
-	return append(family(is6),
+	return append(nftexpr.Family(is6),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: m},
@@ -98,14 +74,12 @@ func endpointSource(is6 bool) []expr.Any {
 	if is6 {
 		protoReg, portReg, set = 12, 13, setEndpoints6
 	}
-	return append(loadAddr(is6, false),
+	return append(nftexpr.LoadAddr(is6, false),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
 		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set},
 	)
 }
-
-func setMark(bit uint32) []expr.Any { return setMarkVia(1, bit) }
 
 func markIsSet(bit uint32) []expr.Any {
 	return []expr.Any{
@@ -130,16 +104,10 @@ func concatKey(parts ...[]byte) []byte {
 	return out
 }
 
-func be16(v uint16) []byte {
-	b := make([]byte, 2)
-	binary.BigEndian.PutUint16(b, v)
-	return b
-}
-
 // localNotLoopback is `fib daddr type local` and a destination that is not loopback (node
 // ports are on the node's addresses, not 127.0.0.1, as in Kubernetes).
 func localNotLoopback(is6 bool) []expr.Any {
-	ex := family(is6)
+	ex := nftexpr.Family(is6)
 	ex = append(ex,
 		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
@@ -150,16 +118,6 @@ func localNotLoopback(is6 bool) []expr.Any {
 	}
 	return append(ex, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}})
-}
-
-// setMarkVia is `meta mark set mark | bit`, computed in register reg.
-func setMarkVia(reg, bit uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg},
-		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^bit), Xor: binaryutil.NativeEndian.PutUint32(bit)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg},
-	}
 }
 
 // inPrefix compares the address in register 1 (loaded by loadAddr) with a prefix.
@@ -179,15 +137,15 @@ func inPrefix(p netip.Prefix, op expr.CmpOp) []expr.Any {
 // for masquerade`.
 func externalToService(svc netip.Prefix, cluster []netip.Prefix) []expr.Any {
 	is6 := svc.Addr().Is6()
-	ex := append(loadAddr(is6, true), inPrefix(svc, expr.CmpOpEq)...)
+	ex := append(nftexpr.LoadAddr(is6, true), inPrefix(svc, expr.CmpOpEq)...)
 	for _, c := range cluster {
 		if c.Addr().Is6() == is6 {
-			ex = append(ex, loadAddr(is6, false)[len(family(is6)):]...) // family checked already
+			ex = append(ex, nftexpr.LoadAddrSameFamily(is6, false)...)
 			ex = append(ex, inPrefix(c, expr.CmpOpNeq)...)
 		}
 	}
 	ex = append(ex,
 		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)})
-	return append(ex, setMark(dataplane.MarkMasq)...)
+	return append(ex, nftexpr.SetMark(dataplane.MarkMasq)...)
 }

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/nftexpr"
 	"github.com/weftnet/weft/internal/proxy"
 )
 
@@ -378,8 +379,8 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	// is masqueraded, so the answer comes back through the node.
 	b.rule("nat-postrouting", hairpin(false)...)
 	b.rule("nat-postrouting", hairpin(true)...)
-	b.rule("raw-prerouting", append(endpointSource(false), setMark(dataplane.MarkTracked)...)...)
-	b.rule("raw-prerouting", append(endpointSource(true), setMark(dataplane.MarkTracked)...)...)
+	b.rule("raw-prerouting", append(endpointSource(false), nftexpr.SetMark(dataplane.MarkTracked)...)...)
+	b.rule("raw-prerouting", append(endpointSource(true), nftexpr.SetMark(dataplane.MarkTracked)...)...)
 
 	b.rule(chainReject,
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -424,7 +425,7 @@ func (b *batch) endpoints(old, want []proxy.Key) {
 	add, del := diffSorted(old, want, proxy.KeyLess)
 	split := func(keys []proxy.Key) (v4, v6 []nftables.SetElement) {
 		for _, k := range keys {
-			el := nftables.SetElement{Key: concatKey(k.IP.AsSlice(), []byte{k.Proto}, be16(k.Port))}
+			el := nftables.SetElement{Key: concatKey(k.IP.AsSlice(), []byte{k.Proto}, nftexpr.BE16(k.Port))}
 			if k.IP.Is4() {
 				v4 = append(v4, el)
 			} else {

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/nftexpr"
 	"github.com/weftnet/weft/internal/proxy"
 )
 
@@ -106,7 +107,9 @@ type plan struct {
 
 func (pl *plan) add(e elem) { pl.elems[[2]string{e.set, e.key}] = e }
 
-func backendData(be proxy.Backend) string { return string(concatKey(be.IP.AsSlice(), be16(be.Port))) }
+func backendData(be proxy.Backend) string {
+	return string(concatKey(be.IP.AsSlice(), nftexpr.BE16(be.Port)))
+}
 
 func index(i int) []byte { return binaryutil.NativeEndian.PutUint32(uint32(i)) }
 
@@ -117,7 +120,7 @@ func (b *batch) planOf(p *proxy.Port) plan {
 	if is6 {
 		affMap, npVerdict, noEP, noEPNP = mapAffinity6, mapNPVerdict6, mapNoEP6, mapNoEPNP6
 	}
-	vip := concatKey(p.VIP.AsSlice(), []byte{p.Proto}, be16(p.Port))
+	vip := concatKey(p.VIP.AsSlice(), []byte{p.Proto}, nftexpr.BE16(p.Port))
 	backends := p.Backends
 	switch {
 	case len(backends) == 0:
@@ -141,7 +144,7 @@ func (b *batch) planOf(p *proxy.Port) plan {
 	if p.NodePort == 0 {
 		return pl
 	}
-	np := concatKey([]byte{p.Proto}, be16(p.NodePort))
+	np := concatKey([]byte{p.Proto}, nftexpr.BE16(p.NodePort))
 	npBackends := p.NodePortBackends
 	switch {
 	case len(npBackends) > 0 && p.Affinity != 0:
@@ -278,7 +281,7 @@ func (b *batch) apply(p *proxy.Port, old, new plan, gone bool) {
 	}
 	if new.svcRule && (!old.svcRule || svcChanged) {
 		for _, be := range capped(p.Backends) {
-			b.rule(svcChain(p), append(loadAddr(is6, false),
+			b.rule(svcChain(p), append(nftexpr.LoadAddr(is6, false),
 				&expr.Lookup{SourceRegister: 1, SetName: affinitySet(p, be)},
 				&expr.Verdict{Kind: expr.VerdictGoto, Chain: backendChain(p, be)})...)
 		}
@@ -286,7 +289,7 @@ func (b *batch) apply(p *proxy.Port, old, new plan, gone bool) {
 	}
 	if new.npRule && (!old.npRule || npChanged) {
 		if new.npMasq {
-			b.rule(nodePortChain(p), setMark(dataplane.MarkMasq)...)
+			b.rule(nodePortChain(p), nftexpr.SetMark(dataplane.MarkMasq)...)
 		}
 		if new.npN == 0 {
 			b.rule(nodePortChain(p), &expr.Verdict{Kind: expr.VerdictGoto, Chain: svcChain(p)})
@@ -346,21 +349,21 @@ func (b *batch) ensureCountMap(m countMap) {
 	if m.kind == "svc" {
 		// ip daddr . meta l4proto . th dport . numgen random mod N
 		next := 8 + addrLen/4
-		ex = append(loadAddr(m.is6, true),
+		ex = append(nftexpr.LoadAddr(m.is6, true),
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: next},
 			&expr.Payload{DestRegister: next + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Numgen{Register: next + 2, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
 	} else {
 		// (in the nodeports chain, past the local-address check)
 		// meta l4proto . th dport . numgen random mod N
-		ex = append(family(m.is6),
+		ex = append(nftexpr.Family(m.is6),
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 8},
 			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Numgen{Register: 10, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
 	}
 	ex = append(ex, &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: s.Name})
 	if m.kind == "npm" {
-		ex = append(ex, setMarkVia(16, dataplane.MarkMasq)...)
+		ex = append(ex, nftexpr.SetMarkVia(16, dataplane.MarkMasq)...)
 	}
 	ex = append(ex, &expr.NAT{Type: expr.NATTypeDestNAT, Family: natFamily, RegAddrMin: 1, RegProtoMin: protoReg, Specified: true})
 	if m.kind == "svc" {
@@ -404,7 +407,7 @@ func (b *batch) affinityBackend(p *proxy.Port, be proxy.Backend) {
 	s := &nftables.Set{Table: b.table, Name: affinitySet(p, be), KeyType: key, HasTimeout: true, Dynamic: true, Timeout: p.Affinity}
 	b.fail(b.c.AddSet(s, nil))
 	b.c.AddChain(b.chain(backendChain(p, be)))
-	b.rule(backendChain(p, be), append(loadAddr(is6, false),
+	b.rule(backendChain(p, be), append(nftexpr.LoadAddr(is6, false),
 		&expr.Dynset{SrcRegKey: 1, SetName: s.Name, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: p.Affinity})...)
 	b.rule(backendChain(p, be), dnatTo(be)...)
 }
