@@ -83,16 +83,8 @@ func (l *Lab) upRacks() error {
 		return err
 	}
 	defer uh.Close()
-	snoop := false
 	for r := 1; r <= l.State.Racks; r++ {
-		if err := uh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: rackSegment(r).bridge, MTU: 1500}, MulticastSnooping: &snoop}); err != nil {
-			return fmt.Errorf("rack bridge: %w", err)
-		}
-		br, err := uh.LinkByName(rackSegment(r).bridge)
-		if err != nil {
-			return err
-		}
-		if err := uh.LinkSetUp(br); err != nil {
+		if _, err := addBridge(uh, rackSegment(r).bridge); err != nil {
 			return err
 		}
 	}
@@ -128,7 +120,7 @@ func (l *Lab) upRacks() error {
 		}{fmt.Sprintf("r%d", r), s, s.gw, s.gw6})
 	}
 	for _, leg := range legs {
-		if err := plugRouterLeg(l.State.Underlay, path, leg.name, "t"+leg.name, leg.seg, leg.a4, leg.a6); err != nil {
+		if err := plugLeg(l.State.Underlay, path, leg.name, "t"+leg.name, leg.seg, leg.a4, leg.a6, nil); err != nil {
 			return err
 		}
 	}
@@ -179,19 +171,11 @@ func (l *Lab) upClient() error {
 		return err
 	}
 	defer uh.Close()
-	snoop := false
-	if err := uh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: clientNet.bridge, MTU: 1500}, MulticastSnooping: &snoop}); err != nil {
-		return fmt.Errorf("client bridge: %w", err)
-	}
-	br, err := uh.LinkByName(clientNet.bridge)
-	if err != nil {
-		return err
-	}
-	if err := uh.LinkSetUp(br); err != nil {
+	if _, err := addBridge(uh, clientNet.bridge); err != nil {
 		return err
 	}
 	gw, gw6 := clientNet.host(254)
-	if err := plugRouterLeg(l.State.Underlay, l.State.Router, "rc", "trc", clientNet, gw, gw6); err != nil {
+	if err := plugLeg(l.State.Underlay, l.State.Router, "rc", "trc", clientNet, gw, gw6, nil); err != nil {
 		return err
 	}
 	path, err := createNS(l.nsName("client"))
@@ -203,73 +187,7 @@ func (l *Lab) upClient() error {
 		return err
 	}
 	_, a6 := clientNet.host(1)
-	if err := plugRouterLeg(l.State.Underlay, path, "eth0", "tc", clientNet, clientAddr, a6); err != nil {
-		return err
-	}
-	ch, err := netlinkx.HandleAt(path)
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
-	eth, err := ch.LinkByName("eth0")
-	if err != nil {
-		return err
-	}
-	for _, gwa := range []netip.Addr{gw, gw6} {
-		if err := ch.RouteAdd(&netlink.Route{Gw: gwa.AsSlice(), LinkIndex: eth.Attrs().Index}); err != nil {
-			return fmt.Errorf("client default route via %s: %w", gwa, err)
-		}
-	}
-	return nil
-}
-
-func plugRouterLeg(underlay, router, name, port string, seg segment, a4, a6 netip.Addr) error {
-	rh, err := netlinkx.HandleAt(router)
-	if err != nil {
-		return err
-	}
-	defer rh.Close()
-	uf, err := os.Open(underlay)
-	if err != nil {
-		return err
-	}
-	defer uf.Close()
-	if err := rh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1500}, PeerName: port, PeerMTU: 1500, PeerNamespace: netlink.NsFd(uf.Fd())}); err != nil {
-		return fmt.Errorf("router leg %s: %w", name, err)
-	}
-	leg, err := rh.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	if err := rh.AddrAdd(leg, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a4, seg.net.Bits()))}); err != nil {
-		return err
-	}
-	if err := rh.AddrAdd(leg, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a6, seg.net6.Bits())), Flags: unix.IFA_F_NODAD}); err != nil {
-		return err
-	}
-	if err := rh.LinkSetUp(leg); err != nil {
-		return err
-	}
-	if lo, err := rh.LinkByName("lo"); err == nil {
-		_ = rh.LinkSetUp(lo)
-	}
-	uh, err := netlinkx.HandleAt(underlay)
-	if err != nil {
-		return err
-	}
-	defer uh.Close()
-	p, err := uh.LinkByName(port)
-	if err != nil {
-		return err
-	}
-	br, err := uh.LinkByName(seg.bridge)
-	if err != nil {
-		return err
-	}
-	if err := uh.LinkSetMaster(p, br); err != nil {
-		return err
-	}
-	return uh.LinkSetUp(p)
+	return plugLeg(l.State.Underlay, path, "eth0", "tc", clientNet, clientAddr, a6, []leafRoute{{gw: gw}, {gw: gw6}})
 }
 
 // weftInUnderlay runs the weft CLI in the underlay namespace (where etcd listens).

@@ -44,21 +44,12 @@ func (l *Lab) upUnderlay() error {
 		return err
 	}
 	defer h.Close()
-	// No multicast snooping: IPv6 neighbour discovery between nodes must not depend on the
-	// bridge having heard each node's MLD report (sent as the node's link comes up).
-	snoop := false
-	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", MTU: 1500}, MulticastSnooping: &snoop}); err != nil {
-		return fmt.Errorf("underlay bridge: %w", err)
-	}
-	br, err := h.LinkByName("br0")
+	br, err := addBridge(h, flat.bridge)
 	if err != nil {
 		return err
 	}
 	etcdIP := underlayAddr(254)
 	if err := h.AddrAdd(br, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(etcdIP, underlayNet.Bits()))}); err != nil {
-		return err
-	}
-	if err := h.LinkSetUp(br); err != nil {
 		return err
 	}
 
@@ -142,7 +133,24 @@ func (s segment) host(i int) (netip.Addr, netip.Addr) {
 // through what BGP teaches.
 func plugIntoUnderlay(underlay, node, port string, seg segment, i int) error {
 	addr, six := seg.host(i)
-	nh, err := netlinkx.HandleAt(node)
+	var routes []leafRoute
+	if seg.gw.IsValid() {
+		routes = []leafRoute{{underlayWide, seg.gw}, {underlayWide6, seg.gw6}}
+	}
+	return plugLeg(underlay, node, "uplink", port, seg, addr, six, routes)
+}
+
+// leafRoute is a route a leg's namespace sends through the segment (Dst zero: default).
+type leafRoute struct {
+	dst netip.Prefix
+	gw  netip.Addr
+}
+
+// plugLeg gives namespace ns a veth called name, whose peer (port) is a port of the
+// segment's bridge in the underlay namespace, with addresses a4 and a6 on the segment and
+// the routes given.
+func plugLeg(underlay, ns, name, port string, seg segment, a4, a6 netip.Addr, routes []leafRoute) error {
+	nh, err := netlinkx.HandleAt(ns)
 	if err != nil {
 		return err
 	}
@@ -152,40 +160,42 @@ func plugIntoUnderlay(underlay, node, port string, seg segment, i int) error {
 		return err
 	}
 	defer uf.Close()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink", MTU: 1500}, PeerName: port, PeerMTU: 1500, PeerNamespace: netlink.NsFd(uf.Fd())}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1500}, PeerName: port, PeerMTU: 1500, PeerNamespace: netlink.NsFd(uf.Fd())}
 	if err := nh.LinkAdd(veth); err != nil {
-		return fmt.Errorf("uplink: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	up, err := nh.LinkByName("uplink")
+	leg, err := nh.LinkByName(name)
 	if err != nil {
 		return err
 	}
-	if err := nh.AddrAdd(up, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(addr, seg.net.Bits()))}); err != nil {
+	if err := nh.AddrAdd(leg, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a4, seg.net.Bits()))}); err != nil {
 		return err
 	}
-	if err := nh.AddrAdd(up, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(six, seg.net6.Bits())), Flags: unix.IFA_F_NODAD}); err != nil {
+	if err := nh.AddrAdd(leg, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a6, seg.net6.Bits())), Flags: unix.IFA_F_NODAD}); err != nil {
 		return err
 	}
-	// A node's link-local address is tentative for its first seconds up; while it is,
-	// the node resolves next hops for forwarded packets from the unspecified address,
-	// which peers take for duplicate address detection and never answer. A host's
-	// uplink is long settled; the lab's is new, so it skips DAD.
-	if err := probe.InNS(node, func() error {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/uplink/accept_dad", []byte("0"), 0o644)
+	// A new link-local address is tentative for its first seconds up; while it is, the
+	// namespace resolves next hops for forwarded packets from the unspecified address,
+	// which peers take for duplicate address detection and never answer. A real host's
+	// link is long settled; the lab's is new, so it skips DAD.
+	if err := probe.InNS(ns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/accept_dad", []byte("0"), 0o644)
 	}); err != nil {
-		return fmt.Errorf("uplink accept_dad: %w", err)
+		return fmt.Errorf("%s accept_dad: %w", name, err)
 	}
-	if err := nh.LinkSetUp(up); err != nil {
+	if err := nh.LinkSetUp(leg); err != nil {
 		return err
 	}
-	if seg.gw.IsValid() {
-		for _, r := range []struct {
-			dst netip.Prefix
-			gw  netip.Addr
-		}{{underlayWide, seg.gw}, {underlayWide6, seg.gw6}} {
-			if err := nh.RouteAdd(&netlink.Route{Dst: prefixNet(r.dst), Gw: r.gw.AsSlice(), LinkIndex: up.Attrs().Index}); err != nil {
-				return fmt.Errorf("route %s via %s: %w", r.dst, r.gw, err)
-			}
+	if lo, err := nh.LinkByName("lo"); err == nil {
+		_ = nh.LinkSetUp(lo)
+	}
+	for _, r := range routes {
+		rt := &netlink.Route{Gw: r.gw.AsSlice(), LinkIndex: leg.Attrs().Index}
+		if r.dst.IsValid() {
+			rt.Dst = prefixNet(r.dst)
+		}
+		if err := nh.RouteAdd(rt); err != nil {
+			return fmt.Errorf("route %s via %s: %w", r.dst, r.gw, err)
 		}
 	}
 	uh, err := netlinkx.HandleAt(underlay)
@@ -205,4 +215,19 @@ func plugIntoUnderlay(underlay, node, port string, seg segment, i int) error {
 		return err
 	}
 	return uh.LinkSetUp(p)
+}
+
+// addBridge makes and brings up a bridge of the underlay (no multicast snooping: IPv6
+// neighbour discovery between namespaces must not depend on the bridge having heard each
+// one's MLD report).
+func addBridge(h *netlink.Handle, name string) (netlink.Link, error) {
+	snoop := false
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 1500}, MulticastSnooping: &snoop}); err != nil {
+		return nil, fmt.Errorf("bridge %s: %w", name, err)
+	}
+	br, err := h.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	return br, h.LinkSetUp(br)
 }
