@@ -32,20 +32,60 @@ const (
 type Cache struct {
 	store store.Store
 
-	mu       sync.RWMutex
-	nodes    map[string]v1.Node
-	pods     map[string]v1.Pod // by key
-	services map[string]v1.Service
-	policies map[string]v1.NetworkPolicy
-	spaces   map[string]v1.Namespace
+	mu sync.RWMutex
+	tables
 	synced   bool
 	handlers []func(Kind)
 }
 
+// tables are the typed copies, by store key.
+type tables struct {
+	nodes    map[string]v1.Node
+	pods     map[string]v1.Pod
+	services map[string]v1.Service
+	policies map[string]v1.NetworkPolicy
+	spaces   map[string]v1.Namespace
+}
+
+func newTables() tables {
+	return tables{nodes: map[string]v1.Node{}, pods: map[string]v1.Pod{}, services: map[string]v1.Service{},
+		policies: map[string]v1.NetworkPolicy{}, spaces: map[string]v1.Namespace{}}
+}
+
+// put decodes a value of kind k into its table (a value that does not decode is left out).
+func (t tables) put(k Kind, key string, value []byte) {
+	switch k {
+	case KindNode:
+		decodeInto(t.nodes, key, value)
+	case KindPod:
+		decodeInto(t.pods, key, value)
+	case KindService:
+		decodeInto(t.services, key, value)
+	case KindPolicy:
+		decodeInto(t.policies, key, value)
+	case KindNamespace:
+		decodeInto(t.spaces, key, value)
+	}
+}
+
+func (t tables) delete(key string) {
+	delete(t.nodes, key)
+	delete(t.pods, key)
+	delete(t.services, key)
+	delete(t.policies, key)
+	delete(t.spaces, key)
+}
+
+func decodeInto[T any](m map[string]T, key string, value []byte) {
+	var v T
+	if json.Unmarshal(value, &v) == nil {
+		m[key] = v
+	}
+}
+
 // NewCache returns a cache of s; Run fills it.
 func NewCache(s store.Store) *Cache {
-	return &Cache{store: s, nodes: map[string]v1.Node{}, pods: map[string]v1.Pod{}, services: map[string]v1.Service{},
-		policies: map[string]v1.NetworkPolicy{}, spaces: map[string]v1.Namespace{}}
+	return &Cache{store: s, tables: newTables()}
 }
 
 // OnChange registers a handler, called after each change is in the cache (and once for
@@ -91,39 +131,12 @@ func (c *Cache) relist(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	nodes, pods, services := map[string]v1.Node{}, map[string]v1.Pod{}, map[string]v1.Service{}
-	policies, spaces := map[string]v1.NetworkPolicy{}, map[string]v1.Namespace{}
+	t := newTables()
 	for _, kv := range kvs {
-		switch kindOf(kv.Key) {
-		case KindNode:
-			var n v1.Node
-			if json.Unmarshal(kv.Value, &n) == nil {
-				nodes[kv.Key] = n
-			}
-		case KindPod:
-			var p v1.Pod
-			if json.Unmarshal(kv.Value, &p) == nil {
-				pods[kv.Key] = p
-			}
-		case KindService:
-			var s v1.Service
-			if json.Unmarshal(kv.Value, &s) == nil {
-				services[kv.Key] = s
-			}
-		case KindPolicy:
-			var p v1.NetworkPolicy
-			if json.Unmarshal(kv.Value, &p) == nil {
-				policies[kv.Key] = p
-			}
-		case KindNamespace:
-			var n v1.Namespace
-			if json.Unmarshal(kv.Value, &n) == nil {
-				spaces[kv.Key] = n
-			}
-		}
+		t.put(kindOf(kv.Key), kv.Key, kv.Value)
 	}
 	c.mu.Lock()
-	c.nodes, c.pods, c.services, c.policies, c.spaces, c.synced = nodes, pods, services, policies, spaces, true
+	c.tables, c.synced = t, true
 	handlers := slices.Clone(c.handlers)
 	c.mu.Unlock()
 	for _, h := range handlers {
@@ -156,42 +169,11 @@ func (c *Cache) watch(ctx context.Context, from int64) error {
 }
 
 func (c *Cache) apply(k Kind, ev store.Event) {
-	key := ev.KV.Key
 	if ev.Type == store.Delete {
-		delete(c.nodes, key)
-		delete(c.pods, key)
-		delete(c.services, key)
-		delete(c.policies, key)
-		delete(c.spaces, key)
+		c.tables.delete(ev.KV.Key)
 		return
 	}
-	switch k {
-	case KindNode:
-		var n v1.Node
-		if json.Unmarshal(ev.KV.Value, &n) == nil {
-			c.nodes[key] = n
-		}
-	case KindPod:
-		var p v1.Pod
-		if json.Unmarshal(ev.KV.Value, &p) == nil {
-			c.pods[key] = p
-		}
-	case KindService:
-		var s v1.Service
-		if json.Unmarshal(ev.KV.Value, &s) == nil {
-			c.services[key] = s
-		}
-	case KindPolicy:
-		var p v1.NetworkPolicy
-		if json.Unmarshal(ev.KV.Value, &p) == nil {
-			c.policies[key] = p
-		}
-	case KindNamespace:
-		var n v1.Namespace
-		if json.Unmarshal(ev.KV.Value, &n) == nil {
-			c.spaces[key] = n
-		}
-	}
+	c.tables.put(k, ev.KV.Key, ev.KV.Value)
 }
 
 func kindOf(key string) Kind {
