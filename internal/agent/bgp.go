@@ -41,6 +41,7 @@ type bgpFabric struct {
 
 	mu        sync.Mutex
 	installed int
+	swept     atomic.Bool // a kernel sync has run with a complete view (stale routes gone)
 }
 
 func (c *Cluster) bgpMarker() string { return filepath.Join(c.o.StateDir, "bgp.announced") }
@@ -106,7 +107,9 @@ func (a *Agent) startBGP(g *group, c *Cluster, cache *resources.Cache) error {
 				return
 			case <-tick.C:
 				a.setProblem("bgp", f.stuckPeers(ctx))
-				f.kernel.Trigger() // also sweeps once the sync deadline has passed
+				if !f.swept.Load() {
+					f.kernel.Trigger() // the sweep waits for a complete view, or the sync deadline
+				}
 			}
 		}
 	})
@@ -198,7 +201,11 @@ func (f *bgpFabric) syncKernel() error {
 			return err
 		}
 	}
-	res, err := f.kern.Sync(want, f.sp.Synced())
+	synced := f.sp.Synced()
+	res, err := f.kern.Sync(want, synced)
+	if synced && err == nil {
+		f.swept.Store(true)
+	}
 	f.mu.Lock()
 	f.installed = len(want) - res.Unresolved
 	f.mu.Unlock()
