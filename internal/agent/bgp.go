@@ -22,6 +22,10 @@ import (
 	"github.com/weftnet/weft/internal/resources"
 )
 
+// sweepGrace is how long the speaker's view must have been complete before stale kernel
+// routes are deleted.
+const sweepGrace = time.Second
+
 // stuckAfter is how long a session may stay short of Established before the node reports
 // it (weft status, /healthz, CNI STATUS).
 var stuckAfter = 30 * time.Second
@@ -42,6 +46,7 @@ type bgpFabric struct {
 	mu        sync.Mutex
 	installed int
 	swept     atomic.Bool // a kernel sync has run with a complete view (stale routes gone)
+	syncedAt  time.Time   // when the speaker first said its view was complete (syncKernel's)
 }
 
 func (c *Cluster) bgpMarker() string { return filepath.Join(c.o.StateDir, "bgp.announced") }
@@ -201,7 +206,14 @@ func (f *bgpFabric) syncKernel() error {
 			return err
 		}
 	}
+	// The sweep waits a little past the speaker's first "complete": the End-of-RIB that
+	// makes it complete can be seen before GoBGP has moved the routes it deferred during
+	// a graceful restart into its table, and a sweep then would drop routes for a moment.
 	synced := f.sp.Synced()
+	if synced && f.syncedAt.IsZero() {
+		f.syncedAt = time.Now()
+	}
+	synced = synced && time.Since(f.syncedAt) >= sweepGrace
 	res, err := f.kern.Sync(want, synced)
 	if synced && err == nil {
 		f.swept.Store(true)
