@@ -20,6 +20,7 @@ import (
 	"github.com/weftnet/weft/internal/dataplane/overlay"
 	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/lease"
+	"github.com/weftnet/weft/internal/netlinkx"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store"
@@ -87,7 +88,7 @@ func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("underlay device %q: %w", o.UnderlayDev, err)
 	}
-	addrs, err := netlink.AddrList(dev, netlink.FAMILY_ALL)
+	addrs, err := netlinkx.Retry(func() ([]netlink.Addr, error) { return netlink.AddrList(dev, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("underlay device %s: %w", o.UnderlayDev, err)
 	}

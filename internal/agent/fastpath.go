@@ -67,17 +67,7 @@ func (s *fastpathSync) isPoliced(al ipam.Allocation) bool {
 }
 
 func (s *fastpathSync) run(ctx context.Context) {
-	updates := make(chan netlink.LinkUpdate, 64)
-	done := make(chan struct{})
-	defer close(done)
-	if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{ErrorCallback: s.fail}); err != nil {
-		s.fail(fmt.Errorf("subscribe to link events: %w", err))
-	}
-	go func() {
-		for range updates {
-			s.Trigger()
-		}
-	}()
+	go s.followLinks(ctx)
 	// Qdisc and filter changes: another plugin (bandwidth) shaping a pod takes it off the
 	// fast path at once.
 	if tc, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_TC); err != nil {
@@ -100,6 +90,38 @@ func (s *fastpathSync) run(ctx context.Context) {
 		}()
 	}
 	s.loop.Run(ctx)
+}
+
+// followLinks triggers a pass on every link event. A subscription the kernel breaks (its
+// socket overran) is renewed, with a full pass, since events were lost; closing it at
+// shutdown is not an error.
+func (s *fastpathSync) followLinks(ctx context.Context) {
+	for ctx.Err() == nil {
+		updates := make(chan netlink.LinkUpdate, 64)
+		done := make(chan struct{})
+		report := func(err error) {
+			if ctx.Err() == nil {
+				s.fail(err)
+			}
+		}
+		if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{ErrorCallback: report}); err != nil {
+			report(fmt.Errorf("subscribe to link events: %w", err))
+		} else {
+			closeAtShutdown := func() { close(done) }
+			stop := context.AfterFunc(ctx, closeAtShutdown)
+			for range updates {
+				s.Trigger()
+			}
+			if stop() {
+				closeAtShutdown()
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+			s.Trigger()
+		}
+	}
 }
 
 // foreignTC lists the devices whose traffic another tool controls with tc: a root qdisc

@@ -67,7 +67,7 @@ func hidePodEnd(host netlink.Link, ifName, podNetns string) {
 		return
 	}
 	_ = pod.LinkSetDown(l)
-	if addrs, err := pod.AddrList(l, netlink.FAMILY_ALL); err == nil {
+	if addrs, err := netlinkx.Retry(func() ([]netlink.Addr, error) { return pod.AddrList(l, netlink.FAMILY_ALL) }); err == nil {
 		for _, a := range addrs {
 			_ = pod.AddrDel(l, &a)
 		}

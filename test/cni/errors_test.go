@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/internal/netlinkx"
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -119,7 +120,7 @@ func TestFailedAddRollsBack(t *testing.T) {
 	if allocs, _ := n.weftd.Allocations(); len(allocs) != 0 {
 		t.Errorf("failed ADD kept its allocation: %v", allocs)
 	}
-	links, _ := n.ns.Handle(t).LinkList()
+	links, _ := netlinkx.Retry(n.ns.Handle(t).LinkList)
 	for _, l := range links {
 		if l.Type() == "veth" {
 			t.Errorf("failed ADD left veth %s on the node", l.Attrs().Name)

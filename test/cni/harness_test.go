@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/weftnet/weft/internal/netlinkx"
 	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
@@ -144,7 +145,7 @@ func (n *node) waitReaped(want int) {
 	h := n.ns.Handle(n.t)
 	var veths, retired int
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		links, err := h.LinkList()
+		links, err := netlinkx.Retry(h.LinkList)
 		if err != nil {
 			n.t.Fatal(err)
 		}

@@ -148,7 +148,9 @@ func resolveNextHop(h *netlink.Handle, a netip.Addr) (hop, bool) {
 	}
 	gw, _ := netip.AddrFromSlice(r.Gw)
 	// The covering route must not be one this package installed.
-	if covering, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL); err == nil {
+	if covering, err := netlinkx.Retry(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol}, netlink.RT_FILTER_PROTOCOL)
+	}); err == nil {
 		for _, c := range covering {
 			if c.Dst != nil && prefixOf(c.Dst).Contains(a) {
 				return hop{}, false
