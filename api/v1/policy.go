@@ -247,12 +247,14 @@ func (n Namespace) LabelsWithName() map[string]string {
 	return out
 }
 
-// PolicyDrop is a packet a node dropped because no network policy allowed it.
+// PolicyDrop is a packet a node dropped because no network policy allowed it, or because
+// a pod sent it from an address or MAC not its own.
 type PolicyDrop struct {
 	Seq       uint64     `json:"seq"`
 	Time      time.Time  `json:"time"`
 	Pod       string     `json:"pod"`       // namespace/name of the policed pod
 	Direction string     `json:"direction"` // ingress or egress
+	Reason    string     `json:"reason"`    // "policy" or "spoofed source"
 	Protocol  string     `json:"protocol"`
 	Src       netip.Addr `json:"src"`
 	Dst       netip.Addr `json:"dst"`

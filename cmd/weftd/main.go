@@ -33,7 +33,7 @@ type flags struct {
 	configFile, stateDir, runDir, bpfDir, proxy, dnsUpstream, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
 	store, underlayDev, etcdCA, etcdCert, etcdKey                                                                   string
 	mtu                                                                                                             int
-	masquerade, sysctls, fastpath, preflight, routeReflector                                                        bool
+	masquerade, sysctls, fastpath, antiSpoof, preflight, routeReflector                                             bool
 }
 
 func run(args []string) error {
@@ -54,6 +54,7 @@ func run(args []string) error {
 	fs.BoolVar(&f.masquerade, "masquerade", true, "masquerade pod traffic leaving the pod network")
 	fs.BoolVar(&f.sysctls, "manage-sysctls", true, "enable IP forwarding in weftd's network namespace")
 	fs.BoolVar(&f.fastpath, "fastpath", true, "short-cut pod-to-pod traffic on this node with eBPF (falls back when unavailable)")
+	fs.BoolVar(&f.antiSpoof, "anti-spoofing", true, "drop what a pod sends from an address or MAC that is not its own")
 	fs.BoolVar(&f.preflight, "preflight", true, "refuse to start when a pod CIDR overlaps this namespace's addresses or routes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.store, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (the pod CIDR then comes from a lease)")
@@ -87,7 +88,7 @@ func run(args []string) error {
 	defer stop()
 	opts := agent.Options{
 		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, Proxy: f.proxy, DNSUpstreams: dnsUpstreams(f.dnsUpstream), PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
-		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, Preflight: f.preflight, Log: log,
+		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, AntiSpoof: f.antiSpoof, Preflight: f.preflight, Log: log,
 	}
 	if f.store != "" {
 		if len(cidrs) > 0 {
@@ -176,6 +177,9 @@ func (f *flags) applyFile(fs *flag.FlagSet) error {
 	}
 	if !set["fastpath"] && file.Fastpath != nil {
 		f.fastpath = *file.Fastpath
+	}
+	if !set["anti-spoofing"] && file.AntiSpoofing != nil {
+		f.antiSpoof = *file.AntiSpoofing
 	}
 	return nil
 }

@@ -42,6 +42,7 @@ type Options struct {
 	MetricsAddr   string
 	ManageSysctls bool
 	Fastpath      bool     // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
+	AntiSpoof     bool     // pods may send only from their own addresses and MAC
 	BPFDir        string   // weftd's own bpffs for pinned tcx links; "": RunDir/bpf
 	Proxy         string   // service proxy in cluster mode: "nftables" (default) or "none"
 	DNSUpstreams  []string // where the node's DNS server forwards other names (host:port); none: it does not
@@ -60,6 +61,7 @@ type Agent struct {
 	metrics   *metrics
 	reaper    *reconcile.Loop // deletes retired veths (see podnet.Retire)
 	fast      *fastpathSync   // nil when the fast path is off or unavailable
+	spoof     *antispoofSync  // nil when anti-spoofing is off
 	publish   *reconcile.Loop // this node's pods into the cluster store; nil on a single host
 	dnsAddrs  []netip.Addr    // the cluster DNS addresses this node answers on
 	dnsDomain string
@@ -70,9 +72,9 @@ type Agent struct {
 	// policedPods are the addresses of the node's pods a network policy selects (they
 	// stay off the fast path); nil until the policy enforcer's first sync.
 	policedPods atomic.Pointer[map[netip.Addr]bool]
-	// policyLog returns the recent policy drops after a sequence number; nil without the
-	// policy component.
-	policyLog func(since uint64) []v1.PolicyDrop
+	// drops are the recent packets dropped by policy or anti-spoofing (weft policy log);
+	// nil while neither runs.
+	drops *dropLog
 
 	natMu   sync.Mutex // one NAT render at a time
 	portsMu sync.Mutex // host-port clash check and allocation happen as one step
@@ -152,6 +154,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	g.Loop("reaper", a.reaper.Run)
 	a.reaper.Trigger() // veths retired while weftd was down
+	if a.opts.AntiSpoof || a.opts.Cluster != nil {
+		a.drops = &dropLog{}
+	}
+	if a.opts.AntiSpoof {
+		a.spoof = a.startAntiSpoof(g)
+		a.drops.spoof = a.spoof.chainOwner
+	}
 	contract := cniapi.NodeContract{
 		NodeName: a.opts.NodeName,
 		PodCIDRs: a.opts.PodCIDRs,
@@ -181,6 +190,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		contract.Gateways = append(contract.Gateways, s[0].Gateway)
 	}
 
+	if a.drops != nil {
+		g.Loop("drop-log", func(ctx context.Context) { a.drops.run(ctx, a.opts.Log.Warn) })
+	}
 	g.Go("cni-socket", func(ctx context.Context) error { return cniapi.Serve(ctx, a.socketPath(), a.Handle) })
 	if a.opts.MetricsAddr != "" {
 		g.Go("metrics", a.serveMetrics)
@@ -330,6 +342,9 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) {
 func (a *Agent) kickFastpath() {
 	if a.fast != nil {
 		a.fast.Trigger()
+	}
+	if a.spoof != nil {
+		a.spoof.Trigger()
 	}
 	if a.publish != nil {
 		a.publish.Trigger()

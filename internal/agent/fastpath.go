@@ -67,7 +67,7 @@ func (s *fastpathSync) isPoliced(al ipam.Allocation) bool {
 }
 
 func (s *fastpathSync) run(ctx context.Context) {
-	go s.followLinks(ctx)
+	go followLinks(ctx, s.Trigger, s.fail)
 	// Qdisc and filter changes: another plugin (bandwidth) shaping a pod takes it off the
 	// fast path at once.
 	if tc, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_TC); err != nil {
@@ -92,16 +92,16 @@ func (s *fastpathSync) run(ctx context.Context) {
 	s.loop.Run(ctx)
 }
 
-// followLinks triggers a pass on every link event. A subscription the kernel breaks (its
-// socket overran) is renewed, with a full pass, since events were lost; closing it at
+// followLinks calls trigger on every link event. A subscription the kernel breaks (its
+// socket overran) is renewed, with a trigger, since events were lost; closing it at
 // shutdown is not an error.
-func (s *fastpathSync) followLinks(ctx context.Context) {
+func followLinks(ctx context.Context, trigger func(), fail func(error)) {
 	for ctx.Err() == nil {
 		updates := make(chan netlink.LinkUpdate, 64)
 		done := make(chan struct{})
 		report := func(err error) {
 			if ctx.Err() == nil {
-				s.fail(err)
+				fail(err)
 			}
 		}
 		if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{ErrorCallback: report}); err != nil {
@@ -110,7 +110,7 @@ func (s *fastpathSync) followLinks(ctx context.Context) {
 			closeAtShutdown := func() { close(done) }
 			stop := context.AfterFunc(ctx, closeAtShutdown)
 			for range updates {
-				s.Trigger()
+				trigger()
 			}
 			if stop() {
 				closeAtShutdown()
@@ -119,7 +119,7 @@ func (s *fastpathSync) followLinks(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
-			s.Trigger()
+			trigger()
 		}
 	}
 }
@@ -164,6 +164,17 @@ func hasForeignFilter(h *netlink.Handle, ifindex int) bool {
 		}
 	}
 	return false
+}
+
+// role says which program the device with this name carries.
+func (s *fastpathSync) role(name string) fastpath.Role {
+	switch name {
+	case s.uplink:
+		return fastpath.RoleUplink
+	case s.tunnel:
+		return fastpath.RoleTunnel
+	}
+	return fastpath.RolePod
 }
 
 // verifyEvery is how often a pass re-reads every link's filters instead of trusting what
@@ -221,7 +232,7 @@ func (s *fastpathSync) sync() error {
 		for _, ip := range al.IPs {
 			want[fastpath.KeyOf(ip.Address.Addr())] = fastpath.ValueOf(attrs.Index, mac)
 		}
-		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, false)) {
+		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, fastpath.RolePod)) {
 			toAttach = append(toAttach, l)
 		}
 	}
@@ -236,7 +247,7 @@ func (s *fastpathSync) sync() error {
 		cacheKey := fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)
 		seen[cacheKey] = true
 		keepPins[l.Attrs().Index] = true
-		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, name == s.uplink)) {
+		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, s.role(name))) {
 			toAttach = append(toAttach, l)
 		}
 	}
@@ -250,7 +261,7 @@ func (s *fastpathSync) sync() error {
 		return err
 	}
 	for _, l := range toAttach {
-		if err := s.fp.Attach(h, l, l.Attrs().Name == s.uplink); err != nil && !netlinkx.IsNotFound(err) {
+		if err := s.fp.Attach(h, l, s.role(l.Attrs().Name)); err != nil && !netlinkx.IsNotFound(err) {
 			return err
 		}
 		s.attached[fmt.Sprintf("%d/%s", l.Attrs().Index, l.Attrs().Alias)] = true

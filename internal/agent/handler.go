@@ -114,10 +114,10 @@ func (a *Agent) handle(req cniapi.Request) cniapi.Response {
 		})
 		return cniapi.Response{Status: &st}
 	case cniapi.OpDrops:
-		if a.policyLog == nil {
-			return fail(cniapi.CodeInvalidConfig, "this node enforces no network policy (cluster mode only)")
+		if a.drops == nil {
+			return fail(cniapi.CodeInvalidConfig, "this node enforces neither network policy nor anti-spoofing")
 		}
-		drops := a.policyLog(req.Since)
+		drops := a.drops.recent(req.Since)
 		if drops == nil {
 			drops = []v1.PolicyDrop{}
 		}

@@ -45,15 +45,7 @@ type policyEnforcer struct {
 	mu     sync.Mutex
 	totals map[string]uint64
 	chains map[string]string
-
-	// The recent drops the nflog group reported (weft policy log): a ring, newest last.
-	logMu sync.Mutex
-	drops []v1.PolicyDrop
-	seq   uint64
 }
-
-// dropsKept bounds the ring of recent drops.
-const dropsKept = 1000
 
 // policyDelay gathers a burst of changes into one sync, well under the one second a change
 // may take to reach every node.
@@ -82,46 +74,14 @@ func (a *Agent) startPolicy(g *group, cache *resources.Cache) {
 		e.loop.Trigger()
 		e.loop.Run(ctx)
 	})
-	g.Loop("policy-log", func(ctx context.Context) {
-		for ctx.Err() == nil {
-			if err := nftpolicy.ReadLog(ctx, e.logged); err != nil {
-				a.opts.Log.Warn("reading the policy drop log", "err", err)
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(5 * time.Second):
-			}
-		}
-	})
-	a.policyLog = e.recentDrops
+	a.drops.policy = e.chainOwner
 }
 
-func (e *policyEnforcer) logged(d nftpolicy.Drop) {
+// chainOwner names the pod and direction a chain of the table polices.
+func (e *policyEnforcer) chainOwner(chain string) string {
 	e.mu.Lock()
-	who := e.chains[d.Chain]
-	e.mu.Unlock()
-	pod, dir, _ := strings.Cut(who, " ")
-	e.logMu.Lock()
-	defer e.logMu.Unlock()
-	e.seq++
-	e.drops = append(e.drops, v1.PolicyDrop{Seq: e.seq, Time: d.Time, Pod: pod, Direction: dir, Protocol: d.Proto,
-		Src: d.Src, Dst: d.Dst, SrcPort: d.SPort, DstPort: d.DPort})
-	if len(e.drops) > dropsKept {
-		e.drops = append(e.drops[:0:0], e.drops[len(e.drops)-dropsKept:]...)
-	}
-}
-
-// recentDrops are the drops after sequence number since.
-func (e *policyEnforcer) recentDrops(since uint64) []v1.PolicyDrop {
-	e.logMu.Lock()
-	defer e.logMu.Unlock()
-	var out []v1.PolicyDrop
-	for _, d := range e.drops {
-		if d.Seq > since {
-			out = append(out, d)
-		}
-	}
-	return out
+	defer e.mu.Unlock()
+	return e.chains[chain]
 }
 
 // policedAddr reports whether an address is a policed pod's, as the enforcer last said.

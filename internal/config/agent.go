@@ -10,15 +10,16 @@ import (
 // AgentFile is weftd's optional configuration file (--config). Flags given on the command
 // line override it.
 type AgentFile struct {
-	NodeName    string         `json:"nodeName,omitempty"`
-	StateDir    string         `json:"stateDir,omitempty"`
-	RunDir      string         `json:"runDir,omitempty"`
-	PodCIDRs    []netip.Prefix `json:"podCIDRs,omitempty"`
-	MTU         int            `json:"mtu,omitempty"`
-	MetricsAddr string         `json:"metricsAddr,omitempty"`
-	Masquerade  *bool          `json:"masquerade,omitempty"`
-	Fastpath    *bool          `json:"fastpath,omitempty"`
-	LogLevel    string         `json:"logLevel,omitempty"`
+	NodeName     string         `json:"nodeName,omitempty"`
+	StateDir     string         `json:"stateDir,omitempty"`
+	RunDir       string         `json:"runDir,omitempty"`
+	PodCIDRs     []netip.Prefix `json:"podCIDRs,omitempty"`
+	MTU          int            `json:"mtu,omitempty"`
+	MetricsAddr  string         `json:"metricsAddr,omitempty"`
+	Masquerade   *bool          `json:"masquerade,omitempty"`
+	Fastpath     *bool          `json:"fastpath,omitempty"`
+	AntiSpoofing *bool          `json:"antiSpoofing,omitempty"`
+	LogLevel     string         `json:"logLevel,omitempty"`
 }
 
 // ParseAgentFile decodes a weftd configuration file strictly: an unknown key is an error

@@ -26,6 +26,9 @@ const (
 	// TablePolicy holds network policy enforcement (inet); absent while no policy
 	// selects a pod of the node.
 	TablePolicy = "weft-policy"
+	// TableAntiSpoof keeps pods to their own addresses and MAC (bridge and inet tables
+	// of this name); absent while the node has no pods.
+	TableAntiSpoof = "weft-antispoof"
 
 	// MarkMasq on a packet asks the service proxy's postrouting chain to masquerade it
 	// (hairpin, NodePort traffic under externalTrafficPolicy Cluster).
@@ -45,4 +48,6 @@ const (
 	PriorityServicesRaw = -301
 	// PriorityPolicyRaw marks policed pods' traffic tracked, before both.
 	PriorityPolicyRaw = -302
+	// PriorityAntiSpoof drops spoofed frames before anything else of weft's sees them.
+	PriorityAntiSpoof = -310
 )

@@ -48,11 +48,11 @@ func (f *Fastpath) pinPath(ifindex int) string {
 	return filepath.Join(f.pinDir, "tcx-ingress-"+strconv.Itoa(ifindex))
 }
 
-// Attach puts the program (the uplink one, if uplink) on link's ingress, replacing an older
-// weft program in place, so the link is never without one once it had one.
-func (f *Fastpath) Attach(h *netlink.Handle, l netlink.Link, uplink bool) error {
+// Attach puts the program for role on link's ingress, replacing an older weft program in
+// place, so the link is never without one once it had one.
+func (f *Fastpath) Attach(h *netlink.Handle, l netlink.Link, role Role) error {
 	if f.tcx {
-		err := f.attachTCX(l.Attrs().Index, f.program(uplink))
+		err := f.attachTCX(l.Attrs().Index, f.program(role))
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			if err == nil {
 				removeLegacyFilter(h, l) // left by a weftd of an older version
@@ -61,7 +61,7 @@ func (f *Fastpath) Attach(h *netlink.Handle, l netlink.Link, uplink bool) error 
 		}
 		f.tcx = false // this kernel has no tcx: clsact from now on
 	}
-	return f.attachClsact(h, l, f.program(uplink))
+	return f.attachClsact(h, l, f.program(role))
 }
 
 func (f *Fastpath) attachTCX(ifindex int, prog *ebpf.Program) error {
@@ -160,9 +160,9 @@ func removeLegacyFilter(h *netlink.Handle, l netlink.Link) {
 	})
 }
 
-// Attached reports whether link carries the program (the uplink one, if uplink) on ingress.
-func (f *Fastpath) Attached(h *netlink.Handle, l netlink.Link, uplink bool) bool {
-	info, err := f.program(uplink).Info()
+// Attached reports whether link carries the program for role on ingress.
+func (f *Fastpath) Attached(h *netlink.Handle, l netlink.Link, role Role) bool {
+	info, err := f.program(role).Info()
 	if err != nil {
 		return false
 	}

@@ -19,7 +19,8 @@ type Fastpath struct {
 	remote *ebpf.Map
 	stats  *ebpf.Map
 	eps    *ebpf.Map     // service endpoints: packets from them take the kernel's path
-	prog   *ebpf.Program // on host veths and the VXLAN device
+	pod    *ebpf.Program // on host veths: prog, after checking the pod's source address and MAC
+	prog   *ebpf.Program // on the VXLAN device
 	uplink *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
 
 	// pinDir is a bpffs instance of this weftd's own where tcx links are pinned, so the
@@ -58,13 +59,17 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 		return nil, fmt.Errorf("create service endpoint map: %w", err)
 	}
 	f := &Fastpath{pods: m, remote: r, stats: st, eps: eps}
-	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, eps, nil)); err != nil {
+	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, eps, nil, false)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("load fast path program: %w", err)
 	}
+	if f.pod, err = ebpf.NewProgram(programSpec(m, r, st, eps, nil, true)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("load fast path pod program: %w", err)
+	}
 	f.uplink = f.prog
 	if tun != nil {
-		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, eps, tun)); err != nil {
+		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, eps, tun, false)); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("load fast path uplink program: %w", err)
 		}
@@ -76,6 +81,9 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 func (f *Fastpath) Close() {
 	if f.uplink != nil && f.uplink != f.prog {
 		f.uplink.Close()
+	}
+	if f.pod != nil {
+		f.pod.Close()
 	}
 	if f.prog != nil {
 		f.prog.Close()
@@ -184,8 +192,20 @@ func RemoteValueOf(ifindex int, nextHop netip.Addr) RemoteValue {
 // SyncRemote makes the remote block map hold exactly want.
 func (f *Fastpath) SyncRemote(want map[RemoteKey]RemoteValue) error { return syncMap(f.remote, want) }
 
-func (f *Fastpath) program(uplink bool) *ebpf.Program {
-	if uplink {
+// Role says which of the programs a device carries.
+type Role int
+
+const (
+	RolePod    Role = iota // a pod's host veth: the pod's source is checked first
+	RoleTunnel             // the VXLAN device
+	RoleUplink             // the underlay device: VXLAN decapsulation first
+)
+
+func (f *Fastpath) program(r Role) *ebpf.Program {
+	switch r {
+	case RolePod:
+		return f.pod
+	case RoleUplink:
 		return f.uplink
 	}
 	return f.prog

@@ -314,3 +314,64 @@ func extHeader(p []byte) []byte {
 	p[6] = 60 // destination options
 	return p
 }
+
+// TestPodProgramChecksSource: on a host veth only what the pod sends from its own address
+// and MAC, on its own veth, is short-cut; a spoofed frame goes to the kernel's path (where
+// the anti-spoofing table drops it).
+func TestPodProgramChecksSource(t *testing.T) {
+	testutil.RequireRoot(t)
+	f, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dstMAC := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
+	srcMAC := net.HardwareAddr{2, 0, 0, 0, 0, 0xbb} // the sender in frame()
+	// BPF_PROG_TEST_RUN runs the program on the loopback device: index 1 is the sender's veth.
+	sync := func(senderIfindex int) {
+		t.Helper()
+		if err := f.Sync(map[Key]Value{
+			KeyOf(netip.MustParseAddr("10.1.0.5")): ValueOf(42, dstMAC),
+			KeyOf(netip.MustParseAddr("fd00::5")):  ValueOf(42, dstMAC),
+			KeyOf(netip.MustParseAddr("10.1.0.9")): ValueOf(senderIfindex, srcMAC),
+			KeyOf(netip.MustParseAddr("fd00::9")):  ValueOf(senderIfindex, srcMAC),
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sync(1)
+	otherMAC := func(b []byte) []byte { b[11] = 0xcc; return b }
+	for _, c := range []struct {
+		name string
+		in   []byte
+		want uint32
+	}{
+		{"own IPv4 source", frame(0x0800, ipv4("10.1.0.5")), tcActRedirect},
+		{"own IPv6 source", frame(0x86dd, ipv6("fd00::5")), tcActRedirect},
+		{"spoofed IPv4 source", frame(0x0800, ipv4From("10.1.0.77", 8080, "10.1.0.5")), tcActPass},
+		{"spoofed IPv6 source", frame(0x86dd, ipv6From("fd00::77", 8080, "fd00::5")), tcActPass},
+		{"another local pod's source", frame(0x0800, ipv4From("10.1.0.5", 8080, "10.1.0.5")), tcActPass},
+		{"spoofed MAC", otherMAC(frame(0x0800, ipv4("10.1.0.5"))), tcActPass},
+		{"ARP", frame(0x0806, make([]byte, 28)), tcActPass},
+	} {
+		ret, out, err := runProg(f.pod, c.in)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if ret != c.want {
+			t.Errorf("%s: returned %d, want %d", c.name, ret, c.want)
+		}
+		if c.want == tcActPass && !bytes.Equal(out[:len(c.in)], c.in) {
+			t.Errorf("%s: a passed frame was modified", c.name)
+		}
+	}
+	// The sender's address arriving on another pod's veth is not the sender.
+	sync(43)
+	if ret, _, _ := runProg(f.pod, frame(0x0800, ipv4("10.1.0.5"))); ret != tcActPass {
+		t.Errorf("own address on another device: returned %d, want to pass", ret)
+	}
+	// The tunnel device's program checks no source: other nodes' pods send through it.
+	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4From("10.1.0.77", 8080, "10.1.0.5"))); ret != tcActRedirect {
+		t.Errorf("tunnel program: returned %d, want a redirect", ret)
+	}
+}

@@ -37,6 +37,7 @@ const (
 	skbData    = 76
 	skbDataEnd = 80
 	skbPktType = 4
+	skbIfindex = 40
 	// tcActUnspec is TCX_NEXT: weft has no verdict, so the next tcx program and then the
 	// legacy ingress qdisc (e.g. the bandwidth plugin's redirect to its IFB) still run.
 	// Under cls_bpf with direct action it means the same: continue as if unclassified.
@@ -81,6 +82,17 @@ func newStatsMapSpec() *ebpf.MapSpec {
 // (data_end), and continues at v4 or v6 by family. Another type, or a short packet, goes
 // to miss. It clobbers R4 and R5; labels are named after v4 so two uses never collide.
 func destKey(base asm.Register, eth int16, v4, v6, miss string) asm.Instructions {
+	return addrKey(base, eth, 16, 24, v4, v6, miss)
+}
+
+// sourceKey is destKey for the source address.
+func sourceKey(base asm.Register, eth int16, v4, v6, miss string) asm.Instructions {
+	return addrKey(base, eth, 12, 8, v4, v6, miss)
+}
+
+// addrKey is destKey and sourceKey: off4 and off6 are the address's offsets in the IPv4
+// and IPv6 headers.
+func addrKey(base asm.Register, eth, off4, off6 int16, v4, v6, miss string) asm.Instructions {
 	ip := eth + 14
 	return asm.Instructions{
 		asm.Mov.Imm(asm.R5, 0),
@@ -91,23 +103,23 @@ func destKey(base asm.Register, eth int16, v4, v6, miss string) asm.Instructions
 		asm.JEq.Imm(asm.R5, ethPIPv6LE, v4+"_ipv6"),
 		asm.Ja.Label(miss),
 
-		// IPv4: destination at 16; key = ::ffff:dst
+		// IPv4: key = ::ffff:addr
 		asm.Mov.Reg(asm.R4, base).WithSymbol(v4 + "_ipv4"),
 		asm.Add.Imm(asm.R4, int32(ip)+20),
 		asm.JGT.Reg(asm.R4, asm.R3, miss),
-		asm.LoadMem(asm.R5, base, ip+16, asm.Word),
+		asm.LoadMem(asm.R5, base, ip+off4, asm.Word),
 		asm.StoreMem(asm.R10, -4, asm.R5, asm.Word),
 		asm.Mov.Imm(asm.R5, 0xffff),
 		asm.StoreMem(asm.R10, -6, asm.R5, asm.Half),
 		asm.Ja.Label(v4),
 
-		// IPv6: destination at 24
+		// IPv6
 		asm.Mov.Reg(asm.R4, base).WithSymbol(v4 + "_ipv6"),
 		asm.Add.Imm(asm.R4, int32(ip)+40),
 		asm.JGT.Reg(asm.R4, asm.R3, miss),
-		asm.LoadMem(asm.R5, base, ip+24, asm.DWord),
+		asm.LoadMem(asm.R5, base, ip+off6, asm.DWord),
 		asm.StoreMem(asm.R10, -16, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, base, ip+32, asm.DWord),
+		asm.LoadMem(asm.R5, base, ip+off6+8, asm.DWord),
 		asm.StoreMem(asm.R10, -8, asm.R5, asm.DWord),
 		asm.Ja.Label(v6),
 	}
@@ -199,6 +211,42 @@ func newEndpointMapSpec() *ebpf.MapSpec {
 	return &ebpf.MapSpec{Name: "weft_svc_eps", Type: ebpf.Hash, KeySize: 20, ValueSize: 4, MaxEntries: 65536}
 }
 
+// sourceCheck lets a packet on only if its source address is a pod of this node whose
+// host veth is the device it arrived on, and its source MAC that pod's: anything else
+// (a spoofed source, but also IPv6 link-local neighbour discovery and ARP) goes to "pass",
+// the kernel's path, where the anti-spoofing table judges it. R6 is the context.
+func sourceCheck(m *ebpf.Map) asm.Instructions {
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+	}
+	insns = append(insns, sourceKey(asm.R2, 0, "src", "src", "pass")...)
+	return append(insns, asm.Instructions{
+		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("src"),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -16),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R5, asm.R0, 0, asm.Word),
+		asm.LoadMem(asm.R4, asm.R6, skbIfindex, asm.Word),
+		asm.JNE.Reg(asm.R5, asm.R4, "pass"),
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 6, asm.Word),
+		asm.LoadMem(asm.R4, asm.R0, 4, asm.Word),
+		asm.JNE.Reg(asm.R5, asm.R4, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 10, asm.Half),
+		asm.LoadMem(asm.R4, asm.R0, 8, asm.Half),
+		asm.JNE.Reg(asm.R5, asm.R4, "pass"),
+	}...)
+}
+
 // count adds one to a counter. It clobbers R0-R5 (and the stack slot at r10-64).
 func count(stats *ebpf.Map, stat int32, skip string) asm.Instructions {
 	return asm.Instructions{
@@ -219,11 +267,16 @@ func newRemoteMapSpec() *ebpf.MapSpec {
 }
 
 // programSpec assembles the program. With tun set it is the uplink variant: VXLAN packets
-// for a local pod are decapsulated in place first (see decapPrologue).
-func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel) *ebpf.ProgramSpec {
+// for a local pod are decapsulated in place first (see decapPrologue). With pod set it is
+// the host veth variant: only what the pod sends from its own address and MAC is taken
+// (see sourceCheck).
+func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel, pod bool) *ebpf.ProgramSpec {
 	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
 	if tun != nil {
 		insns = append(insns, decapPrologue(m, stats, eps, tun)...)
+	}
+	if pod {
+		insns = append(insns, sourceCheck(m)...)
 	}
 	insns = append(insns, asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("plain"),
