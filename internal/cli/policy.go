@@ -158,7 +158,7 @@ func newPolicyCmd() *cobra.Command {
 	var socket, podFilter string
 	var follow bool
 	logCmd := &cobra.Command{
-		Use: "log [--pod NS/NAME] [-f]", Short: "Recent packets this node dropped by network policy (5-tuple, pod, direction)", Args: noArgs,
+		Use: "log [--pod NS/NAME] [-f]", Short: "Recent packets this node dropped by network policy or anti-spoofing (5-tuple, pod, direction, reason)", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := cniapi.Client{Socket: socket}
 			var since uint64
@@ -189,8 +189,12 @@ func newPolicyCmd() *cobra.Command {
 						src = netip.AddrPortFrom(d.Src, d.SrcPort).String()
 						dst = netip.AddrPortFrom(d.Dst, d.DstPort).String()
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "%s %s %s -> %s dropped at the %s of %s\n",
-						d.Time.Format("15:04:05.000"), d.Protocol, src, dst, d.Direction, d.Pod)
+					why := ""
+					if d.Reason != "" && d.Reason != "policy" {
+						why = ": " + d.Reason
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s %s -> %s dropped at the %s of %s%s\n",
+						d.Time.Format("15:04:05.000"), d.Protocol, src, dst, d.Direction, d.Pod, why)
 				}
 				if !follow {
 					return nil

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/lab"
@@ -263,6 +264,80 @@ spec:
 		if time.Since(start) > time.Second {
 			t.Fatalf("node1 still has the policy table a second after the last policy went:\n%s", out)
 		}
+	}
+
+	// Anti-spoofing (on by default): other gives itself web's address and sends from it to
+	// client, on the other node; the datagram is dropped on other's node, logged and counted.
+	udp, err := probe.ListenUDP(pod["client"], ":9999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	sendFrom := func(src netip.Addr) bool {
+		got := make(chan bool, 1)
+		go func() {
+			_ = udp.SetReadDeadline(time.Now().Add(time.Second))
+			for {
+				_, from, err := udp.ReadFrom(make([]byte, 64))
+				if err != nil {
+					got <- false
+					return
+				}
+				if from.(*net.UDPAddr).AddrPort().Addr().Unmap() == src {
+					got <- true
+					return
+				}
+			}
+		}()
+		if err := probe.InNS(pod["other"], func() error {
+			c, err := net.DialUDP("udp", &net.UDPAddr{IP: src.AsSlice()}, &net.UDPAddr{IP: addr["client"].AsSlice(), Port: 9999})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for range 5 {
+				_, _ = c.Write([]byte("who am i"))
+				time.Sleep(50 * time.Millisecond)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return <-got
+	}
+	if !sendFrom(addr["other"]) {
+		t.Fatal("a datagram from other's own address did not arrive")
+	}
+	oh := testutil.NS{Path: pod["other"]}.Handle(t)
+	eth0, err := oh.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := oh.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: addr["web"].AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if sendFrom(addr["web"]) {
+		t.Error("a datagram from a spoofed source (web's address, sent by other) arrived")
+	}
+	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		out, err := exec.Command("nsenter", "--net="+s.Nodes[0].Netns, "--", l.bin, "policy", "log", "--pod", "default/other",
+			"--socket", filepath.Join("/run/weft-lab", l.name, "node1", "run", "weft.sock")).CombinedOutput()
+		if err == nil && strings.Contains(string(out), addr["web"].String()+":") &&
+			strings.Contains(string(out), addr["client"].String()+":9999 dropped at the egress of default/other: spoofed source") {
+			break
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Fatalf("weft policy log shows no spoofed source: %v\n%s", err, out)
+		}
+	}
+	resp, err = testutil.NS{Path: s.Nodes[0].Netns}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if m := regexp.MustCompile(`weft_antispoof_drops_total\{pod="default/other"\} (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
+		t.Errorf("no spoofed drops counted for default/other: %s", m)
 	}
 }
 

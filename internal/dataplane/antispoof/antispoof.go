@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
@@ -93,7 +94,8 @@ func build(c *nftables.Conn, t *nftables.Table, ports []Port, logGroup uint16) e
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}})
 		els = append(els, nftables.SetElement{Key: ifname(p.IfName), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}})
 	}
-	vm := &nftables.Set{Table: t, Name: "ports", IsMap: true, KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict}
+	// Interface names are strings, in host byte order to nft (so `nft list` shows them).
+	vm := &nftables.Set{Table: t, Name: "ports", IsMap: true, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
 	if err := c.AddSet(vm, els); err != nil {
 		return fmt.Errorf("port map: %w", err)
 	}
