@@ -426,7 +426,7 @@ func newApplyCmd() *cobra.Command {
 	var sf storeFlags
 	var files []string
 	cmd := &cobra.Command{
-		Use: "apply -f FILE", Short: "Create the objects of Kubernetes manifests (v1 Service, networking.k8s.io/v1 NetworkPolicy) in the cluster store", Args: noArgs,
+		Use: "apply -f FILE", Short: "Create the objects of manifests (v1 Service, networking.k8s.io/v1 NetworkPolicy and Ingress, weft/v1 Ingress) in the cluster store", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 {
 				return usageErr("-f FILE is required (- for standard input)")
@@ -454,8 +454,15 @@ func newApplyCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				created, applied := []v1.Service{}, []v1.NetworkPolicy{}
+				created, applied, ingresses := []v1.Service{}, []v1.NetworkPolicy{}, []v1.Ingress{}
 				for _, o := range objs {
+					if o.Ingress != nil {
+						if err := c.PutIngress(ctx, *o.Ingress); err != nil {
+							return &ExitError{Code: 1, Err: err}
+						}
+						ingresses = append(ingresses, *o.Ingress)
+						continue
+					}
 					if o.Policy != nil { // created or replaced, as kubectl apply does
 						if err := c.PutPolicy(ctx, *o.Policy); err != nil {
 							return &ExitError{Code: 1, Err: err}
@@ -482,13 +489,17 @@ func newApplyCmd() *cobra.Command {
 					return printJSON(cmd.OutOrStdout(), struct {
 						Services        []v1.Service       `json:"services"`
 						NetworkPolicies []v1.NetworkPolicy `json:"networkPolicies"`
-					}{created, applied})
+						Ingresses       []v1.Ingress       `json:"ingresses"`
+					}{created, applied, ingresses})
 				}
 				for _, s := range created {
 					fmt.Fprintf(cmd.OutOrStdout(), "service %s: %s\n", s.Key(), describeAddrs(s))
 				}
 				for _, p := range applied {
 					fmt.Fprintf(cmd.OutOrStdout(), "networkpolicy %s: applied\n", p.Key())
+				}
+				for _, in := range ingresses {
+					fmt.Fprintf(cmd.OutOrStdout(), "ingress %s: applied\n", in.Key())
 				}
 				return nil
 			})

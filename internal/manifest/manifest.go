@@ -23,6 +23,7 @@ type Object struct {
 	Kind    string
 	Service *v1.Service
 	Policy  *v1.NetworkPolicy
+	Ingress *v1.Ingress
 }
 
 var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
@@ -91,10 +92,22 @@ func parseJSON(js []byte) ([]Object, error) {
 			return nil, err
 		}
 		return []Object{{Kind: "NetworkPolicy", Policy: p}}, nil
+	case head.Kind == "Ingress" && head.APIVersion == WeftAPIVersion:
+		in, err := parseWeftIngress(js)
+		if err != nil {
+			return nil, err
+		}
+		return []Object{{Kind: "Ingress", Ingress: in}}, nil
+	case head.Kind == "Ingress" && head.APIVersion == "networking.k8s.io/v1":
+		in, err := parseIngress(js)
+		if err != nil {
+			return nil, err
+		}
+		return []Object{{Kind: "Ingress", Ingress: in}}, nil
 	case head.Kind == "":
 		return nil, errors.New("no kind")
 	}
-	return nil, fmt.Errorf("%s %s: weft does not take this kind (it takes v1 Service and networking.k8s.io/v1 NetworkPolicy)", head.APIVersion, head.Kind)
+	return nil, fmt.Errorf("%s %s: weft does not take this kind (it takes v1 Service, networking.k8s.io/v1 NetworkPolicy and Ingress, weft/v1 Ingress)", head.APIVersion, head.Kind)
 }
 
 // strict decodes js into v refusing unknown fields, and names the field path.

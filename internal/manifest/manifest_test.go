@@ -72,14 +72,29 @@ func TestParseRefuses(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(services))
 	f.Add([]byte("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80, targetPort: x}]}"))
+	f.Add([]byte(docsIngress))
+	f.Add([]byte(weftIngress))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		objs, err := Parse(data)
 		if err != nil {
 			return
 		}
 		for _, o := range objs {
-			if o.Service == nil || o.Service.Validate() != nil {
-				t.Fatalf("Parse returned an invalid service: %+v", o.Service)
+			switch {
+			case o.Service != nil:
+				if o.Service.Validate() != nil {
+					t.Fatalf("Parse returned an invalid service: %+v", o.Service)
+				}
+			case o.Policy != nil:
+				if o.Policy.Validate() != nil {
+					t.Fatalf("Parse returned an invalid policy: %+v", o.Policy)
+				}
+			case o.Ingress != nil:
+				if o.Ingress.Validate() != nil {
+					t.Fatalf("Parse returned an invalid ingress: %+v", o.Ingress)
+				}
+			default:
+				t.Fatalf("Parse returned an empty object: %+v", o)
 			}
 		}
 	})
@@ -156,6 +171,110 @@ func TestParsePolicyRefuses(t *testing.T) {
 		head + "spec: {podSelector: {matchExpressions: [{key: k, operator: Near}]}}":                            "spec.podSelector.matchExpressions[0].operator",
 		head + "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]}":                      "spec.ingress[0].from[0].ipBlock.cidr",
 		"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nspec: {podSelector: {}}":                        "metadata.name is required",
+	} {
+		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want %q", in, err, want)
+		}
+	}
+}
+
+// An Ingress as the upstream documentation writes one (kubernetes.io, "Ingress"), with TLS.
+const docsIngress = `
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: name-virtual-host-ingress
+spec:
+  ingressClassName: weft
+  tls:
+  - hosts: [foo.bar.com]
+    secretName: foo-tls
+  defaultBackend:
+    service: {name: fallback, port: {number: 80}}
+  rules:
+  - host: foo.bar.com
+    http:
+      paths:
+      - pathType: Prefix
+        path: "/"
+        backend:
+          service: {name: service1, port: {number: 80}}
+  - host: "*.foo.com"
+    http:
+      paths:
+      - pathType: Exact
+        path: "/exact"
+        backend:
+          service: {name: service2, port: {name: http}}
+  - host: foo.bar.com
+    http:
+      paths:
+      - pathType: Prefix
+        path: "/api"
+        backend:
+          service: {name: api, port: {number: 8080}}
+`
+
+const weftIngress = `
+apiVersion: weft/v1
+kind: Ingress
+metadata: {name: shop, namespace: web}
+spec:
+  hosts:
+  - host: shop.example.com
+    routes:
+    - path: /api
+      methods: [GET, POST]
+      headers: [{name: X-Canary, value: "yes"}]
+      backends: [{service: api-v2, port: 80, weight: 9}, {service: api-v1, port: 80}]
+      timeout: 5s
+      retries: {attempts: 2}
+      balance: {policy: Hash, hashOn: "cookie:session"}
+      rewrite: {pathPrefix: /v2}
+      requestHeaders: {set: [{name: X-From, value: weft}], remove: [X-Debug]}
+    - path: /
+      redirect: {scheme: https, statusCode: 308}
+`
+
+func TestParseIngress(t *testing.T) {
+	objs, err := Parse([]byte(docsIngress + "\n---\n" + weftIngress))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := objs[0].Ingress
+	if in == nil || in.Namespace != "default" || len(in.Hosts) != 2 || in.Hosts[0].Host != "foo.bar.com" || len(in.Hosts[0].Routes) != 2 ||
+		in.Hosts[1].Routes[0].Backends[0].PortName != "http" || in.DefaultBackend.Service != "fallback" ||
+		len(in.TLS) != 1 || in.TLS[0].Certificate != "foo-tls" {
+		t.Fatalf("parsed %+v", in)
+	}
+	w := objs[1].Ingress
+	if w == nil || w.Namespace != "web" || w.Hosts[0].Routes[0].Retries.Attempts != 2 || w.Hosts[0].Routes[0].Timeout.D().Seconds() != 5 ||
+		w.Hosts[0].Routes[1].Redirect.StatusCode != 308 {
+		t.Fatalf("parsed %+v", w)
+	}
+}
+
+func TestParseIngressRefuses(t *testing.T) {
+	head := "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i}\n"
+	path := func(p string) string {
+		return head + "spec: {rules: [{host: a.example, http: {paths: [" + p + "]}}]}"
+	}
+	weft := "apiVersion: weft/v1\nkind: Ingress\nmetadata: {name: i}\n"
+	for in, want := range map[string]string{
+		"apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i, annotations: {nginx.ingress.kubernetes.io/rewrite-target: /}}\nspec: {}": "metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]",
+		path("{path: /, pathType: ImplementationSpecific, backend: {service: {name: s, port: {number: 80}}}}"):                                           "pathType \"ImplementationSpecific\"",
+		path("{path: /, pathType: Prefix, backend: {resource: {kind: Bucket, name: b}}}"):                                                                   "field \"resource\" is not supported",
+		path("{path: x, pathType: Prefix, backend: {service: {name: s, port: {number: 80}}}}"):                                                              "path: \"x\" must start with",
+		path("{path: /a/../b, pathType: Prefix, backend: {service: {name: s, port: {number: 80}}}}"):                                                        "no \".\" or \"..\" segments",
+		path("{path: /, pathType: Prefix, backend: {service: {name: s}}}"):                                                                                  "port: give the service's port number or its name",
+		head + "spec: {rules: [{host: \"a.*.example\", http: {paths: [{path: /, pathType: Exact, backend: {service: {name: s, port: {number: 1}}}}]}}]}": "hosts[0].host",
+		head + "spec: {ingressClassName: nginx, defaultBackend: {service: {name: s, port: {number: 1}}}}":                                                 "another controller",
+		head + "spec: {tls: [{hosts: [a.example]}], defaultBackend: {service: {name: s, port: {number: 1}}}}":                                             "secretName is required",
+		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], requestHeaders: {set: [{name: X, value: \"a\\r\\nB: c\"}]}}]}]}": "control characters",
+		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], balance: {policy: Hash, hashOn: \"query:x\"}}]}]}":           "balance.hashOn",
+		weft + "spec: {hosts: [{host: a.example, routes: [{redirect: {statusCode: 200}}]}]}":                                                                "redirect.statusCode",
+		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], redirect: {scheme: https}}]}]}":                              "exactly one",
+		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], mirror: x}]}]}":                                               "field \"mirror\" is not supported",
 	} {
 		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want %q", in, err, want)

@@ -23,7 +23,11 @@ const (
 	KindService
 	KindPolicy
 	KindNamespace
+	KindIngress
+	KindCertificate
 )
+
+var allKinds = []Kind{KindNode, KindPod, KindService, KindPolicy, KindNamespace, KindIngress, KindCertificate}
 
 // Cache is a weftd's one view of the cluster: a list, then one watch over Root, keeping
 // typed copies of nodes, pods and services. Handlers hear of every change; they must not
@@ -45,11 +49,13 @@ type tables struct {
 	services map[string]v1.Service
 	policies map[string]v1.NetworkPolicy
 	spaces   map[string]v1.Namespace
+	ingress  map[string]v1.Ingress
+	certs    map[string]v1.Certificate
 }
 
 func newTables() tables {
 	return tables{nodes: map[string]v1.Node{}, pods: map[string]v1.Pod{}, services: map[string]v1.Service{},
-		policies: map[string]v1.NetworkPolicy{}, spaces: map[string]v1.Namespace{}}
+		policies: map[string]v1.NetworkPolicy{}, spaces: map[string]v1.Namespace{}, ingress: map[string]v1.Ingress{}, certs: map[string]v1.Certificate{}}
 }
 
 // put decodes a value of kind k into its table (a value that does not decode is left out).
@@ -65,6 +71,10 @@ func (t tables) put(k Kind, key string, value []byte) {
 		decodeInto(t.policies, key, value)
 	case KindNamespace:
 		decodeInto(t.spaces, key, value)
+	case KindIngress:
+		decodeInto(t.ingress, key, value)
+	case KindCertificate:
+		decodeInto(t.certs, key, value)
 	}
 }
 
@@ -74,6 +84,8 @@ func (t tables) delete(key string) {
 	delete(t.services, key)
 	delete(t.policies, key)
 	delete(t.spaces, key)
+	delete(t.ingress, key)
+	delete(t.certs, key)
 }
 
 func decodeInto[T any](m map[string]T, key string, value []byte) {
@@ -140,7 +152,7 @@ func (c *Cache) relist(ctx context.Context) (int64, error) {
 	handlers := slices.Clone(c.handlers)
 	c.mu.Unlock()
 	for _, h := range handlers {
-		for _, k := range []Kind{KindNode, KindPod, KindService, KindPolicy, KindNamespace} {
+		for _, k := range allKinds {
 			h(k)
 		}
 	}
@@ -188,6 +200,10 @@ func kindOf(key string) Kind {
 		return KindPolicy
 	case strings.HasPrefix(key, NamespacesPrefix):
 		return KindNamespace
+	case strings.HasPrefix(key, IngressesPrefix):
+		return KindIngress
+	case strings.HasPrefix(key, CertificatesPrefix):
+		return KindCertificate
 	}
 	return -1
 }
@@ -226,6 +242,20 @@ func (c *Cache) Policies() []v1.NetworkPolicy {
 func (c *Cache) Namespaces() []v1.Namespace {
 	out := values(c, c.spaces)
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Ingresses returns every ingress, sorted by namespace/name.
+func (c *Cache) Ingresses() []v1.Ingress {
+	out := values(c, c.ingress)
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
+}
+
+// Certificates returns every stored certificate, sorted by namespace/name.
+func (c *Cache) Certificates() []v1.Certificate {
+	out := values(c, c.certs)
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
 	return out
 }
 
