@@ -66,7 +66,7 @@ func TestLookup(t *testing.T) {
 		{req{host: "x.example.com", path: "/a", method: "GET"}, "wild"},
 		{req{host: "x.y.example.com", path: "/a", method: "GET"}, "wild"},
 		{req{host: "x.b.example.com", path: "/a", method: "GET"}, "wild-b"}, // the longest wildcard
-		{req{host: "example.com", path: "/any", method: "GET"}, "anyhost"}, // a wildcard never takes the bare domain
+		{req{host: "example.com", path: "/any", method: "GET"}, "anyhost"},  // a wildcard never takes the bare domain
 		{req{host: "other.org", path: "/any/x", method: "GET"}, "anyhost"},
 		{req{host: "other.org", path: "/nothing", method: "GET"}, "first-default"},
 	} {

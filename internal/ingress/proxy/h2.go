@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// h2Handler serves HTTP/2 connections (TLS with ALPN h2, or h2c by prior knowledge) on
+// Go's HTTP/2 server, which bounds concurrent streams and resists rapid-reset floods
+// (CVE-2023-44487), and proxies each request with httputil.ReverseProxy: streamed bodies,
+// trailers (gRPC status) and flushes as they come.
+type h2Handler struct {
+	p   *Proxy
+	srv *http2.Server
+	h1  *http.Transport  // to HTTP/1.1 endpoints
+	h2c *http2.Transport // to endpoints that speak HTTP/2 without TLS (gRPC)
+	rp  *httputil.ReverseProxy
+}
+
+type ctxKey int
+
+const (
+	keyClient ctxKey = iota
+	keyScheme
+	keyTarget
+)
+
+// h2Target is what ServeHTTP decided, for the reverse proxy's hooks.
+type h2Target struct {
+	rs       *routeState
+	e        *endpoint
+	h2c      bool
+	path     string
+	query    string
+	client   netip.Addr
+	scheme   string
+	affinity bool
+}
+
+func newH2Handler(p *Proxy) *h2Handler {
+	h := &h2Handler{p: p, srv: &http2.Server{MaxConcurrentStreams: 250, IdleTimeout: p.cfg.IdleTimeout, MaxReadFrameSize: 1 << 20}}
+	h.h1 = &http.Transport{
+		Proxy:               nil,
+		DialContext:         dialer.DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     idleUpstreamTTL,
+		ForceAttemptHTTP2:   false,
+	}
+	h.h2c = &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, addr)
+		},
+		ReadIdleTimeout: 30 * time.Second,
+	}
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:        h.rewrite,
+		Transport:      h,
+		FlushInterval:  -1,
+		ModifyResponse: h.modifyResponse,
+		ErrorHandler:   h.errorHandler,
+	}
+	return h
+}
+
+func (h *h2Handler) serve(c net.Conn, client netip.Addr, scheme string) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := context.WithValue(context.WithValue(r.Context(), keyClient, client), keyScheme, scheme)
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
+	h.srv.ServeConn(c, &http2.ServeConnOpts{Handler: handler, BaseConfig: &http.Server{
+		ReadHeaderTimeout: h.p.cfg.ReadHeaderTimeout, IdleTimeout: h.p.cfg.IdleTimeout, MaxHeaderBytes: h.p.cfg.MaxHeaderBytes,
+	}})
+}
+
+// RoundTrip picks the transport for the endpoint's protocol.
+func (h *h2Handler) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t, _ := r.Context().Value(keyTarget).(*h2Target); t != nil && t.h2c {
+		return h.h2c.RoundTrip(r)
+	}
+	return h.h1.RoundTrip(r)
+}
+
+// h2Request presents an *http.Request to the routing table.
+type h2Request struct {
+	r    *http.Request
+	host string
+	path string
+}
+
+func (v h2Request) Host() string   { return v.host }
+func (v h2Request) Path() string   { return v.path }
+func (v h2Request) Method() string { return v.r.Method }
+func (v h2Request) Header(name string) (string, bool) {
+	vals := v.r.Header.Values(name)
+	if len(vals) == 0 {
+		return "", false
+	}
+	return vals[0], true
+}
+
+// statusWriter records the status for metrics and logs.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = 200
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	p := h.p
+	w := &statusWriter{ResponseWriter: rw}
+	client, _ := r.Context().Value(keyClient).(netip.Addr)
+	scheme, _ := r.Context().Value(keyScheme).(string)
+	cc := &clientConn{p: p, client: client, scheme: scheme}
+	cc.req.method, cc.req.host = []byte(r.Method), []byte(r.Host)
+	path, query, err := splitTarget([]byte(r.RequestURI))
+	cc.view.path = path
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		p.metrics.rejected.Inc()
+		return
+	}
+	st := p.state.Load()
+	rt := st.table.Lookup(h2Request{r: r, host: normalizeHost([]byte(r.Host)), path: path})
+	if rt == nil {
+		http.Error(w, "no route", http.StatusNotFound)
+		p.observe(nil, cc, 404, start, "")
+		return
+	}
+	rs := st.routes[rt]
+	if rd := rt.Redirect; rd != nil {
+		s, host := rd.Scheme, rd.Host
+		if s == "" {
+			s = scheme
+		}
+		if host == "" {
+			host = normalizeHost([]byte(r.Host))
+		}
+		if rd.Port != 0 && !(s == "http" && rd.Port == 80) && !(s == "https" && rd.Port == 443) {
+			host += ":" + strconv.Itoa(rd.Port)
+		}
+		if rd.Path != "" {
+			path = rd.Path
+		}
+		loc := s + "://" + host + path
+		if query != "" {
+			loc += "?" + query
+		}
+		code := rd.StatusCode
+		if code == 0 {
+			code = 301
+		}
+		w.Header().Set("Location", loc)
+		w.WriteHeader(code)
+		p.observe(rs, cc, code, start, "")
+		return
+	}
+	rs.budget.request()
+	var hash uint64
+	var hasHash bool
+	switch rs.hashKind {
+	case 'c':
+		b := client.As16()
+		hash, hasHash = hashKey(b[:]), true
+	case 'h':
+		if v := r.Header.Get(rs.hashOn); v != "" {
+			hash, hasHash = hashKey([]byte(v)), true
+		}
+	case 'k':
+		if c, err := r.Cookie(rs.hashOn); err == nil {
+			hash, hasHash = hashKey([]byte(c.Value)), true
+		}
+	}
+	e, h2c := rs.pick(hash, hasHash, nil)
+	affinity := false
+	if rs.Balance != nil && rs.Balance.AffinityCookie != "" {
+		affinity = true
+		if c, err := r.Cookie(rs.Balance.AffinityCookie); err == nil {
+			now := time.Now().UnixNano()
+			for _, b := range rs.backends {
+				for _, ep := range b.svc.endpoints {
+					if affinityID(ep) == c.Value && ep.usable(now) {
+						e, h2c, affinity = ep, b.h2c, false
+					}
+				}
+			}
+		}
+	}
+	if e == nil {
+		http.Error(w, "no endpoints", http.StatusServiceUnavailable)
+		p.observe(rs, cc, 503, start, "")
+		return
+	}
+	timeout := rs.Timeout.D()
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	t := &h2Target{rs: rs, e: e, h2c: h2c, path: path, query: query, client: client, scheme: scheme, affinity: affinity}
+	e.active.Add(1)
+	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, keyTarget, t)))
+	e.active.Add(-1)
+	status := w.status
+	if status == 0 {
+		status = 200
+	}
+	p.observe(rs, cc, status, start, e.addr)
+}
+
+func (h *h2Handler) rewrite(pr *httputil.ProxyRequest) {
+	t := pr.In.Context().Value(keyTarget).(*h2Target)
+	out := pr.Out
+	out.URL.Scheme, out.URL.Host = "http", t.e.addr
+	out.URL.Path, out.URL.RawPath = t.rs.RewritePath(t.path), ""
+	out.URL.RawQuery = t.query
+	out.Host = pr.In.Host
+	if rw := t.rs.Rewrite; rw != nil && rw.Host != "" {
+		out.Host = rw.Host
+	}
+	prior := pr.In.Header.Values("X-Forwarded-For")
+	xff := t.client.String()
+	if len(prior) > 0 {
+		xff = strings.Join(prior, ", ") + ", " + xff
+	}
+	out.Header.Set("X-Forwarded-For", xff)
+	out.Header.Set("X-Real-IP", t.client.String())
+	out.Header.Set("X-Forwarded-Proto", t.scheme)
+	out.Header.Set("X-Forwarded-Host", pr.In.Host)
+	if hc := t.rs.RequestHeaders; hc != nil {
+		for _, n := range hc.Remove {
+			out.Header.Del(n)
+		}
+		for _, s := range hc.Set {
+			out.Header.Set(s.Name, s.Value)
+		}
+		for _, a := range hc.Add {
+			out.Header.Add(a.Name, a.Value)
+		}
+	}
+}
+
+func (h *h2Handler) modifyResponse(resp *http.Response) error {
+	t := resp.Request.Context().Value(keyTarget).(*h2Target)
+	if resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504 {
+		t.e.failed()
+	} else {
+		t.e.succeeded()
+	}
+	if hc := t.rs.ResponseHeaders; hc != nil {
+		for _, n := range hc.Remove {
+			resp.Header.Del(n)
+		}
+		for _, s := range hc.Set {
+			resp.Header.Set(s.Name, s.Value)
+		}
+		for _, a := range hc.Add {
+			resp.Header.Add(a.Name, a.Value)
+		}
+	}
+	if t.affinity {
+		resp.Header.Add("Set-Cookie", t.rs.Balance.AffinityCookie+"="+affinityID(t.e)+"; Path=/; HttpOnly")
+	}
+	return nil
+}
+
+func (h *h2Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	t := r.Context().Value(keyTarget).(*h2Target)
+	status := http.StatusBadGateway
+	if errors.Is(err, context.DeadlineExceeded) {
+		status = http.StatusGatewayTimeout
+	} else if !errors.Is(err, context.Canceled) {
+		t.e.failed()
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			h.p.metrics.connectErrors(t.e.addr).Inc()
+		}
+	}
+	w.WriteHeader(status)
+}

@@ -1,0 +1,573 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/ingress/route"
+)
+
+// backend is an HTTP server on loopback that says who it is and what it saw.
+type backend struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+	hits atomic.Int64
+}
+
+func newBackend(t *testing.T, name string, h2c bool) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{name: name, ln: ln}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Backend", name)
+		w.Header().Set("X-Seen-Host", r.Host)
+		w.Header().Set("X-Seen-Path", r.URL.RequestURI())
+		w.Header().Set("X-Seen-XFF", r.Header.Get("X-Forwarded-For"))
+		w.Header().Set("X-Seen-From", r.Header.Get("X-From"))
+		w.Header().Set("X-Seen-Debug", r.Header.Get("X-Debug"))
+		w.Header().Set("X-Seen-Proto", r.Proto)
+		fmt.Fprintf(w, "%s %s %d", name, r.Method, len(body))
+	})
+	mux.HandleFunc("/status/", func(w http.ResponseWriter, r *http.Request) {
+		var code int
+		fmt.Sscanf(strings.TrimPrefix(r.URL.Path, "/status/"), "%d", &code)
+		w.WriteHeader(code)
+	})
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "no upgrade", 400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		_, _ = io.Copy(c, brw) // echo
+	})
+	var h http.Handler = mux
+	b.srv = &http.Server{Handler: h}
+	if h2c {
+		b.srv.Protocols = new(http.Protocols)
+		b.srv.Protocols.SetHTTP1(true)
+		b.srv.Protocols.SetUnencryptedHTTP2(true)
+	}
+	go b.srv.Serve(ln)
+	t.Cleanup(func() { b.srv.Close() })
+	return b
+}
+
+func (b *backend) addr() netip.AddrPort { return netip.MustParseAddrPort(b.ln.Addr().String()) }
+
+// proxyUnder starts a proxy on loopback serving ingresses with the given endpoints per
+// backend key.
+func proxyUnder(t *testing.T, cfg Config) (*Proxy, string) {
+	t.Helper()
+	p := New(cfg, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(ln, false)
+	t.Cleanup(func() { ln.Close() })
+	return p, ln.Addr().String()
+}
+
+func update(p *Proxy, ins []v1.Ingress, eps map[string][]*backend) {
+	m := map[string][]netip.AddrPort{}
+	for k, bs := range eps {
+		for _, b := range bs {
+			m[k] = append(m[k], b.addr())
+		}
+	}
+	p.Update(route.Compile(ins), m)
+}
+
+func ing(routes ...v1.Route) []v1.Ingress {
+	return []v1.Ingress{{Name: "i", Namespace: "ns", Hosts: []v1.IngressHost{{Host: "app.example", Routes: routes}}}}
+}
+
+func to(svc string) []v1.Backend { return []v1.Backend{{Service: svc, Port: 80}} }
+
+// raw sends raw bytes on a new connection and returns everything read until the server
+// closes or the timeout.
+func raw(t *testing.T, addr, req string, timeout time.Duration) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	_, _ = c.Write([]byte(req))
+	out, _ := io.ReadAll(c)
+	return string(out)
+}
+
+func get(t *testing.T, client *http.Client, url, host string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+func TestHTTP1(t *testing.T) {
+	a := newBackend(t, "a", false)
+	p, addr := proxyUnder(t, Config{})
+	update(p, ing(
+		v1.Route{Path: "/old", Redirect: &v1.Redirect{Scheme: "https", StatusCode: 308}},
+		v1.Route{Path: "/api", Rewrite: &v1.Rewrite{PathPrefix: "/v2"}, Backends: to("a"),
+			RequestHeaders:  &v1.HeaderChanges{Set: []v1.HeaderMatch{{Name: "X-From", Value: "weft"}}, Remove: []string{"X-Debug"}},
+			ResponseHeaders: &v1.HeaderChanges{Add: []v1.HeaderMatch{{Name: "X-Route", Value: "api"}}}},
+		v1.Route{Path: "/", Backends: to("a")},
+	), map[string][]*backend{"ns/a:80": {a}})
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+	resp := get(t, client, "http://"+addr+"/api/x?q=1", "App.Example:8080")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Seen-Path") != "/v2/x?q=1" || resp.Header.Get("X-Seen-Host") != "App.Example:8080" ||
+		resp.Header.Get("X-Seen-XFF") != "127.0.0.1" || resp.Header.Get("X-Seen-From") != "weft" || resp.Header.Get("X-Route") != "api" {
+		t.Errorf("rewritten request: %d %v", resp.StatusCode, resp.Header)
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr+"/api", nil)
+	req.Host = "app.example"
+	req.Header.Set("X-Debug", "1")
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	r2, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	if r2.Header.Get("X-Seen-Debug") != "" || r2.Header.Get("X-Seen-XFF") != "203.0.113.9, 127.0.0.1" {
+		t.Errorf("header changes: %v", r2.Header)
+	}
+	if resp := get(t, client, "http://"+addr+"/old/x?y=2", "app.example"); resp.StatusCode != 308 || resp.Header.Get("Location") != "https://app.example/old/x?y=2" {
+		t.Errorf("redirect: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp := get(t, client, "http://"+addr+"/", "other.example"); resp.StatusCode != 404 {
+		t.Errorf("unrouted host: %d", resp.StatusCode)
+	}
+	// Bodies: Content-Length and chunked.
+	for _, body := range []io.Reader{strings.NewReader("hello"), io.MultiReader(strings.NewReader("hel"), strings.NewReader("lo"))} {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/", body)
+		req.Host = "app.example"
+		if _, ok := body.(*strings.Reader); !ok {
+			req.ContentLength = -1 // chunked
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "a POST 5" {
+			t.Errorf("POST body: %q", b)
+		}
+	}
+	// Pipelining: three requests in one write, three answers in order on one connection.
+	out := raw(t, addr, "GET /1 HTTP/1.1\r\nHost: app.example\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: app.example\r\n\r\nGET /3 HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n", 2*time.Second)
+	if strings.Count(out, "HTTP/1.1 200") != 3 || strings.Count(out, "a GET 0") != 2 || strings.Index(out, "/1") > strings.Index(out, "/3") {
+		t.Errorf("pipelined: %q", out)
+	}
+	// Keep-alive: one connection, many requests.
+	tr := &http.Transport{MaxConnsPerHost: 1}
+	kc := &http.Client{Transport: tr}
+	for range 20 {
+		get(t, kc, "http://"+addr+"/", "app.example")
+	}
+	tr.CloseIdleConnections()
+}
+
+func TestHostileRequests(t *testing.T) {
+	a := newBackend(t, "a", false)
+	p, addr := proxyUnder(t, Config{ReadHeaderTimeout: 300 * time.Millisecond})
+	update(p, ing(v1.Route{Path: "/", Backends: to("a")}), map[string][]*backend{"ns/a:80": {a}})
+	h := "Host: app.example\r\n"
+	for _, c := range []struct{ name, req, want string }{
+		{"CL and TE", "POST / HTTP/1.1\r\n" + h + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n" + h + "\r\n", "HTTP/1.1 400"},
+		{"two CLs", "POST / HTTP/1.1\r\n" + h + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", "HTTP/1.1 400"},
+		{"same CL twice", "POST / HTTP/1.1\r\n" + h + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", "HTTP/1.1 400"},
+		{"TE not chunked", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 501"},
+		{"TE with space before colon", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400"},
+		{"obs-fold", "GET / HTTP/1.1\r\n" + h + "X-A: 1\r\n  folded\r\n\r\n", "HTTP/1.1 400"},
+		{"bare LF", "GET / HTTP/1.1\n" + h + "\r\n\r\n", "HTTP/1.1 400"},
+		{"bare LF in a header", "GET / HTTP/1.1\r\nX-A: 1\nHost: app.example\r\n\r\n", "HTTP/1.1 400"},
+		{"NUL in a value", "GET / HTTP/1.1\r\n" + h + "X-A: a\x00b\r\n\r\n", "HTTP/1.1 400"},
+		{"no Host", "GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"},
+		{"two Hosts", "GET / HTTP/1.1\r\n" + h + h + "\r\n", "HTTP/1.1 400"},
+		{"oversized header", "GET / HTTP/1.1\r\n" + h + "X-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "HTTP/1.1 431"},
+		{"too many headers", "GET / HTTP/1.1\r\n" + h + strings.Repeat("X-A: 1\r\n", 200) + "\r\n", "HTTP/1.1 431"},
+		{"dot segments", "GET /a/../admin HTTP/1.1\r\n" + h + "\r\n", "HTTP/1.1 400"},
+		{"encoded slash", "GET /a%2F..%2Fadmin HTTP/1.1\r\n" + h + "\r\n", "HTTP/1.1 400"},
+		{"encoded dot", "GET /%2e%2e/admin HTTP/1.1\r\n" + h + "\r\n", "HTTP/1.1 400"},
+		{"backslash", "GET /a\\..\\admin HTTP/1.1\r\n" + h + "\r\n", "HTTP/1.1 400"},
+		{"bad chunk size", "POST / HTTP/1.1\r\n" + h + "Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", "HTTP/1.1 400"},
+		{"HTTP/2.0 in an HTTP/1 line", "GET / HTTP/2.0\r\n" + h + "\r\n", "HTTP/1.1 505"},
+		{"body over the limit", "POST / HTTP/1.1\r\n" + h + "Content-Length: 99999999999\r\n\r\n", "HTTP/1.1 413"},
+	} {
+		out := raw(t, addr, c.req, 2*time.Second)
+		if !strings.HasPrefix(out, c.want) || strings.Count(out, "HTTP/1.1") != 1 {
+			t.Errorf("%s: got %q, want %s and a closed connection", c.name, trunc(out), c.want)
+		}
+	}
+	if n := a.hits.Load(); n != 0 {
+		t.Errorf("%d hostile requests reached the backend", n)
+	}
+	// A 10 MB header flood is cut off at the limit, not buffered.
+	c, _ := net.Dial("tcp", addr)
+	c.Write([]byte("GET / HTTP/1.1\r\n" + h))
+	flood := bytes.Repeat([]byte("X-Flood: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"), 16<<10)
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	go c.Write(flood)
+	got, _ := io.ReadAll(c)
+	c.Close()
+	if !strings.HasPrefix(string(got), "HTTP/1.1 431") {
+		t.Errorf("header flood: %q", trunc(string(got)))
+	}
+	// Slowloris: a head that never ends is cut off after ReadHeaderTimeout.
+	start := time.Now()
+	c, _ = net.Dial("tcp", addr)
+	c.Write([]byte("GET / HTTP/1.1\r\n" + h))
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	go func() {
+		for i := 0; i < 20; i++ {
+			time.Sleep(100 * time.Millisecond)
+			if _, err := c.Write([]byte("X-Slow: 1\r\n")); err != nil {
+				return
+			}
+		}
+	}()
+	_, _ = io.ReadAll(c)
+	c.Close()
+	if d := time.Since(start); d > 1500*time.Millisecond {
+		t.Errorf("slowloris connection held %v", d)
+	}
+	// Other connections are unaffected.
+	if resp := get(t, http.DefaultClient, "http://"+addr+"/", "app.example"); resp.StatusCode != 200 {
+		t.Errorf("after the hostile requests: %d", resp.StatusCode)
+	}
+}
+
+func trunc(s string) string {
+	if len(s) > 120 {
+		return s[:120] + "…"
+	}
+	return s
+}
+
+func TestBalancing(t *testing.T) {
+	a, b, c := newBackend(t, "a", false), newBackend(t, "b", false), newBackend(t, "c", false)
+	p, addr := proxyUnder(t, Config{})
+	update(p, ing(
+		v1.Route{Path: "/weights", Backends: []v1.Backend{{Service: "ab", Port: 80, Weight: 3}, {Service: "c", Port: 80}}},
+		v1.Route{Path: "/hash", Backends: to("ab"), Balance: &v1.Balance{Policy: v1.BalanceHash, HashOn: "header:X-User"}},
+		v1.Route{Path: "/sticky", Backends: to("ab"), Balance: &v1.Balance{AffinityCookie: "weft"}},
+		v1.Route{Path: "/lr", Backends: to("ab"), Balance: &v1.Balance{Policy: v1.BalanceLeastRequest}},
+	), map[string][]*backend{"ns/ab:80": {a, b}, "ns/c:80": {c}})
+	count := func(path string, n int, hdr map[string]string, client *http.Client) map[string]int {
+		got := map[string]int{}
+		for range n {
+			req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+			req.Host = "app.example"
+			for k, v := range hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			got[resp.Header.Get("X-Backend")]++
+		}
+		return got
+	}
+	if w := count("/weights", 400, nil, http.DefaultClient); w["c"] < 70 || w["c"] > 130 || w["a"]+w["b"] < 270 {
+		t.Errorf("weights 3:1 gave %v", w)
+	}
+	for _, user := range []string{"alice", "bob", "carol"} {
+		if h := count("/hash", 10, map[string]string{"X-User": user}, http.DefaultClient); len(h) != 1 {
+			t.Errorf("hash on X-User=%s spread over %v", user, h)
+		}
+	}
+	jar := &cookieJar{}
+	if s := count("/sticky", 10, nil, &http.Client{Jar: jar}); len(s) != 1 {
+		t.Errorf("affinity cookie: %v", s)
+	}
+	if l := count("/lr", 40, nil, http.DefaultClient); l["a"] == 0 || l["b"] == 0 {
+		t.Errorf("least request: %v", l)
+	}
+}
+
+type cookieJar struct {
+	mu sync.Mutex
+	c  []*http.Cookie
+}
+
+func (j *cookieJar) SetCookies(_ *url.URL, cs []*http.Cookie) {
+	j.mu.Lock()
+	j.c = append(j.c, cs...)
+	j.mu.Unlock()
+}
+func (j *cookieJar) Cookies(*url.URL) []*http.Cookie { j.mu.Lock(); defer j.mu.Unlock(); return j.c }
+
+// TestEndpointFailure: a killed endpoint costs no failed request (retries), and is
+// ejected after a few failures.
+func TestEndpointFailure(t *testing.T) {
+	a, b := newBackend(t, "a", false), newBackend(t, "b", false)
+	p, addr := proxyUnder(t, Config{})
+	update(p, ing(v1.Route{Path: "/", Backends: to("ab"), Retries: &v1.RetryPolicy{Attempts: 2}}), map[string][]*backend{"ns/ab:80": {a, b}})
+	b.srv.Close()
+	for i := range 50 {
+		if resp := get(t, http.DefaultClient, "http://"+addr+"/", "app.example"); resp.StatusCode != 200 {
+			t.Fatalf("request %d after an endpoint died: %d", i, resp.StatusCode)
+		}
+	}
+	var ejected bool
+	for _, e := range p.endpoints {
+		if e.addr == b.addr().String() {
+			ejected = !e.usable(time.Now().UnixNano())
+		}
+	}
+	if !ejected {
+		t.Error("the dead endpoint was not ejected")
+	}
+	if n := a.hits.Load(); n != 50 {
+		t.Errorf("the live endpoint served %d of 50", n)
+	}
+}
+
+// TestReloadKeepsWebSocket: an upgraded connection survives configuration and endpoint
+// changes.
+func TestReloadKeepsWebSocket(t *testing.T) {
+	a, b := newBackend(t, "a", false), newBackend(t, "b", false)
+	p, addr := proxyUnder(t, Config{})
+	update(p, ing(v1.Route{Path: "/", Backends: to("a")}), map[string][]*backend{"ns/a:80": {a}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("GET /ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", err, resp)
+	}
+	for i := range 5 {
+		msg := fmt.Sprintf("ping %d\n", i)
+		c.Write([]byte(msg))
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		line, err := br.ReadString('\n')
+		if err != nil || line != msg {
+			t.Fatalf("echo %d: %q %v", i, line, err)
+		}
+		// A reload between messages: a new route, then the endpoint gone.
+		if i == 1 {
+			update(p, ing(v1.Route{Path: "/", Backends: to("b")}), map[string][]*backend{"ns/b:80": {b}})
+		}
+	}
+}
+
+func TestTLSAndHTTP2(t *testing.T) {
+	a := newBackend(t, "a", false)
+	g := newBackend(t, "g", true)
+	p := New(Config{}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go p.Serve(ln, true)
+	plain, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer plain.Close()
+	go p.Serve(plain, false)
+	ins := []v1.Ingress{{Name: "i", Namespace: "ns",
+		Hosts: []v1.IngressHost{
+			{Host: "one.example", Routes: []v1.Route{{Path: "/", Backends: to("a")}}},
+			{Host: "two.example", Routes: []v1.Route{{Path: "/", Backends: []v1.Backend{{Service: "g", Port: 80, Protocol: "H2C"}}}}},
+		}}}
+	update(p, ins, map[string][]*backend{"ns/a:80": {a}, "ns/g:80": {g}})
+	pool := x509.NewCertPool()
+	certs := map[string][2]string{}
+	for _, host := range []string{"one.example", "two.example"} {
+		cp, kp, der := selfSigned(t, host)
+		certs[host] = [2]string{cp, kp}
+		c, _ := x509.ParseCertificate(der)
+		pool.AddCert(c)
+	}
+	if err := p.SetCertificates(certs); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		host, proto, backend string
+		h2                   bool
+	}{
+		{"one.example", "HTTP/1.1", "a", false},
+		{"two.example", "HTTP/2.0", "g", true}, // h2 to the proxy, h2c to the backend
+		{"one.example", "HTTP/1.1", "a", true}, // h2 to the proxy, HTTP/1.1 to the backend
+	} {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: c.host}, ForceAttemptHTTP2: c.h2,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) }}
+		resp, err := (&http.Client{Transport: tr}).Get("https://" + c.host + "/x")
+		if err != nil {
+			t.Fatalf("%s: %v", c.host, err)
+		}
+		resp.Body.Close()
+		wantProto := "HTTP/1.1"
+		if c.h2 {
+			wantProto = "HTTP/2.0"
+		}
+		if resp.StatusCode != 200 || resp.Proto != wantProto || resp.Header.Get("X-Backend") != c.backend || resp.Header.Get("X-Seen-Proto") != c.proto ||
+			resp.TLS.PeerCertificates[0].Subject.CommonName != c.host {
+			t.Errorf("%s over %s: %d %s backend %s saw %s cert %s", c.host, resp.Proto, resp.StatusCode, resp.Proto, resp.Header.Get("X-Backend"), resp.Header.Get("X-Seen-Proto"), resp.TLS.PeerCertificates[0].Subject.CommonName)
+		}
+	}
+	// h2c by prior knowledge on the plain listener.
+	h2c := &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, _ string, _ *tls.Config) (net.Conn, error) {
+		return net.Dial("tcp", plain.Addr().String())
+	}}}
+	req, _ := http.NewRequest("GET", "http://one.example/", nil)
+	resp, err := h2c.Do(req)
+	if err != nil || resp.Proto != "HTTP/2.0" || resp.Header.Get("X-Backend") != "a" {
+		t.Fatalf("h2c: %v %v", err, resp)
+	}
+	resp.Body.Close()
+}
+
+// TestRapidReset: a burst of HTTP/2 streams opened and reset at once (CVE-2023-44487)
+// neither takes the proxy down nor holds up other clients.
+func TestRapidReset(t *testing.T) {
+	a := newBackend(t, "a", false)
+	p, addr := proxyUnder(t, Config{})
+	update(p, ing(v1.Route{Path: "/", Backends: to("a")}), map[string][]*backend{"ns/a:80": {a}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(h2Preface))
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	go func() { // drain whatever the server sends
+		for {
+			if _, err := fr.ReadFrame(); err != nil {
+				return
+			}
+		}
+	}()
+	var hbuf bytes.Buffer
+	enc := hpackEncoder(&hbuf)
+	for id := uint32(1); id < 20000; id += 2 {
+		hbuf.Reset()
+		enc(":method", "GET", ":scheme", "http", ":authority", "app.example", ":path", "/")
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndHeaders: true, EndStream: true}); err != nil {
+			break // the server closed the connection: fine
+		}
+		if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			break
+		}
+	}
+	start := time.Now()
+	if resp := get(t, http.DefaultClient, "http://"+addr+"/", "app.example"); resp.StatusCode != 200 {
+		t.Errorf("after a rapid-reset burst: %d", resp.StatusCode)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("another client waited %v", d)
+	}
+}
+
+func selfSigned(t *testing.T, host string) (certPEM, keyPEM string, der []byte) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})), der
+}
+
+func FuzzParseRequest(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+	f.Add([]byte("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"))
+	f.Add([]byte("GET /a/%2e%2e/b HTTP/1.0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(data), 4096)
+		var m message
+		for range 4 {
+			head, err := readHead(br, 4096)
+			if err != nil {
+				return
+			}
+			if err := parseRequest(&m, head, 100); err != nil {
+				return
+			}
+			if m.chunked && m.contentLength >= 0 {
+				t.Fatal("accepted both Content-Length and chunked")
+			}
+			if !m.http10 && len(m.host) == 0 && bytes.Count(head, []byte("\nHost:")) == 0 {
+				// an accepted HTTP/1.1 request always has its Host
+				if _, ok := m.get("host"); !ok {
+					t.Fatal("accepted an HTTP/1.1 request without Host")
+				}
+			}
+			if path, _, err := splitTarget(m.target); err == nil {
+				if strings.Contains(path, "/../") || strings.HasSuffix(path, "/..") || strings.Contains(strings.ToLower(path), "%2f") {
+					t.Fatalf("accepted path %q", path)
+				}
+			}
+		}
+	})
+}
+
+// hpackEncoder returns a function that HPACK-encodes name/value pairs into buf.
+func hpackEncoder(buf *bytes.Buffer) func(kv ...string) {
+	enc := hpack.NewEncoder(buf)
+	return func(kv ...string) {
+		for i := 0; i+1 < len(kv); i += 2 {
+			_ = enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]})
+		}
+	}
+}
