@@ -411,3 +411,27 @@ func (c *Certificate) Validate() error {
 	}
 	return nil
 }
+
+// IngressStatus is what one node's weft-ingress serves (weft ingress status).
+type IngressStatus struct {
+	Node      string               `json:"node"`
+	Time      time.Time            `json:"time"`
+	Listeners []string             `json:"listeners"`
+	Routes    []IngressRouteStatus `json:"routes"`
+	Upstreams []IngressUpstream    `json:"upstreams"`
+	Problems  []string             `json:"problems,omitempty"`
+}
+
+// IngressRouteStatus is one compiled route and its backends.
+type IngressRouteStatus struct {
+	Route    string   `json:"route"`
+	Backends []string `json:"backends"`
+}
+
+// IngressUpstream is one endpoint of a backend and its health: healthy, ejected (passive
+// health) or down (active health check).
+type IngressUpstream struct {
+	Backend string `json:"backend"`
+	Address string `json:"address"`
+	Health  string `json:"health"`
+}

@@ -27,7 +27,7 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newStatusCmd(), newPodCmd(), newLabCmd(), newSubnetCmd(), newMTUCmd(), newNetworkCmd(), newClusterCmd(), newServiceCmd(), newApplyCmd(), newDNSCmd(), newBGPCmd(), newPolicyCmd(), newNamespaceCmd())
+	root.AddCommand(newStatusCmd(), newPodCmd(), newLabCmd(), newSubnetCmd(), newMTUCmd(), newNetworkCmd(), newClusterCmd(), newServiceCmd(), newApplyCmd(), newDNSCmd(), newBGPCmd(), newPolicyCmd(), newNamespaceCmd(), newIngressCmd())
 	// A malformed flag value is bad input: exit code 2, one line naming it.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &ExitError{Code: 2, Err: err} })
 	return root

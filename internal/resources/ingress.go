@@ -13,7 +13,19 @@ import (
 const (
 	IngressesPrefix    = "/weft/ingresses/"    // + namespace/name
 	CertificatesPrefix = "/weft/certificates/" // + namespace/name
+	// IngressStatusPrefix holds what each node's weft-ingress serves: + node name.
+	IngressStatusPrefix = "/weft/ingressstatus/"
 )
+
+// ListIngressStatus returns every node's published ingress status.
+func (c Client) ListIngressStatus(ctx context.Context) ([]v1.IngressStatus, error) {
+	return listAs[v1.IngressStatus](ctx, c.Store, IngressStatusPrefix)
+}
+
+// GetCertificate reads one certificate.
+func (c Client) GetCertificate(ctx context.Context, namespace, name string) (v1.Certificate, error) {
+	return getAs[v1.Certificate](ctx, c.Store, CertificatesPrefix+namespace+"/"+name)
+}
 
 // PutIngress creates or replaces an ingress.
 func (c Client) PutIngress(ctx context.Context, in v1.Ingress) error {

@@ -302,3 +302,22 @@ func hashKey(b []byte) uint64 {
 	}
 	return h
 }
+
+// Health reports every endpoint's health by address: healthy, ejected or down.
+func (p *Proxy) Health() map[string]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now().UnixNano()
+	out := make(map[string]string, len(p.endpoints))
+	for addr, e := range p.endpoints {
+		switch {
+		case e.down.Load():
+			out[addr] = "down"
+		case e.ejected.Load() > now:
+			out[addr] = "ejected"
+		default:
+			out[addr] = "healthy"
+		}
+	}
+	return out
+}
