@@ -128,11 +128,11 @@ func newIngressCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			certPEM, err := os.ReadFile(certFile)
 			if err != nil {
-				return usageErr(fmt.Sprintf("--cert: %v", err))
+				return usageErr("--cert: %v", err)
 			}
 			keyPEM, err := os.ReadFile(keyFile)
 			if err != nil {
-				return usageErr(fmt.Sprintf("--key: %v", err))
+				return usageErr("--key: %v", err)
 			}
 			pair, err := tls.X509KeyPair(certPEM, keyPEM)
 			if err != nil {

@@ -14,7 +14,9 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/lab"
 )
 
@@ -56,16 +58,16 @@ func newLabCmd() *cobra.Command {
 	pod := &cobra.Command{Use: "pod", Short: "Pods of a lab"}
 	var node, labels, serve, podNamespace string
 	add := &cobra.Command{
-		Use: "add NAME --node N [--namespace NS] [--labels k=v,...] [--serve tcp:PORT]", Short: "Attach a pod through the real weft-cni exec path", Args: exactArgs(1),
+		Use: "add NAME --node N [--namespace NS] [--labels k=v,...] [--serve tcp:PORT|http:PORT]", Short: "Attach a pod through the real weft-cni exec path", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			port := 0
+			port, serveHTTP := 0, false
 			if serve != "" {
 				proto, p, ok := strings.Cut(serve, ":")
 				n, err := strconv.Atoi(p)
 				if !ok || (proto != "tcp" && proto != "http") || err != nil || n < 1 || n > 65535 {
-					return usageErr("--serve %q: use tcp:PORT", serve)
+					return usageErr("--serve %q: use tcp:PORT or http:PORT", serve)
 				}
-				port = n
+				port, serveHTTP = n, proto == "http"
 			}
 			l, err := load()
 			if err != nil {
@@ -86,7 +88,7 @@ func newLabCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := l.AddPodIn(podNamespace, args[0], nodeName, port, lbls)
+			p, err := l.AddPodServing(podNamespace, args[0], nodeName, port, serveHTTP, lbls)
 			if err != nil {
 				return err
 			}
@@ -97,7 +99,7 @@ func newLabCmd() *cobra.Command {
 	add.Flags().StringVar(&node, "node", "1", "node: its number (1) or its name as status prints it (node1)")
 	add.Flags().StringVar(&labels, "labels", "", "k=v,... (recorded by weft-cni)")
 	add.Flags().StringVar(&podNamespace, "namespace", "default", "the pod's (Kubernetes) namespace")
-	add.Flags().StringVar(&serve, "serve", "", "run a TCP echo server in the pod: tcp:PORT")
+	add.Flags().StringVar(&serve, "serve", "", "run a server in the pod: tcp:PORT (TCP and UDP echo) or http:PORT (HTTP/1.1 and h2c: its name, /ws echo after an upgrade, gRPC health)")
 	rm := &cobra.Command{
 		Use: "rm NAME", Short: "Detach and delete a pod", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -153,6 +155,9 @@ func newLabCmd() *cobra.Command {
 				bgp := ""
 				if r.BGP > 0 {
 					bgp = fmt.Sprintf(", %d BGP sessions and router routes", r.BGP)
+				}
+				if r.Ingress > 0 {
+					bgp += fmt.Sprintf(", %d ingress route probes", r.Ingress)
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%d pings, %d TCP round trips, %d MTUs, %d DF probes, %d service probes%s: %d failures\n", r.Pings, r.TCP, r.MTUs, r.DF, r.Services, bgp, len(r.Failures))
 				for _, f := range r.Failures {
@@ -211,15 +216,22 @@ func newLabCmd() *cobra.Command {
 	etcd.Flags().StringVar(&dataDir, "data-dir", "", "etcd data directory")
 	etcd.Flags().StringVar(&listen, "listen", "", "client address HOST:PORT")
 	var port int
+	var serveHTTP bool
+	var podName string
 	serveCmd := &cobra.Command{
 		Use: "serve", Hidden: true, Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if serveHTTP {
+				return lab.ServeHTTP(podName, port, ctx.Done())
+			}
 			return lab.ServeEcho(port, ctx.Done())
 		},
 	}
 	serveCmd.Flags().IntVar(&port, "port", 8080, "TCP and UDP port")
+	serveCmd.Flags().BoolVar(&serveHTTP, "http", false, "serve HTTP instead of echo")
+	serveCmd.Flags().StringVar(&podName, "pod", "", "the pod's name, in HTTP answers")
 
 	nodeCmd := &cobra.Command{Use: "node", Short: "Nodes of a lab"}
 	var kill bool
@@ -248,7 +260,7 @@ func newLabCmd() *cobra.Command {
 	restart.Flags().BoolVar(&kill, "kill", false, "SIGKILL instead of SIGTERM")
 	nodeCmd.AddCommand(restart)
 
-	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd(), newLabDNSCmd(), newLabBGPCmd())
+	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd(), newLabDNSCmd(), newLabBGPCmd(), newLabIngressCmd())
 	return labCmd
 }
 
@@ -534,4 +546,59 @@ func newLabBGPCmd() *cobra.Command {
 			return usageErr("weft lab bgp peers|routes NODE | router")
 		},
 	}
+}
+
+// newLabIngressCmd is `weft lab ingress`: the lab's ingresses (as weft ingress), and
+// certificates issued by the lab's test CA.
+func newLabIngressCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use: "ingress", Short: "Ingresses of a lab (as weft ingress); cert add issues certificates from the lab's test CA", DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, rest, help := labNameArg(args)
+			if help && len(rest) == 0 {
+				return cmd.Help()
+			}
+			if len(rest) >= 2 && rest[0] == "cert" && rest[1] == "add" {
+				return labCertAdd(cmd, name, rest[2:])
+			}
+			return runInLab(cmd, name, append([]string{"ingress"}, rest...))
+		},
+	}
+	return cmd
+}
+
+// labCertAdd is `weft lab ingress cert add NAME --host H [--host H] [-n NS]`: a
+// certificate for the hosts signed by the lab's CA, stored for ingresses to name. With
+// --cert and --key it stores those files instead.
+func labCertAdd(cmd *cobra.Command, labName string, args []string) error {
+	fs := pflag.NewFlagSet("cert add", pflag.ContinueOnError)
+	hosts := fs.StringArray("host", nil, "a DNS name the certificate is for (repeatable)")
+	certFile := fs.String("cert", "", "a certificate file instead (PEM)")
+	keyFile := fs.String("key", "", "its key (PEM)")
+	ns := fs.StringP("namespace", "n", "default", "namespace")
+	if err := fs.Parse(args); err != nil {
+		return usageErr("%v", err)
+	}
+	if fs.NArg() != 1 {
+		return usageErr("weft lab ingress cert add NAME --host HOST [--host HOST] [-n NS]")
+	}
+	l, err := lab.Load(labName)
+	if err != nil {
+		return err
+	}
+	cf, kf := *certFile, *keyFile
+	if cf == "" {
+		if len(*hosts) == 0 {
+			return usageErr("--host is required (or --cert and --key)")
+		}
+		for _, h := range *hosts {
+			if err := v1.ValidHost(h); err != nil {
+				return badInput(err)
+			}
+		}
+		if cf, kf, err = l.IssueCert(fs.Arg(0), *hosts); err != nil {
+			return err
+		}
+	}
+	return runInLab(cmd, labName, []string{"ingress", "cert", "add", fs.Arg(0), "--cert", cf, "--key", kf, "-n", *ns})
 }

@@ -27,6 +27,7 @@ type Report struct {
 	DF       int      `json:"dfProbes"`
 	Services int      `json:"services"` // service and node port probes
 	BGP      int      `json:"bgp"`      // fabric bgp: sessions and router entries checked
+	Ingress  int      `json:"ingress"`  // ingress routes reached from outside the nodes
 }
 
 // Check tests every pod pair (ICMP, and TCP to pods that serve), each pod's MTU against its
@@ -44,7 +45,7 @@ func (l *Lab) Check() Report {
 	}
 	for _, src := range l.State.Pods {
 		for _, dst := range l.State.Pods {
-			if src == dst || dst.Serve == 0 {
+			if src == dst || dst.Serve == 0 || dst.ServeHTTP {
 				continue
 			}
 			for _, ip := range dst.IPs {
@@ -78,6 +79,7 @@ func (l *Lab) Check() Report {
 		}
 	}
 	l.checkServices(&r, fail)
+	l.checkIngress(&r, fail)
 	checked, problems := l.bgpProblems()
 	r.BGP += checked
 	for _, p := range problems {
@@ -150,7 +152,11 @@ func (l *Lab) startServe(p *Pod, port int) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command("nsenter", "--net="+p.Netns, "--", filepath.Join(l.opts.BinDir, "weft"), "lab", "serve", "--port", fmt.Sprint(port))
+	args := []string{"--net=" + p.Netns, "--", filepath.Join(l.opts.BinDir, "weft"), "lab", "serve", "--port", fmt.Sprint(port)}
+	if p.ServeHTTP {
+		args = append(args, "--http", "--pod", p.Name)
+	}
+	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -54,8 +54,10 @@ type Node struct {
 	Fabric   string         `json:"fabric"`
 	MTU      int            `json:"mtu"`
 	PID      int            `json:"pid"`
-	RunDir   string         `json:"runDir"`
-	StateDir string         `json:"stateDir"`
+	// IngressPID is the node's weft-ingress (on the underlay address, ports 80 and 443).
+	IngressPID int    `json:"ingressPID,omitempty"`
+	RunDir     string `json:"runDir"`
+	StateDir   string `json:"stateDir"`
 }
 
 // Proc is a process the lab started (checked by program name before it is signalled).
@@ -73,7 +75,8 @@ type Pod struct {
 	IPs       []netip.Addr `json:"addresses"`
 	MAC       string       `json:"mac"`
 	MTU       int          `json:"mtu"`
-	Serve     int          `json:"serve,omitempty"` // TCP echo port, 0: none
+	Serve     int          `json:"serve,omitempty"`     // echo (or HTTP) server port, 0: none
+	ServeHTTP bool         `json:"serveHTTP,omitempty"` // the server on Serve speaks HTTP, not echo
 	ServePID  int          `json:"servePID,omitempty"`
 }
 
@@ -144,7 +147,7 @@ func (o *Options) defaults() error {
 		}
 		o.BinDir = filepath.Dir(self)
 	}
-	for _, b := range []string{"weft", "weftd", "weft-cni"} {
+	for _, b := range []string{"weft", "weftd", "weft-cni", "weft-ingress"} {
 		if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
 			return fmt.Errorf("%s not found in %s (build with: go build -o bin/ ./cmd/...)", b, o.BinDir)
 		}
@@ -179,6 +182,9 @@ func Up(opts Options) (*Lab, error) {
 	}()
 	if err := l.upUnderlay(); err != nil {
 		return nil, err
+	}
+	if err := l.makeCA(); err != nil {
+		return nil, fmt.Errorf("the lab's test CA: %w", err)
 	}
 	if l.State.Racks > 1 {
 		if err := l.upRacks(); err != nil {
@@ -229,7 +235,10 @@ func (l *Lab) addNode(i int) error {
 	if err := os.MkdirAll(filepath.Join(l.dir(), name), 0o755); err != nil {
 		return err
 	}
-	return l.startWeftd(n)
+	if err := l.startWeftd(n); err != nil {
+		return err
+	}
+	return l.startIngress(n)
 }
 
 // startWeftd runs the node's weftd and waits until it serves and has its lease.
@@ -312,6 +321,12 @@ func (l *Lab) AddPod(name, nodeName string, serve int, labels map[string]string)
 // AddPodIn is AddPod in a namespace of the pod's own (the pod's name stays unique in the
 // lab: it names its network namespace).
 func (l *Lab) AddPodIn(namespace, name, nodeName string, serve int, labels map[string]string) (*Pod, error) {
+	return l.AddPodServing(namespace, name, nodeName, serve, false, labels)
+}
+
+// AddPodServing is AddPodIn with the kind of server: an echo server, or (serveHTTP) an
+// HTTP server (see ServeHTTP) on port serve.
+func (l *Lab) AddPodServing(namespace, name, nodeName string, serve int, serveHTTP bool, labels map[string]string) (*Pod, error) {
 	n, err := l.node(nodeName)
 	if err != nil {
 		return nil, err
@@ -355,6 +370,7 @@ func (l *Lab) AddPodIn(namespace, name, nodeName string, serve int, labels map[s
 		}
 	}
 	if serve > 0 {
+		p.ServeHTTP = serveHTTP
 		if err := l.startServe(p, serve); err != nil {
 			return p, err
 		}
@@ -422,6 +438,7 @@ func (l *Lab) Down() error {
 		stopPID(p.ServePID, "weft")
 	}
 	for _, n := range l.State.Nodes {
+		stopPID(n.IngressPID, "weft-ingress")
 		stopPID(n.PID, "weftd")
 		// weftd leaves its tcx links pinned (they outlive a restart); unmounting its bpffs
 		// detaches them.

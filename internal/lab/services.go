@@ -99,7 +99,7 @@ func (l *Lab) checkServices(r *Report, fail func(string, ...any)) {
 	serving := map[netip.AddrPort]bool{} // what the lab's echo servers answer
 	for _, p := range l.State.Pods {
 		for _, ip := range p.IPs {
-			if p.Serve != 0 {
+			if p.Serve != 0 && !p.ServeHTTP {
 				serving[netip.AddrPortFrom(ip, uint16(p.Serve))] = true
 			}
 		}

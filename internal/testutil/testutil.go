@@ -107,7 +107,7 @@ var (
 	buildErr  error
 )
 
-// Binaries builds weft-cni, weftd and weft once per test binary and returns their folder.
+// Binaries builds weft-cni, weftd, weft and weft-ingress once per test binary and returns their folder.
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -125,7 +125,7 @@ func Binaries(t testing.TB) string {
 			return
 		}
 		// The same flags as scripts/lib.sh: a static, stripped weft-cni starts ~0.5 ms faster.
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", binDir+"/", "./cmd/weft-cni", "./cmd/weftd", "./cmd/weft")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", binDir+"/", "./cmd/weft-cni", "./cmd/weftd", "./cmd/weft", "./cmd/weft-ingress")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
