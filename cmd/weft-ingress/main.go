@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -41,7 +42,7 @@ func run(args []string) error {
 	hostname, _ := os.Hostname()
 	var (
 		storeURL, node, httpAddrs, httpsAddrs, metricsAddr, logLevel, etcdCA, etcdCert, etcdKey string
-		proxyProtocol, accessLog                                                                bool
+		proxyProtocol, accessLog, pprofOn                                                       bool
 		maxBody                                                                                 int64
 		maxHeader                                                                               int
 	)
@@ -52,6 +53,7 @@ func run(args []string) error {
 	fs.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:9480", "serve /metrics, /healthz and /status on HOST:PORT")
 	fs.BoolVar(&proxyProtocol, "proxy-protocol", false, "connections start with a PROXY protocol v1 header (behind a TCP load balancer)")
 	fs.BoolVar(&accessLog, "access-log", true, "JSON access log on stderr (every request up to 100 a second, then 1 in 100)")
+	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the metrics address")
 	fs.Int64Var(&maxBody, "max-body-bytes", 64<<20, "largest request body")
 	fs.IntVar(&maxHeader, "max-header-bytes", 16<<10, "largest request head")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -132,6 +134,10 @@ func run(args []string) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(ctl.Status())
 	})
+	if pprofOn {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	msrv := &http.Server{Addr: metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	if metricsAddr != "" {
 		go func() {

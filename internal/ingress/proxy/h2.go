@@ -52,7 +52,10 @@ func newH2Handler(p *Proxy) *h2Handler {
 	h.h1 = &http.Transport{
 		Proxy:               nil,
 		DialContext:         dialer.DialContext,
-		MaxIdleConnsPerHost: 64,
+		// HTTP/2 clients multiplex many requests: keep as many upstream connections idle
+		// as are busy at a peak, or each burst dials and closes hundreds.
+		MaxIdleConns:        4096,
+		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     idleUpstreamTTL,
 		ForceAttemptHTTP2:   false,
 	}

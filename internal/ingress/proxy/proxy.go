@@ -77,8 +77,9 @@ type Proxy struct {
 	endpoints map[string]*endpoint // by address: outlive configuration changes
 	checks    map[string]*healthCheck
 
-	conns sync.WaitGroup
-	h2    *h2Handler
+	conns   sync.WaitGroup
+	h2      *h2Handler
+	readers sync.Pool // *bufio.Reader of MaxHeaderBytes+512
 }
 
 // state is one configuration: the table with every route resolved.
@@ -95,6 +96,7 @@ func New(cfg Config, m *Metrics) *Proxy {
 	}
 	p := &Proxy{cfg: cfg, metrics: m, endpoints: map[string]*endpoint{}, checks: map[string]*healthCheck{}}
 	p.log = sampler{perSecond: int64(cfg.LogPerSecond), log: cfg.AccessLog}
+	p.readers.New = func() any { return bufio.NewReaderSize(nil, cfg.MaxHeaderBytes+512) }
 	p.state.Store(&state{table: route.Compile(nil), routes: map[*route.Route]*routeState{}})
 	p.certs.Store(&certStore{byName: map[string]*tls.Certificate{}})
 	p.h2 = newH2Handler(p)
@@ -211,7 +213,11 @@ func (p *Proxy) serveConn(c net.Conn, tcfg *tls.Config) {
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		cc.client = ap.Addr().Unmap()
 	}
-	cc.br = bufio.NewReaderSize(c, p.cfg.MaxHeaderBytes+512)
+	// Buffers come from pools: a connection per request (no keep-alive) must not cost
+	// two fresh 16 KiB buffers and the garbage they make.
+	raw := p.getReader(c)
+	defer p.putReader(raw)
+	cc.br = raw
 	if p.cfg.ProxyProtocol {
 		_ = c.SetReadDeadline(time.Now().Add(p.cfg.ReadHeaderTimeout))
 		client, err := readProxyHeader(cc.br)
@@ -234,8 +240,12 @@ func (p *Proxy) serveConn(c net.Conn, tcfg *tls.Config) {
 			p.h2.serve(tc, cc.client, "https")
 			return
 		}
+		// The raw reader stays with the TLS connection (it may hold records already read);
+		// the plaintext gets a reader of its own.
 		cc.c, cc.scheme = tc, "https"
-		cc.br = bufio.NewReaderSize(tc, p.cfg.MaxHeaderBytes+512)
+		plain := p.getReader(tc)
+		defer p.putReader(plain)
+		cc.br = plain
 	} else {
 		// h2c by prior knowledge: the HTTP/2 connection preface.
 		_ = c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
@@ -245,8 +255,27 @@ func (p *Proxy) serveConn(c net.Conn, tcfg *tls.Config) {
 			return
 		}
 	}
-	cc.bw = bufio.NewWriterSize(cc.c, 16<<10)
+	cc.bw = writerPool.Get().(*bufio.Writer)
+	cc.bw.Reset(cc.c)
 	cc.serve()
+	cc.bw.Reset(nil)
+	writerPool.Put(cc.bw)
+}
+
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+
+// getReader takes a read buffer of the configured size from the pool.
+func (p *Proxy) getReader(r io.Reader) *bufio.Reader {
+	br := p.readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
+}
+
+func (p *Proxy) putReader(br *bufio.Reader) {
+	if br != nil {
+		br.Reset(nil)
+		p.readers.Put(br)
+	}
 }
 
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -297,7 +326,9 @@ func (cc *clientConn) serve() {
 			cc.fail(err)
 			return
 		}
-		_ = cc.c.SetReadDeadline(time.Time{})
+		// The header deadline stays while the request is proxied: nothing is read from the
+		// client meanwhile (a body is read under its own deadline), and the next request
+		// sets the idle one.
 		if !cc.handle() {
 			return
 		}
@@ -648,14 +679,12 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	p, m := cc.p, &cc.req
 	e.active.Add(1)
 	defer e.active.Add(-1)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
 	hasBody := m.contentLength > 0 || m.chunked
 	var up *upConn
 	var reused bool
 	var err error
 	for try := 0; ; try++ {
-		up, reused, err = e.get(ctx)
+		up, reused, err = e.get(deadline)
 		if err != nil {
 			e.failed()
 			p.metrics.connectErrors(e.addr).Inc()
@@ -743,7 +772,7 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	case r.chunked:
 		_, err = copyChunked(cc.bw, up.br, -1, 4096)
 	case r.contentLength >= 0:
-		_, err = io.CopyN(cc.bw, up.br, r.contentLength)
+		err = copyN(cc.bw, up.br, r.contentLength)
 	default:
 		err = copyUntilClose(cc.bw, up.br, !m.http10)
 	}
@@ -772,8 +801,28 @@ func (cc *clientConn) copyBody(w *bufio.Writer) error {
 		_, err := copyChunked(w, cc.br, cc.p.cfg.MaxBodyBytes, 4096)
 		return err
 	}
-	_, err := io.CopyN(w, cc.br, m.contentLength)
-	return err
+	return copyN(w, cc.br, m.contentLength)
+}
+
+// copyN copies n bytes between the two buffers without allocating.
+func copyN(w *bufio.Writer, r *bufio.Reader, n int64) error {
+	for n > 0 {
+		if r.Buffered() == 0 {
+			if _, err := r.Peek(1); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return err
+			}
+		}
+		b, _ := r.Peek(int(min(int64(r.Buffered()), n)))
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		_, _ = r.Discard(len(b))
+		n -= int64(len(b))
+	}
+	return nil
 }
 
 // copyUntilClose relays a body that ends when the endpoint closes, chunked for an
@@ -867,7 +916,8 @@ func (cc *clientConn) writeUpstreamHead(rs *routeState, w *bufio.Writer, path, q
 		w.WriteString("Transfer-Encoding: chunked\r\n")
 	case m.contentLength >= 0:
 		w.WriteString("Content-Length: ")
-		w.WriteString(strconv.FormatInt(m.contentLength, 10))
+		cc.line = strconv.AppendInt(cc.line[:0], m.contentLength, 10)
+		w.Write(cc.line)
 		w.WriteString("\r\n")
 	}
 	w.WriteString("\r\n")
@@ -907,7 +957,8 @@ func writeHeaderChanges(w *bufio.Writer, hc *v1.HeaderChanges) {
 func (cc *clientConn) writeResponseHead(rs *routeState, r *message, e *endpoint, setAffinity, closing bool) {
 	w := cc.bw
 	w.WriteString("HTTP/1.1 ")
-	w.WriteString(strconv.Itoa(r.status))
+	cc.line = strconv.AppendInt(cc.line[:0], int64(r.status), 10)
+	w.Write(cc.line)
 	w.WriteByte(' ')
 	if len(r.reason) > 0 {
 		w.Write(r.reason)
@@ -940,7 +991,8 @@ func (cc *clientConn) writeResponseHead(rs *routeState, r *message, e *endpoint,
 		switch {
 		case r.contentLength >= 0 && !r.chunked:
 			w.WriteString("Content-Length: ")
-			w.WriteString(strconv.FormatInt(r.contentLength, 10))
+			cc.line = strconv.AppendInt(cc.line[:0], r.contentLength, 10)
+			w.Write(cc.line)
 			w.WriteString("\r\n")
 		case noBody:
 		case !cc.req.http10:

@@ -51,8 +51,8 @@ const (
 
 var dialer = net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 
-// get returns an idle connection (reused: true) or dials one.
-func (e *endpoint) get(ctx context.Context) (*upConn, bool, error) {
+// get returns an idle connection (reused: true) or dials one by deadline.
+func (e *endpoint) get(deadline time.Time) (*upConn, bool, error) {
 	now := time.Now()
 	e.mu.Lock()
 	for n := len(e.idle); n > 0; n = len(e.idle) {
@@ -65,6 +65,8 @@ func (e *endpoint) get(ctx context.Context) (*upConn, bool, error) {
 		c.Close()
 	}
 	e.mu.Unlock()
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
 	nc, err := dialer.DialContext(ctx, "tcp", e.addr)
 	if err != nil {
 		e.connectErrors.Add(1)
@@ -82,8 +84,7 @@ func (e *endpoint) put(c *upConn) {
 		c.Close()
 		return
 	}
-	_ = c.SetDeadline(time.Time{})
-	c.used = time.Now()
+	c.used = time.Now() // its deadline stays: the next user sets its own
 	e.mu.Lock()
 	if len(e.idle) >= maxIdlePerEndpoint {
 		e.mu.Unlock()
