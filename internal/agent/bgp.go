@@ -214,6 +214,9 @@ func (f *bgpFabric) syncKernel() error {
 		f.syncedAt = time.Now()
 	}
 	synced = synced && time.Since(f.syncedAt) >= sweepGrace
+	// Once swept, the kernel follows the speaker both ways whatever happens to Synced
+	// later (a new peer set waits for its End-of-RIBs): a withdrawal must not wait.
+	synced = synced || f.swept.Load()
 	res, err := f.kern.Sync(want, synced)
 	if synced && err == nil {
 		f.swept.Store(true)

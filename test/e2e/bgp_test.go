@@ -208,7 +208,11 @@ func testBGPRacks(t *testing.T, tor string) {
 				break
 			}
 			if time.Since(start) > time.Second {
-				t.Fatalf("%s still routes node3's %s %v after its removal:\n%s", n.Name, gone, time.Since(start), routes)
+				view, _ := l.run("bgp", "routes", n.Name)
+				logb, _ := os.ReadFile(filepath.Join("/run/weft-lab", l.name, n.Name, "weftd.log"))
+				lines := strings.Split(strings.TrimSpace(string(logb)), "\n")
+				t.Fatalf("%s still routes node3's %s %v after its removal:\n%s\nits speaker:\n%s\nits log (end):\n%s", n.Name, gone, time.Since(start), routes,
+					view, strings.Join(lines[max(0, len(lines)-25):], "\n"))
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
