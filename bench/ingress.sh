@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 PASSES=${PASSES:-3}
 T=${T:-5}        # seconds per wrk/h2load run
 WARMUP=${WARMUP:-1}
+TESTS=${TESTS:-keepalive newconn tlsnew h2}
 
 if [ "${WEFT_INGRESS_BENCH_NS:-}" != 1 ]; then
   missing=()
@@ -170,8 +171,10 @@ ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ 
 results=$d/results
 : >"$results"
 for pass in $(seq "$PASSES"); do
-  for test in keepalive newconn tlsnew h2; do
-    for p in "${proxies[@]}"; do
+  for test in $TESTS; do
+    # The order rotates each pass, so no proxy always runs first (or right after another).
+    order=("${proxies[@]:$(( (pass - 1) % 4 ))}" "${proxies[@]:0:$(( (pass - 1) % 4 ))}")
+    for p in "${order[@]}"; do
       url="http://127.0.0.1:${PORT[$p]}/"
       tls_url="https://127.0.0.1:${TLSPORT[$p]}/"
       case $test in
