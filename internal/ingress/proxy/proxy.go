@@ -22,7 +22,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -696,9 +695,6 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 		if !hasBody {
 			err = up.bw.Flush()
 			if err == nil {
-				// Let other connections run first: the answer is rarely there yet, and a read
-				// now would only fail (EAGAIN) and park.
-				runtime.Gosched()
 				_, err = up.br.Peek(1) // the response starts (a stale pooled connection fails here)
 			}
 			if err != nil && reused && try == 0 && !isTimeout(err) {
