@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	v1 "github.com/weftnet/weft/api/v1"
@@ -641,15 +642,15 @@ func (cc *clientConn) forward(rs *routeState, path, query string, start time.Tim
 	deadline := start.Add(timeout)
 	hash, hasHash := cc.requestHash(rs)
 	e, _ := cc.affinityEndpoint(rs)
-	var last *endpoint
+	var tried [maxTries]*endpoint // a retry goes to an endpoint not tried yet (if any)
 	for attempt := 0; ; attempt++ {
 		if e == nil || attempt > 0 {
-			e, _ = rs.pick(hash, hasHash, last)
+			e, _ = rs.pick(hash, hasHash, &tried)
 		}
 		if e == nil {
 			return cc.answer(503, "no endpoints", start, rs)
 		}
-		last = e
+		tried[attempt%maxTries] = e
 		status, done, keep := cc.exchange(rs, e, path, query, deadline, attempt == 0 && rs.Balance != nil && rs.Balance.AffinityCookie != "")
 		if done {
 			p.observe(rs, cc, status, start, e.addr)
@@ -686,7 +687,11 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	for try := 0; ; try++ {
 		up, reused, err = e.get(deadline)
 		if err != nil {
-			e.failed()
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				e.refused()
+			} else {
+				e.failed()
+			}
 			p.metrics.connectErrors(e.addr).Inc()
 			return 0, false, false
 		}

@@ -352,10 +352,13 @@ func (j *cookieJar) Cookies(*url.URL) []*http.Cookie { j.mu.Lock(); defer j.mu.U
 // TestEndpointFailure: a killed endpoint costs no failed request (retries), and is
 // ejected after a few failures.
 func TestEndpointFailure(t *testing.T) {
-	a, b := newBackend(t, "a", false), newBackend(t, "b", false)
+	// Two of three endpoints die (a pod's IPv4 and IPv6 addresses, say): two retries find
+	// the live one, because a retry never goes back to an endpoint the request tried.
+	a, b, c := newBackend(t, "a", false), newBackend(t, "b", false), newBackend(t, "c", false)
 	p, addr := proxyUnder(t, Config{})
-	update(p, ing(v1.Route{Path: "/", Backends: to("ab"), Retries: &v1.RetryPolicy{Attempts: 2}}), map[string][]*backend{"ns/ab:80": {a, b}})
+	update(p, ing(v1.Route{Path: "/", Backends: to("abc"), Retries: &v1.RetryPolicy{Attempts: 2}}), map[string][]*backend{"ns/abc:80": {a, b, c}})
 	b.srv.Close()
+	c.srv.Close()
 	for i := range 50 {
 		if resp := get(t, http.DefaultClient, "http://"+addr+"/", "app.example"); resp.StatusCode != 200 {
 			t.Fatalf("request %d after an endpoint died: %d", i, resp.StatusCode)

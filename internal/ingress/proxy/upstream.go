@@ -114,8 +114,13 @@ func (e *endpoint) usable(now int64) bool {
 // while it keeps failing, at most 30 s); a success ends the streak.
 const ejectAfter = 3
 
-func (e *endpoint) failed() {
-	if e.fails.Add(1) < ejectAfter {
+func (e *endpoint) failed() { e.failedBy(ejectAfter) }
+
+// refused: nothing listens there (connection refused): out at once.
+func (e *endpoint) refused() { e.failedBy(1) }
+
+func (e *endpoint) failedBy(threshold int32) {
+	if e.fails.Add(1) < threshold {
 		return
 	}
 	e.fails.Store(0)
@@ -185,7 +190,7 @@ type weighted struct {
 // pick chooses an endpoint for a request: a backend by weight, then an endpoint of it by
 // the route's policy, skipping unusable ones (all unusable: any of them, so a route never
 // fails only because every endpoint was ejected). hash is the request's hash key (0: none).
-func (rs *routeState) pick(hash uint64, hasHash bool, exclude *endpoint) (*endpoint, bool) {
+func (rs *routeState) pick(hash uint64, hasHash bool, tried *[maxTries]*endpoint) (*endpoint, bool) {
 	if rs.total == 0 {
 		return nil, false
 	}
@@ -210,7 +215,7 @@ func (rs *routeState) pick(hash uint64, hasHash bool, exclude *endpoint) (*endpo
 		}
 	}
 	now := time.Now().UnixNano()
-	ok := func(e *endpoint) bool { return e != exclude && e.usable(now) }
+	ok := func(e *endpoint) bool { return !wasTried(tried, e) && e.usable(now) }
 	switch {
 	case hasHash:
 		i := sort.Search(len(w.svc.points), func(i int) bool { return w.svc.points[i] >= uint32(hash>>32) })
@@ -246,11 +251,26 @@ func (rs *routeState) pick(hash uint64, hasHash bool, exclude *endpoint) (*endpo
 		}
 	}
 	for _, e := range eps {
-		if e != exclude {
+		if !wasTried(tried, e) {
 			return e, w.h2c
 		}
 	}
 	return eps[0], w.h2c
+}
+
+// maxTries bounds the attempts of one request (the first and at most five retries).
+const maxTries = 6
+
+func wasTried(tried *[maxTries]*endpoint, e *endpoint) bool {
+	if tried == nil {
+		return false
+	}
+	for _, t := range tried {
+		if t == e {
+			return true
+		}
+	}
+	return false
 }
 
 func (rs *routeState) byWeight(x int) weighted {
