@@ -261,20 +261,20 @@ func TestParseIngressRefuses(t *testing.T) {
 	}
 	weft := "apiVersion: weft/v1\nkind: Ingress\nmetadata: {name: i}\n"
 	for in, want := range map[string]string{
-		"apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i, annotations: {nginx.ingress.kubernetes.io/rewrite-target: /}}\nspec: {}": "metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]",
-		path("{path: /, pathType: ImplementationSpecific, backend: {service: {name: s, port: {number: 80}}}}"):                                           "pathType \"ImplementationSpecific\"",
-		path("{path: /, pathType: Prefix, backend: {resource: {kind: Bucket, name: b}}}"):                                                                   "field \"resource\" is not supported",
-		path("{path: x, pathType: Prefix, backend: {service: {name: s, port: {number: 80}}}}"):                                                              "path: \"x\" must start with",
-		path("{path: /a/../b, pathType: Prefix, backend: {service: {name: s, port: {number: 80}}}}"):                                                        "no \".\" or \"..\" segments",
-		path("{path: /, pathType: Prefix, backend: {service: {name: s}}}"):                                                                                  "port: give the service's port number or its name",
-		head + "spec: {rules: [{host: \"a.*.example\", http: {paths: [{path: /, pathType: Exact, backend: {service: {name: s, port: {number: 1}}}}]}}]}": "hosts[0].host",
-		head + "spec: {ingressClassName: nginx, defaultBackend: {service: {name: s, port: {number: 1}}}}":                                                 "another controller",
-		head + "spec: {tls: [{hosts: [a.example]}], defaultBackend: {service: {name: s, port: {number: 1}}}}":                                             "secretName is required",
+		"apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i, annotations: {nginx.ingress.kubernetes.io/rewrite-target: /}}\nspec: {}":         "metadata.annotations[nginx.ingress.kubernetes.io/rewrite-target]",
+		path("{path: /, pathType: ImplementationSpecific, backend: {service: {name: s, port: {number: 80}}}}"):                                                 "pathType \"ImplementationSpecific\"",
+		path("{path: /, pathType: Prefix, backend: {resource: {kind: Bucket, name: b}}}"):                                                                      "field \"resource\" is not supported",
+		path("{path: x, pathType: Prefix, backend: {service: {name: s, port: {number: 80}}}}"):                                                                 "path: \"x\" must start with",
+		path("{path: /a/../b, pathType: Prefix, backend: {service: {name: s, port: {number: 80}}}}"):                                                           "no \".\" or \"..\" segments",
+		path("{path: /, pathType: Prefix, backend: {service: {name: s}}}"):                                                                                     "port: give the service's port number or its name",
+		head + "spec: {rules: [{host: \"a.*.example\", http: {paths: [{path: /, pathType: Exact, backend: {service: {name: s, port: {number: 1}}}}]}}]}":       "hosts[0].host",
+		head + "spec: {ingressClassName: nginx, defaultBackend: {service: {name: s, port: {number: 1}}}}":                                                      "another controller",
+		head + "spec: {tls: [{hosts: [a.example]}], defaultBackend: {service: {name: s, port: {number: 1}}}}":                                                  "secretName is required",
 		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], requestHeaders: {set: [{name: X, value: \"a\\r\\nB: c\"}]}}]}]}": "control characters",
-		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], balance: {policy: Hash, hashOn: \"query:x\"}}]}]}":           "balance.hashOn",
-		weft + "spec: {hosts: [{host: a.example, routes: [{redirect: {statusCode: 200}}]}]}":                                                                "redirect.statusCode",
-		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], redirect: {scheme: https}}]}]}":                              "exactly one",
-		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], mirror: x}]}]}":                                               "field \"mirror\" is not supported",
+		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], balance: {policy: Hash, hashOn: \"query:x\"}}]}]}":               "balance.hashOn",
+		weft + "spec: {hosts: [{host: a.example, routes: [{redirect: {statusCode: 200}}]}]}":                                                                   "redirect.statusCode",
+		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], redirect: {scheme: https}}]}]}":                                  "exactly one",
+		weft + "spec: {hosts: [{host: a.example, routes: [{backends: [{service: s, port: 1}], mirror: x}]}]}":                                                  "field \"mirror\" is not supported",
 	} {
 		if _, err := Parse([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want %q", in, err, want)

@@ -50,8 +50,7 @@ type h2Target struct {
 func newH2Handler(p *Proxy) *h2Handler {
 	h := &h2Handler{p: p, srv: &http2.Server{MaxConcurrentStreams: 250, IdleTimeout: p.cfg.IdleTimeout, MaxReadFrameSize: 1 << 20}}
 	h.h1 = &http.Transport{
-		Proxy:               nil,
-		DialContext:         dialer.DialContext,
+		DialContext: dialer.DialContext,
 		// HTTP/2 clients multiplex many requests: keep as many upstream connections idle
 		// as are busy at a peak, or each burst dials and closes hundreds.
 		MaxIdleConns:        4096,
