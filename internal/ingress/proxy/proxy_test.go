@@ -574,3 +574,60 @@ func hpackEncoder(buf *bytes.Buffer) func(kv ...string) {
 		}
 	}
 }
+
+// BenchmarkKeepAlive measures one keep-alive request through the proxy to a raw HTTP/1.1
+// backend on loopback; allocs/op is the figure to watch (the data path allocates nothing).
+func BenchmarkKeepAlive(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + strings.Repeat("x", 100))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := readHead(br, 1<<16); err != nil {
+						return
+					}
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	p := New(Config{}, nil)
+	pl, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer pl.Close()
+	go p.Serve(pl, false)
+	p.Update(route.Compile(ing(v1.Route{Path: "/", Backends: to("a")})), map[string][]netip.AddrPort{"ns/a:80": {netip.MustParseAddrPort(ln.Addr().String())}})
+	c, err := net.Dial("tcp", pl.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req := []byte("GET / HTTP/1.1\r\nHost: app.example\r\n\r\n")
+	body := make([]byte, 100)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := readHead(br, 1<<16); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(br, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
