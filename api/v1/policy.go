@@ -250,14 +250,16 @@ func (n Namespace) LabelsWithName() map[string]string {
 // PolicyDrop is a packet a node dropped because no network policy allowed it, or because
 // a pod sent it from an address or MAC not its own.
 type PolicyDrop struct {
-	Seq       uint64     `json:"seq"`
-	Time      time.Time  `json:"time"`
-	Pod       string     `json:"pod"`       // namespace/name of the policed pod
-	Direction string     `json:"direction"` // ingress or egress
-	Reason    string     `json:"reason"`    // "policy" or "spoofed source"
-	Protocol  string     `json:"protocol"`
-	Src       netip.Addr `json:"src"`
-	Dst       netip.Addr `json:"dst"`
-	SrcPort   uint16     `json:"srcPort,omitempty"`
-	DstPort   uint16     `json:"dstPort,omitempty"`
+	Seq       uint64    `json:"seq"`
+	Time      time.Time `json:"time"`
+	Pod       string    `json:"pod"`       // namespace/name of the policed pod
+	Direction string    `json:"direction"` // ingress or egress
+	Reason    string    `json:"reason"`    // "policy" or "spoofed source"
+	// Policies select the pod in that direction (namespace/name): none of them allowed it.
+	Policies []string   `json:"policies,omitempty"`
+	Protocol string     `json:"protocol"`
+	Src      netip.Addr `json:"src"`
+	Dst      netip.Addr `json:"dst"`
+	SrcPort  uint16     `json:"srcPort,omitempty"`
+	DstPort  uint16     `json:"dstPort,omitempty"`
 }

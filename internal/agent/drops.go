@@ -14,7 +14,7 @@ import (
 // dropLog keeps the recent drops the nflog group reported (weft policy log): those of the
 // policy table and of anti-spoofing, which log to the same group with their chain's name.
 type dropLog struct {
-	policy, spoof func(chain string) string // chain → "ns/name direction", or ""
+	policy, spoof func(chain string) string // chain → "ns/name direction [policies]", or ""
 
 	mu    sync.Mutex
 	drops []v1.PolicyDrop // a ring, newest last
@@ -46,11 +46,16 @@ func (l *dropLog) logged(d nftpolicy.Drop) {
 	if name != nil {
 		who = name(d.Chain)
 	}
-	pod, dir, _ := strings.Cut(who, " ")
+	pod, rest, _ := strings.Cut(who, " ")
+	dir, policies, _ := strings.Cut(rest, " ")
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.seq++
-	l.drops = append(l.drops, v1.PolicyDrop{Seq: l.seq, Time: d.Time, Pod: pod, Direction: dir, Reason: reason, Protocol: d.Proto,
+	var sel []string
+	if policies != "" {
+		sel = strings.Split(policies, ",")
+	}
+	l.drops = append(l.drops, v1.PolicyDrop{Seq: l.seq, Time: d.Time, Pod: pod, Direction: dir, Reason: reason, Policies: sel, Protocol: d.Proto,
 		Src: d.Src, Dst: d.Dst, SrcPort: d.SPort, DstPort: d.DPort})
 	if len(l.drops) > dropsKept {
 		l.drops = append(l.drops[:0:0], l.drops[len(l.drops)-dropsKept:]...)

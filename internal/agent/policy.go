@@ -41,7 +41,8 @@ type policyEnforcer struct {
 	pods    prometheus.Gauge
 
 	// Drops: each sync rewrites the table (and its counters), so what the chains counted
-	// is added to totals first; chains maps the table's chains to "ns/name direction".
+	// is added to totals first; chains maps the table's chains to "ns/name direction
+	// policy,policy" (the policies selecting the pod in that direction).
 	mu     sync.Mutex
 	totals map[string]uint64
 	chains map[string]string
@@ -114,7 +115,9 @@ func (e *policyEnforcer) sync() error {
 		}
 		id := podID(p.Namespace, p.Name, p.ContainerID)
 		st.Pods = append(st.Pods, nftpolicy.Pod{ID: id, IPs: p.IPs, Rules: rules})
-		chains["i-"+id], chains["e-"+id] = p.Namespace+"/"+p.Name+" ingress", p.Namespace+"/"+p.Name+" egress"
+		ing, eg := model.Selecting(p)
+		chains["i-"+id] = p.Namespace + "/" + p.Name + " ingress " + strings.Join(ing, ",")
+		chains["e-"+id] = p.Namespace + "/" + p.Name + " egress " + strings.Join(eg, ",")
 		for _, ip := range p.IPs {
 			policed[ip] = true
 		}
@@ -157,7 +160,8 @@ func (e *policyEnforcer) sync() error {
 type policyDrops struct{ e *policyEnforcer }
 
 var policyDropsDesc = prometheus.NewDesc("weft_policy_drops_total",
-	"Packets of new connections dropped because no network policy selecting the pod allowed them.", []string{"pod", "direction"}, nil)
+	"Packets of new connections dropped because no network policy selecting the pod allowed them, by pod, direction and the policies (namespace/name, comma separated) that select it.",
+	[]string{"pod", "direction", "policies"}, nil)
 
 func (policyDrops) Describe(ch chan<- *prometheus.Desc) { ch <- policyDropsDesc }
 
@@ -174,8 +178,9 @@ func (d policyDrops) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for k, n := range sum {
-		pod, dir, _ := strings.Cut(k, " ")
-		ch <- prometheus.MustNewConstMetric(policyDropsDesc, prometheus.CounterValue, float64(n), pod, dir)
+		pod, rest, _ := strings.Cut(k, " ")
+		dir, policies, _ := strings.Cut(rest, " ")
+		ch <- prometheus.MustNewConstMetric(policyDropsDesc, prometheus.CounterValue, float64(n), pod, dir, policies)
 	}
 }
 

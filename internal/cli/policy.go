@@ -192,6 +192,8 @@ func newPolicyCmd() *cobra.Command {
 					why := ""
 					if d.Reason != "" && d.Reason != "policy" {
 						why = ": " + d.Reason
+					} else if len(d.Policies) > 0 {
+						why = " (no rule of " + strings.Join(d.Policies, ", ") + " allows it)"
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "%s %s %s -> %s dropped at the %s of %s%s\n",
 						d.Time.Format("15:04:05.000"), d.Protocol, src, dst, d.Direction, d.Pod, why)

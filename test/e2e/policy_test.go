@@ -185,7 +185,7 @@ spec:
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if m := regexp.MustCompile(`weft_policy_drops_total\{direction="ingress",pod="default/web"\} (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
+	if m := regexp.MustCompile(`weft_policy_drops_total\{direction="ingress",pod="default/web",policies="default/web-from-clients"\} (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
 		t.Errorf("no ingress drops counted for default/web: %s", m)
 	}
 
