@@ -1,7 +1,6 @@
 package manifest
 
 import (
-	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -54,19 +53,28 @@ func (b k8sIngressBackend) toV1(where string) (v1.Backend, error) {
 	return v1.Backend{Service: b.Service.Name, Port: b.Service.Port.Number, PortName: b.Service.Port.Name}, nil
 }
 
-func parseIngress(js []byte) (*v1.Ingress, error) {
+// objectMeta decodes an object's envelope and metadata strictly; the name is required.
+func objectMeta(js []byte, kind string) (k8sObject, k8sMetadata, error) {
 	var obj k8sObject
-	if err := strict(js, &obj, "Ingress"); err != nil {
-		return nil, err
-	}
 	var meta k8sMetadata
+	if err := strict(js, &obj, kind); err != nil {
+		return obj, meta, err
+	}
 	if len(obj.Metadata) > 0 {
-		if err := strict(obj.Metadata, &meta, "Ingress metadata"); err != nil {
-			return nil, err
+		if err := strict(obj.Metadata, &meta, kind+" metadata"); err != nil {
+			return obj, meta, err
 		}
 	}
 	if meta.Name == "" {
-		return nil, errors.New("Ingress: metadata.name is required")
+		return obj, meta, fmt.Errorf("%s: metadata.name is required", kind)
+	}
+	return obj, meta, nil
+}
+
+func parseIngress(js []byte) (*v1.Ingress, error) {
+	obj, meta, err := objectMeta(js, "Ingress")
+	if err != nil {
+		return nil, err
 	}
 	where := "Ingress " + meta.Name
 	// Annotations are how other controllers take settings in strings; weft takes none, and
@@ -146,18 +154,9 @@ func parseIngress(js []byte) (*v1.Ingress, error) {
 const WeftAPIVersion = "weft/v1"
 
 func parseWeftIngress(js []byte) (*v1.Ingress, error) {
-	var obj k8sObject
-	if err := strict(js, &obj, "Ingress"); err != nil {
+	obj, meta, err := objectMeta(js, "Ingress")
+	if err != nil {
 		return nil, err
-	}
-	var meta k8sMetadata
-	if len(obj.Metadata) > 0 {
-		if err := strict(obj.Metadata, &meta, "Ingress metadata"); err != nil {
-			return nil, err
-		}
-	}
-	if meta.Name == "" {
-		return nil, errors.New("Ingress: metadata.name is required")
 	}
 	where := "Ingress " + meta.Name
 	in := &v1.Ingress{}

@@ -1,7 +1,6 @@
 package manifest
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -61,18 +60,9 @@ func (s k8sSelector) toV1() v1.LabelSelector {
 }
 
 func parsePolicy(js []byte) (*v1.NetworkPolicy, error) {
-	var obj k8sObject
-	if err := strict(js, &obj, "NetworkPolicy"); err != nil {
+	obj, meta, err := objectMeta(js, "NetworkPolicy")
+	if err != nil {
 		return nil, err
-	}
-	var meta k8sMetadata
-	if len(obj.Metadata) > 0 {
-		if err := strict(obj.Metadata, &meta, "NetworkPolicy metadata"); err != nil {
-			return nil, err
-		}
-	}
-	if meta.Name == "" {
-		return nil, errors.New("NetworkPolicy: metadata.name is required")
 	}
 	where := "NetworkPolicy " + meta.Name
 	var spec k8sPolicySpec

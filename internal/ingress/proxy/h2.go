@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -157,27 +156,7 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	rs := st.routes[rt]
 	if rd := rt.Redirect; rd != nil {
-		s, host := rd.Scheme, rd.Host
-		if s == "" {
-			s = scheme
-		}
-		if host == "" {
-			host = normalizeHost([]byte(r.Host))
-		}
-		if rd.Port != 0 && !(s == "http" && rd.Port == 80) && !(s == "https" && rd.Port == 443) {
-			host += ":" + strconv.Itoa(rd.Port)
-		}
-		if rd.Path != "" {
-			path = rd.Path
-		}
-		loc := s + "://" + host + path
-		if query != "" {
-			loc += "?" + query
-		}
-		code := rd.StatusCode
-		if code == 0 {
-			code = 301
-		}
+		loc, code := redirectTarget(rd, scheme, normalizeHost([]byte(r.Host)), path, query)
 		w.Header().Set("Location", loc)
 		w.WriteHeader(code)
 		p.observe(rs, cc, code, start, "")

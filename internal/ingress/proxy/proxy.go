@@ -427,29 +427,7 @@ func (cc *clientConn) answer(status int, body string, start time.Time, rs *route
 }
 
 func (cc *clientConn) redirect(rs *routeState, path, query string, start time.Time) bool {
-	rd := rs.Redirect
-	scheme := rd.Scheme
-	if scheme == "" {
-		scheme = cc.scheme
-	}
-	host := rd.Host
-	if host == "" {
-		host = cc.view.host
-	}
-	if rd.Port != 0 && !(scheme == "http" && rd.Port == 80) && !(scheme == "https" && rd.Port == 443) {
-		host += ":" + strconv.Itoa(rd.Port)
-	}
-	if rd.Path != "" {
-		path = rd.Path
-	}
-	loc := scheme + "://" + host + path
-	if query != "" {
-		loc += "?" + query
-	}
-	code := rd.StatusCode
-	if code == 0 {
-		code = 301
-	}
+	loc, code := redirectTarget(rs.Redirect, cc.scheme, cc.view.host, path, query)
 	closing := cc.req.close || cc.req.contentLength > 0 || cc.req.chunked
 	bw := cc.bw
 	bw.WriteString("HTTP/1.1 ")
@@ -466,6 +444,33 @@ func (cc *clientConn) redirect(rs *routeState, path, query string, start time.Ti
 	_ = bw.Flush()
 	cc.p.observe(rs, cc, code, start, "")
 	return !closing
+}
+
+// redirectTarget is where a redirect route sends a request (scheme, host and path as
+// the request had them unless the route sets them; the default port of the scheme left
+// out), and with which status.
+func redirectTarget(rd *v1.Redirect, scheme, host, path, query string) (string, int) {
+	if rd.Scheme != "" {
+		scheme = rd.Scheme
+	}
+	if rd.Host != "" {
+		host = rd.Host
+	}
+	if rd.Port != 0 && !(scheme == "http" && rd.Port == 80) && !(scheme == "https" && rd.Port == 443) {
+		host += ":" + strconv.Itoa(rd.Port)
+	}
+	if rd.Path != "" {
+		path = rd.Path
+	}
+	loc := scheme + "://" + host + path
+	if query != "" {
+		loc += "?" + query
+	}
+	code := rd.StatusCode
+	if code == 0 {
+		code = 301
+	}
+	return loc, code
 }
 
 // splitTarget takes an origin-form target apart (absolute-form: its path), refusing what
@@ -944,17 +949,13 @@ func changedHeader(hc *v1.HeaderChanges, name []byte) bool {
 }
 
 func writeHeaderChanges(w *bufio.Writer, hc *v1.HeaderChanges) {
-	for _, s := range hc.Set {
-		w.WriteString(s.Name)
-		w.WriteString(": ")
-		w.WriteString(s.Value)
-		w.WriteString("\r\n")
-	}
-	for _, a := range hc.Add {
-		w.WriteString(a.Name)
-		w.WriteString(": ")
-		w.WriteString(a.Value)
-		w.WriteString("\r\n")
+	for _, hs := range [][]v1.HeaderMatch{hc.Set, hc.Add} {
+		for _, h := range hs {
+			w.WriteString(h.Name)
+			w.WriteString(": ")
+			w.WriteString(h.Value)
+			w.WriteString("\r\n")
+		}
 	}
 }
 
