@@ -96,11 +96,11 @@ func (s *antispoofSync) sync() error {
 	sort.Slice(ports, func(i, j int) bool { return ports[i].IfName < ports[j].IfName })
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	live, err := antispoof.Drops(-1)
+	live, chains, err := antispoof.DropsAndChains(-1)
 	if err != nil {
 		return err
 	}
-	if antispoof.Same(ports, s.last) && len(live) == 2*len(ports) {
+	if antispoof.Same(ports, s.last) && chains == 2*len(ports) {
 		return nil // unchanged, and both tables are whole: keep their counters
 	}
 	for chain, n := range live {

@@ -73,3 +73,30 @@ func Conn(nsFd int) (*nftables.Conn, error) {
 	}
 	return nftables.New()
 }
+
+// ChainCounters adds up the counters of each chain of table (family, name) that keep
+// accepts: chain name → packets. No such table: none.
+func ChainCounters(c *nftables.Conn, family nftables.TableFamily, table string, keep func(chain string) bool) (map[string]uint64, error) {
+	chains, err := c.ListChainsOfTableFamily(family)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for _, ch := range chains {
+		if ch.Table.Name != table || !keep(ch.Name) {
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if cnt, ok := e.(*expr.Counter); ok {
+					out[ch.Name] += cnt.Packets
+				}
+			}
+		}
+	}
+	return out, nil
+}

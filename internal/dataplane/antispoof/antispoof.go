@@ -181,34 +181,29 @@ func ifname(s string) []byte {
 // Drops reads the drop counters of both tables: chain name to packets dropped since the
 // tables were written.
 func Drops(nsFd int) (map[string]uint64, error) {
+	out, _, err := DropsAndChains(nsFd)
+	return out, err
+}
+
+// DropsAndChains is Drops, and the number of pod chains both tables hold (twice the
+// pods when both are whole).
+func DropsAndChains(nsFd int) (map[string]uint64, int, error) {
 	c, err := nftexpr.Conn(nsFd)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	out := map[string]uint64{}
+	out, chains := map[string]uint64{}, 0
 	for _, fam := range families {
-		chains, err := c.ListChainsOfTableFamily(fam)
+		counts, err := nftexpr.ChainCounters(c, fam, dataplane.TableAntiSpoof, func(chain string) bool { return strings.HasPrefix(chain, ChainPrefix) })
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		for _, ch := range chains {
-			if ch.Table.Name != dataplane.TableAntiSpoof || !strings.HasPrefix(ch.Name, ChainPrefix) {
-				continue
-			}
-			rules, err := c.GetRules(ch.Table, ch)
-			if err != nil {
-				return nil, err
-			}
-			for _, r := range rules {
-				for _, e := range r.Exprs {
-					if cnt, ok := e.(*expr.Counter); ok {
-						out[ch.Name] += cnt.Packets
-					}
-				}
-			}
+		chains += len(counts)
+		for chain, n := range counts {
+			out[chain] += n
 		}
 	}
-	return out, nil
+	return out, chains, nil
 }
 
 // Same reports whether two port lists program the same tables.

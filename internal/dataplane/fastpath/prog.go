@@ -216,15 +216,9 @@ func newEndpointMapSpec() *ebpf.MapSpec {
 // (a spoofed source, but also IPv6 link-local neighbour discovery and ARP) goes to "pass",
 // the kernel's path, where the anti-spoofing table judges it. R6 is the context.
 func sourceCheck(m *ebpf.Map) asm.Instructions {
-	insns := asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-	}
+	insns := ethernet("", "pass")
 	insns = append(insns, sourceKey(asm.R2, 0, "src", "src", "pass")...)
-	return append(insns, asm.Instructions{
+	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()).WithSymbol("src"),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -16),
@@ -233,11 +227,9 @@ func sourceCheck(m *ebpf.Map) asm.Instructions {
 		asm.LoadMem(asm.R5, asm.R0, 0, asm.Word),
 		asm.LoadMem(asm.R4, asm.R6, skbIfindex, asm.Word),
 		asm.JNE.Reg(asm.R5, asm.R4, "pass"),
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+	}...)
+	insns = append(insns, ethernet("", "pass")...)
+	return append(insns, asm.Instructions{
 		asm.LoadMem(asm.R5, asm.R2, 6, asm.Word),
 		asm.LoadMem(asm.R4, asm.R0, 4, asm.Word),
 		asm.JNE.Reg(asm.R5, asm.R4, "pass"),
@@ -245,6 +237,23 @@ func sourceCheck(m *ebpf.Map) asm.Instructions {
 		asm.LoadMem(asm.R4, asm.R0, 8, asm.Half),
 		asm.JNE.Reg(asm.R5, asm.R4, "pass"),
 	}...)
+}
+
+// ethernet loads the packet pointers from the context in R6 (R2 data, R3 data_end) and
+// goes to miss unless an Ethernet header fits; the first instruction carries label (if
+// any). Helper calls clobber R2-R5, so this follows each one before the packet is read.
+func ethernet(label, miss string) asm.Instructions {
+	first := asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word)
+	if label != "" {
+		first = first.WithSymbol(label)
+	}
+	return asm.Instructions{
+		first,
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 14),
+		asm.JGT.Reg(asm.R4, asm.R3, miss),
+	}
 }
 
 // count adds one to a counter. It clobbers R0-R5 (and the stack slot at r10-64).
@@ -278,13 +287,7 @@ func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel, pod bool) *ebpf.P
 	if pod {
 		insns = append(insns, sourceCheck(m)...)
 	}
-	insns = append(insns, asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("plain"),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-	}...)
+	insns = append(insns, ethernet("plain", "pass")...)
 	insns = append(insns, destKey(asm.R2, 0, "lookup", "lookup", "pass")...)
 	insns = append(insns, endpointSource(eps, asm.R2, 0, "lookup", "pass")...)
 	insns = append(insns, asm.Instructions{
@@ -296,13 +299,9 @@ func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel, pod bool) *ebpf.P
 		asm.Mov.Reg(asm.R7, asm.R0),
 	}...)
 	insns = append(insns, count(stats, statLocal, "counted_local")...)
+	// The helper calls clobbered the packet pointers: load and bound them again.
+	insns = append(insns, ethernet("counted_local", "pass")...)
 	insns = append(insns, asm.Instructions{
-		// The helper calls clobbered the packet pointers: load and bound them again.
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word).WithSymbol("counted_local"),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
 		// Rewrite the destination MAC only when it differs (a ptp pod addresses its
 		// gateway; a bridge pod already addresses the peer). The program never writes
 		// the packet directly, so the verifier adds no un-cloning prologue and frames that

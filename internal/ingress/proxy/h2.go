@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	v1 "github.com/weftnet/weft/api/v1"
 )
 
 // h2Handler serves HTTP/2 connections (TLS with ALPN h2, or h2c by prior knowledge) on
@@ -234,17 +236,7 @@ func (h *h2Handler) rewrite(pr *httputil.ProxyRequest) {
 	out.Header.Set("X-Real-IP", t.client.String())
 	out.Header.Set("X-Forwarded-Proto", t.scheme)
 	out.Header.Set("X-Forwarded-Host", pr.In.Host)
-	if hc := t.rs.RequestHeaders; hc != nil {
-		for _, n := range hc.Remove {
-			out.Header.Del(n)
-		}
-		for _, s := range hc.Set {
-			out.Header.Set(s.Name, s.Value)
-		}
-		for _, a := range hc.Add {
-			out.Header.Add(a.Name, a.Value)
-		}
-	}
+	applyHeaderChanges(out.Header, t.rs.RequestHeaders)
 }
 
 func (h *h2Handler) modifyResponse(resp *http.Response) error {
@@ -254,17 +246,7 @@ func (h *h2Handler) modifyResponse(resp *http.Response) error {
 	} else {
 		t.e.succeeded()
 	}
-	if hc := t.rs.ResponseHeaders; hc != nil {
-		for _, n := range hc.Remove {
-			resp.Header.Del(n)
-		}
-		for _, s := range hc.Set {
-			resp.Header.Set(s.Name, s.Value)
-		}
-		for _, a := range hc.Add {
-			resp.Header.Add(a.Name, a.Value)
-		}
-	}
+	applyHeaderChanges(resp.Header, t.rs.ResponseHeaders)
 	if t.affinity {
 		resp.Header.Add("Set-Cookie", t.rs.Balance.AffinityCookie+"="+affinityID(t.e)+"; Path=/; HttpOnly")
 	}
@@ -284,4 +266,20 @@ func (h *h2Handler) errorHandler(w http.ResponseWriter, r *http.Request, err err
 		}
 	}
 	w.WriteHeader(status)
+}
+
+// applyHeaderChanges removes, sets and adds headers as a route says.
+func applyHeaderChanges(h http.Header, hc *v1.HeaderChanges) {
+	if hc == nil {
+		return
+	}
+	for _, n := range hc.Remove {
+		h.Del(n)
+	}
+	for _, s := range hc.Set {
+		h.Set(s.Name, s.Value)
+	}
+	for _, a := range hc.Add {
+		h.Add(a.Name, a.Value)
+	}
 }

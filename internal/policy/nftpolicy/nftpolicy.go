@@ -369,29 +369,9 @@ func Drops(nsFd int) (map[string]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: dataplane.TablePolicy}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]uint64{}
-	for _, ch := range chains {
-		if ch.Table.Name != dataplane.TablePolicy || (!strings.HasPrefix(ch.Name, "i-") && !strings.HasPrefix(ch.Name, "e-")) {
-			continue
-		}
-		rules, err := c.GetRules(table, ch)
-		if err != nil {
-			return nil, err
-		}
-		for _, r := range rules {
-			for _, e := range r.Exprs {
-				if cnt, ok := e.(*expr.Counter); ok {
-					out[ch.Name] += cnt.Packets
-				}
-			}
-		}
-	}
-	return out, nil
+	return nftexpr.ChainCounters(c, nftables.TableFamilyINet, dataplane.TablePolicy, func(chain string) bool {
+		return strings.HasPrefix(chain, "i-") || strings.HasPrefix(chain, "e-")
+	})
 }
 
 // Policed reads the addresses the table polices now (the keys of its verdict maps), so a
