@@ -69,7 +69,7 @@ func newH2Handler(p *Proxy) *h2Handler {
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      h,
-		FlushInterval:  -1,
+		FlushInterval:  0, // bodies without a length (gRPC, streams) are flushed as they come anyway
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.errorHandler,
 	}
