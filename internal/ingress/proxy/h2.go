@@ -1,14 +1,18 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -208,7 +212,13 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	t := &h2Target{rs: rs, e: e, h2c: h2c, path: path, query: query, client: client, scheme: scheme, affinity: affinity}
 	e.active.Add(1)
-	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, keyTarget, t)))
+	if h2c {
+		h.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, keyTarget, t)))
+	} else {
+		// HTTP/1.1 endpoints take the HTTP/1.1 path's pools and writer: no transport
+		// goroutines or per-request objects (those made this path GC-bound).
+		h.viaHTTP1(w, r, t, start.Add(timeout))
+	}
 	e.active.Add(-1)
 	status := w.status
 	if status == 0 {
@@ -282,4 +292,170 @@ func applyHeaderChanges(h http.Header, hc *v1.HeaderChanges) {
 	for _, a := range hc.Add {
 		h.Add(a.Name, a.Value)
 	}
+}
+
+// viaHTTP1 proxies an HTTP/2 request to an HTTP/1.1 endpoint over the endpoint's pool.
+func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target, deadline time.Time) {
+	e, rs := t.e, t.rs
+	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	var up *upConn
+	var resp message
+	for try := 0; ; try++ {
+		var reused bool
+		var err error
+		up, reused, err = e.get(deadline)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				e.refused()
+			} else {
+				e.failed()
+			}
+			h.p.metrics.connectErrors(e.addr).Inc()
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		_ = up.SetDeadline(deadline)
+		writeH1Head(up.bw, r, t)
+		if hasBody {
+			err = copyH1Body(up.bw, r)
+		}
+		if err == nil {
+			err = up.bw.Flush()
+		}
+		var head []byte
+		if err == nil {
+			head, err = readHead(up.br, 64<<10)
+		}
+		for err == nil {
+			if err = parseResponse(&resp, head, 256); err != nil || resp.status >= 200 || resp.status == 101 {
+				break
+			}
+			head, err = readHead(up.br, 64<<10) // an interim 1xx: the final answer follows
+		}
+		if err == nil {
+			break
+		}
+		up.Close()
+		if reused && try == 0 && !hasBody && !isTimeout(err) {
+			continue // a pooled connection the endpoint had closed: once more, fresh
+		}
+		if isTimeout(err) {
+			w.WriteHeader(http.StatusGatewayTimeout)
+			return
+		}
+		e.failed()
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	if resp.status == 502 || resp.status == 503 || resp.status == 504 {
+		e.failed()
+	} else {
+		e.succeeded()
+	}
+	hdr := w.Header()
+	for _, f := range resp.headers {
+		if hopByHop(f.name) || listedInConnection(&resp, f.name) {
+			continue
+		}
+		hdr.Add(string(f.name), string(f.value))
+	}
+	applyHeaderChanges(hdr, rs.ResponseHeaders)
+	if t.affinity {
+		hdr.Add("Set-Cookie", rs.Balance.AffinityCookie+"="+affinityID(e)+"; Path=/; HttpOnly")
+	}
+	noBody := r.Method == http.MethodHead || resp.status == 204 || resp.status == 304
+	if resp.contentLength >= 0 && !noBody {
+		hdr.Set("Content-Length", strconv.FormatInt(resp.contentLength, 10))
+	}
+	w.WriteHeader(resp.status)
+	var err error
+	switch {
+	case noBody:
+	case resp.chunked:
+		_, err = io.Copy(w, httputil.NewChunkedReader(up.br))
+		if err == nil {
+			_, err = readLine(up.br, 4096) // the trailer section's end (trailers are not relayed)
+		}
+	case resp.contentLength >= 0:
+		_, err = io.CopyN(w, up.br, resp.contentLength)
+	default:
+		_, err = io.Copy(w, up.br)
+		up.Close()
+		return
+	}
+	if err != nil || resp.close {
+		up.Close()
+		return
+	}
+	e.put(up)
+}
+
+// writeH1Head writes an HTTP/2 request's head for an HTTP/1.1 endpoint, as the HTTP/1.1
+// path does (hop-by-hop headers dropped, X-Forwarded-* set, the route's changes applied).
+func writeH1Head(bw *bufio.Writer, r *http.Request, t *h2Target) {
+	rs := t.rs
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(rs.RewritePath(t.path))
+	if t.query != "" {
+		bw.WriteByte('?')
+		bw.WriteString(t.query)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	if rw := rs.Rewrite; rw != nil && rw.Host != "" {
+		bw.WriteString(rw.Host)
+	} else {
+		bw.WriteString(r.Host)
+	}
+	bw.WriteString("\r\n")
+	xff := ""
+	for name, vals := range r.Header {
+		switch strings.ToLower(name) {
+		case "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+			"proxy-authorization", "content-length", "host", "x-forwarded-proto", "x-forwarded-host", "x-real-ip":
+			continue
+		case "x-forwarded-for":
+			xff = strings.Join(vals, ", ") + ", "
+			continue
+		}
+		if rs.RequestHeaders != nil && changedHeader(rs.RequestHeaders, []byte(name)) {
+			continue
+		}
+		for _, v := range vals {
+			bw.WriteString(name)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	client := t.client.String()
+	bw.WriteString("X-Forwarded-For: " + xff + client + "\r\nX-Real-IP: " + client +
+		"\r\nX-Forwarded-Proto: " + t.scheme + "\r\nX-Forwarded-Host: " + r.Host + "\r\n")
+	if rs.RequestHeaders != nil {
+		writeHeaderChanges(bw, rs.RequestHeaders)
+	}
+	switch {
+	case r.ContentLength > 0:
+		bw.WriteString("Content-Length: " + strconv.FormatInt(r.ContentLength, 10) + "\r\n")
+	case r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// copyH1Body sends an HTTP/2 request's body: as is with a length, chunked without one.
+func copyH1Body(bw *bufio.Writer, r *http.Request) error {
+	if r.ContentLength > 0 {
+		_, err := io.CopyN(bw, r.Body, r.ContentLength)
+		return err
+	}
+	cw := httputil.NewChunkedWriter(bw)
+	if _, err := io.Copy(cw, r.Body); err != nil {
+		return err
+	}
+	if err := cw.Close(); err != nil {
+		return err
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
 }

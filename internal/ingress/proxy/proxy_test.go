@@ -464,6 +464,24 @@ func TestTLSAndHTTP2(t *testing.T) {
 			t.Errorf("%s over %s: %d %s backend %s saw %s cert %s", c.host, resp.Proto, resp.StatusCode, resp.Proto, resp.Header.Get("X-Backend"), resp.Header.Get("X-Seen-Proto"), resp.TLS.PeerCertificates[0].Subject.CommonName)
 		}
 	}
+	// Request bodies over HTTP/2 to an HTTP/1.1 endpoint: with a length, and streamed.
+	h2 := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "one.example"}, ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) }}}
+	for _, body := range []io.Reader{strings.NewReader("hello"), io.MultiReader(strings.NewReader("hel"), strings.NewReader("lo"))} {
+		req, _ := http.NewRequest("POST", "https://one.example/post", body)
+		if _, ok := body.(*strings.Reader); !ok {
+			req.ContentLength = -1
+		}
+		resp, err := h2.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.Proto != "HTTP/2.0" || string(b) != "a POST 5" {
+			t.Errorf("POST over h2 (length %d): %s %q", req.ContentLength, resp.Proto, b)
+		}
+	}
 	// h2c by prior knowledge on the plain listener.
 	h2c := &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, _ string, _ *tls.Config) (net.Conn, error) {
 		return net.Dial("tcp", plain.Addr().String())
