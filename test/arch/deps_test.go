@@ -40,9 +40,17 @@ func TestWeftCNIStaysLean(t *testing.T) {
 		"github.com/google/nftables", "github.com/cilium/ebpf")
 }
 
+// weft-ingress proxies HTTP in user space: it links no library that programs the kernel
+// (routes, nftables, eBPF) nor the BGP speaker.
+func TestIngressTouchesNoKernel(t *testing.T) {
+	forbid(t, "github.com/weftnet/weft/cmd/weft-ingress",
+		"github.com/vishvananda/netlink", "github.com/vishvananda/netns", "github.com/google/nftables",
+		"github.com/cilium/ebpf", "github.com/osrg/gobgp")
+}
+
 // Level 0 and 1 packages are pure: no kernel or datastore library.
 func TestPurePackagesTouchNoKernel(t *testing.T) {
-	for _, pkg := range []string{"netcalc", "ipam", "config", "cniapi", "mtu", "network", "reconcile", "lease", "store", "resources", "endpoints", "proxy", "manifest", "dataplane", "dns", "policy"} {
+	for _, pkg := range []string{"netcalc", "ipam", "config", "cniapi", "mtu", "network", "reconcile", "lease", "store", "resources", "endpoints", "proxy", "proxy/maglev", "manifest", "dataplane", "dns", "policy", "ingress/route"} {
 		forbid(t, "github.com/weftnet/weft/internal/"+pkg, kernelAndStores...)
 	}
 }
