@@ -807,6 +807,14 @@ func (cc *clientConn) copyBody(w *bufio.Writer) error {
 	m := &cc.req
 	_ = cc.c.SetReadDeadline(time.Now().Add(cc.p.cfg.IdleTimeout))
 	defer cc.c.SetReadDeadline(time.Time{})
+	if v, ok := m.get("expect"); ok && equalFold(v, "100-continue") && cc.br.Buffered() == 0 {
+		// The client waits for this before it sends the body; the proxy answers it
+		// itself (the endpoint's own 100, if any, is not relayed).
+		cc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		if err := cc.bw.Flush(); err != nil {
+			return err
+		}
+	}
 	if m.chunked {
 		_, err := copyChunked(w, cc.br, cc.p.cfg.MaxBodyBytes, 4096)
 		return err
@@ -884,7 +892,7 @@ func (cc *clientConn) writeUpstreamHead(rs *routeState, w *bufio.Writer, path, q
 	for _, h := range m.headers {
 		switch {
 		case hopByHop(h.name) || equalFold(h.name, "host") || equalFold(h.name, "x-forwarded-proto") ||
-			equalFold(h.name, "x-forwarded-host") || equalFold(h.name, "x-real-ip"):
+			equalFold(h.name, "x-forwarded-host") || equalFold(h.name, "x-real-ip") || equalFold(h.name, "expect"):
 			continue
 		case equalFold(h.name, "x-forwarded-for"):
 			xff = h.value

@@ -207,6 +207,25 @@ func TestHTTP1(t *testing.T) {
 	if strings.Count(out, "HTTP/1.1 200") != 3 || strings.Count(out, "a GET 0") != 2 || strings.Index(out, "/1") > strings.Index(out, "/3") {
 		t.Errorf("pipelined: %q", out)
 	}
+	// Expect: 100-continue: the proxy says continue, then relays the body.
+	ec, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ec.Close()
+	_ = ec.SetDeadline(time.Now().Add(3 * time.Second))
+	ec.Write([]byte("POST / HTTP/1.1\r\nHost: app.example\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"))
+	ebr := bufio.NewReader(ec)
+	if line, err := ebr.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("expect 100-continue: %q %v", line, err)
+	}
+	ebr.ReadString('\n')
+	ec.Write([]byte("hello"))
+	if resp, err := http.ReadResponse(ebr, nil); err != nil || resp.StatusCode != 200 {
+		t.Errorf("after 100 Continue: %v %v", resp, err)
+	} else if b, _ := io.ReadAll(resp.Body); string(b) != "a POST 5" {
+		t.Errorf("after 100 Continue: body %q", b)
+	}
 	// Keep-alive: one connection, many requests.
 	tr := &http.Transport{MaxConnsPerHost: 1}
 	kc := &http.Client{Transport: tr}
