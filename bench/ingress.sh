@@ -6,7 +6,7 @@
 #               proxy's processes: utime+stime over the run / requests)
 #   new conn:   wrk -c64 with "Connection: close": a TCP connection per request
 #   TLS new:    the same over TLS: a full handshake per request
-#   h2:         h2load -c64 -m10 over TLS with ALPN h2
+#   h2:         h2load -c64 -m10 over TLS with ALPN h2 (CONNS sets the 64 everywhere)
 # Proxies take turns per test, PASSES times; the summary is the median ratio weft/peer and
 # its spread. Machines here are noisy: compare ratios of one run, not absolute numbers.
 # Nothing is pinned: the proxy, the backend and the load generator share the 2 cores, as
@@ -18,6 +18,7 @@ PASSES=${PASSES:-3}
 T=${T:-5}        # seconds per wrk/h2load run
 WARMUP=${WARMUP:-1}
 TESTS=${TESTS:-keepalive newconn tlsnew h2}
+CONNS=${CONNS:-64}  # connections of wrk and h2load
 
 if [ "${WEFT_INGRESS_BENCH_NS:-}" != 1 ]; then
   missing=()
@@ -179,9 +180,9 @@ for pass in $(seq "$PASSES"); do
       tls_url="https://127.0.0.1:${TLSPORT[$p]}/"
       case $test in
         keepalive)
-          wrk -t2 -c64 -d"$WARMUP"s "$url" >/dev/null
+          wrk -t2 -c"$CONNS" -d"$WARMUP"s "$url" >/dev/null
           before=$(ticks "$(procs $p)")
-          out=$(wrk -t2 -c64 -d"$T"s --latency "$url")
+          out=$(wrk -t2 -c"$CONNS" -d"$T"s --latency "$url")
           after=$(ticks "$(procs $p)")
           reqs=$(awk '/requests in/{print $1}' <<<"$out")
           rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
@@ -193,13 +194,13 @@ for pass in $(seq "$PASSES"); do
           ;;
         newconn|tlsnew)
           u=$url; [ $test = tlsnew ] && u=$tls_url
-          out=$(wrk -t2 -c64 -d"$T"s -H "Connection: close" "$u")
+          out=$(wrk -t2 -c"$CONNS" -d"$T"s -H "Connection: close" "$u")
           rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
           echo "$pass $test $p rps $rps" >>"$results"
           printf '%-5s %-9s %-8s %9.0f req/s\n' "$pass" "$test" "$p" "$rps"
           ;;
         h2)
-          out=$(h2load -c64 -m10 -t2 -D "$T" --warm-up-time="$WARMUP" "$tls_url" 2>&1)
+          out=$(h2load -c"$CONNS" -m10 -t2 -D "$T" --warm-up-time="$WARMUP" "$tls_url" 2>&1)
           rps=$(awk '/^finished in/{gsub(",","",$4); print $4}' <<<"$out")
           echo "$pass $test $p rps $rps" >>"$results"
           printf '%-5s %-9s %-8s %9.0f req/s  (%s)\n' "$pass" "$test" "$p" "$rps" "$(grep -o '[0-9]* succeeded, [0-9]* failed' <<<"$out" | head -1)"
