@@ -211,15 +211,38 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	t := &h2Target{rs: rs, e: e, h2c: h2c, path: path, query: query, client: client, scheme: scheme, affinity: affinity}
-	e.active.Add(1)
 	if h2c {
+		e.active.Add(1)
 		h.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, keyTarget, t)))
+		e.active.Add(-1)
 	} else {
 		// HTTP/1.1 endpoints take the HTTP/1.1 path's pools and writer: no transport
-		// goroutines or per-request objects (those made this path GC-bound).
-		h.viaHTTP1(w, r, t, start.Add(timeout))
+		// goroutines or per-request objects (those made this path GC-bound). Retries as on
+		// the HTTP/1.1 path: idempotent requests without a body, on endpoints not tried.
+		retries := 0
+		noBody := r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+		if rs.Retries != nil && idempotent([]byte(r.Method)) && noBody {
+			retries = rs.Retries.Attempts
+		}
+		var tried [maxTries]*endpoint
+		for attempt := 0; ; attempt++ {
+			tried[attempt%maxTries] = t.e
+			t.e.active.Add(1)
+			status := h.viaHTTP1(w, r, t, start.Add(timeout), retries > attempt)
+			t.e.active.Add(-1)
+			if status == 0 {
+				break // answered
+			}
+			next, _ := rs.pick(hash, hasHash, &tried)
+			if attempt >= retries || next == nil || !rs.budget.allow() || time.Now().After(start.Add(timeout)) {
+				w.WriteHeader(status)
+				break
+			}
+			h.p.metrics.retries.Inc()
+			t.e = next
+		}
+		e = t.e
 	}
-	e.active.Add(-1)
 	status := w.status
 	if status == 0 {
 		status = 200
@@ -295,7 +318,10 @@ func applyHeaderChanges(h http.Header, hc *v1.HeaderChanges) {
 }
 
 // viaHTTP1 proxies an HTTP/2 request to an HTTP/1.1 endpoint over the endpoint's pool.
-func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target, deadline time.Time) {
+// It returns 0 once it answered; otherwise nothing was written and the status says why
+// (502, 504; with retryable, also a 502/503/504 the endpoint answered), for the caller to
+// retry elsewhere or to answer.
+func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target, deadline time.Time, retryable bool) int {
 	e, rs := t.e, t.rs
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	var up *upConn
@@ -311,8 +337,7 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 				e.failed()
 			}
 			h.p.metrics.connectErrors(e.addr).Inc()
-			w.WriteHeader(http.StatusBadGateway)
-			return
+			return http.StatusBadGateway
 		}
 		_ = up.SetDeadline(deadline)
 		writeH1Head(up.bw, r, t)
@@ -340,15 +365,17 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 			continue // a pooled connection the endpoint had closed: once more, fresh
 		}
 		if isTimeout(err) {
-			w.WriteHeader(http.StatusGatewayTimeout)
-			return
+			return http.StatusGatewayTimeout
 		}
 		e.failed()
-		w.WriteHeader(http.StatusBadGateway)
-		return
+		return http.StatusBadGateway
 	}
 	if resp.status == 502 || resp.status == 503 || resp.status == 504 {
 		e.failed()
+		if retryable {
+			up.Close()
+			return resp.status
+		}
 	} else {
 		e.succeeded()
 	}
@@ -379,15 +406,16 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 	case resp.contentLength >= 0:
 		_, err = io.CopyN(w, up.br, resp.contentLength)
 	default:
-		_, err = io.Copy(w, up.br)
+		_, _ = io.Copy(w, up.br)
 		up.Close()
-		return
+		return 0
 	}
 	if err != nil || resp.close {
 		up.Close()
-		return
+		return 0
 	}
 	e.put(up)
+	return 0
 }
 
 // writeH1Head writes an HTTP/2 request's head for an HTTP/1.1 endpoint, as the HTTP/1.1

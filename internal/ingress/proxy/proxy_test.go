@@ -375,7 +375,7 @@ func TestEndpointFailure(t *testing.T) {
 	// the live one, because a retry never goes back to an endpoint the request tried.
 	a, b, c := newBackend(t, "a", false), newBackend(t, "b", false), newBackend(t, "c", false)
 	p, addr := proxyUnder(t, Config{})
-	update(p, ing(v1.Route{Path: "/", Backends: to("abc"), Retries: &v1.RetryPolicy{Attempts: 2}}), map[string][]*backend{"ns/abc:80": {a, b, c}})
+	update(p, ing(v1.Route{Path: "/", Backends: to("abc"), Retries: &v1.RetryPolicy{Attempts: 2, BudgetPercent: 100}}), map[string][]*backend{"ns/abc:80": {a, b, c}})
 	b.srv.Close()
 	c.srv.Close()
 	for i := range 50 {
@@ -394,6 +394,23 @@ func TestEndpointFailure(t *testing.T) {
 	}
 	if n := a.hits.Load(); n != 50 {
 		t.Errorf("the live endpoint served %d of 50", n)
+	}
+	// The same over HTTP/2 (h2c): retries there too.
+	h2c := &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, _ string, _ *tls.Config) (net.Conn, error) {
+		return net.Dial("tcp", addr)
+	}}}
+	for i := range 20 {
+		for _, e := range p.endpoints {
+			e.ejected.Store(0) // back in play: the retries, not the ejection, must save these
+		}
+		resp, err := h2c.Get("http://app.example/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" {
+			t.Fatalf("h2 request %d after endpoints died: %d %s", i, resp.StatusCode, resp.Proto)
+		}
 	}
 }
 
@@ -666,5 +683,30 @@ func BenchmarkKeepAlive(b *testing.B) {
 		if _, err := io.ReadFull(br, body); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestRetryBudget: retries stop at the budget's share of the second's requests (at least
+// three a second).
+func TestRetryBudget(t *testing.T) {
+	var b retryBudget
+	b.percent = 20
+	for range 100 {
+		b.request()
+	}
+	allowed := 0
+	for range 50 {
+		if b.allow() {
+			allowed++
+		}
+	}
+	if allowed != 20 && b.second.Load() == time.Now().Unix() {
+		t.Errorf("%d retries allowed for 100 requests at 20 %%, want 20", allowed)
+	}
+	var quiet retryBudget
+	quiet.percent = 20
+	quiet.request()
+	if !quiet.allow() || !quiet.allow() || !quiet.allow() || quiet.allow() {
+		t.Error("a quiet route gets exactly three retries a second")
 	}
 }
