@@ -51,7 +51,7 @@ func run(args []string) error {
 	fs.StringVar(&httpAddrs, "http", ":80", "HTTP listen addresses, comma separated (\"\": none)")
 	fs.StringVar(&httpsAddrs, "https", ":443", "HTTPS listen addresses, comma separated (\"\": none)")
 	fs.StringVar(&metricsAddr, "metrics-addr", "127.0.0.1:9480", "serve /metrics, /healthz and /status on HOST:PORT")
-	fs.BoolVar(&proxyProtocol, "proxy-protocol", false, "connections start with a PROXY protocol v1 header (behind a TCP load balancer)")
+	fs.BoolVar(&proxyProtocol, "proxy-protocol", false, "connections start with a PROXY protocol header, v1 or v2 (behind a TCP load balancer)")
 	fs.BoolVar(&accessLog, "access-log", true, "JSON access log on stderr (every request up to 100 a second, then 1 in 100)")
 	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the metrics address")
 	fs.Int64Var(&maxBody, "max-body-bytes", 64<<20, "largest request body")

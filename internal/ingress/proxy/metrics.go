@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
+	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -135,9 +137,16 @@ func statusText(code int) string {
 // unsafeString views b as a string without copying; b must not change while it is used.
 func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-// readProxyHeader reads a PROXY protocol v1 header ("PROXY TCP4 src dst sport dport\r\n")
-// and returns the client's address (invalid for "PROXY UNKNOWN").
+// proxyV2Signature starts a PROXY protocol v2 header.
+const proxyV2Signature = "\r\n\r\n\x00\r\nQUIT\n"
+
+// readProxyHeader reads a PROXY protocol header, v1 ("PROXY TCP4 src dst sport dport\r\n")
+// or v2 (binary), and returns the client's address (invalid for v1's UNKNOWN and v2's
+// LOCAL: a health check of the load balancer itself).
 func readProxyHeader(r *bufio.Reader) (netip.Addr, error) {
+	if sig, err := r.Peek(len(proxyV2Signature)); err == nil && string(sig) == proxyV2Signature {
+		return readProxyV2(r)
+	}
 	line, err := readLine(r, 107)
 	if err != nil {
 		return netip.Addr{}, err
@@ -157,4 +166,38 @@ func readProxyHeader(r *bufio.Reader) (netip.Addr, error) {
 		return netip.Addr{}, err
 	}
 	return a.Unmap(), nil
+}
+
+// readProxyV2 reads the binary header: signature, version and command, family and
+// protocol, length, then the addresses (and TLVs, skipped).
+func readProxyV2(r *bufio.Reader) (netip.Addr, error) {
+	head := make([]byte, 16)
+	if _, err := io.ReadFull(r, head); err != nil {
+		return netip.Addr{}, err
+	}
+	verCmd, fam := head[12], head[13]
+	n := int(binary.BigEndian.Uint16(head[14:16]))
+	if verCmd>>4 != 2 || n > 536 {
+		return netip.Addr{}, errors.New("malformed PROXY protocol v2 header")
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return netip.Addr{}, err
+	}
+	if verCmd&0x0f == 0 { // LOCAL
+		return netip.Addr{}, nil
+	}
+	switch fam >> 4 {
+	case 1: // AF_INET
+		if n < 12 {
+			return netip.Addr{}, errors.New("short PROXY protocol v2 IPv4 addresses")
+		}
+		return netip.AddrFrom4([4]byte(body[0:4])), nil
+	case 2: // AF_INET6
+		if n < 36 {
+			return netip.Addr{}, errors.New("short PROXY protocol v2 IPv6 addresses")
+		}
+		return netip.AddrFrom16([16]byte(body[0:16])).Unmap(), nil
+	}
+	return netip.Addr{}, nil // AF_UNSPEC or AF_UNIX: no client address to take
 }

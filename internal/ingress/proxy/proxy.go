@@ -40,7 +40,7 @@ type Config struct {
 	MaxBodyBytes      int64         // request body; default 64 MiB
 	ReadHeaderTimeout time.Duration // to receive a request head once it started (slowloris); default 10 s
 	IdleTimeout       time.Duration // between requests on a connection; default 60 s
-	ProxyProtocol     bool          // connections start with a PROXY protocol v1 header
+	ProxyProtocol     bool          // connections start with a PROXY protocol header (v1 or v2)
 	AccessLog         *slog.Logger  // nil: no access log
 	LogPerSecond      int           // log every request up to this many a second, then 1 in 100; default 100
 }

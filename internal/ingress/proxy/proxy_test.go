@@ -710,3 +710,30 @@ func TestRetryBudget(t *testing.T) {
 		t.Error("a quiet route gets exactly three retries a second")
 	}
 }
+
+// TestProxyProtocol: behind a load balancer the client's address comes from the PROXY
+// header (v1 and v2) and reaches the endpoint in X-Forwarded-For.
+func TestProxyProtocol(t *testing.T) {
+	a := newBackend(t, "a", false)
+	p, addr := proxyUnder(t, Config{ProxyProtocol: true})
+	update(p, ing(v1.Route{Path: "/", Backends: to("a")}), map[string][]*backend{"ns/a:80": {a}})
+	v2 := func(src [4]byte) string {
+		b := []byte(proxyV2Signature)
+		b = append(b, 0x21, 0x11, 0, 12)
+		b = append(b, src[:]...)
+		b = append(b, 127, 0, 0, 1, 0x30, 0x39, 0, 80)
+		return string(b)
+	}
+	for _, c := range []struct{ name, header, want string }{
+		{"v1", "PROXY TCP4 203.0.113.7 127.0.0.1 40000 80\r\n", "203.0.113.7"},
+		{"v2", v2([4]byte{198, 51, 100, 9}), "198.51.100.9"},
+	} {
+		out := raw(t, addr, c.header+"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n", 2*time.Second)
+		if !strings.Contains(out, "X-Seen-Xff: "+c.want) {
+			t.Errorf("%s: the endpoint did not see %s: %q", c.name, c.want, trunc(out))
+		}
+	}
+	if out := raw(t, addr, "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n", time.Second); strings.Contains(out, "200 OK") {
+		t.Error("a connection without a PROXY header was served")
+	}
+}
