@@ -21,6 +21,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http/httputil"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -775,10 +776,17 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	untilClose := !noBody && !r.chunked && r.contentLength < 0
 	// The client connection stays open if both sides allow it and the body is framed
 	// for this client.
-	clientClose := m.close || (untilClose && m.http10)
+	// An HTTP/1.0 client knows no chunked coding: a body without a length ends with the
+	// connection.
+	clientClose := m.close || ((untilClose || (r.chunked && !noBody)) && m.http10)
 	cc.writeResponseHead(rs, r, e, setAffinity, clientClose)
 	switch {
 	case noBody:
+	case r.chunked && m.http10:
+		_, err = io.Copy(cc.bw, httputil.NewChunkedReader(up.br))
+		if err == nil {
+			_, err = readLine(up.br, 4096) // the end of the (empty) trailer section
+		}
 	case r.chunked:
 		_, err = copyChunked(cc.bw, up.br, -1, 4096)
 	case r.contentLength >= 0:

@@ -59,6 +59,11 @@ func newBackend(t *testing.T, name string, h2c bool) *backend {
 		w.Header().Set("X-Seen-Proto", r.Proto)
 		fmt.Fprintf(w, "%s %s %d", name, r.Method, len(body))
 	})
+	mux.HandleFunc("/chunked", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ab"))
+		w.(http.Flusher).Flush() // no length: chunked
+		w.Write([]byte("cd"))
+	})
 	mux.HandleFunc("/status/", func(w http.ResponseWriter, r *http.Request) {
 		var code int
 		fmt.Sscanf(strings.TrimPrefix(r.URL.Path, "/status/"), "%d", &code)
@@ -206,6 +211,13 @@ func TestHTTP1(t *testing.T) {
 	out := raw(t, addr, "GET /1 HTTP/1.1\r\nHost: app.example\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: app.example\r\n\r\nGET /3 HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n", 2*time.Second)
 	if strings.Count(out, "HTTP/1.1 200") != 3 || strings.Count(out, "a GET 0") != 2 || strings.Index(out, "/1") > strings.Index(out, "/3") {
 		t.Errorf("pipelined: %q", out)
+	}
+	// A chunked answer: re-chunked for an HTTP/1.1 client, plain (and closed) for HTTP/1.0.
+	if out := raw(t, addr, "GET /chunked HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n", 2*time.Second); !strings.Contains(out, "Transfer-Encoding: chunked") || !strings.HasSuffix(out, "\r\n0\r\n\r\n") {
+		t.Errorf("chunked to HTTP/1.1: %q", out)
+	}
+	if out := raw(t, addr, "GET /chunked HTTP/1.0\r\nHost: app.example\r\n\r\n", 2*time.Second); strings.Contains(out, "Transfer-Encoding") || !strings.HasSuffix(out, "\r\n\r\nabcd") {
+		t.Errorf("chunked to HTTP/1.0: %q", out)
 	}
 	// Expect: 100-continue: the proxy says continue, then relays the body.
 	ec, err := net.Dial("tcp", addr)
