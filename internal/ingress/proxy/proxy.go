@@ -1067,6 +1067,9 @@ func (cc *clientConn) upgrade(rs *routeState, path, query string, start time.Tim
 		return
 	}
 	p.metrics.upgraded.Inc()
+	// The request's header deadline must not end the joined connection: it lasts as long
+	// as either side keeps it.
+	_ = cc.c.SetDeadline(time.Time{})
 	done := make(chan struct{}, 2)
 	go func() {
 		_, _ = io.Copy(nc, cc.br) // client → endpoint, buffered bytes first

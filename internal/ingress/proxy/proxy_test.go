@@ -430,7 +430,8 @@ func TestEndpointFailure(t *testing.T) {
 // changes.
 func TestReloadKeepsWebSocket(t *testing.T) {
 	a, b := newBackend(t, "a", false), newBackend(t, "b", false)
-	p, addr := proxyUnder(t, Config{})
+	// A short header timeout: the upgraded connection outlives it.
+	p, addr := proxyUnder(t, Config{ReadHeaderTimeout: 200 * time.Millisecond})
 	update(p, ing(v1.Route{Path: "/", Backends: to("a")}), map[string][]*backend{"ns/a:80": {a}})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -455,6 +456,7 @@ func TestReloadKeepsWebSocket(t *testing.T) {
 		if i == 1 {
 			update(p, ing(v1.Route{Path: "/", Backends: to("b")}), map[string][]*backend{"ns/b:80": {b}})
 		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
