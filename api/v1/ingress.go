@@ -57,7 +57,9 @@ type Route struct {
 	RequestHeaders  *HeaderChanges `json:"requestHeaders,omitempty"`
 	ResponseHeaders *HeaderChanges `json:"responseHeaders,omitempty"`
 
-	Timeout Duration     `json:"timeout,omitempty"` // the whole exchange; 0: 60 s
+	// Timeout bounds the whole exchange. 0: the answer's head within 60 s, and its body
+	// may stream as long as it lasts.
+	Timeout Duration     `json:"timeout,omitempty"`
 	Retries *RetryPolicy `json:"retries,omitempty"`
 	Balance *Balance     `json:"balance,omitempty"`
 	// HealthCheck probes every endpoint of the route's backends; without it only passive

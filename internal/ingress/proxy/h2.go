@@ -208,8 +208,12 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	if timeout == 0 {
 		timeout = 60 * time.Second
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), timeout)
-	defer cancel()
+	ctx := r.Context()
+	if rs.Timeout != 0 { // without one, a stream (gRPC) lasts as long as both ends keep it
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	t := &h2Target{rs: rs, e: e, h2c: h2c, path: path, query: query, client: client, scheme: scheme, affinity: affinity}
 	if h2c {
 		e.active.Add(1)
@@ -369,6 +373,9 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 		}
 		e.failed()
 		return http.StatusBadGateway
+	}
+	if rs.Timeout == 0 {
+		_ = up.SetDeadline(time.Time{}) // as on the HTTP/1.1 path: the body may stream
 	}
 	if resp.status == 502 || resp.status == 503 || resp.status == 504 {
 		e.failed()

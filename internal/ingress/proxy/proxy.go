@@ -762,6 +762,11 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 		break
 	}
 	r := &cc.resp
+	if rs.Timeout == 0 {
+		// Without a route timeout only the answer's head has a deadline (60 s): a body may
+		// stream as long as it lasts (downloads, server-sent events).
+		_ = up.SetDeadline(time.Time{})
+	}
 	if r.status == 502 || r.status == 503 || r.status == 504 {
 		e.failed()
 		if idempotent(m.method) && !hasBody && rs.Retries != nil {
