@@ -818,7 +818,14 @@ func isTimeout(err error) bool {
 // copyBody sends the request body: exactly Content-Length bytes, or the chunks re-chunked.
 func (cc *clientConn) copyBody(w *bufio.Writer) error {
 	m := &cc.req
-	_ = cc.c.SetReadDeadline(time.Now().Add(cc.p.cfg.IdleTimeout))
+	// A slow client gets the idle timeout plus a second for each 64 KiB of the body (of
+	// the largest allowed one, when chunked): a trickle cannot hold the connection for
+	// ever, a large upload on a slow link still gets through.
+	size := m.contentLength
+	if m.chunked {
+		size = cc.p.cfg.MaxBodyBytes
+	}
+	_ = cc.c.SetReadDeadline(time.Now().Add(cc.p.cfg.IdleTimeout + time.Duration(size>>16)*time.Second))
 	defer cc.c.SetReadDeadline(time.Time{})
 	if v, ok := m.get("expect"); ok && equalFold(v, "100-continue") && cc.br.Buffered() == 0 {
 		// The client waits for this before it sends the body; the proxy answers it
