@@ -30,7 +30,9 @@ type IngressHost struct {
 	Routes []Route `json:"routes"`
 }
 
-// IngressTLS names the certificate (`weft ingress cert add`) that serves hosts.
+// IngressTLS names the certificate (`weft ingress cert add`) that serves hosts. An entry
+// without hosts is the default certificate: it serves clients that send no server name or
+// one no entry lists (without such an entry, the first entry's certificate does).
 type IngressTLS struct {
 	Hosts       []string `json:"hosts,omitempty"`
 	Certificate string   `json:"certificate"`

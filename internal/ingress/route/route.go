@@ -308,16 +308,22 @@ func (t *Table) Services() []Backend {
 	return out
 }
 
-// CertFor picks the certificate (namespace/name) for a TLS server name: exact host, then
-// the longest wildcard, then "" (the default certificate).
+// CertFor maps TLS server names (exact, or "*." wildcards) to certificates
+// (namespace/name), and "" to the default certificate, for clients that send no name or
+// an unknown one: the first `tls` entry without hosts, else the first entry of all. The
+// first ingress by namespace/name wins a name.
 func CertFor(ingresses []v1.Ingress) map[string]string {
 	out := map[string]string{}
 	ins := append([]v1.Ingress(nil), ingresses...)
 	sort.Slice(ins, func(i, j int) bool { return ins[i].Key() < ins[j].Key() })
+	first := ""
 	for _, in := range ins {
 		for _, t := range in.TLS {
 			key := in.Namespace + "/" + t.Certificate
-			if _, ok := out[""]; !ok {
+			if first == "" {
+				first = key
+			}
+			if _, ok := out[""]; !ok && len(t.Hosts) == 0 {
 				out[""] = key
 			}
 			for _, h := range t.Hosts {
@@ -326,6 +332,9 @@ func CertFor(ingresses []v1.Ingress) map[string]string {
 				}
 			}
 		}
+	}
+	if _, ok := out[""]; !ok && first != "" {
+		out[""] = first
 	}
 	return out
 }

@@ -121,4 +121,12 @@ func TestCertFor(t *testing.T) {
 	if m["a.example"] != "ns/c1" || m["*.w.example"] != "ns/c2" || m[""] != "ns/c1" {
 		t.Errorf("certs %v", m)
 	}
+	// A tls entry without hosts is the default certificate, wherever it is listed.
+	m = CertFor([]v1.Ingress{
+		{Name: "a", Namespace: "ns", TLS: []v1.IngressTLS{{Hosts: []string{"a.example"}, Certificate: "c1"}}},
+		{Name: "b", Namespace: "ns", TLS: []v1.IngressTLS{{Certificate: "fallback"}}},
+	})
+	if m[""] != "ns/fallback" || m["a.example"] != "ns/c1" {
+		t.Errorf("default certificate: %v", m)
+	}
 }
