@@ -50,6 +50,8 @@ type h2Target struct {
 	client   netip.Addr
 	scheme   string
 	affinity bool
+	hash     uint64 // the request's hash key, for picking a retry's endpoint
+	hasHash  bool
 }
 
 func newH2Handler(p *Proxy) *h2Handler {
@@ -91,11 +93,38 @@ func (h *h2Handler) serve(c net.Conn, client netip.Addr, scheme string) {
 }
 
 // RoundTrip picks the transport for the endpoint's protocol.
+// For H2C endpoints it retries as the other paths do: an idempotent request without a
+// body that could not reach its endpoint, or got a 502/503/504 from it, goes to an
+// endpoint not tried yet, within the route's budget.
 func (h *h2Handler) RoundTrip(r *http.Request) (*http.Response, error) {
-	if t, _ := r.Context().Value(keyTarget).(*h2Target); t != nil && t.h2c {
-		return h.h2c.RoundTrip(r)
+	t, _ := r.Context().Value(keyTarget).(*h2Target)
+	if t == nil || !t.h2c {
+		return h.h1.RoundTrip(r)
 	}
-	return h.h1.RoundTrip(r)
+	retries := 0
+	if rs := t.rs; rs.Retries != nil && idempotent([]byte(r.Method)) && (r.Body == nil || r.Body == http.NoBody) {
+		retries = rs.Retries.Attempts
+	}
+	var tried [maxTries]*endpoint
+	for attempt := 0; ; attempt++ {
+		tried[attempt%maxTries] = t.e
+		resp, err := h.h2c.RoundTrip(r)
+		failed := err != nil || resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504
+		if !failed || attempt >= retries || r.Context().Err() != nil {
+			return resp, err
+		}
+		next, _ := t.rs.pick(t.hash, t.hasHash, &tried)
+		if next == nil || !t.rs.budget.allow() {
+			return resp, err
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+		t.e.failed() // unreachable, or a 5xx: passive health counts both
+		h.p.metrics.retries.Inc()
+		t.e = next
+		r.URL.Host = next.addr
+	}
 }
 
 // h2Request presents an *http.Request to the routing table.
@@ -214,7 +243,7 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	t := &h2Target{rs: rs, e: e, h2c: h2c, path: path, query: query, client: client, scheme: scheme, affinity: affinity}
+	t := &h2Target{rs: rs, e: e, h2c: h2c, path: path, query: query, client: client, scheme: scheme, affinity: affinity, hash: hash, hasHash: hasHash}
 	if h2c {
 		e.active.Add(1)
 		h.rp.ServeHTTP(w, r.WithContext(context.WithValue(ctx, keyTarget, t)))

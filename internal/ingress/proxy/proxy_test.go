@@ -751,3 +751,28 @@ func TestProxyProtocol(t *testing.T) {
 		t.Error("a connection without a PROXY header was served")
 	}
 }
+
+// TestH2CRetries: requests to H2C (gRPC) endpoints retry on another endpoint too.
+func TestH2CRetries(t *testing.T) {
+	g1, g2 := newBackend(t, "g1", true), newBackend(t, "g2", true)
+	p, addr := proxyUnder(t, Config{})
+	update(p, ing(v1.Route{Path: "/", Backends: []v1.Backend{{Service: "g", Port: 80, Protocol: "H2C"}},
+		Retries: &v1.RetryPolicy{Attempts: 2, BudgetPercent: 100}}), map[string][]*backend{"ns/g:80": {g1, g2}})
+	g2.srv.Close()
+	h2c := &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, _ string, _ *tls.Config) (net.Conn, error) {
+		return net.Dial("tcp", addr)
+	}}}
+	for i := range 20 {
+		for _, e := range p.endpoints {
+			e.ejected.Store(0)
+		}
+		resp, err := h2c.Get("http://app.example/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Backend") != "g1" {
+			t.Fatalf("request %d with an H2C endpoint dead: %d from %q", i, resp.StatusCode, resp.Header.Get("X-Backend"))
+		}
+	}
+}
