@@ -161,6 +161,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.spoof = a.startAntiSpoof(g)
 		a.drops.spoof = a.spoof.chainOwner
 	}
+	// One link subscription for every component that follows the node's links.
+	if a.fast != nil || a.spoof != nil {
+		g.Loop("link-events", func(ctx context.Context) {
+			followLinks(ctx, func() {
+				if a.fast != nil {
+					a.fast.Trigger()
+				}
+				if a.spoof != nil {
+					a.spoof.Trigger()
+				}
+			}, func(err error) { a.opts.Log.Warn("following link events", "err", err) })
+		})
+	}
 	contract := cniapi.NodeContract{
 		NodeName: a.opts.NodeName,
 		PodCIDRs: a.opts.PodCIDRs,

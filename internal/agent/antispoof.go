@@ -21,7 +21,7 @@ import (
 
 // antispoofSync keeps the anti-spoofing tables equal to the node's pod attachments: every
 // host veth weft made (its alias names the attachment and the pod's MAC) with the
-// addresses its allocation holds. It follows link events, so a new pod is covered
+// addresses its allocation holds. It follows link events (the agent's link watch), so a new pod is covered
 // moments after its veth appears (the ADD returns a few milliseconds later). The tables
 // outlive weftd: running pods stay checked while it restarts.
 type antispoofSync struct {
@@ -47,7 +47,6 @@ func (a *Agent) startAntiSpoof(g *group) *antispoofSync {
 	}).WithResync(30 * time.Second).WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second})
 	a.metrics.reg.MustRegister(spoofDrops{s})
 	g.Loop("anti-spoofing", func(ctx context.Context) {
-		go followLinks(ctx, s.loop.Trigger, func(err error) { a.opts.Log.Warn("anti-spoofing: link events", "err", err) })
 		s.loop.Trigger()
 		s.loop.Run(ctx)
 	})

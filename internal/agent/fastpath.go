@@ -67,7 +67,6 @@ func (s *fastpathSync) isPoliced(al ipam.Allocation) bool {
 }
 
 func (s *fastpathSync) run(ctx context.Context) {
-	go followLinks(ctx, s.Trigger, s.fail)
 	// Qdisc and filter changes: another plugin (bandwidth) shaping a pod takes it off the
 	// fast path at once.
 	if tc, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_TC); err != nil {

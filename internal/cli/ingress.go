@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/ingress/route"
 	"github.com/weftnet/weft/internal/resources"
 )
 
@@ -47,7 +48,7 @@ func newIngressCmd() *cobra.Command {
 					var hosts, certs []string
 					routes := 0
 					for _, h := range in.Hosts {
-						hosts = append(hosts, orStar(h.Host))
+						hosts = append(hosts, route.HostOrAny(h.Host))
 						routes += len(h.Routes)
 					}
 					for _, t := range in.TLS {
@@ -211,13 +212,6 @@ func newIngressCmd() *cobra.Command {
 	certCmd.AddCommand(certAdd, certLs, certRm)
 	cmd.AddCommand(ls, get, rm, status, certCmd)
 	return cmd
-}
-
-func orStar(h string) string {
-	if h == "" {
-		return "*"
-	}
-	return h
 }
 
 func dashIfEmpty(s string) string {

@@ -116,6 +116,35 @@ func TestPolicyEnforcedInLab(t *testing.T) {
 	reach := func(from, to string) bool {
 		return probe.TCPEcho(pod[from], netip.AddrPortFrom(addr[to], 8080), 200*time.Millisecond) == nil
 	}
+	// logShows waits up to 3 s for node1's `weft policy log --pod POD` to contain every want.
+	logShows := func(pod string, wants ...string) {
+		t.Helper()
+		for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+			out, err := exec.Command("nsenter", "--net="+s.Nodes[0].Netns, "--", l.bin, "policy", "log", "--pod", pod,
+				"--socket", filepath.Join("/run/weft-lab", l.name, "node1", "run", "weft.sock")).CombinedOutput()
+			all := err == nil
+			for _, w := range wants {
+				all = all && strings.Contains(string(out), w)
+			}
+			if all {
+				return
+			}
+			if time.Since(start) > 3*time.Second {
+				t.Fatalf("weft policy log --pod %s lacks %q: %v\n%s", pod, wants, err, out)
+			}
+		}
+	}
+	// node1Metrics is node1's weftd /metrics.
+	node1Metrics := func() []byte {
+		t.Helper()
+		resp, err := testutil.NS{Path: s.Nodes[0].Netns}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return b
+	}
 	// cells waits up to a second for every listed cell to hold.
 	cells := func(what string, want map[[2]string]bool) {
 		t.Helper()
@@ -167,24 +196,9 @@ spec:
 		}
 	}
 	// The drops are in the node's log, with their 5-tuple.
-	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
-		out, err := exec.Command("nsenter", "--net="+s.Nodes[0].Netns, "--", l.bin, "policy", "log", "--pod", "default/web",
-			"--socket", filepath.Join("/run/weft-lab", l.name, "node1", "run", "weft.sock")).CombinedOutput()
-		if err == nil && strings.Contains(string(out), addr["other"].String()+":") &&
-			strings.Contains(string(out), addr["web"].String()+":8080 dropped at the ingress of default/web") {
-			break
-		}
-		if time.Since(start) > 3*time.Second {
-			t.Fatalf("weft policy log: %v\n%s", err, out)
-		}
-	}
+	logShows("default/web", addr["other"].String()+":", addr["web"].String()+":8080 dropped at the ingress of default/web")
 	// The drops are counted for the pod, on its node.
-	resp, err := testutil.NS{Path: s.Nodes[0].Netns}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	metrics := node1Metrics()
 	if m := regexp.MustCompile(`weft_policy_drops_total\{direction="ingress",pod="default/web",policies="default/web-from-clients"\} (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
 		t.Errorf("no ingress drops counted for default/web: %s", m)
 	}
@@ -319,23 +333,8 @@ spec:
 	if sendFrom(addr["web"]) {
 		t.Error("a datagram from a spoofed source (web's address, sent by other) arrived")
 	}
-	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
-		out, err := exec.Command("nsenter", "--net="+s.Nodes[0].Netns, "--", l.bin, "policy", "log", "--pod", "default/other",
-			"--socket", filepath.Join("/run/weft-lab", l.name, "node1", "run", "weft.sock")).CombinedOutput()
-		if err == nil && strings.Contains(string(out), addr["web"].String()+":") &&
-			strings.Contains(string(out), addr["client"].String()+":9999 dropped at the egress of default/other: spoofed source") {
-			break
-		}
-		if time.Since(start) > 3*time.Second {
-			t.Fatalf("weft policy log shows no spoofed source: %v\n%s", err, out)
-		}
-	}
-	resp, err = testutil.NS{Path: s.Nodes[0].Netns}.HTTPClient().Get("http://" + lab.MetricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
+	logShows("default/other", addr["web"].String()+":", addr["client"].String()+":9999 dropped at the egress of default/other: spoofed source")
+	metrics = node1Metrics()
 	if m := regexp.MustCompile(`weft_antispoof_drops_total\{pod="default/other"\} (\d+)`).FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
 		t.Errorf("no spoofed drops counted for default/other: %s", m)
 	}

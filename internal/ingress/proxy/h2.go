@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -325,10 +324,10 @@ func (h *h2Handler) errorHandler(w http.ResponseWriter, r *http.Request, err err
 	if errors.Is(err, context.DeadlineExceeded) {
 		status = http.StatusGatewayTimeout
 	} else if !errors.Is(err, context.Canceled) {
-		t.e.failed()
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			h.p.metrics.connectErrors(t.e.addr).Inc()
+		if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "dial" {
+			h.p.connectFailed(t.e, err)
+		} else {
+			t.e.failed()
 		}
 	}
 	w.WriteHeader(status)
@@ -364,12 +363,7 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 		var err error
 		up, reused, err = e.get(deadline)
 		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				e.refused()
-			} else {
-				e.failed()
-			}
-			h.p.metrics.connectErrors(e.addr).Inc()
+			h.p.connectFailed(e, err)
 			return http.StatusBadGateway
 		}
 		_ = up.SetDeadline(deadline)

@@ -693,12 +693,7 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	for try := 0; ; try++ {
 		up, reused, err = e.get(deadline)
 		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				e.refused()
-			} else {
-				e.failed()
-			}
-			p.metrics.connectErrors(e.addr).Inc()
+			p.connectFailed(e, err)
 			return 0, false, false
 		}
 		_ = up.SetDeadline(deadline)
@@ -808,6 +803,17 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	}
 	e.put(up)
 	return r.status, true, !clientClose
+}
+
+// connectFailed counts a failed connection to e for its passive health (a refusal, which
+// means nothing listens there, ejects it at once) and in the metrics.
+func (p *Proxy) connectFailed(e *endpoint, err error) {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		e.refused()
+	} else {
+		e.failed()
+	}
+	p.metrics.connectErrors(e.addr).Inc()
 }
 
 func isTimeout(err error) bool {
@@ -1053,8 +1059,7 @@ func (cc *clientConn) upgrade(rs *routeState, path, query string, start time.Tim
 	nc, err := dialer.DialContext(ctx, "tcp", e.addr)
 	cancel()
 	if err != nil {
-		e.failed()
-		p.metrics.connectErrors(e.addr).Inc()
+		p.connectFailed(e, err)
 		cc.writeSimple(502, "upstream failed", true)
 		p.observe(rs, cc, 502, start, e.addr)
 		return

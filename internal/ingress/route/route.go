@@ -83,7 +83,7 @@ func Compile(ingresses []v1.Ingress) *Table {
 				hr = t.exact[h.Host]
 			}
 			for i, r := range h.Routes {
-				cr := compileRoute(in, r, fmt.Sprintf("%s %s%s#%d", in.Key(), hostOrAny(h.Host), pathOrRoot(r.Path), i))
+				cr := compileRoute(in, r, fmt.Sprintf("%s %s%s#%d", in.Key(), HostOrAny(h.Host), pathOrRoot(r.Path), i))
 				hr.add(cr)
 				t.Routes = append(t.Routes, cr)
 			}
@@ -109,7 +109,8 @@ func Compile(ingresses []v1.Ingress) *Table {
 	return t
 }
 
-func hostOrAny(h string) string {
+// HostOrAny names a host for people: "*" for any.
+func HostOrAny(h string) string {
 	if h == "" {
 		return "*"
 	}
