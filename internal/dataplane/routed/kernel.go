@@ -22,6 +22,10 @@ type Kernel struct {
 
 	current map[netip.Prefix][]hop // what the kernel holds, as of the last dump and changes since
 	dumped  time.Time
+	// learned are the destinations a sync wanted during this Kernel's life: once one of
+	// them is no longer wanted, it was withdrawn, and goes even before the view is
+	// complete (only routes from before a restart wait for the sweep).
+	learned map[netip.Prefix]bool
 }
 
 // dumpEvery bounds how long Sync trusts its record of the kernel: a route someone else

@@ -41,8 +41,9 @@ type Result struct {
 
 // Sync makes the kernel's RouteProtocol routes match want. A next hop that is not on a
 // connected network is resolved through the kernel's own routes (recursive next hop, as
-// for iBGP peers across a router); one that resolves nowhere is left out. With sweep,
-// routes not in want are deleted.
+// for iBGP peers across a router); one that resolves nowhere is left out. A route an
+// earlier sync wanted and this one does not (a withdrawal) is deleted; with sweep, every
+// route not in want is (after a restart, those from before it too).
 //
 // What the kernel holds is read from it (one dump) on the first sync, after a failed one,
 // and once every dumpEvery; in between, Sync trusts its own record of what it installed,
@@ -101,12 +102,21 @@ func (k *Kernel) Sync(want []Route, sweep bool) (Result, error) {
 		}
 		ops = append(ops, op{dst: dst, hops: hops, replace: exists})
 	}
-	if sweep {
-		for p := range current {
-			if !wanted[p] {
-				ops = append(ops, op{dst: p, del: true})
-			}
+	if k.learned == nil {
+		k.learned = map[netip.Prefix]bool{}
+	}
+	for p := range current {
+		if !wanted[p] && (sweep || k.learned[p]) {
+			ops = append(ops, op{dst: p, del: true})
 		}
+	}
+	for p := range k.learned {
+		if !wanted[p] {
+			delete(k.learned, p)
+		}
+	}
+	for p := range wanted {
+		k.learned[p] = true
 	}
 	for i, err := range k.apply(ops) {
 		o := ops[i]

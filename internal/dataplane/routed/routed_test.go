@@ -74,7 +74,7 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer k.Close()
+	defer func() { k.Close() }()
 	want := []routed.Route{
 		route("10.244.1.0/24", "10.0.0.2"),
 		route("10.244.2.0/24", "10.0.0.3", "10.0.0.2"), // ECMP
@@ -97,13 +97,27 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 	if res, err := k.Sync(want, true); err != nil || res.Installed+res.Replaced+res.Deleted != 0 {
 		t.Errorf("idempotent sync: %+v %v", res, err)
 	}
-	// Before the view is complete (a restart), a missing route stays; a changed one moves.
+	// A restart: a new Kernel. Before the view is complete, a route from before the
+	// restart that is missing stays; a changed one moves.
+	k.Close()
+	k, err = routed.Open(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	partial := []routed.Route{route("10.244.1.0/24", "10.0.0.4")}
 	if res, err := k.Sync(partial, false); err != nil || res.Replaced != 1 || res.Deleted != 0 {
 		t.Errorf("partial sync: %+v %v", res, err)
 	}
 	if got := kernel(t, h); !strings.Contains(got, "10.244.1.0/24 via 10.0.0.4") || !strings.Contains(got, "10.244.3.0/24") {
 		t.Errorf("after the partial sync: %s", got)
+	}
+	// A route learned since the restart and then withdrawn goes at once, complete or not.
+	learned := append([]routed.Route{route("10.244.5.0/24", "10.0.0.2")}, partial...)
+	if res, err := k.Sync(learned, false); err != nil || res.Installed != 1 {
+		t.Errorf("learning a route: %+v %v", res, err)
+	}
+	if res, err := k.Sync(partial, false); err != nil || res.Deleted != 1 || strings.Contains(kernel(t, h), "10.244.5.0/24") {
+		t.Errorf("a withdrawal before the view is complete: %+v %v", res, err)
 	}
 	// Once complete, the rest is swept.
 	if res, err := k.Sync(partial, true); err != nil || res.Deleted != 3 {
