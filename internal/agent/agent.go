@@ -307,6 +307,21 @@ func (a *Agent) startFastpath(g *group) {
 	if m, err := nftpolicy.Policed(-1); err == nil && len(m) > 0 {
 		a.policedPods.Store(&m)
 	}
+	// Likewise the service endpoints: until the proxy's first sync (which waits for the
+	// cluster's view), replies from the backends the kernel's table still DNATs to must
+	// meet conntrack, or a connection made across the restart would see the backend's own
+	// address instead of the service's.
+	if nftproxy.TableExists() {
+		if eps, err := nftproxy.ProgrammedEndpoints(); err == nil {
+			keys := make(map[fastpath.EndpointKey]uint32, len(eps))
+			for _, k := range eps {
+				keys[fastpath.EndpointKeyOf(k.IP, k.Proto, k.Port)] = 1
+			}
+			if err := fp.SyncEndpoints(keys); err != nil {
+				a.opts.Log.Warn("fast path: seeding service endpoints", "err", err)
+			}
+		}
+	}
 	a.metrics.reg.MustRegister(fastpathCollector{fp: fp, yielded: a.fast.yieldedPods.Load})
 	if c := a.opts.Cluster; c != nil {
 		a.fast.uplink, a.fast.tunnel = c.o.UnderlayDev, fabric.DeviceName

@@ -247,6 +247,7 @@ func TestServicesInLab(t *testing.T) {
 
 			t.Run("weftd restart under a connection loop", func(t *testing.T) {
 				var ok, failed atomic.Int64
+				var firstErr atomic.Value
 				stop := make(chan struct{})
 				var wg sync.WaitGroup
 				wg.Add(1)
@@ -259,6 +260,7 @@ func TestServicesInLab(t *testing.T) {
 						default:
 						}
 						if _, err := probe.AskTCP(l.pod["p1"].Path, vip4, 2*time.Second); err != nil {
+							firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
 							failed.Add(1)
 						} else {
 							ok.Add(1)
@@ -266,12 +268,14 @@ func TestServicesInLab(t *testing.T) {
 					}
 				}()
 				time.Sleep(300 * time.Millisecond)
+				t.Logf("%s: restarting node1", time.Now().Format("15:04:05.000"))
 				l.must("node", "restart", "node1", "--kill")
+				t.Logf("%s: node1 restarted", time.Now().Format("15:04:05.000"))
 				time.Sleep(500 * time.Millisecond)
 				close(stop)
 				wg.Wait()
 				if failed.Load() > 0 || ok.Load() < 10 {
-					t.Errorf("across a weftd SIGKILL and restart: %d connections failed, %d succeeded", failed.Load(), ok.Load())
+					t.Errorf("across a weftd SIGKILL and restart: %d connections failed (first: %v), %d succeeded", failed.Load(), firstErr.Load(), ok.Load())
 				}
 			})
 

@@ -10,6 +10,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/weftnet/weft/internal/dataplane"
+	"github.com/weftnet/weft/internal/proxy"
 )
 
 // ProgrammedPort is one service address (or node port) as the kernel holds it.
@@ -95,6 +96,32 @@ func Programmed() ([]ProgrammedPort, error) {
 	return out, nil
 }
 
+// ProgrammedEndpoints lists the backends the kernel's table sends connections to: what a
+// restarting weftd tells its fast path to leave to conntrack before its own first sync.
+func ProgrammedEndpoints() ([]proxy.Key, error) {
+	ports, err := Programmed()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[proxy.Key]bool{}
+	var out []proxy.Key
+	for _, p := range ports {
+		proto := protoNumber(p.Protocol)
+		for _, b := range p.Backends {
+			ap, err := netip.ParseAddrPort(b)
+			if err != nil || proto == 0 {
+				continue
+			}
+			k := proxy.Key{IP: ap.Addr(), Proto: proto, Port: ap.Port()}
+			if !seen[k] {
+				seen[k] = true
+				out = append(out, k)
+			}
+		}
+	}
+	return out, nil
+}
+
 // parseCountMap reads "svc4-n5" → ("svc", false).
 func parseCountMap(name string) (kind string, is6, ok bool) {
 	head, _, found := strings.Cut(name, "-n")
@@ -118,6 +145,15 @@ func protoName(p byte) string {
 		return "SCTP"
 	}
 	return fmt.Sprint(p)
+}
+
+func protoNumber(name string) uint8 {
+	for _, p := range []byte{6, 17, 132} {
+		if protoName(p) == name {
+			return p
+		}
+	}
+	return 0
 }
 
 // verdictOf says what a verdict map's elements do (the library does not decode verdicts).
