@@ -15,6 +15,8 @@ snapshot() {
   ip -o link show | awk -F': ' '{print "link " $2}' | sed 's/@.*//'
   nft list tables 2>/dev/null | sed 's/^/nft /' || true
   findmnt -rn -t bpf -o TARGET 2>/dev/null | sed 's/^/bpffs /' || true
+  # weft's eBPF programs still loaded (the socket LB's hang on the host's cgroup root)
+  bpftool prog show 2>/dev/null | grep -o 'name weft_[a-z0-9_]*' | sort | uniq -c | sed 's/^ */bpf /' || true
 }
 
 # leftovers BEFORE AFTER: what AFTER has that BEFORE had not.
@@ -23,7 +25,8 @@ leftovers() { comm -13 <(sort -u <<<"$1") <(sort -u <<<"$2"); }
 if [ "${WEFT_TEST_INNER:-}" != 1 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt_need iproute2 util-linux procps nftables iptables iputils-ping containernetworking-plugins busybox-static \
-      iperf3 sockperf podman containerd runc conmon etcd-server dnsutils bird2 frr wrk
+      iperf3 sockperf podman containerd runc conmon etcd-server dnsutils bird2 frr wrk \
+      clang llvm libbpf-dev bpftool
   else
     echo "not root: privileged tests will skip"
   fi

@@ -1,0 +1,452 @@
+// Package sockproxy is weft's socket-level service load balancer: eBPF programs on the
+// cgroup socket hooks (connect, sendmsg, recvmsg, getpeername; C in bpf/sock.c) point a
+// pod's connection to a service address at one of its endpoints when the socket connects,
+// so no packet of it is NATed; the application still sees the service address as its
+// peer. It sits in front of the nftables proxy, which keeps everything sockets cannot see
+// (node ports, traffic from outside the node) and anything the maps do not list yet.
+//
+// The programs hang on the cgroup v2 root, shared with every process of the host; they
+// touch only sockets whose network namespace is in this weftd's pod list (by netns
+// cookie), so neither the host's own processes nor another lab node's pods are translated.
+package sockproxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/weftnet/weft/internal/bpffs"
+	"github.com/weftnet/weft/internal/proxy"
+)
+
+// Proxy is the loaded programs and maps, and what this weftd last wrote into them.
+type Proxy struct {
+	objs sockObjects
+	dir  string // bpffs directory holding the pinned maps and links
+
+	ids     map[sockSvcKey]uint32 // service port → its id (index of backends and stats)
+	freeIDs []uint32
+	nextID  uint32
+	applied map[sockSvcKey]applied // nil: unknown (just loaded), the next Sync writes all
+	pods    map[uint64]bool        // netns cookies in pod_netns
+}
+
+type applied struct {
+	val      sockSvcVal
+	backends []sockAddrPort
+	service  string // namespace/name, for counters
+}
+
+const svcAffinity = 1 // SVC_AFFINITY in bpf/sock.c
+
+// Load loads the programs, adopting the maps an earlier weftd pinned in dir (a bpffs
+// instance of this weftd's own, mounted if needed) so that a restart keeps every
+// translation and reverse mapping in place. Maps of an incompatible layout (an upgrade)
+// are replaced.
+func Load(dir string) (*Proxy, error) {
+	if err := bpffs.Mount(filepath.Dir(dir)); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	p := &Proxy{dir: dir, ids: map[sockSvcKey]uint32{}, pods: map[uint64]bool{}}
+	err := p.load()
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		for _, m := range mapNames {
+			_ = os.Remove(filepath.Join(dir, m))
+		}
+		err = p.load()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load socket load balancer: %w", err)
+	}
+	if err := p.adopt(); err != nil {
+		p.objs.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+var mapNames = []string{sockMapAffinity, sockMapBackends, sockMapPodNetns, sockMapReverse, sockMapServices, sockMapStats}
+
+func (p *Proxy) load() error {
+	spec, err := loadSock()
+	if err != nil {
+		return err
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinByName
+	}
+	return spec.LoadAndAssign(&p.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: p.dir}})
+}
+
+// adopt takes over the service ids of the pinned maps, so a restart rewrites each service
+// in place instead of renumbering it.
+func (p *Proxy) adopt() error {
+	var k sockSvcKey
+	var v sockSvcVal
+	it := p.objs.Services.Iterate()
+	for it.Next(&k, &v) {
+		p.ids[k] = v.Id
+		if v.Id >= p.nextID {
+			p.nextID = v.Id + 1
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read pinned services: %w", err)
+	}
+	used := map[uint32]bool{}
+	for _, id := range p.ids {
+		used[id] = true
+	}
+	for id := uint32(0); id < p.nextID; id++ {
+		if !used[id] {
+			p.freeIDs = append(p.freeIDs, id)
+		}
+	}
+	var cookie uint64
+	var one uint8
+	pit := p.objs.PodNetns.Iterate()
+	for pit.Next(&cookie, &one) {
+		p.pods[cookie] = true
+	}
+	return pit.Err()
+}
+
+// Close releases weftd's handles; the pinned links and maps keep working without it.
+func (p *Proxy) Close() { p.objs.Close() }
+
+// hooks lists each program with the cgroup hook it belongs on.
+func (p *Proxy) hooks() []struct {
+	name   string
+	prog   *ebpf.Program
+	attach ebpf.AttachType
+} {
+	o := &p.objs
+	return []struct {
+		name   string
+		prog   *ebpf.Program
+		attach ebpf.AttachType
+	}{
+		{"connect4", o.WeftConnect4, ebpf.AttachCGroupInet4Connect},
+		{"connect6", o.WeftConnect6, ebpf.AttachCGroupInet6Connect},
+		{"sendmsg4", o.WeftSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+		{"sendmsg6", o.WeftSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+		{"recvmsg4", o.WeftRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
+		{"recvmsg6", o.WeftRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
+		{"getpeername4", o.WeftGetpeername4, ebpf.AttachCgroupInet4GetPeername},
+		{"getpeername6", o.WeftGetpeername6, ebpf.AttachCgroupInet6GetPeername},
+	}
+}
+
+// Attach puts the programs on the cgroup at cgroupDir (a cgroup v2 directory), replacing
+// an earlier weftd's programs in place: a hook is never without one once it had one. The
+// links are pinned, so they outlive weftd; unmounting the bpffs detaches them.
+func (p *Proxy) Attach(cgroupDir string) error {
+	for _, h := range p.hooks() {
+		pin := filepath.Join(p.dir, "link-"+h.name)
+		if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+			err := old.Update(h.prog)
+			old.Close()
+			if err == nil {
+				continue
+			}
+			_ = os.Remove(pin)
+		}
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupDir, Attach: h.attach, Program: h.prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to cgroup %s: %w", h.name, cgroupDir, err)
+		}
+		err = l.Pin(pin)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("pin %s: %w", pin, err)
+		}
+	}
+	return nil
+}
+
+// Detach removes the programs and maps (the proxy switched back to nftables alone).
+func Detach(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
+}
+
+// CgroupRoot finds the root of the host's cgroup v2 hierarchy in the mount table.
+func CgroupRoot() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent maj:min root mountpoint options [optional...] - fstype source super
+		fields := strings.Fields(sc.Text())
+		sep := -1
+		for i, f := range fields {
+			if f == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || sep+1 >= len(fields) || len(fields) < 5 {
+			continue
+		}
+		if fields[sep+1] == "cgroup2" && fields[3] == "/" {
+			return fields[4], nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	return "", errors.New("no cgroup v2 hierarchy is mounted")
+}
+
+// Sync programs the service addresses of want and the pods (by netns cookie) whose
+// sockets are translated. New pods and new backends are written before the services
+// that send to them; a shrinking service lowers its count before its slots go.
+func (p *Proxy) Sync(want proxy.State, pods map[uint64]bool) error {
+	for c := range pods {
+		if !p.pods[c] {
+			if err := p.objs.PodNetns.Put(c, uint8(1)); err != nil {
+				return fmt.Errorf("pod_netns: %w", err)
+			}
+			p.pods[c] = true
+		}
+	}
+	next := map[sockSvcKey]applied{}
+	for _, port := range want.Ports {
+		if port.Proto != proxy.ProtoTCP && port.Proto != proxy.ProtoUDP {
+			continue // the hooks see TCP and UDP sockets; SCTP stays with nftables
+		}
+		k := svcKeyOf(port.VIP, port.Proto, port.Port)
+		a := applied{service: port.Service}
+		for _, b := range port.Backends {
+			a.backends = append(a.backends, addrPortOf(b.IP, b.Port))
+		}
+		a.val.Count = uint16(min(len(a.backends), 1<<16-1))
+		if port.Affinity > 0 {
+			a.val.Flags = svcAffinity
+			a.val.Timeout = uint32(port.Affinity / time.Second)
+		}
+		next[k] = a
+	}
+	var errs []error
+	for k, a := range next {
+		id, ok := p.ids[k]
+		if !ok {
+			id = p.newID()
+			p.ids[k] = id
+			_ = p.objs.Stats.Put(id, make([]sockCounters, ebpf.MustPossibleCPU())) // a reused id starts at zero
+		}
+		a.val.Id = id
+		next[k] = a
+		if old, ok := p.applied[k]; ok && old.val == a.val && equalBackends(old.backends, a.backends) {
+			continue
+		}
+		errs = append(errs, p.writeService(k, a, p.applied[k]))
+	}
+	for k, id := range p.ids {
+		if _, ok := next[k]; ok {
+			continue
+		}
+		if err := p.objs.Services.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+		delete(p.ids, k)
+		p.freeIDs = append(p.freeIDs, id)
+	}
+	if p.applied == nil {
+		errs = append(errs, p.sweepBackends(next)) // slots left by an earlier weftd
+	} else {
+		for k, old := range p.applied {
+			if _, ok := next[k]; !ok {
+				errs = append(errs, p.deleteSlots(old.val.Id, 0, len(old.backends)))
+			}
+		}
+	}
+	for c := range p.pods {
+		if !pods[c] {
+			if err := p.objs.PodNetns.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, err)
+			}
+			delete(p.pods, c)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		p.applied = nil // the next Sync writes everything again
+		return err
+	}
+	p.applied = next
+	return nil
+}
+
+func (p *Proxy) newID() uint32 {
+	if n := len(p.freeIDs); n > 0 {
+		id := p.freeIDs[n-1]
+		p.freeIDs = p.freeIDs[:n-1]
+		return id
+	}
+	p.nextID++
+	return p.nextID - 1
+}
+
+// writeService writes a's backends and then its entry; slots beyond a's count that old
+// used are deleted after the entry stopped naming them.
+func (p *Proxy) writeService(k sockSvcKey, a, old applied) error {
+	for i, b := range a.backends[:a.val.Count] {
+		if err := p.objs.Backends.Put(sockBackendKey{Id: a.val.Id, Slot: uint32(i)}, b); err != nil {
+			return fmt.Errorf("backends: %w", err)
+		}
+	}
+	if err := p.objs.Services.Put(k, a.val); err != nil {
+		return fmt.Errorf("services: %w", err)
+	}
+	return p.deleteSlots(a.val.Id, int(a.val.Count), len(old.backends))
+}
+
+func (p *Proxy) deleteSlots(id uint32, from, to int) error {
+	for i := from; i < to; i++ {
+		if err := p.objs.Backends.Delete(sockBackendKey{Id: id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("backends: %w", err)
+		}
+	}
+	return nil
+}
+
+// sweepBackends deletes every slot no service of next uses.
+func (p *Proxy) sweepBackends(next map[sockSvcKey]applied) error {
+	count := map[uint32]uint32{}
+	for _, a := range next {
+		count[a.val.Id] = uint32(a.val.Count)
+	}
+	var stale []sockBackendKey
+	var k sockBackendKey
+	var v sockAddrPort
+	it := p.objs.Backends.Iterate()
+	for it.Next(&k, &v) {
+		if n, ok := count[k.Id]; !ok || k.Slot >= n {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range stale {
+		if err := p.objs.Backends.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func equalBackends(a, b []sockAddrPort) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// addrWords lays an address out as the programs read it: IPv4 as IPv4-mapped IPv6, in
+// network byte order.
+func addrWords(ip netip.Addr) [4]uint32 {
+	b := ip.As16()
+	var w [4]uint32
+	for i := range w {
+		w[i] = nativeWord(b[4*i : 4*i+4])
+	}
+	return w
+}
+
+func svcKeyOf(ip netip.Addr, proto uint8, port uint16) sockSvcKey {
+	return sockSvcKey{Addr: addrWords(ip), Port: netPort(port), Proto: proto}
+}
+
+func addrPortOf(ip netip.Addr, port uint16) sockAddrPort {
+	return sockAddrPort{Addr: addrWords(ip), Port: netPort(port)}
+}
+
+// ServicePort is one programmed service address with its backends and counters, read
+// back from the maps.
+type ServicePort struct {
+	Service    string   `json:"service"`
+	Address    string   `json:"address"`
+	Protocol   string   `json:"protocol"`
+	Backends   []string `json:"backends"`
+	Translated uint64   `json:"translated"`
+	Refused    uint64   `json:"refused"`
+}
+
+// Programmed reads the maps (not weftd's memory): what the kernel translates now.
+func (p *Proxy) Programmed() ([]ServicePort, error) {
+	names := map[uint32]string{}
+	for _, a := range p.applied {
+		names[a.val.Id] = a.service
+	}
+	var out []ServicePort
+	var k sockSvcKey
+	var v sockSvcVal
+	it := p.objs.Services.Iterate()
+	for it.Next(&k, &v) {
+		sp := ServicePort{Service: names[v.Id], Address: netip.AddrPortFrom(wordsAddr(k.Addr), hostPort(k.Port)).String(),
+			Protocol: map[uint8]string{proxy.ProtoTCP: "TCP", proxy.ProtoUDP: "UDP"}[k.Proto], Backends: []string{}}
+		for i := uint16(0); i < v.Count; i++ {
+			var b sockAddrPort
+			if err := p.objs.Backends.Lookup(sockBackendKey{Id: v.Id, Slot: uint32(i)}, &b); err == nil {
+				sp.Backends = append(sp.Backends, netip.AddrPortFrom(wordsAddr(b.Addr), hostPort(b.Port)).String())
+			}
+		}
+		var per []sockCounters
+		if err := p.objs.Stats.Lookup(v.Id, &per); err == nil {
+			for _, c := range per {
+				sp.Translated += c.Translated
+				sp.Refused += c.Refused
+			}
+		}
+		out = append(out, sp)
+	}
+	if err := it.Err(); err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Address != out[j].Address {
+			return out[i].Address < out[j].Address
+		}
+		return out[i].Protocol < out[j].Protocol
+	})
+	return out, nil
+}
+
+func wordsAddr(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, x := range w {
+		putNativeWord(b[4*i:4*i+4], x)
+	}
+	return netip.AddrFrom16(b).Unmap()
+}
