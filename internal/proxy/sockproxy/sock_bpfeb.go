@@ -46,6 +46,13 @@ type sockCounters struct {
 	Refused    uint64
 }
 
+type sockFlowKey struct {
+	_    structs.HostLayout
+	Sock uint64
+	Svc  sockAddrPort
+	Pad  uint32
+}
+
 type sockReverseKey struct {
 	_       structs.HostLayout
 	Sock    uint64
@@ -79,6 +86,7 @@ const (
 	sockMapReverse           = "reverse"
 	sockMapServices          = "services"
 	sockMapStats             = "stats"
+	sockMapUdpFlows          = "udp_flows"
 	sockProgWeftConnect4     = "weft_connect4"
 	sockProgWeftConnect6     = "weft_connect6"
 	sockProgWeftGetpeername4 = "weft_getpeername4"
@@ -151,6 +159,7 @@ type sockMapSpecs struct {
 	Reverse  *ebpf.MapSpec `ebpf:"reverse"`
 	Services *ebpf.MapSpec `ebpf:"services"`
 	Stats    *ebpf.MapSpec `ebpf:"stats"`
+	UdpFlows *ebpf.MapSpec `ebpf:"udp_flows"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -185,6 +194,7 @@ type sockMaps struct {
 	Reverse  *ebpf.Map `ebpf:"reverse"`
 	Services *ebpf.Map `ebpf:"services"`
 	Stats    *ebpf.Map `ebpf:"stats"`
+	UdpFlows *ebpf.Map `ebpf:"udp_flows"`
 }
 
 func (m *sockMaps) Close() error {
@@ -195,6 +205,7 @@ func (m *sockMaps) Close() error {
 		m.Reverse,
 		m.Services,
 		m.Stats,
+		m.UdpFlows,
 	)
 }
 

@@ -77,7 +77,7 @@ func Load(dir string) (*Proxy, error) {
 	return p, nil
 }
 
-var mapNames = []string{sockMapAffinity, sockMapBackends, sockMapPodNetns, sockMapReverse, sockMapServices, sockMapStats}
+var mapNames = []string{sockMapAffinity, sockMapBackends, sockMapPodNetns, sockMapReverse, sockMapServices, sockMapStats, sockMapUdpFlows}
 
 func (p *Proxy) load() error {
 	spec, err := loadSock()

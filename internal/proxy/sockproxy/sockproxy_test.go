@@ -275,3 +275,61 @@ func TestRestartAdoptsTheMaps(t *testing.T) {
 		t.Errorf("programmed after the sweep: %+v", ports)
 	}
 }
+
+// TestUDPFlows: datagrams of one unconnected socket to a service stay with one backend
+// while it lasts and move when it goes; a connected UDP socket is left to nftables.
+func TestUDPFlows(t *testing.T) {
+	lt := newLBTest(t)
+	lt.servers(t, "one", "127.0.0.1:8081")
+	lt.servers(t, "two", "127.0.0.1:8082")
+	both := service("10.96.0.16", 53, proxy.ProtoUDP, 0, "127.0.0.1:8081", "127.0.0.1:8082")
+	lt.sync(t, both)
+	err := probe.InNS(lt.pod.Path, func() error {
+		pc, err := net.ListenPacket("udp", ":0")
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		vip := &net.UDPAddr{IP: net.ParseIP("10.96.0.16"), Port: 53}
+		askOnce := func() string {
+			if _, err := pc.WriteTo([]byte("?"), vip); err != nil {
+				return err.Error()
+			}
+			_ = pc.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 16)
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return err.Error()
+			}
+			return string(buf[:n])
+		}
+		first := askOnce()
+		for range 20 {
+			if got := askOnce(); got != first {
+				t.Errorf("one socket's datagrams spread: %q then %q", first, got)
+				break
+			}
+		}
+		left := map[string]string{"one": "127.0.0.1:8082", "two": "127.0.0.1:8081"}[first]
+		lt.sync(t, service("10.96.0.16", 53, proxy.ProtoUDP, 0, left))
+		if got := askOnce(); got == first {
+			t.Errorf("the flow stayed with %s after it left", first)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Connected: not translated, and with no route to the VIP in the namespace, refused.
+	err = probe.InNS(lt.pod.Path, func() error {
+		c, err := net.Dial("udp", "10.96.0.16:53")
+		if err == nil {
+			c.Close()
+			return errors.New("a connected UDP socket was translated")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}

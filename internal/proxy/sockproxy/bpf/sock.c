@@ -66,6 +66,14 @@ struct reverse_key {
 	__u32 pad; // explicit: a hash key's every byte counts
 };
 
+// A UDP flow of an unconnected socket: its datagrams to one service address stay with one
+// backend while that backend lasts, as conntrack would keep them.
+struct flow_key {
+	__u64 sock;
+	struct addr_port svc;
+	__u32 pad;
+};
+
 struct counters {
 	__u64 translated;
 	__u64 refused;
@@ -105,6 +113,13 @@ struct {
 	__type(key, struct reverse_key);
 	__type(value, struct addr_port);
 } reverse SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_REVERSE);
+	__type(key, struct flow_key);
+	__type(value, struct affinity_val);
+} udp_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -168,45 +183,71 @@ static __always_inline void count(__u32 id, int refused)
 		c->translated++;
 }
 
-// pick chooses the backend for a new connection of the client pod to service s: the one
-// it had within the affinity timeout if that backend is still there, else one at random.
-static __always_inline struct addr_port *pick(const struct svc_val *s, __u64 netns)
+// still_there returns the backend that slot of service s holds if it is still want (a
+// remembered choice stays valid only while its backend keeps its slot).
+static __always_inline struct addr_port *still_there(const struct svc_val *s, const struct addr_port *want)
 {
-	struct backend_key bk = {.id = s->id};
+	struct backend_key bk = {.id = s->id, .slot = want->pad};
+	if (bk.slot >= s->count)
+		return NULL;
+	struct addr_port *b = bpf_map_lookup_elem(&backends, &bk);
+	if (b && same_addr(b, want))
+		return b;
+	return NULL;
+}
+
+// pick chooses the backend for a new connection (or a UDP datagram) of the client pod to
+// service s: the one it had within the affinity timeout, or the one this socket's flow
+// to the service had (flow, for unconnected UDP), while that backend is still there; else
+// one at random.
+static __always_inline struct addr_port *pick(const struct svc_val *s, __u64 netns, struct flow_key *flow)
+{
 	struct affinity_key ak = {.netns = netns, .id = s->id};
 	struct affinity_val *av = NULL;
+	struct addr_port *b;
 	__u64 now = 0;
 
 	if (s->flags & SVC_AFFINITY) {
 		now = bpf_ktime_get_ns();
 		av = bpf_map_lookup_elem(&affinity, &ak);
 		if (av && now - av->last <= (__u64)s->timeout * 1000000000ULL) {
-			// Still a backend? Look for it among the slots would cost a walk; the slot
-			// it held is kept with it instead.
-			bk.slot = av->backend.pad;
-			struct addr_port *b = bpf_map_lookup_elem(&backends, &bk);
-			if (b && bk.slot < s->count && same_addr(b, &av->backend)) {
+			b = still_there(s, &av->backend);
+			if (b) {
 				av->last = now;
 				return b;
 			}
 		}
+	} else if (flow) {
+		av = bpf_map_lookup_elem(&udp_flows, flow);
+		if (av) {
+			b = still_there(s, &av->backend);
+			if (b)
+				return b;
+		}
 	}
-	bk.slot = bpf_get_prandom_u32() % s->count;
-	struct addr_port *b = bpf_map_lookup_elem(&backends, &bk);
-	if (b && (s->flags & SVC_AFFINITY)) {
-		struct affinity_val nv = {.backend = *b, .last = now};
-		nv.backend.pad = (__u16)bk.slot;
+	struct backend_key bk = {.id = s->id, .slot = bpf_get_prandom_u32() % s->count};
+	b = bpf_map_lookup_elem(&backends, &bk);
+	if (!b)
+		return NULL;
+	struct affinity_val nv = {.backend = *b, .last = now};
+	nv.backend.pad = (__u16)bk.slot;
+	if (s->flags & SVC_AFFINITY)
 		bpf_map_update_elem(&affinity, &ak, &nv, BPF_ANY);
-	}
+	else if (flow)
+		bpf_map_update_elem(&udp_flows, flow, &nv, BPF_ANY);
 	return b;
 }
 
-// translate points the socket at a backend if it is going to a service. remember says to
-// record the backend → service mapping for the socket (getpeername, recvmsg). It returns
-// 0 when the service has no endpoint: the call fails at once (EPERM) instead of timing
-// out.
-static __always_inline int translate(struct bpf_sock_addr *ctx, int v6)
+// translate points the socket (connect) or the datagram (sendmsg) at a backend if it is
+// going to a service, and records backend → service for the socket (getpeername,
+// recvmsg). It returns 0 when the service has no endpoint: the call fails at once (EPERM)
+// instead of timing out. A connected UDP socket is left to the nftables proxy: its flow
+// to a removed endpoint must move to a live one, which conntrack does and a socket pinned
+// at connect time cannot.
+static __always_inline int translate(struct bpf_sock_addr *ctx, int v6, int datagram)
 {
+	if (!datagram && ctx->protocol != IPPROTO_TCP)
+		return 1;
 	if (!in_pod(ctx))
 		return 1;
 	struct svc_key k = {};
@@ -222,7 +263,14 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, int v6)
 		count(s->id, 1);
 		return 0;
 	}
-	struct addr_port *b = pick(s, bpf_get_netns_cookie(ctx));
+	struct flow_key fk;
+	if (datagram) {
+		__builtin_memset(&fk, 0, sizeof(fk));
+		fk.sock = bpf_get_socket_cookie(ctx);
+		fk.svc = dst;
+		fk.svc.pad = 0;
+	}
+	struct addr_port *b = pick(s, bpf_get_netns_cookie(ctx), datagram ? &fk : NULL);
 	if (!b)
 		return 1; // mid-update: leave it to the nftables proxy
 	struct reverse_key rk;
@@ -254,16 +302,16 @@ static __always_inline int untranslate(struct bpf_sock_addr *ctx, int v6)
 }
 
 SEC("cgroup/connect4")
-int weft_connect4(struct bpf_sock_addr *ctx) { return translate(ctx, 0); }
+int weft_connect4(struct bpf_sock_addr *ctx) { return translate(ctx, 0, 0); }
 
 SEC("cgroup/connect6")
-int weft_connect6(struct bpf_sock_addr *ctx) { return translate(ctx, 1); }
+int weft_connect6(struct bpf_sock_addr *ctx) { return translate(ctx, 1, 0); }
 
 SEC("cgroup/sendmsg4")
-int weft_sendmsg4(struct bpf_sock_addr *ctx) { return translate(ctx, 0); }
+int weft_sendmsg4(struct bpf_sock_addr *ctx) { return translate(ctx, 0, 1); }
 
 SEC("cgroup/sendmsg6")
-int weft_sendmsg6(struct bpf_sock_addr *ctx) { return translate(ctx, 1); }
+int weft_sendmsg6(struct bpf_sock_addr *ctx) { return translate(ctx, 1, 1); }
 
 SEC("cgroup/recvmsg4")
 int weft_recvmsg4(struct bpf_sock_addr *ctx) { return untranslate(ctx, 0); }
