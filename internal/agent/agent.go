@@ -26,6 +26,7 @@ import (
 	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/proxy/sockproxy"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store/boltstore"
@@ -44,7 +45,7 @@ type Options struct {
 	Fastpath      bool     // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
 	AntiSpoof     bool     // pods may send only from their own addresses and MAC
 	BPFDir        string   // weftd's own bpffs for pinned tcx links; "": RunDir/bpf
-	Proxy         string   // service proxy in cluster mode: "nftables" (default) or "none"
+	Proxy         string   // service proxy in cluster mode: "nftables" (default), "ebpf", "auto" or "none"
 	DNSUpstreams  []string // where the node's DNS server forwards other names (host:port); none: it does not
 	Preflight     bool     // refuse to start when a pod CIDR overlaps the node's addresses or routes
 	Cluster       *Cluster // cluster membership (lease, fabric); nil on a single host
@@ -59,11 +60,13 @@ type Agent struct {
 	store     *boltstore.Store
 	alloc     *ipam.Allocator
 	metrics   *metrics
-	reaper    *reconcile.Loop // deletes retired veths (see podnet.Retire)
-	fast      *fastpathSync   // nil when the fast path is off or unavailable
-	spoof     *antispoofSync  // nil when anti-spoofing is off
-	publish   *reconcile.Loop // this node's pods into the cluster store; nil on a single host
-	dnsAddrs  []netip.Addr    // the cluster DNS addresses this node answers on
+	reaper    *reconcile.Loop  // deletes retired veths (see podnet.Retire)
+	fast      *fastpathSync    // nil when the fast path is off or unavailable
+	spoof     *antispoofSync   // nil when anti-spoofing is off
+	publish   *reconcile.Loop  // this node's pods into the cluster store; nil on a single host
+	dnsAddrs  []netip.Addr     // the cluster DNS addresses this node answers on
+	proxyMode string           // the service proxy running: nftables, ebpf or none
+	sock      *sockproxy.Proxy // the socket load balancer (--proxy ebpf/auto), nil if off
 	dnsDomain string
 
 	mu       sync.Mutex
@@ -186,7 +189,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.startPodPublisher(g, c)
 		cache := resources.NewCache(c.o.Store)
 		g.Go("cache", cache.Run)
-		a.startServiceProxy(g, cache)
+		if err := a.startServiceProxy(g, cache); err != nil {
+			return errors.Join(err, g.Wait())
+		}
+		contract.Proxy = a.proxyMode
 		a.startDNS(g, c, cache)
 		a.startPolicy(g, cache) // after DNS: policies govern pods' queries to it
 		if len(a.dnsAddrs) > 0 {
@@ -237,6 +243,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	err := g.Wait() // every component has stopped
 	if a.fast != nil {
 		a.fast.fp.Close() // the attached programs keep running without weftd
+	}
+	if a.sock != nil {
+		a.sock.Close() // likewise: its links are pinned
 	}
 	return err
 }
@@ -289,11 +298,7 @@ func (a *Agent) startFastpath(g *group) {
 		a.opts.Log.Warn("eBPF fast path unavailable; pod-to-pod traffic takes the normal path", "err", err)
 		return
 	}
-	bpfDir := a.opts.BPFDir
-	if bpfDir == "" {
-		bpfDir = filepath.Join(a.opts.RunDir, "bpf")
-	}
-	if err := fp.UseTCX(bpfDir); err != nil {
+	if err := fp.UseTCX(a.bpfDir()); err != nil {
 		a.opts.Log.Warn("no bpffs for tcx links; the fast path attaches with clsact filters", "err", err)
 	}
 	a.fast = newFastpathSync(fp, a.alloc, func(err error) {
@@ -333,12 +338,13 @@ func (a *Agent) startFastpath(g *group) {
 
 // startServiceProxy runs the shared cache of the cluster's resources and the service
 // proxy that reads it.
-func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) {
+func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
+	a.proxyMode = "none"
 	if a.opts.Proxy == "none" {
 		if nftproxy.TableExists() {
 			_ = nftproxy.Delete()
 		}
-		return
+		return sockproxy.Detach(filepath.Join(a.bpfDir(), "sock"))
 	}
 	if a.opts.ManageSysctls {
 		if err := nftproxy.PrepareNode(); err != nil {
@@ -362,7 +368,71 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) {
 		// back through the node that translated them.
 		sp.nft.MasqueradeExternal(c.cfg.ClusterCIDRs, c.cfg.ServiceCIDRs)
 	}
+	a.proxyMode = "nftables"
+	sockDir := filepath.Join(a.bpfDir(), "sock")
+	if a.opts.Proxy == "ebpf" || a.opts.Proxy == "auto" {
+		sock, err := loadSocketLB(sockDir)
+		switch {
+		case err == nil:
+			sp.sock, sp.podNetns, a.sock = sock, a.podNetns, sock
+			a.proxyMode = "ebpf"
+		case a.opts.Proxy == "ebpf":
+			return fmt.Errorf("--proxy ebpf: %w", err)
+		default:
+			a.opts.Log.Warn("eBPF socket load balancing unavailable; the nftables proxy carries all service traffic", "err", err)
+		}
+	}
+	if a.sock == nil {
+		// nftables alone: the programs of an earlier --proxy ebpf come off.
+		if err := sockproxy.Detach(sockDir); err != nil {
+			a.opts.Log.Warn("removing the socket load balancer of an earlier run", "err", err)
+		}
+	}
 	g.Loop("service-proxy", sp.run)
+	return nil
+}
+
+// loadSocketLB loads the socket load balancer (adopting an earlier weftd's maps) and puts
+// it on the host's cgroup v2 root.
+func loadSocketLB(dir string) (*sockproxy.Proxy, error) {
+	root, err := sockproxy.CgroupRoot()
+	if err != nil {
+		return nil, err
+	}
+	sock, err := sockproxy.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := sock.Attach(root); err != nil {
+		sock.Close()
+		return nil, err
+	}
+	return sock, nil
+}
+
+// podNetns lists the network namespaces of the node's pods.
+func (a *Agent) podNetns() ([]string, error) {
+	allocs, err := a.alloc.List()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, al := range allocs {
+		if al.Netns != "" && !seen[al.Netns] {
+			seen[al.Netns] = true
+			out = append(out, al.Netns)
+		}
+	}
+	return out, nil
+}
+
+// bpfDir is the bpffs instance where weftd pins its eBPF objects.
+func (a *Agent) bpfDir() string {
+	if a.opts.BPFDir != "" {
+		return a.opts.BPFDir
+	}
+	return filepath.Join(a.opts.RunDir, "bpf")
 }
 
 // kickFastpath says the node's attachments changed: the fast path map and the published

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +14,7 @@ import (
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/proxy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/proxy/sockproxy"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
 )
@@ -27,6 +29,14 @@ type serviceProxy struct {
 	nft   *nftproxy.Proxy
 	fast  *fastpath.Fastpath // nil: no fast path to keep replies off
 	loop  *reconcile.Loop
+
+	// sock is the socket-level load balancer in front of nftables (--proxy ebpf); nil:
+	// nftables alone. podNetns lists the node's pod namespaces, whose sockets it
+	// translates; cookies caches their netns cookies by path.
+	sock     *sockproxy.Proxy
+	podNetns func() ([]string, error)
+	cookies  map[string]netnsCookie
+	aborted  prometheus.Counter
 
 	syncSeconds prometheus.Histogram
 	ports       prometheus.Gauge
@@ -54,7 +64,8 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 			[]string{"service", "port", "family"}),
 		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
 	}
-	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.perService)
+	p.aborted = prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_sockets_aborted_total", Help: "Pod TCP sockets the socket load balancer pointed at an endpoint that went away, aborted so clients move at once."})
+	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.perService, p.aborted)
 	p.loop = reconcile.New(proxyDelay, p.sync, report).
 		WithResync(30 * time.Second).
 		WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second})
@@ -94,6 +105,11 @@ func (p *serviceProxy) sync() error {
 	if err != nil {
 		return err
 	}
+	if p.sock != nil {
+		if err := p.syncSockets(want, st.Removed); err != nil {
+			return err
+		}
+	}
 	if len(st.Removed) > 0 {
 		n, err := deleteFlows(st.Removed)
 		p.flushed.Add(float64(n))
@@ -118,6 +134,56 @@ func (p *serviceProxy) sync() error {
 		p.perService.WithLabelValues(port.Service, name, fam).Set(float64(len(port.Backends)))
 	}
 	return nil
+}
+
+type netnsCookie struct {
+	ino, cookie uint64
+}
+
+// syncSockets programs the socket load balancer: the same services, for the sockets of
+// the node's pods; the connections it pointed at endpoints that went away are aborted.
+func (p *serviceProxy) syncSockets(want proxy.State, removed []proxy.Key) error {
+	paths, err := p.podNetns()
+	if err != nil {
+		return err
+	}
+	next := make(map[string]netnsCookie, len(paths))
+	pods := make(map[uint64]bool, len(paths))
+	for _, path := range paths {
+		var st syscall.Stat_t
+		if err := syscall.Stat(path, &st); err != nil {
+			continue // the pod is going away
+		}
+		c, ok := p.cookies[path]
+		if !ok || c.ino != st.Ino {
+			cookie, err := sockproxy.NetnsCookie(path)
+			if err != nil {
+				continue
+			}
+			c = netnsCookie{ino: st.Ino, cookie: cookie}
+		}
+		next[path], pods[c.cookie] = c, true
+	}
+	p.cookies = next
+	if err := p.sock.Sync(want, pods); err != nil {
+		return fmt.Errorf("socket load balancer: %w", err)
+	}
+	gone := map[netip.AddrPort]bool{}
+	for _, k := range removed {
+		if k.Proto == proxy.ProtoTCP {
+			gone[netip.AddrPortFrom(k.IP, k.Port)] = true
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	var errs []error
+	for path := range next {
+		n, err := sockproxy.DestroyConnectionsTo(path, gone)
+		p.aborted.Add(float64(n))
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // deleteFlows removes the conntrack entries DNATed to the given endpoints: a UDP client

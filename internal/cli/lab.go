@@ -54,6 +54,7 @@ func newLabCmd() *cobra.Command {
 	up.Flags().IntVar(&opts.Racks, "racks", 0, "fabric bgp: spread nodes over this many L2 segments joined only by a BGP router")
 	up.Flags().StringVar(&opts.TOR, "tor", "", "with --racks: the router's BGP daemon, bird (default), gobgpd or frr")
 	up.Flags().StringVar(&opts.Mode, "mode", "bridge", "pod attachment: bridge or ptp")
+	up.Flags().StringVar(&opts.Proxy, "proxy", "nftables", "every weftd's service proxy: nftables, ebpf (socket load balancing in front of nftables) or auto")
 	up.Flags().BoolVarP(&detach, "detach", "d", false, "leave the lab running and return")
 
 	pod := &cobra.Command{Use: "pod", Short: "Pods of a lab"}
@@ -267,7 +268,11 @@ func newLabCmd() *cobra.Command {
 
 func printStatus(w io.Writer, l *lab.Lab) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "lab %s: %d nodes, %s fabric, %s mode, store %s\n", l.State.Name, len(l.State.Nodes), l.State.Fabric, l.State.Mode, l.State.Store)
+	proxy := l.State.Proxy
+	if proxy == "" {
+		proxy = "nftables"
+	}
+	fmt.Fprintf(tw, "lab %s: %d nodes, %s fabric, %s mode, %s proxy, store %s\n", l.State.Name, len(l.State.Nodes), l.State.Fabric, l.State.Mode, proxy, l.State.Store)
 	fmt.Fprintln(tw, "NODE\tUNDERLAY\tPOD CIDRS\tMTU\tWEFTD")
 	for _, n := range l.State.Nodes {
 		up := "running"
@@ -442,7 +447,13 @@ func newLabServiceCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return l.WeftOnNode(node, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), append([]string{"service", "programmed"}, rest[2:]...)...)
+				args := append([]string{"service", "programmed"}, rest[2:]...)
+				for _, n := range l.State.Nodes {
+					if n.Name == node {
+						args = append(args, "--bpf-dir", filepath.Join(n.RunDir, "bpf"))
+					}
+				}
+				return l.WeftOnNode(node, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), args...)
 			}
 			return runInLab(cmd, name, append([]string{"service"}, rest...))
 		},

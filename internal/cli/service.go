@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,6 +20,7 @@ import (
 	"github.com/weftnet/weft/internal/endpoints"
 	"github.com/weftnet/weft/internal/manifest"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/proxy/sockproxy"
 	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store"
 	"github.com/weftnet/weft/internal/store/storeurl"
@@ -236,15 +238,23 @@ func newServiceCmd() *cobra.Command {
 			})
 		},
 	}
+	var bpfDir string
 	programmed := &cobra.Command{
-		Use: "programmed", Short: "What this node's kernel sends where (weft's service table, in this network namespace)", Args: noArgs,
+		Use: "programmed", Short: "What this node's kernel sends where: weft's service table (in this network namespace) and, with --proxy ebpf, the socket load balancer's maps", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ports, err := nftproxy.Programmed()
 			if err != nil {
 				return err
 			}
+			sock, err := sockproxy.ReadPinned(filepath.Join(bpfDir, "sock"))
+			if err != nil {
+				return fmt.Errorf("socket load balancer maps: %w", err)
+			}
 			if sf.output == "json" {
-				return printJSON(cmd.OutOrStdout(), ports)
+				return printJSON(cmd.OutOrStdout(), struct {
+					NFTables []nftproxy.ProgrammedPort `json:"nftables"`
+					Sockets  []sockproxy.ServicePort   `json:"sockets,omitempty"`
+				}{ports, sock})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ADDRESS\tPROTOCOL\tBACKENDS")
@@ -259,9 +269,16 @@ func newServiceCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", addr, p.Protocol, what)
 			}
+			if sock != nil {
+				fmt.Fprintln(tw, "\nSOCKET LB ADDRESS\tPROTOCOL\tBACKENDS\tTRANSLATED\tREFUSED")
+				for _, p := range sock {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", p.Address, p.Protocol, strings.Join(p.Backends, ","), p.Translated, p.Refused)
+				}
+			}
 			return tw.Flush()
 		},
 	}
+	programmed.Flags().StringVar(&bpfDir, "bpf-dir", "/run/weft/bpf", "weftd's bpffs (its --bpf-dir)")
 	cmd.AddCommand(create, ls, get, rm, eps, programmed)
 	return cmd
 }

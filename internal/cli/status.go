@@ -58,6 +58,9 @@ func newStatusCmd() *cobra.Command {
 			fmt.Fprintf(w, "weftd: up, %s\n", state)
 			if out.Node != nil {
 				fmt.Fprintf(w, "node: %s  pod CIDRs: %v  MTU: %d  fabric: %s\n", out.Node.NodeName, out.Node.PodCIDRs, out.Node.MTU, out.Node.Fabric)
+				if out.Node.Proxy != "" {
+					fmt.Fprintf(w, "service proxy: %s\n", out.Node.Proxy)
+				}
 			}
 			fmt.Fprintf(w, "attachments: %d\n", out.Allocated)
 			for _, p := range out.Pools {

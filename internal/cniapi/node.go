@@ -20,7 +20,10 @@ type NodeContract struct {
 	Gateways []netip.Addr   `json:"gateways"`
 	MTU      int            `json:"mtu"`
 	Fabric   string         `json:"fabric"`
-	Socket   string         `json:"socket"`
+	// Proxy is the service proxy running: nftables, ebpf (socket load balancing in front of
+	// nftables) or none; empty outside cluster mode.
+	Proxy  string `json:"proxy,omitempty"`
+	Socket string `json:"socket"`
 	// The cluster DNS this node answers on, and its domain: pods get them in the CNI
 	// result (resolv.conf) unless the network config or the runtime says otherwise.
 	DNSServers []netip.Addr `json:"dnsServers,omitempty"`

@@ -42,6 +42,7 @@ type Options struct {
 	Fabric string // vxlan, direct or bgp
 	Racks  int    // fabric bgp: L2 segments joined only by a router running TOR (0, 1: one segment)
 	TOR    string // the racks' router: bird (default), gobgpd or frr
+	Proxy  string // every weftd's --proxy: nftables (default), ebpf or auto
 }
 
 // Node is one node namespace with its weftd.
@@ -88,6 +89,7 @@ type State struct {
 	Underlay string  `json:"underlay"` // the underlay namespace
 	Racks    int     `json:"racks,omitempty"`
 	TOR      string  `json:"tor,omitempty"`
+	Proxy    string  `json:"proxy,omitempty"`
 	Router   string  `json:"router,omitempty"` // racked labs: the router namespace
 	Client   string  `json:"client,omitempty"` // racked labs: a client outside the cluster, behind the router
 	TORProcs []Proc  `json:"torProcs,omitempty"`
@@ -121,6 +123,11 @@ func (o *Options) defaults() error {
 	}
 	if o.Fabric != "vxlan" && o.Fabric != "direct" && o.Fabric != "bgp" {
 		return fmt.Errorf("--fabric %q: use vxlan, direct or bgp", o.Fabric)
+	}
+	switch o.Proxy {
+	case "", "nftables", "ebpf", "auto":
+	default:
+		return fmt.Errorf("--proxy %q: use nftables, ebpf or auto", o.Proxy)
 	}
 	if o.Racks > 1 && o.Fabric != "bgp" {
 		return fmt.Errorf("--racks needs --fabric bgp: only BGP routes pod networks across the rack router")
@@ -167,7 +174,7 @@ func Up(opts Options) (*Lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the lab needs root (it creates network namespaces)")
 	}
-	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode, Fabric: opts.Fabric, Racks: opts.Racks, TOR: opts.TOR}}
+	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode, Fabric: opts.Fabric, Racks: opts.Racks, TOR: opts.TOR, Proxy: opts.Proxy}}
 	if _, err := os.Stat(l.stateFile()); err == nil {
 		return nil, fmt.Errorf("lab %q already exists: run `weft lab down --name %s` first", opts.Name, opts.Name)
 	}
@@ -254,6 +261,9 @@ func (l *Lab) startWeftd(n *Node) error {
 	cmd := exec.Command("nsenter", "--net="+nsPath, "--", filepath.Join(l.opts.BinDir, "weftd"),
 		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--store", l.State.Store, "--underlay-dev", "uplink",
 		"--metrics-addr", MetricsAddr, "--dns-upstream", "none") // a lab never forwards outside its namespaces
+	if l.State.Proxy != "" {
+		cmd.Args = append(cmd.Args, "--proxy", l.State.Proxy)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals
 	if err := cmd.Start(); err != nil {

@@ -395,7 +395,7 @@ func addrPortOf(ip netip.Addr, port uint16) sockAddrPort {
 // ServicePort is one programmed service address with its backends and counters, read
 // back from the maps.
 type ServicePort struct {
-	Service    string   `json:"service"`
+	Service    string   `json:"service,omitempty"`
 	Address    string   `json:"address"`
 	Protocol   string   `json:"protocol"`
 	Backends   []string `json:"backends"`
@@ -405,25 +405,55 @@ type ServicePort struct {
 
 // Programmed reads the maps (not weftd's memory): what the kernel translates now.
 func (p *Proxy) Programmed() ([]ServicePort, error) {
-	names := map[uint32]string{}
-	for _, a := range p.applied {
-		names[a.val.Id] = a.service
+	out, err := programmed(p.objs.Services, p.objs.Backends, p.objs.Stats)
+	if err != nil {
+		return nil, err
 	}
-	var out []ServicePort
+	names := map[sockSvcKey]string{}
+	for k, a := range p.applied {
+		names[k] = a.service
+	}
+	for i := range out {
+		ap := netip.MustParseAddrPort(out[i].Address)
+		out[i].Service = names[svcKeyOf(ap.Addr(), map[string]uint8{"TCP": proxy.ProtoTCP, "UDP": proxy.ProtoUDP}[out[i].Protocol], ap.Port())]
+	}
+	return out, nil
+}
+
+// ReadPinned reads the maps a weftd pinned in dir (for `weft service programmed`); no
+// maps there: nil, the socket load balancer is off.
+func ReadPinned(dir string) ([]ServicePort, error) {
+	var maps []*ebpf.Map
+	for _, name := range []string{sockMapServices, sockMapBackends, sockMapStats} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer m.Close()
+		maps = append(maps, m)
+	}
+	return programmed(maps[0], maps[1], maps[2])
+}
+
+func programmed(services, backends, stats *ebpf.Map) ([]ServicePort, error) {
+	out := []ServicePort{}
 	var k sockSvcKey
 	var v sockSvcVal
-	it := p.objs.Services.Iterate()
+	it := services.Iterate()
 	for it.Next(&k, &v) {
-		sp := ServicePort{Service: names[v.Id], Address: netip.AddrPortFrom(wordsAddr(k.Addr), hostPort(k.Port)).String(),
+		sp := ServicePort{Address: netip.AddrPortFrom(wordsAddr(k.Addr), hostPort(k.Port)).String(),
 			Protocol: map[uint8]string{proxy.ProtoTCP: "TCP", proxy.ProtoUDP: "UDP"}[k.Proto], Backends: []string{}}
 		for i := uint16(0); i < v.Count; i++ {
 			var b sockAddrPort
-			if err := p.objs.Backends.Lookup(sockBackendKey{Id: v.Id, Slot: uint32(i)}, &b); err == nil {
+			if err := backends.Lookup(sockBackendKey{Id: v.Id, Slot: uint32(i)}, &b); err == nil {
 				sp.Backends = append(sp.Backends, netip.AddrPortFrom(wordsAddr(b.Addr), hostPort(b.Port)).String())
 			}
 		}
 		var per []sockCounters
-		if err := p.objs.Stats.Lookup(v.Id, &per); err == nil {
+		if err := stats.Lookup(v.Id, &per); err == nil {
 			for _, c := range per {
 				sp.Translated += c.Translated
 				sp.Refused += c.Refused

@@ -199,8 +199,8 @@ func TestNoEndpointsRefusesAtOnce(t *testing.T) {
 	lt.sync(t, service("10.96.0.11", 80, proxy.ProtoTCP, 0))
 	start := time.Now()
 	_, _, err := ask(lt.pod, "10.96.0.11:80")
-	if !errors.Is(err, syscall.EPERM) || time.Since(start) > 500*time.Millisecond {
-		t.Errorf("connect to a service without endpoints: %v after %v, want EPERM at once", err, time.Since(start))
+	if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > 500*time.Millisecond {
+		t.Errorf("connect to a service without endpoints: %v after %v, want ECONNREFUSED at once", err, time.Since(start))
 	}
 	ports, _ := lt.p.Programmed()
 	if len(ports) != 1 || ports[0].Refused != 1 {
@@ -331,5 +331,49 @@ func TestUDPFlows(t *testing.T) {
 	})
 	if err != nil {
 		t.Error(err)
+	}
+}
+
+// TestDestroyConnectionsTo: a connection to an endpoint that went away is aborted at
+// once, both families; others stay.
+func TestDestroyConnectionsTo(t *testing.T) {
+	testutil.RequireRoot(t)
+	pod := testutil.NewNS(t, "sd")
+	conns := map[string]net.Conn{}
+	for _, addr := range []string{"127.0.0.1:7001", "127.0.0.1:7002", "[::1]:7001"} {
+		ln, err := probe.ListenTCP(pod.Path, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+			}
+		}()
+		c, err := probe.DialTCP(pod.Path, netip.MustParseAddrPort(addr), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[addr] = c
+	}
+	n, err := DestroyConnectionsTo(pod.Path, map[netip.AddrPort]bool{
+		netip.MustParseAddrPort("127.0.0.1:7001"): true, netip.MustParseAddrPort("[::1]:7001"): true,
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("destroyed %d, %v; want the 2 client sockets", n, err)
+	}
+	for addr, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		aborted := errors.Is(err, syscall.ECONNABORTED)
+		if want := addr != "127.0.0.1:7002"; aborted != want {
+			t.Errorf("connection to %s: read %v, aborted %v, want %v", addr, err, aborted, want)
+		}
 	}
 }

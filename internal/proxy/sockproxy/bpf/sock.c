@@ -16,6 +16,8 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+#define ECONNREFUSED 111
+
 #define MAX_SERVICES 65536
 #define MAX_BACKENDS (MAX_SERVICES * 8)
 #define MAX_REVERSE 262144
@@ -240,8 +242,8 @@ static __always_inline struct addr_port *pick(const struct svc_val *s, __u64 net
 
 // translate points the socket (connect) or the datagram (sendmsg) at a backend if it is
 // going to a service, and records backend → service for the socket (getpeername,
-// recvmsg). It returns 0 when the service has no endpoint: the call fails at once (EPERM)
-// instead of timing out. A connected UDP socket is left to the nftables proxy: its flow
+// recvmsg). When the service has no endpoint the call fails at once with ECONNREFUSED, as
+// with the nftables proxy's reject, instead of timing out. A connected UDP socket is left to the nftables proxy: its flow
 // to a removed endpoint must move to a live one, which conntrack does and a socket pinned
 // at connect time cannot.
 static __always_inline int translate(struct bpf_sock_addr *ctx, int v6, int datagram)
@@ -261,6 +263,7 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, int v6, int data
 		return 1;
 	if (s->count == 0) {
 		count(s->id, 1);
+		bpf_set_retval(-ECONNREFUSED); // as the nftables proxy's reject: refused, at once
 		return 0;
 	}
 	struct flow_key fk;
