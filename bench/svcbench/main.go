@@ -2,6 +2,8 @@
 // shapes kube-proxy loads, on the same namespaces, in one run:
 //
 //   - weft: proxy.State programmed by nftproxy over netlink (table inet weft-svc);
+//   - ebpf: weftd's --proxy ebpf, the same table plus the socket load balancer
+//     (internal/proxy/sockproxy) translating the client's connects;
 //   - kube-proxy nftables mode's shape, loaded with `nft -f`;
 //   - kube-proxy iptables mode's shape, loaded with iptables-restore, legacy and nf_tables
 //     backends.
@@ -21,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,8 +34,10 @@ import (
 	vnetns "github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/bench/internal/nettopo"
+	"github.com/weftnet/weft/internal/bpffs"
 	"github.com/weftnet/weft/internal/proxy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/proxy/sockproxy"
 )
 
 var (
@@ -48,7 +53,10 @@ const (
 	endpoints = 5
 )
 
-type topo struct{ *nettopo.Topo }
+type topo struct {
+	*nettopo.Topo
+	undo []func() // what a shape set up outside the namespaces (the socket LB's bpffs)
+}
 
 func main() {
 	flag.Parse()
@@ -91,7 +99,7 @@ func main() {
 				fail(fmt.Errorf("%s at %d: %w", shape, n, err))
 			}
 			record(shape, fmt.Sprintf("full load %d", n), full.Round(time.Millisecond).String())
-			record(shape, fmt.Sprintf("one change at %d", n), change.Round(100*time.Microsecond).String())
+			record(shape, fmt.Sprintf("one change at %d", n), change.Round(time.Microsecond).String())
 			vip := netip.AddrPortFrom(vipOf(n-1), 80) // the last service: no early match
 			direct := netip.MustParseAddrPort(serverIP + ":8080")
 			_ = vip
@@ -109,7 +117,7 @@ func main() {
 	fmt.Println("\nratios (weft against each, lower is better for weft):")
 	for _, n := range ns {
 		w := results["weft"]
-		for _, other := range []string{"nft", "iptables-legacy", "iptables-nft"} {
+		for _, other := range []string{"ebpf", "nft", "iptables-legacy", "iptables-nft"} {
 			o := results[other]
 			if w == nil || o == nil {
 				continue
@@ -170,6 +178,8 @@ func load(t *topo, shape string, n int) (full, change time.Duration, err error) 
 	switch shape {
 	case "weft":
 		return loadWeft(t, n)
+	case "ebpf":
+		return loadEbpf(t, n)
 	case "nft":
 		return loadNft(t, n)
 	case "iptables-legacy", "iptables-nft":
@@ -250,6 +260,60 @@ func loadWeft(t *topo, n int) (full, change time.Duration, err error) {
 	}
 	sort.Slice(changes, func(i, j int) bool { return changes[i] < changes[j] })
 	return full, changes[2], nil
+}
+
+// loadEbpf is weftd with --proxy ebpf: the nftables proxy, and the socket load balancer
+// in front of it translating the client namespace's connects (the cost a pod sees).
+func loadEbpf(t *topo, n int) (full, change time.Duration, err error) {
+	dir, err := os.MkdirTemp("", "svcbench-bpf")
+	if err != nil {
+		return 0, 0, err
+	}
+	t.undo = append(t.undo, func() { _ = bpffs.Unmount(dir); _ = os.RemoveAll(dir) })
+	cookie, err := sockproxy.NetnsCookie(t.Client)
+	if err != nil {
+		return 0, 0, err
+	}
+	root, err := sockproxy.CgroupRoot()
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	sock, err := sockproxy.Load(filepath.Join(dir, "sock"))
+	if err != nil {
+		return 0, 0, err
+	}
+	t.undo = append(t.undo, sock.Close)
+	if err := sock.Attach(root); err != nil {
+		return 0, 0, err
+	}
+	pods := map[uint64]bool{cookie: true}
+	want, changed := weftState(n, false), weftState(n, true)
+	if err := sock.Sync(want, pods); err != nil {
+		return 0, 0, err
+	}
+	sockFull := time.Since(start)
+	nftFull, nftChange, err := loadWeft(t, n)
+	if err != nil {
+		return 0, 0, err
+	}
+	var changes []time.Duration
+	for i := range 5 {
+		next := changed
+		if i%2 == 1 {
+			next = want
+		}
+		start = time.Now()
+		if err := sock.Sync(next, pods); err != nil {
+			return 0, 0, err
+		}
+		changes = append(changes, time.Since(start))
+	}
+	sort.Slice(changes, func(i, j int) bool { return changes[i] < changes[j] })
+	// A change reaches pods' new connections when the maps have it (weftd writes them
+	// before the table); the table's own change is reported beside it.
+	fmt.Printf("%-16s %-28s %s\n", "ebpf", fmt.Sprintf("table change at %d", n), nftChange.Round(100*time.Microsecond))
+	return sockFull + nftFull, changes[2], nil
 }
 
 // loadNft writes kube-proxy's nftables-mode shape and loads it with `nft -f`; the change
@@ -426,12 +490,18 @@ func mustTopo(tag string) *topo {
 	if err != nil {
 		fail(err)
 	}
-	tp := &topo{t}
+	tp := &topo{Topo: t}
 	active = append(active, tp)
 	return tp
 }
 
-func (t *topo) down() { t.Down() }
+func (t *topo) down() {
+	for _, u := range t.undo {
+		u()
+	}
+	t.undo = nil
+	t.Down()
+}
 
 // interleaved is nettopo.Interleaved over -conns connections per sample.
 func interleaved(targets []nettopo.Target) []nettopo.Percentiles {

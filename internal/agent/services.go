@@ -101,12 +101,19 @@ func (p *serviceProxy) sync() error {
 			return fmt.Errorf("fast path endpoint map: %w", err)
 		}
 	}
+	// The socket load balancer first: pods' new connections see a change as soon as its
+	// maps do (it sends them to endpoints directly, needing nothing of nftables).
+	if p.sock != nil {
+		if err := p.syncSockets(want); err != nil {
+			return err
+		}
+	}
 	st, err := p.nft.Sync(want)
 	if err != nil {
 		return err
 	}
 	if p.sock != nil {
-		if err := p.syncSockets(want, st.Removed); err != nil {
+		if err := p.abortSockets(st.Removed); err != nil {
 			return err
 		}
 	}
@@ -141,8 +148,8 @@ type netnsCookie struct {
 }
 
 // syncSockets programs the socket load balancer: the same services, for the sockets of
-// the node's pods; the connections it pointed at endpoints that went away are aborted.
-func (p *serviceProxy) syncSockets(want proxy.State, removed []proxy.Key) error {
+// the node's pods.
+func (p *serviceProxy) syncSockets(want proxy.State) error {
 	paths, err := p.podNetns()
 	if err != nil {
 		return err
@@ -168,6 +175,12 @@ func (p *serviceProxy) syncSockets(want proxy.State, removed []proxy.Key) error 
 	if err := p.sock.Sync(want, pods); err != nil {
 		return fmt.Errorf("socket load balancer: %w", err)
 	}
+	return nil
+}
+
+// abortSockets aborts the pods' TCP sockets the socket load balancer pointed at
+// endpoints that went away (conntrack cleanup cannot move them: they were never NATed).
+func (p *serviceProxy) abortSockets(removed []proxy.Key) error {
 	gone := map[netip.AddrPort]bool{}
 	for _, k := range removed {
 		if k.Proto == proxy.ProtoTCP {
@@ -178,7 +191,7 @@ func (p *serviceProxy) syncSockets(want proxy.State, removed []proxy.Key) error 
 		return nil
 	}
 	var errs []error
-	for path := range next {
+	for path := range p.cookies {
 		n, err := sockproxy.DestroyConnectionsTo(path, gone)
 		p.aborted.Add(float64(n))
 		errs = append(errs, err)

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -36,14 +37,17 @@ type Proxy struct {
 	ids     map[sockSvcKey]uint32 // service port → its id (index of backends and stats)
 	freeIDs []uint32
 	nextID  uint32
-	applied map[sockSvcKey]applied // nil: unknown (just loaded), the next Sync writes all
-	pods    map[uint64]bool        // netns cookies in pod_netns
+	applied map[sockSvcKey]*applied // nil: unknown (just loaded), the next Sync writes all
+	gen     uint64                  // Sync's pass, marking what it still wants
+	pods    map[uint64]bool         // netns cookies in pod_netns
 }
 
 type applied struct {
 	val      sockSvcVal
 	backends []sockAddrPort
-	service  string // namespace/name, for counters
+	from     []proxy.Backend // what backends was made of: compared as is, cheaply
+	service  string          // namespace/name, for counters
+	gen      uint64
 }
 
 const svcAffinity = 1 // SVC_AFFINITY in bpf/sock.c
@@ -225,7 +229,9 @@ func CgroupRoot() (string, error) {
 
 // Sync programs the service addresses of want and the pods (by netns cookie) whose
 // sockets are translated. New pods and new backends are written before the services
-// that send to them; a shrinking service lowers its count before its slots go.
+// that send to them; a shrinking service lowers its count before its slots go. Only what
+// changed since the last Sync is written: at 10,000 services a one-endpoint change costs
+// one comparison per service and a few map writes.
 func (p *Proxy) Sync(want proxy.State, pods map[uint64]bool) error {
 	for c := range pods {
 		if !p.pods[c] {
@@ -235,25 +241,24 @@ func (p *Proxy) Sync(want proxy.State, pods map[uint64]bool) error {
 			p.pods[c] = true
 		}
 	}
-	next := map[sockSvcKey]applied{}
+	full := p.applied == nil
+	if full {
+		p.applied = map[sockSvcKey]*applied{}
+	}
+	p.gen++
+	var errs []error
 	for _, port := range want.Ports {
 		if port.Proto != proxy.ProtoTCP && port.Proto != proxy.ProtoUDP {
 			continue // the hooks see TCP and UDP sockets; SCTP stays with nftables
 		}
 		k := svcKeyOf(port.VIP, port.Proto, port.Port)
-		a := applied{service: port.Service}
-		for _, b := range port.Backends {
-			a.backends = append(a.backends, addrPortOf(b.IP, b.Port))
+		old := p.applied[k]
+		if old != nil && old.matches(port) {
+			old.gen = p.gen
+			continue
 		}
-		a.val.Count = uint16(min(len(a.backends), 1<<16-1))
-		if port.Affinity > 0 {
-			a.val.Flags = svcAffinity
-			a.val.Timeout = uint32(port.Affinity / time.Second)
-		}
-		next[k] = a
-	}
-	var errs []error
-	for k, a := range next {
+		a := appliedOf(port)
+		a.gen = p.gen
 		id, ok := p.ids[k]
 		if !ok {
 			id = p.newID()
@@ -261,30 +266,30 @@ func (p *Proxy) Sync(want proxy.State, pods map[uint64]bool) error {
 			_ = p.objs.Stats.Put(id, make([]sockCounters, ebpf.MustPossibleCPU())) // a reused id starts at zero
 		}
 		a.val.Id = id
-		next[k] = a
-		if old, ok := p.applied[k]; ok && old.val == a.val && equalBackends(old.backends, a.backends) {
-			continue
+		var prev applied
+		if old != nil {
+			prev = *old
 		}
-		errs = append(errs, p.writeService(k, a, p.applied[k]))
-	}
-	for k, id := range p.ids {
-		if _, ok := next[k]; ok {
-			continue
-		}
-		if err := p.objs.Services.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := p.writeService(k, a, prev); err != nil {
 			errs = append(errs, err)
+			continue
 		}
-		delete(p.ids, k)
-		p.freeIDs = append(p.freeIDs, id)
+		p.applied[k] = &a
 	}
-	if p.applied == nil {
-		errs = append(errs, p.sweepBackends(next)) // slots left by an earlier weftd
-	} else {
-		for k, old := range p.applied {
-			if _, ok := next[k]; !ok {
-				errs = append(errs, p.deleteSlots(old.val.Id, 0, len(old.backends)))
+	for k, a := range p.applied {
+		if a.gen != p.gen {
+			errs = append(errs, p.removeService(k), p.deleteSlots(a.val.Id, 0, len(a.backends)))
+			delete(p.applied, k)
+		}
+	}
+	if full {
+		// Services an earlier weftd left that nobody wants now, and their slots.
+		for k := range p.ids {
+			if _, ok := p.applied[k]; !ok {
+				errs = append(errs, p.removeService(k))
 			}
 		}
+		errs = append(errs, p.sweepBackends())
 	}
 	for c := range p.pods {
 		if !pods[c] {
@@ -298,8 +303,46 @@ func (p *Proxy) Sync(want proxy.State, pods map[uint64]bool) error {
 		p.applied = nil // the next Sync writes everything again
 		return err
 	}
-	p.applied = next
 	return nil
+}
+
+func appliedOf(port *proxy.Port) applied {
+	a := applied{service: port.Service, backends: make([]sockAddrPort, 0, len(port.Backends)), from: slices.Clone(port.Backends)}
+	for _, b := range port.Backends {
+		a.backends = append(a.backends, addrPortOf(b.IP, b.Port))
+	}
+	a.val.Count = uint16(min(len(a.backends), 1<<16-1))
+	if port.Affinity > 0 {
+		a.val.Flags = svcAffinity
+		a.val.Timeout = uint32(port.Affinity / time.Second)
+	}
+	return a
+}
+
+// matches says whether port would be written as a is (without allocating).
+func (a *applied) matches(port *proxy.Port) bool {
+	var flags uint16
+	var timeout uint32
+	if port.Affinity > 0 {
+		flags, timeout = svcAffinity, uint32(port.Affinity/time.Second)
+	}
+	if a.service != port.Service || a.val.Flags != flags || a.val.Timeout != timeout || len(a.backends) != len(port.Backends) {
+		return false
+	}
+	return slices.Equal(a.from, port.Backends)
+}
+
+// removeService deletes k's entry (its connects stop being translated) and frees its id.
+func (p *Proxy) removeService(k sockSvcKey) error {
+	err := p.objs.Services.Delete(k)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		err = nil
+	}
+	if id, ok := p.ids[k]; ok {
+		delete(p.ids, k)
+		p.freeIDs = append(p.freeIDs, id)
+	}
+	return err
 }
 
 func (p *Proxy) newID() uint32 {
@@ -335,10 +378,10 @@ func (p *Proxy) deleteSlots(id uint32, from, to int) error {
 	return nil
 }
 
-// sweepBackends deletes every slot no service of next uses.
-func (p *Proxy) sweepBackends(next map[sockSvcKey]applied) error {
+// sweepBackends deletes every slot no applied service uses.
+func (p *Proxy) sweepBackends() error {
 	count := map[uint32]uint32{}
-	for _, a := range next {
+	for _, a := range p.applied {
 		count[a.val.Id] = uint32(a.val.Count)
 	}
 	var stale []sockBackendKey
@@ -359,18 +402,6 @@ func (p *Proxy) sweepBackends(next map[sockSvcKey]applied) error {
 		}
 	}
 	return nil
-}
-
-func equalBackends(a, b []sockAddrPort) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // addrWords lays an address out as the programs read it: IPv4 as IPv4-mapped IPv6, in

@@ -377,3 +377,45 @@ func TestDestroyConnectionsTo(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkSyncOneChange is the cost of a one-endpoint change at 10,000 services: how long
+// until a pod's next connect sees it.
+func BenchmarkSyncOneChange(b *testing.B) {
+	testutil.RequireRoot(b)
+	bpf := b.TempDir()
+	b.Cleanup(func() { _ = bpffs.Unmount(bpf) })
+	p, err := Load(filepath.Join(bpf, "sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	state := func(changed bool) proxy.State {
+		st := proxy.State{Ports: map[string]*proxy.Port{}}
+		for i := range 10000 {
+			vip := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+			port := &proxy.Port{Service: "default/s", VIP: vip, Port: 80, Proto: proxy.ProtoTCP}
+			for e := range 5 {
+				port.Backends = append(port.Backends, proxy.Backend{IP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Port: uint16(8080 + e)})
+			}
+			if changed && i == 5000 {
+				port.Backends[0].Port = 9999
+			}
+			st.Ports[vip.String()] = port
+		}
+		return st
+	}
+	a, c := state(false), state(true)
+	if err := p.Sync(a, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		next := a
+		if i%2 == 0 {
+			next = c
+		}
+		if err := p.Sync(next, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
