@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
@@ -26,6 +28,7 @@ import (
 	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/proxy/nodeportlb"
 	"github.com/weftnet/weft/internal/proxy/sockproxy"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
@@ -60,13 +63,14 @@ type Agent struct {
 	store     *boltstore.Store
 	alloc     *ipam.Allocator
 	metrics   *metrics
-	reaper    *reconcile.Loop  // deletes retired veths (see podnet.Retire)
-	fast      *fastpathSync    // nil when the fast path is off or unavailable
-	spoof     *antispoofSync   // nil when anti-spoofing is off
-	publish   *reconcile.Loop  // this node's pods into the cluster store; nil on a single host
-	dnsAddrs  []netip.Addr     // the cluster DNS addresses this node answers on
-	proxyMode string           // the service proxy running: nftables, ebpf or none
-	sock      *sockproxy.Proxy // the socket load balancer (--proxy ebpf/auto), nil if off
+	reaper    *reconcile.Loop      // deletes retired veths (see podnet.Retire)
+	fast      *fastpathSync        // nil when the fast path is off or unavailable
+	spoof     *antispoofSync       // nil when anti-spoofing is off
+	publish   *reconcile.Loop      // this node's pods into the cluster store; nil on a single host
+	dnsAddrs  []netip.Addr         // the cluster DNS addresses this node answers on
+	proxyMode string               // the service proxy running: nftables, ebpf or none
+	sock      *sockproxy.Proxy     // the socket load balancer (--proxy ebpf/auto), nil if off
+	np        *nodeportlb.Balancer // the node port balancer (likewise)
 	dnsDomain string
 
 	mu       sync.Mutex
@@ -247,6 +251,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.sock != nil {
 		a.sock.Close() // likewise: its links are pinned
 	}
+	if a.np != nil {
+		a.np.Close()
+	}
 	return err
 }
 
@@ -344,7 +351,7 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 		if nftproxy.TableExists() {
 			_ = nftproxy.Delete()
 		}
-		return sockproxy.Detach(filepath.Join(a.bpfDir(), "sock"))
+		return errors.Join(sockproxy.Detach(filepath.Join(a.bpfDir(), "sock")), nodeportlb.Detach(filepath.Join(a.bpfDir(), "nodeport")))
 	}
 	if a.opts.ManageSysctls {
 		if err := nftproxy.PrepareNode(); err != nil {
@@ -369,13 +376,19 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 		sp.nft.MasqueradeExternal(c.cfg.ClusterCIDRs, c.cfg.ServiceCIDRs)
 	}
 	a.proxyMode = "nftables"
-	sockDir := filepath.Join(a.bpfDir(), "sock")
+	sockDir, npDir := filepath.Join(a.bpfDir(), "sock"), filepath.Join(a.bpfDir(), "nodeport")
 	if a.opts.Proxy == "ebpf" || a.opts.Proxy == "auto" {
 		sock, err := loadSocketLB(sockDir)
 		switch {
 		case err == nil:
 			sp.sock, sp.podNetns, a.sock = sock, a.podNetns, sock
 			a.proxyMode = "ebpf"
+			if np, err := a.loadNodePortLB(npDir); err != nil {
+				a.opts.Log.Warn("eBPF node port balancing unavailable; node ports pick backends at random", "err", err)
+			} else {
+				sp.np, a.np = np, np
+				sp.nft.UseMaglevMarks()
+			}
 		case a.opts.Proxy == "ebpf":
 			return fmt.Errorf("--proxy ebpf: %w", err)
 		default:
@@ -386,6 +399,11 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 		// nftables alone: the programs of an earlier --proxy ebpf come off.
 		if err := sockproxy.Detach(sockDir); err != nil {
 			a.opts.Log.Warn("removing the socket load balancer of an earlier run", "err", err)
+		}
+	}
+	if a.np == nil {
+		if err := nodeportlb.Detach(npDir); err != nil {
+			a.opts.Log.Warn("removing the node port balancer of an earlier run", "err", err)
 		}
 	}
 	g.Loop("service-proxy", sp.run)
@@ -408,6 +426,28 @@ func loadSocketLB(dir string) (*sockproxy.Proxy, error) {
 		return nil, err
 	}
 	return sock, nil
+}
+
+// loadNodePortLB loads the node port balancer and puts it on the underlay device's
+// ingress, where node port traffic from outside arrives.
+func (a *Agent) loadNodePortLB(dir string) (*nodeportlb.Balancer, error) {
+	c := a.opts.Cluster
+	if c == nil || c.o.UnderlayDev == "" {
+		return nil, errors.New("no underlay device")
+	}
+	l, err := netlink.LinkByName(c.o.UnderlayDev)
+	if err != nil {
+		return nil, fmt.Errorf("underlay device %s: %w", c.o.UnderlayDev, err)
+	}
+	np, err := nodeportlb.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := np.Attach(l.Attrs().Index); err != nil {
+		np.Close()
+		return nil, fmt.Errorf("attach to %s: %w", c.o.UnderlayDev, err)
+	}
+	return np, nil
 }
 
 // podNetns lists the network namespaces of the node's pods.

@@ -14,6 +14,7 @@ import (
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/proxy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/proxy/nodeportlb"
 	"github.com/weftnet/weft/internal/proxy/sockproxy"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
@@ -34,6 +35,7 @@ type serviceProxy struct {
 	// nftables alone. podNetns lists the node's pod namespaces, whose sockets it
 	// translates; cookies caches their netns cookies by path.
 	sock     *sockproxy.Proxy
+	np       *nodeportlb.Balancer // node ports' Maglev choice in tc (with sock)
 	podNetns func() ([]string, error)
 	cookies  map[string]netnsCookie
 	aborted  prometheus.Counter
@@ -115,6 +117,12 @@ func (p *serviceProxy) sync() error {
 	if p.sock != nil {
 		if err := p.abortSockets(st.Removed); err != nil {
 			return err
+		}
+	}
+	if p.np != nil {
+		// After the table: the indices it marks are the table's numbering.
+		if err := p.np.Sync(want); err != nil {
+			return fmt.Errorf("node port balancer: %w", err)
 		}
 	}
 	if len(st.Removed) > 0 {

@@ -20,6 +20,7 @@ import (
 	"github.com/weftnet/weft/internal/endpoints"
 	"github.com/weftnet/weft/internal/manifest"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
+	"github.com/weftnet/weft/internal/proxy/nodeportlb"
 	"github.com/weftnet/weft/internal/proxy/sockproxy"
 	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store"
@@ -250,11 +251,16 @@ func newServiceCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("socket load balancer maps: %w", err)
 			}
+			nodePorts, err := nodeportlb.ReadPinned(filepath.Join(bpfDir, "nodeport"))
+			if err != nil {
+				return fmt.Errorf("node port balancer maps: %w", err)
+			}
 			if sf.output == "json" {
 				return printJSON(cmd.OutOrStdout(), struct {
-					NFTables []nftproxy.ProgrammedPort `json:"nftables"`
-					Sockets  []sockproxy.ServicePort   `json:"sockets,omitempty"`
-				}{ports, sock})
+					NFTables  []nftproxy.ProgrammedPort `json:"nftables"`
+					Sockets   []sockproxy.ServicePort   `json:"sockets,omitempty"`
+					NodePorts []nodeportlb.NodePort     `json:"nodePorts,omitempty"`
+				}{ports, sock, nodePorts})
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ADDRESS\tPROTOCOL\tBACKENDS")
@@ -268,6 +274,12 @@ func newServiceCmd() *cobra.Command {
 					addr = "node port " + strings.TrimPrefix(addr, ":")
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", addr, p.Protocol, what)
+			}
+			if nodePorts != nil {
+				fmt.Fprintln(tw, "\nMAGLEV NODE PORT\tPROTOCOL\tBACKENDS\tPACKETS MARKED")
+				for _, p := range nodePorts {
+					fmt.Fprintf(tw, "%d %s\t%s\t%d\t%d\n", p.Port, p.Family, p.Protocol, p.Backends, p.Marked)
+				}
 			}
 			if sock != nil {
 				fmt.Fprintln(tw, "\nSOCKET LB ADDRESS\tPROTOCOL\tBACKENDS\tTRANSLATED\tREFUSED")

@@ -40,6 +40,12 @@ const (
 	// looks like a new connection, and masquerading it would break the client's NAT.
 	MarkTracked = 0x00800000
 
+	// MarkMaglev on a packet to a node port says the node port balancer (tc, on the
+	// underlay's ingress) chose its backend: index MaglevIndexMask of the port's node port
+	// backends, which the nftables proxy's node port rules DNAT to.
+	MarkMaglev      = 0x01000000
+	MaglevIndexMask = 0x0000ffff
+
 	// MarkPortDNAT on a packet says weft-nat DNATed it to a published port: if it came
 	// from the pod network and goes back into it (hairpin), it is masqueraded.
 	MarkPortDNAT = 0x00200000

@@ -301,6 +301,78 @@ func TestServicesInLab(t *testing.T) {
 				})
 			}
 
+			if v.proxy == "ebpf" {
+				t.Run("node ports pick the same backend from every node", func(t *testing.T) {
+					u := l.underlay()
+					client := underlayClientAddr(t, u)
+					np := l.service("maglev", "--selector", "app=web", "--port", "80:9090", "--type", "NodePort")
+					time.Sleep(time.Second)
+					port := uint16(np.Ports[0].NodePort)
+					// ask connects from a fixed client port: the same flow but for the node.
+					ask := func(node netip.Addr, sport int) (string, error) {
+						var got string
+						err := probe.InNS(u.Path, func() error {
+							d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: client.AsSlice(), Port: sport},
+								Control: func(_, _ string, c syscall.RawConn) error {
+									var serr error
+									err := c.Control(func(fd uintptr) {
+										serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+									})
+									return errors.Join(err, serr)
+								}}
+							c, err := d.Dial("tcp", netip.AddrPortFrom(node, port).String())
+							if err != nil {
+								return err
+							}
+							defer c.Close()
+							_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+							b, err := io.ReadAll(c)
+							got = probe.Name(string(b))
+							return err
+						})
+						return got, err
+					}
+					reached := map[string]bool{}
+					for i := range 12 {
+						sport := 41000 + i
+						first := ""
+						for _, n := range l.status.Nodes {
+							got, err := ask(n.Underlay, sport)
+							if err != nil || got == "" {
+								t.Fatalf("node port on %s from client port %d: %q %v", n.Name, sport, got, err)
+							}
+							if first == "" {
+								first = got
+							} else if got != first {
+								t.Errorf("the flow from client port %d reached %s through %s, %s through %s", sport, first, l.status.Nodes[0].Name, got, n.Name)
+							}
+						}
+						reached[first] = true
+					}
+					if len(reached) < 2 {
+						t.Errorf("12 flows all reached %v", reached)
+					}
+					var out struct {
+						NodePorts []struct {
+							Port   uint16
+							Marked uint64
+						}
+					}
+					if err := json.Unmarshal([]byte(l.must("service", "programmed", l.status.Nodes[0].Name, "-o", "json")), &out); err != nil {
+						t.Fatal(err)
+					}
+					marked := uint64(0)
+					for _, p := range out.NodePorts {
+						if p.Port == port {
+							marked = p.Marked
+						}
+					}
+					if marked < 12 {
+						t.Errorf("%s's balancer marked %d packets to node port %d, want at least the 12 connections' first ones: %+v", l.status.Nodes[0].Name, marked, port, out.NodePorts)
+					}
+				})
+			}
+
 			t.Run("weftd restart under a connection loop", func(t *testing.T) {
 				var ok, failed atomic.Int64
 				var firstErr atomic.Value

@@ -44,6 +44,9 @@ type Proxy struct {
 	// external: masquerade connections to service addresses from outside the cluster
 	// (set by MasqueradeExternal).
 	external *externalNets
+	// maglev: node port rules take the backend the node port balancer (tc) marked
+	// before picking one at random (set by UseMaglevMarks).
+	maglev bool
 }
 
 type externalNets struct{ cluster, services []netip.Prefix }
@@ -92,7 +95,7 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 	if err != nil {
 		return Stats{}, fmt.Errorf("nftables: %w", err)
 	}
-	b := &batch{c: c, table: p.table}
+	b := &batch{c: c, table: p.table, maglev: p.maglev}
 	st := Stats{Ports: len(want.Ports), Endpoints: len(want.Endpoints)}
 	if p.applied == nil {
 		st.Full = true
@@ -170,6 +173,14 @@ func bigBuffers(c *netlink.Conn) error {
 		return err
 	}
 	return serr
+}
+
+// UseMaglevMarks makes the node port rules DNAT a packet the node port balancer marked
+// (dataplane.MarkMaglev | index) to the backend of that index, and only unmarked packets
+// to a random one. It takes effect when the table is next written whole.
+func (p *Proxy) UseMaglevMarks() {
+	p.maglev = true
+	p.applied = nil
 }
 
 // Reset makes the next Sync replace the whole table (after drift, or to adopt a table left
@@ -263,6 +274,7 @@ type batch struct {
 	rules    int
 	removed  []proxy.Key // backends that left changed ports (for conntrack cleanup)
 	pending  []pendingElements
+	maglev   bool // see Proxy.UseMaglevMarks
 }
 
 // pendingElements are element additions sent at the end of the transaction.

@@ -361,16 +361,35 @@ func (b *batch) ensureCountMap(m countMap) {
 			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Numgen{Register: 10, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
 	}
+	if m.kind == "svc" {
+		b.rule(chainCounts, b.lookupAndDNAT(ex, s, m, natFamily, protoReg)...)
+		return
+	}
+	if b.maglev {
+		// meta mark & MarkMaglev == MarkMaglev
+		// meta l4proto . th dport . meta mark & MaglevIndexMask: the balancer's choice
+		mark := append(nftexpr.Family(m.is6),
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(dataplane.MarkMaglev), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(dataplane.MarkMaglev)},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 8},
+			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 10},
+			&expr.Bitwise{SourceRegister: 10, DestRegister: 10, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(dataplane.MaglevIndexMask), Xor: make([]byte, 4)})
+		b.rule(chainNodePort, b.lookupAndDNAT(mark, s, m, natFamily, protoReg)...)
+	}
+	b.rule(chainNodePort, b.lookupAndDNAT(ex, s, m, natFamily, protoReg)...)
+}
+
+// lookupAndDNAT ends a count map's rule: look the key up in the map, DNAT to the result.
+func (b *batch) lookupAndDNAT(ex []expr.Any, s *nftables.Set, m countMap, natFamily, protoReg uint32) []expr.Any {
 	ex = append(ex, &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: s.Name})
 	if m.kind == "npm" {
 		ex = append(ex, nftexpr.SetMarkVia(16, dataplane.MarkMasq)...)
 	}
-	ex = append(ex, &expr.NAT{Type: expr.NATTypeDestNAT, Family: natFamily, RegAddrMin: 1, RegProtoMin: protoReg, Specified: true})
-	if m.kind == "svc" {
-		b.rule(chainCounts, ex...)
-	} else {
-		b.rule(chainNodePort, ex...)
-	}
+	return append(ex, &expr.NAT{Type: expr.NATTypeDestNAT, Family: natFamily, RegAddrMin: 1, RegProtoMin: protoReg, Specified: true})
 }
 
 func sameKeys(a, b map[string]proxy.Backend) bool {
