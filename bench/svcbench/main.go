@@ -44,6 +44,7 @@ var (
 	sizes     = flag.String("sizes", "10,1000,10000", "service counts")
 	conns     = flag.Int("conns", 2000, "connections per latency sample")
 	shapes    = flag.String("shapes", "weft,nft,iptables-legacy,iptables-nft", "what to measure")
+	streamFor = flag.Duration("stream", 500*time.Millisecond, "length of each of 6 rounds of one long stream through the VIP and direct, at the largest size (0: skip)")
 	nftIpt10k = flag.Bool("iptables-nft-10k", false, "also load 10,000 services with iptables-nft (minutes)")
 )
 
@@ -111,6 +112,14 @@ func main() {
 			record(shape, fmt.Sprintf("VIP p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", v.P50, v.P99, ratio(v.P50, none.P50)))
 			record(shape, fmt.Sprintf("direct p50/p99 at %d", n), fmt.Sprintf("%v / %v (%.3fx of no rules)", d.P50, d.P99, ratio(d.P50, none.P50)))
 			record(shape, fmt.Sprintf("no rules p50/p99 at %d", n), fmt.Sprintf("%v / %v", none.P50, none.P99))
+			if *streamFor > 0 && n == ns[len(ns)-1] && !strings.HasPrefix(shape, "empty") {
+				r, err := nettopo.StreamRates([]nettopo.Target{{Topo: t.Topo, Addr: vip}, {Topo: t.Topo, Addr: direct}}, 6, *streamFor)
+				if err != nil {
+					t.down()
+					fail(err)
+				}
+				record(shape, fmt.Sprintf("stream via VIP at %d", n), fmt.Sprintf("%.2f Gbit/s (%.3fx of direct %.2f Gbit/s)", r[0]*8/1e9, r[0]/r[1], r[1]*8/1e9))
+			}
 			t.down()
 		}
 	}

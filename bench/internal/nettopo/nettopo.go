@@ -218,3 +218,65 @@ func route(nsPath, gw string) error {
 	}
 	return nil
 }
+
+// StreamRates measures one long TCP stream to each target in turn (the echo server sends
+// every byte back; the client counts what returns), in rounds of d each, and returns each
+// target's median rate in bytes per second over the rounds.
+func StreamRates(targets []Target, rounds int, d time.Duration) ([]float64, error) {
+	rates := make([][]float64, len(targets))
+	for range rounds {
+		for i, tg := range targets {
+			r, err := stream(tg, d)
+			if err != nil {
+				return nil, err
+			}
+			rates[i] = append(rates[i], r)
+		}
+	}
+	out := make([]float64, len(targets))
+	for i, r := range rates {
+		sort.Float64s(r)
+		out[i] = r[len(r)/2]
+	}
+	return out, nil
+}
+
+func stream(tg Target, d time.Duration) (float64, error) {
+	var rate float64
+	err := probe.InNS(tg.Topo.Client, func() error {
+		c, err := net.DialTimeout("tcp", tg.Addr.String(), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		done := make(chan int64)
+		go func() {
+			var n int64
+			buf := make([]byte, 256<<10)
+			for {
+				k, err := c.Read(buf)
+				n += int64(k)
+				if err != nil {
+					done <- n
+					return
+				}
+			}
+		}()
+		chunk := make([]byte, 64<<10)
+		start := time.Now()
+		_ = c.SetWriteDeadline(start.Add(d))
+		for time.Since(start) < d {
+			if _, err := c.Write(chunk); err != nil {
+				break
+			}
+		}
+		_ = c.SetReadDeadline(time.Now()) // stop counting: what came back within d
+		n := <-done
+		rate = float64(n) / time.Since(start).Seconds()
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("stream to %s: %w", tg.Addr, err)
+	}
+	return rate, nil
+}
