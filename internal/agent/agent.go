@@ -370,7 +370,9 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 			a.opts.Log.Warn("service proxy sync failed; retrying at the next change or resync", "err", err)
 		}
 	})
-	if c := a.opts.Cluster; c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP != nil && c.cfg.BGP.AnnounceServices {
+	c := a.opts.Cluster
+	announcesServices := c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP != nil && c.cfg.BGP.AnnounceServices
+	if announcesServices {
 		// Routers send outside clients to service addresses: their replies must come
 		// back through the node that translated them.
 		sp.nft.MasqueradeExternal(c.cfg.ClusterCIDRs, c.cfg.ServiceCIDRs)
@@ -388,6 +390,9 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 			} else {
 				sp.np, a.np = np, np
 				sp.nft.UseMaglevMarks()
+				if announcesServices {
+					np.BalanceAddresses()
+				}
 			}
 		case a.opts.Proxy == "ebpf":
 			return fmt.Errorf("--proxy ebpf: %w", err)

@@ -60,7 +60,13 @@ func testBGPRacks(t *testing.T, tor string) {
 			t.Errorf("lab down left namespaces: %v", left)
 		}
 	})
-	l.must("up", "-d", "--nodes", "3", "--fabric", "bgp", "--racks", "2", "--tor", tor)
+	// With gobgpd, the eBPF proxy: the client behind the router reaches service addresses
+	// through the Maglev balancer in tc.
+	proxyMode := "nftables"
+	if tor == "gobgpd" {
+		proxyMode = "ebpf"
+	}
+	l.must("up", "-d", "--nodes", "3", "--fabric", "bgp", "--racks", "2", "--tor", tor, "--proxy", proxyMode)
 	for i := 1; i <= 3; i++ { // node1 and node3 in rack 1, node2 in rack 2
 		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080")
 	}
@@ -192,6 +198,26 @@ func testBGPRacks(t *testing.T, tor string) {
 	l.must("pod", "rm", "e1")
 	announcedBy(s.Nodes[1].Underlay, time.Second)
 	reach()
+	if proxyMode == "ebpf" {
+		var out struct {
+			NodePorts []struct {
+				Address string
+				Marked  uint64
+			}
+		}
+		if err := json.Unmarshal([]byte(l.must("service", "programmed", "node2", "-o", "json")), &out); err != nil {
+			t.Fatal(err)
+		}
+		marked := uint64(0)
+		for _, p := range out.NodePorts {
+			if p.Address == vip.String() {
+				marked = p.Marked
+			}
+		}
+		if marked == 0 {
+			t.Errorf("node2's balancer marked no packet from outside to %s: %+v", vip, out.NodePorts)
+		}
+	}
 
 	// Removing node3 (rack 1) withdraws its block everywhere within a second: its weftd
 	// withdraws, the router passes the withdrawal on.

@@ -361,26 +361,34 @@ func (b *batch) ensureCountMap(m countMap) {
 			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Numgen{Register: 10, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
 	}
+	chain := chainNodePort
 	if m.kind == "svc" {
-		b.rule(chainCounts, b.lookupAndDNAT(ex, s, m, natFamily, protoReg)...)
-		return
+		chain = chainCounts
 	}
 	if b.maglev {
+		// The same key with the node port balancer's choice as the index, for packets it
+		// marked (from outside: node ports, and service addresses routers send here):
 		// meta mark & MarkMaglev == MarkMaglev
-		// meta l4proto . th dport . meta mark & MaglevIndexMask: the balancer's choice
+		// [ip daddr .] meta l4proto . th dport . meta mark & MaglevIndexMask
 		mark := append(nftexpr.Family(m.is6),
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 				Mask: binaryutil.NativeEndian.PutUint32(dataplane.MarkMaglev), Xor: make([]byte, 4)},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(dataplane.MarkMaglev)},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 8},
-			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Meta{Key: expr.MetaKeyMARK, Register: 10},
-			&expr.Bitwise{SourceRegister: 10, DestRegister: 10, Len: 4,
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(dataplane.MarkMaglev)})
+		next := uint32(8)
+		if m.kind == "svc" {
+			mark = append(mark, nftexpr.LoadAddrSameFamily(m.is6, true)...)
+			next += addrLen / 4
+		}
+		mark = append(mark,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: next},
+			&expr.Payload{DestRegister: next + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: next + 2},
+			&expr.Bitwise{SourceRegister: next + 2, DestRegister: next + 2, Len: 4,
 				Mask: binaryutil.NativeEndian.PutUint32(dataplane.MaglevIndexMask), Xor: make([]byte, 4)})
-		b.rule(chainNodePort, b.lookupAndDNAT(mark, s, m, natFamily, protoReg)...)
+		b.rule(chain, b.lookupAndDNAT(mark, s, m, natFamily, protoReg)...)
 	}
-	b.rule(chainNodePort, b.lookupAndDNAT(ex, s, m, natFamily, protoReg)...)
+	b.rule(chain, b.lookupAndDNAT(ex, s, m, natFamily, protoReg)...)
 }
 
 // lookupAndDNAT ends a count map's rule: look the key up in the map, DNAT to the result.

@@ -15,6 +15,7 @@ import (
 
 type nodeportNpKey struct {
 	_      structs.HostLayout
+	Addr   [4]uint32
 	Port   uint16
 	Proto  uint8
 	Family uint8

@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,9 @@ type Balancer struct {
 	freeIDs []uint32
 	nextID  uint32
 	applied map[nodeportNpKey][]proxy.Backend // nil: unknown (just loaded)
+	// addresses: service addresses get tables too (routers send clients to them when
+	// fabric bgp announces them); a table is 64 KiB, so only then.
+	addresses bool
 }
 
 var mapNames = []string{nodeportMapNpMaglev, nodeportMapNpServices, nodeportMapNpStats}
@@ -142,11 +146,15 @@ func Detach(dir string) error {
 	return errors.Join(errs...)
 }
 
-// Balanced says whether the program picks port's node port backends: TCP and UDP node
-// ports without session affinity (whose nftables chain remembers clients itself).
-func Balanced(p *proxy.Port) bool {
-	return p.NodePort != 0 && p.Affinity == 0 && len(p.NodePortBackends) > 0 &&
-		len(p.NodePortBackends) <= 0xffff && (p.Proto == proxy.ProtoTCP || p.Proto == proxy.ProtoUDP)
+// BalanceAddresses makes Sync give service addresses their tables too, for clients that
+// routers send to the nodes (fabric bgp announcing service ranges).
+func (b *Balancer) BalanceAddresses() { b.addresses = true; b.applied = nil }
+
+// balanced says whether the program may pick among backends for port: TCP and UDP without
+// session affinity (whose nftables chain remembers clients itself), 1 to 65535 backends.
+func balanced(p *proxy.Port, backends []proxy.Backend) bool {
+	return p.Affinity == 0 && len(backends) > 0 && len(backends) <= 0xffff &&
+		(p.Proto == proxy.ProtoTCP || p.Proto == proxy.ProtoUDP)
 }
 
 // Sync gives every balanced node port of want its Maglev table (indices in the order the
@@ -159,21 +167,25 @@ func (b *Balancer) Sync(want proxy.State) error {
 	}
 	next := map[nodeportNpKey]bool{}
 	var errs []error
-	for _, p := range want.Ports {
-		if !Balanced(p) {
-			continue
-		}
-		k := keyOf(p)
+	want1 := func(k nodeportNpKey, backends []proxy.Backend) {
 		next[k] = true
-		if old, ok := b.applied[k]; ok && slices.Equal(old, p.NodePortBackends) {
-			continue
+		if old, ok := b.applied[k]; ok && slices.Equal(old, backends) {
+			return
 		}
-		if err := b.write(k, p.NodePortBackends); err != nil {
+		if err := b.write(k, backends); err != nil {
 			errs = append(errs, err)
 			delete(b.applied, k)
-			continue
+			return
 		}
-		b.applied[k] = slices.Clone(p.NodePortBackends)
+		b.applied[k] = slices.Clone(backends)
+	}
+	for _, p := range want.Ports {
+		if p.NodePort != 0 && balanced(p, p.NodePortBackends) {
+			want1(keyOf(p, netip.Addr{}, p.NodePort), p.NodePortBackends)
+		}
+		if b.addresses && balanced(p, p.Backends) {
+			want1(keyOf(p, p.VIP, p.Port), p.Backends)
+		}
 	}
 	for k, id := range b.ids {
 		if next[k] {
@@ -238,18 +250,26 @@ func (b *Balancer) write(k nodeportNpKey, backends []proxy.Backend) error {
 	return b.objs.NpServices.Put(k, nodeportNpVal{Id: id, Backends: uint32(len(backends))})
 }
 
-func keyOf(p *proxy.Port) nodeportNpKey {
-	var port [2]byte
-	binary.BigEndian.PutUint16(port[:], p.NodePort)
-	fam := uint8(4)
+// keyOf is the program's key for traffic to addr:port (addr invalid: a node port).
+func keyOf(p *proxy.Port, addr netip.Addr, port uint16) nodeportNpKey {
+	var be [2]byte
+	binary.BigEndian.PutUint16(be[:], port)
+	k := nodeportNpKey{Port: binary.NativeEndian.Uint16(be[:]), Proto: p.Proto, Family: 4}
 	if p.Is6() {
-		fam = 6
+		k.Family = 6
 	}
-	return nodeportNpKey{Port: binary.NativeEndian.Uint16(port[:]), Proto: p.Proto, Family: fam}
+	if addr.IsValid() {
+		raw := addr.AsSlice() // 4 or 16 bytes, as in the packet
+		for i := 0; i < len(raw); i += 4 {
+			k.Addr[i/4] = binary.NativeEndian.Uint32(raw[i:])
+		}
+	}
+	return k
 }
 
-// NodePort is one balanced node port as the maps hold it.
+// NodePort is one balanced node port (or service address) as the maps hold it.
 type NodePort struct {
+	Address  string `json:"address,omitempty"` // a service address; empty: a node port
 	Port     uint16 `json:"port"`
 	Protocol string `json:"protocol"`
 	Family   string `json:"family"`
@@ -290,6 +310,17 @@ func programmed(services, stats *ebpf.Map) ([]NodePort, error) {
 		binary.NativeEndian.PutUint16(port[:], k.Port)
 		np := NodePort{Port: binary.BigEndian.Uint16(port[:]), Family: fmt.Sprintf("IPv%d", k.Family), Backends: v.Backends,
 			Protocol: map[uint8]string{proxy.ProtoTCP: "TCP", proxy.ProtoUDP: "UDP"}[k.Proto]}
+		if k.Addr != [4]uint32{} {
+			var raw [16]byte
+			for i, w := range k.Addr {
+				binary.NativeEndian.PutUint32(raw[4*i:], w)
+			}
+			a := netip.AddrFrom16(raw)
+			if k.Family == 4 {
+				a = netip.AddrFrom4([4]byte(raw[:4]))
+			}
+			np.Address = a.String()
+		}
 		var per []uint64
 		if err := stats.Lookup(v.Id, &per); err == nil {
 			for _, c := range per {
@@ -305,7 +336,7 @@ func programmed(services, stats *ebpf.Map) ([]NodePort, error) {
 		if a.Port != b.Port {
 			return int(a.Port) - int(b.Port)
 		}
-		return strings.Compare(a.Protocol+a.Family, b.Protocol+b.Family)
+		return strings.Compare(a.Address+a.Protocol+a.Family, b.Address+b.Protocol+b.Family)
 	})
 	return out, nil
 }

@@ -160,3 +160,41 @@ func TestBackendRemovalMovesFewFlows(t *testing.T) {
 		t.Logf("removing one of 5 backends moved %.2f%% of the other backends' flows", 100*share)
 	}
 }
+
+// TestServiceAddressesFromOutside: with BalanceAddresses, a service address that routers
+// send clients to is balanced like a node port, keyed by the address; others are not.
+func TestServiceAddressesFromOutside(t *testing.T) {
+	b := load(t)
+	p := nodePort(30080, "10.96.0.10", "10.1.0.5:8080")
+	p.Backends = []proxy.Backend{{IP: netip.MustParseAddr("10.1.0.5"), Port: 8080}, {IP: netip.MustParseAddr("10.1.1.5"), Port: 8080}}
+	st := proxy.State{Ports: map[string]*proxy.Port{"a": p}}
+	if err := b.Sync(st); err != nil {
+		t.Fatal(err)
+	}
+	src := netip.MustParseAddrPort("192.0.2.7:40000")
+	if m := b.mark(t, frame(src, netip.MustParseAddrPort("10.96.0.10:80"))); m != 0 {
+		t.Fatalf("a service address was balanced without BalanceAddresses: %#x", m)
+	}
+	b.BalanceAddresses()
+	if err := b.Sync(st); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint32]bool{}
+	for port := uint16(40000); port < 40200; port++ {
+		m := b.mark(t, frame(netip.AddrPortFrom(src.Addr(), port), netip.MustParseAddrPort("10.96.0.10:80")))
+		if m&dataplane.MarkMaglev == 0 || m&dataplane.MaglevIndexMask > 1 {
+			t.Fatalf("to the service address: mark %#x", m)
+		}
+		seen[m] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("200 flows to the service address reached %v", seen)
+	}
+	if m := b.mark(t, frame(src, netip.MustParseAddrPort("10.96.0.11:80"))); m != 0 {
+		t.Errorf("another address was marked %#x", m)
+	}
+	ports, _ := b.Programmed()
+	if len(ports) != 2 || ports[0].Address != "10.96.0.10" && ports[1].Address != "10.96.0.10" {
+		t.Errorf("programmed: %+v", ports)
+	}
+}

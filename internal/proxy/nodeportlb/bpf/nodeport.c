@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
-// weft's node port balancer on the underlay device's ingress: for a packet to one of the
-// node's ports, it picks the backend with the service's Maglev table from a hash of the
-// client's address and port (never the node's address, so every node picks the same one
-// for the same flow) and writes the choice into the packet's mark. The nftables proxy's
-// node port rules DNAT to the marked backend, and conntrack keeps the connection there
-// and undoes the translation on the way back.
+// weft's node port balancer on the underlay device's ingress: for a packet from outside
+// to one of the node's ports (or to a service address routers send to the node), it
+// picks the backend with the service's Maglev table from a hash of the client's address
+// and port (never the node's address, so every node picks the same one for the same
+// flow) and writes the choice into the packet's mark. The nftables proxy's rules DNAT to
+// the marked backend, and conntrack keeps the connection there and undoes the
+// translation on the way back.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -27,7 +28,10 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define MAGLEV_SIZE 16381
 #define MAX_SERVICES 1024
 
+// A node port (addr all zero: any of the node's addresses) or a service address (IPv4 in
+// addr[0]).
 struct np_key {
+	__u32 addr[4];
 	__u16 port; // network byte order
 	__u8 proto;
 	__u8 family; // 4 or 6
@@ -114,6 +118,7 @@ int weft_nodeport(struct __sk_buff *skb)
 		l4 = (void *)ip + ip->ihl * 4;
 		key.proto = ip->protocol;
 		key.family = 4;
+		key.addr[0] = ip->daddr;
 		h = mix(h, ip->saddr);
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -122,6 +127,10 @@ int weft_nodeport(struct __sk_buff *skb)
 		l4 = (void *)(ip6 + 1);
 		key.proto = ip6->nexthdr; // extension headers: left to nftables' random pick
 		key.family = 6;
+		key.addr[0] = ip6->daddr.in6_u.u6_addr32[0];
+		key.addr[1] = ip6->daddr.in6_u.u6_addr32[1];
+		key.addr[2] = ip6->daddr.in6_u.u6_addr32[2];
+		key.addr[3] = ip6->daddr.in6_u.u6_addr32[3];
 		h = mix(h, ip6->saddr.in6_u.u6_addr32[0]);
 		h = mix(h, ip6->saddr.in6_u.u6_addr32[1]);
 		h = mix(h, ip6->saddr.in6_u.u6_addr32[2]);
@@ -134,7 +143,11 @@ int weft_nodeport(struct __sk_buff *skb)
 	if ((void *)(l4 + 1) > end)
 		return TCX_NEXT;
 	key.port = l4->dest;
-	struct np_val *svc = bpf_map_lookup_elem(&np_services, &key);
+	struct np_val *svc = bpf_map_lookup_elem(&np_services, &key); // a service address
+	if (!svc) {
+		key.addr[0] = key.addr[1] = key.addr[2] = key.addr[3] = 0; // a node port
+		svc = bpf_map_lookup_elem(&np_services, &key);
+	}
 	if (!svc || svc->backends == 0)
 		return TCX_NEXT;
 	h = mix(h, ((__u32)l4->source << 16) | l4->dest);
