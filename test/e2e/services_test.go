@@ -298,6 +298,32 @@ func TestServicesInLab(t *testing.T) {
 					if after := translated(); after != mid {
 						t.Errorf("connections from the node's own namespace were translated (%d)", after-mid)
 					}
+					// Nor the root namespace's processes, nor a namespace that is no pod of this
+					// lab. Their connects are bound to loopback, so none sends a packet
+					// anywhere whether translated or not: the counter says which.
+					other := testutil.NewNS(t, "nl")
+					for _, ns := range []string{"", other.Path} {
+						dial := func() error {
+							d := net.Dialer{Timeout: time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+								var serr error
+								err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptString(int(fd), syscall.SOL_SOCKET, syscall.SO_BINDTODEVICE, "lo") })
+								return errors.Join(err, serr)
+							}}
+							c, err := d.Dial("tcp", vip4.String())
+							if err == nil {
+								c.Close()
+							}
+							return nil
+						}
+						if ns == "" {
+							_ = dial()
+						} else if err := probe.InNS(ns, dial); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if after := translated(); after != mid {
+						t.Errorf("a connect from the root namespace or a namespace outside the lab was translated (%d)", after-mid)
+					}
 				})
 			}
 
