@@ -250,25 +250,33 @@ func loadWeft(t *topo, n int) (full, change time.Duration, err error) {
 		return 0, 0, err
 	}
 	full = time.Since(start)
-	// One endpoint of one service moves, back and forth: the median of 5.
+	change, err = medianChange(want, changed, func(next proxy.State) error {
+		st, err := px.Sync(next)
+		if err == nil && st.Changed != 1 {
+			err = fmt.Errorf("one endpoint change rewrote %d service ports", st.Changed)
+		}
+		return err
+	})
+	return full, change, err
+}
+
+// medianChange moves one endpoint of one service back and forth with apply (from want to
+// changed and back) and returns the median time of 5.
+func medianChange(want, changed proxy.State, apply func(proxy.State) error) (time.Duration, error) {
 	var changes []time.Duration
 	for i := range 5 {
 		next := changed
 		if i%2 == 1 {
 			next = want
 		}
-		start = time.Now()
-		st, err := px.Sync(next)
+		start := time.Now()
+		if err := apply(next); err != nil {
+			return 0, err
+		}
 		changes = append(changes, time.Since(start))
-		if err != nil {
-			return 0, 0, err
-		}
-		if st.Changed != 1 {
-			return 0, 0, fmt.Errorf("one endpoint change rewrote %d service ports", st.Changed)
-		}
 	}
 	sort.Slice(changes, func(i, j int) bool { return changes[i] < changes[j] })
-	return full, changes[2], nil
+	return changes[2], nil
 }
 
 // loadEbpf is weftd with --proxy ebpf: the nftables proxy, and the socket load balancer
@@ -306,23 +314,14 @@ func loadEbpf(t *topo, n int) (full, change time.Duration, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	var changes []time.Duration
-	for i := range 5 {
-		next := changed
-		if i%2 == 1 {
-			next = want
-		}
-		start = time.Now()
-		if err := sock.Sync(next, pods); err != nil {
-			return 0, 0, err
-		}
-		changes = append(changes, time.Since(start))
+	change, err = medianChange(want, changed, func(next proxy.State) error { return sock.Sync(next, pods) })
+	if err != nil {
+		return 0, 0, err
 	}
-	sort.Slice(changes, func(i, j int) bool { return changes[i] < changes[j] })
 	// A change reaches pods' new connections when the maps have it (weftd writes them
 	// before the table); the table's own change is reported beside it.
 	fmt.Printf("%-16s %-28s %s\n", "ebpf", fmt.Sprintf("table change at %d", n), nftChange.Round(100*time.Microsecond))
-	return sockFull + nftFull, changes[2], nil
+	return sockFull + nftFull, change, nil
 }
 
 // loadNft writes kube-proxy's nftables-mode shape and loads it with `nft -f`; the change

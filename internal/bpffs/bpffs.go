@@ -4,8 +4,10 @@
 package bpffs
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,4 +41,22 @@ func Unmount(dir string) error {
 		return fmt.Errorf("unmount bpffs %s: %w", dir, err)
 	}
 	return nil
+}
+
+// RemovePins deletes every pin in dir (a folder inside a bpffs): objects nothing else
+// holds go with them, so a program attached only through a pinned link is detached.
+// A missing dir is not an error.
+func RemovePins(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
+	}
+	return errors.Join(errs...)
 }

@@ -132,18 +132,7 @@ func (b *Balancer) Attach(ifindex int) error {
 // Detach removes an earlier weftd's program and maps from dir (the proxy is nftables
 // alone again).
 func Detach(dir string) error {
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, e := range ents {
-		errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
-	}
-	return errors.Join(errs...)
+	return bpffs.RemovePins(dir)
 }
 
 // BalanceAddresses makes Sync give service addresses their tables too, for clients that

@@ -182,18 +182,7 @@ func (p *Proxy) Attach(cgroupDir string) error {
 
 // Detach removes the programs and maps (the proxy switched back to nftables alone).
 func Detach(dir string) error {
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, e := range ents {
-		errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
-	}
-	return errors.Join(errs...)
+	return bpffs.RemovePins(dir)
 }
 
 // CgroupRoot finds the root of the host's cgroup v2 hierarchy in the mount table.
