@@ -38,7 +38,7 @@ func PlanPeers(cfg v1.BGPConfig, self v1.Node, nodes []v1.Node, external []v1.BG
 				continue // clients talk only to reflectors
 			}
 			out = append(out, Peer{Name: n.Name, Address: addr, ASN: asnOf(n, cfg), LocalAddress: selfAddr,
-				RRClient: self.RouteReflector && !n.RouteReflector})
+				RRClient: self.RouteReflector && !n.RouteReflector, Passive: WaitsFor(selfAddr, addr)})
 		}
 	}
 	for _, p := range external {
@@ -50,6 +50,12 @@ func PlanPeers(cfg v1.BGPConfig, self v1.Node, nodes []v1.Node, external []v1.BG
 	}
 	return out
 }
+
+// WaitsFor says whether a speaker at self waits for the one at peer to connect: of two
+// weft speakers only the one with the lower address connects. When both connect at once
+// (as every pair of a mesh does at start), the two sessions collide, and GoBGP was seen
+// to leave both in OpenConfirm for good after resolving such a collision.
+func WaitsFor(self, peer netip.Addr) bool { return self.Compare(peer) > 0 }
 
 func selects(p v1.BGPPeer, n v1.Node) bool {
 	if len(p.Nodes) == 0 && !p.NodeSubnet.IsValid() {

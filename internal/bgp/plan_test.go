@@ -21,6 +21,9 @@ func describe(ps []Peer) string {
 		if p.RRClient {
 			s += "(client)"
 		}
+		if p.Passive {
+			s += "(waits)"
+		}
 		out = append(out, s)
 	}
 	return strings.Join(out, " ")
@@ -42,11 +45,12 @@ func TestPlanPeers(t *testing.T) {
 		want  string
 	}{
 		{"full mesh", cfg, n1, []v1.Node{n3, n2, n1}, nil, "n2@10.0.2.2/64512 n3@10.0.1.3/64512"},
+		{"the higher address waits for the lower", cfg, n3, []v1.Node{n3, n2, n1}, nil, "n1@10.0.1.1/64512(waits) n2@10.0.2.2/64512"},
 		{"mesh and the rack's router", cfg, n1, []v1.Node{n1, n2}, []v1.BGPPeer{tor1, tor2}, "n2@10.0.2.2/64512 tor1@10.0.1.254/65001"},
 		{"named node", cfg, n2, []v1.Node{n2}, []v1.BGPPeer{tor1, tor2, edge}, "tor2@10.0.2.254/65002 edge@10.9.9.9/65009"},
 		{"no mesh: routers only", v1.BGPConfig{ASN: 64512, NoNodeMesh: true}, n3, []v1.Node{n1, n2, n3}, []v1.BGPPeer{tor1, tor2}, "tor1@10.0.1.254/65001"},
 		{"client talks to the reflector only", cfg, n1, []v1.Node{n1, rr, n3}, nil, "n2@10.0.2.2/64512"},
-		{"reflector serves its clients", cfg, rr, []v1.Node{n1, rr, n3}, nil, "n1@10.0.1.1/64512(client) n3@10.0.1.3/64512(client)"},
+		{"reflector serves its clients", cfg, rr, []v1.Node{n1, rr, n3}, nil, "n1@10.0.1.1/64512(client)(waits) n3@10.0.1.3/64512(client)(waits)"},
 		{"node with its own AS", cfg, n1, []v1.Node{n1, {Name: "n4", Underlay: []netip.Addr{netip.MustParseAddr("10.0.4.4")}, BGPASN: 64600}}, nil, "n4@10.0.4.4/64600"},
 		{"no IPv4 underlay: no sessions", cfg, v1.Node{Name: "n5"}, []v1.Node{n1}, nil, ""},
 	} {

@@ -53,7 +53,8 @@ func startNode(t *testing.T, addr string, asn uint32, mutate ...func(*Config)) *
 }
 
 func (n *node) peerOf(o *node) Peer {
-	return Peer{Name: o.addr.String(), Address: o.addr, Port: o.port, ASN: o.asn, LocalAddress: n.addr, HoldTime: 3 * time.Second}
+	return Peer{Name: o.addr.String(), Address: o.addr, Port: o.port, ASN: o.asn, LocalAddress: n.addr, HoldTime: 3 * time.Second,
+		Passive: WaitsFor(n.addr, o.addr)}
 }
 
 func mesh(t *testing.T, nodes ...*node) {
