@@ -1,6 +1,7 @@
 package v1
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -58,11 +59,15 @@ type Service struct {
 	Selector   map[string]string `json:"selector,omitempty"`
 	// Endpoints listed by hand (IP:port), for backends that are not pods: host-network
 	// addresses, or anything reachable from the nodes. Exclusive with Selector.
-	Endpoints             []netip.AddrPort `json:"endpoints,omitempty"`
-	SessionAffinity       string           `json:"sessionAffinity,omitempty"`
-	AffinityTimeout       int              `json:"affinityTimeoutSeconds,omitempty"`
-	InternalTrafficPolicy string           `json:"internalTrafficPolicy,omitempty"`
-	ExternalTrafficPolicy string           `json:"externalTrafficPolicy,omitempty"`
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	// Resolved are endpoints someone else derived (Kubernetes' EndpointSlice controller,
+	// in Kubernetes mode), by service port name; when not nil they are the service's
+	// endpoints, and Selector is not evaluated by weft.
+	Resolved              map[string][]Endpoint `json:"resolved,omitempty"`
+	SessionAffinity       string                `json:"sessionAffinity,omitempty"`
+	AffinityTimeout       int                   `json:"affinityTimeoutSeconds,omitempty"`
+	InternalTrafficPolicy string                `json:"internalTrafficPolicy,omitempty"`
+	ExternalTrafficPolicy string                `json:"externalTrafficPolicy,omitempty"`
 }
 
 // ServicePort is one port of a service.
@@ -133,6 +138,9 @@ func (s *Service) Validate() error {
 	case ServiceTypeClusterIP, ServiceTypeNodePort:
 	default:
 		return fmt.Errorf("type %q: use ClusterIP or NodePort", s.Type)
+	}
+	if s.Resolved != nil {
+		return errors.New("resolved: set only from a Kubernetes API's EndpointSlices, never stored")
 	}
 	if s.Headless() && s.Type != ServiceTypeClusterIP {
 		return fmt.Errorf("clusterIP None (headless) needs type ClusterIP")

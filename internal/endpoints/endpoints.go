@@ -24,6 +24,11 @@ func For(svc *v1.Service, pods []v1.Pod) []Port {
 	out := make([]Port, len(svc.Ports))
 	for i, sp := range svc.Ports {
 		out[i] = Port{ServicePort: sp, Endpoints: []v1.Endpoint{}}
+		if svc.Resolved != nil {
+			out[i].Endpoints = append(out[i].Endpoints, svc.Resolved[sp.Name]...)
+			sortEndpoints(out[i].Endpoints)
+			continue
+		}
 		if len(svc.Endpoints) > 0 {
 			for _, ap := range svc.Endpoints {
 				out[i].Endpoints = append(out[i].Endpoints, v1.Endpoint{IP: ap.Addr().Unmap(), Port: int(ap.Port()), Ready: true})
@@ -45,15 +50,18 @@ func For(svc *v1.Service, pods []v1.Pod) []Port {
 				})
 			}
 		}
-		sort.Slice(out[i].Endpoints, func(a, b int) bool {
-			ea, eb := out[i].Endpoints[a], out[i].Endpoints[b]
-			if ea.IP != eb.IP {
-				return ea.IP.Less(eb.IP)
-			}
-			return ea.Port < eb.Port
-		})
+		sortEndpoints(out[i].Endpoints)
 	}
 	return out
+}
+
+func sortEndpoints(eps []v1.Endpoint) {
+	sort.Slice(eps, func(a, b int) bool {
+		if eps[a].IP != eps[b].IP {
+			return eps[a].IP.Less(eps[b].IP)
+		}
+		return eps[a].Port < eps[b].Port
+	})
 }
 
 func targetPort(sp v1.ServicePort, p v1.Pod) (int, bool) {

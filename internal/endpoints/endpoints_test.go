@@ -80,6 +80,24 @@ func TestFor(t *testing.T) {
 	}
 }
 
+// TestResolved: endpoints derived elsewhere (EndpointSlices) are the service's own, by
+// port name, whatever its selector and the pods say.
+func TestResolved(t *testing.T) {
+	svc := &v1.Service{Name: "web", Namespace: "default", Selector: map[string]string{"app": "web"}, Ports: []v1.ServicePort{
+		{Name: "http", Protocol: "TCP", Port: 80}, {Name: "dns", Protocol: "UDP", Port: 53}}}
+	svc.Resolved = map[string][]v1.Endpoint{
+		"http": {{IP: netip.MustParseAddr("10.0.1.5"), Port: 8080, Node: "n2", Ready: true}, {IP: netip.MustParseAddr("10.0.0.5"), Port: 8080, Node: "n1", Terminating: true}},
+	}
+	pods := []v1.Pod{{Name: "a", Namespace: "default", IPs: addrs("10.9.9.9"), Labels: map[string]string{"app": "web"}, Ready: true}}
+	ports := For(svc, pods)
+	if len(ports[0].Endpoints) != 2 || ports[0].Endpoints[0].String() != "10.0.0.5:8080" || !ports[0].Endpoints[0].Terminating {
+		t.Errorf("http: %+v", ports[0].Endpoints)
+	}
+	if len(ports[1].Endpoints) != 0 {
+		t.Errorf("dns has no slice endpoints, got %+v (the pods' selector must not be evaluated)", ports[1].Endpoints)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	ok := func() v1.Service {
 		return v1.Service{Name: "web", Ports: []v1.ServicePort{{Port: 80}}, Selector: map[string]string{"app": "web"}}

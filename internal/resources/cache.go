@@ -118,6 +118,10 @@ func (c *Cache) Synced() bool {
 // Run lists and watches until ctx ends. A watch that ends (a store restart, compacted
 // history) is followed by a fresh list, so the cache converges whatever was missed.
 func (c *Cache) Run(ctx context.Context) error {
+	if c.store == nil { // fed by a Feeder
+		<-ctx.Done()
+		return nil
+	}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		rev, err := c.relist(ctx)
