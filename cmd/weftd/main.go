@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	mdns "github.com/miekg/dns"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weftnet/weft/internal/agent"
 	"github.com/weftnet/weft/internal/config"
@@ -31,7 +33,7 @@ func main() {
 // flags are weftd's command-line settings.
 type flags struct {
 	configFile, stateDir, runDir, bpfDir, proxy, dnsUpstream, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
-	store, underlayDev, etcdCA, etcdCert, etcdKey                                                                   string
+	store, underlayDev, etcdCA, etcdCert, etcdKey, kubeconfig                                                       string
 	mtu                                                                                                             int
 	masquerade, sysctls, fastpath, antiSpoof, preflight, routeReflector                                             bool
 }
@@ -60,6 +62,7 @@ func run(args []string) error {
 	fs.StringVar(&f.store, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (the pod CIDR then comes from a lease)")
 	fs.BoolVar(&f.routeReflector, "bgp-route-reflector", false, "fabric bgp: this node reflects routes for the others (they peer with the reflectors only)")
 	fs.StringVar(&f.underlayDev, "underlay-dev", "", "cluster mode: the device other nodes are reached through (default: the default route's)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: read services, EndpointSlices, pods, namespaces and network policies from this Kubernetes API (nodes and pod blocks stay in --store)")
 	fs.StringVar(&f.etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
 	fs.StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for etcd")
 	fs.StringVar(&f.etcdKey, "etcd-keyfile", "", "client key for etcd")
@@ -95,6 +98,9 @@ func run(args []string) error {
 		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, Proxy: f.proxy, DNSUpstreams: dnsUpstreams(f.dnsUpstream), PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
 		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, AntiSpoof: f.antiSpoof, Preflight: f.preflight, Log: log,
 	}
+	if f.kubeconfig != "" && f.store == "" {
+		return fmt.Errorf("--kubeconfig needs --store: the nodes and their pod blocks are still weft's")
+	}
 	if f.store != "" {
 		if len(cidrs) > 0 {
 			return fmt.Errorf("--pod-cidr and --store exclude each other: in a cluster the pod CIDR is leased")
@@ -117,6 +123,11 @@ func run(args []string) error {
 			return err
 		}
 		opts.Cluster, opts.PodCIDRs = c, c.PodCIDRs()
+		if f.kubeconfig != "" {
+			if opts.Kube, err = kubeClient(f.kubeconfig); err != nil {
+				return err
+			}
+		}
 		opts.ClusterCIDRs = append(opts.ClusterCIDRs, c.Config().ClusterCIDRs...)
 		if opts.MTU == 0 {
 			opts.MTU = c.PodMTU()
@@ -128,6 +139,16 @@ func run(args []string) error {
 	}
 	defer a.Close()
 	return a.Run(ctx)
+}
+
+// kubeClient is a client of the Kubernetes API a kubeconfig file names.
+func kubeClient(path string) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig: %w", err)
+	}
+	cfg.UserAgent = "weftd"
+	return kubernetes.NewForConfig(cfg)
 }
 
 func parseCIDRs(flagName, list string) ([]netip.Prefix, error) {

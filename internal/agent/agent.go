@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/cniapi"
@@ -24,6 +25,7 @@ import (
 	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/hostnet"
 	"github.com/weftnet/weft/internal/ipam"
+	"github.com/weftnet/weft/internal/kube"
 	"github.com/weftnet/weft/internal/netcalc"
 	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
@@ -45,16 +47,19 @@ type Options struct {
 	MTU           int            // 0: the MTU of the default route's device, else 1500
 	MetricsAddr   string
 	ManageSysctls bool
-	Fastpath      bool     // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
-	AntiSpoof     bool     // pods may send only from their own addresses and MAC
-	BPFDir        string   // weftd's own bpffs for pinned tcx links; "": RunDir/bpf
-	Proxy         string   // service proxy in cluster mode: "nftables" (default), "ebpf", "auto" or "none"
-	DNSUpstreams  []string // where the node's DNS server forwards other names (host:port); none: it does not
-	Preflight     bool     // refuse to start when a pod CIDR overlaps the node's addresses or routes
-	Cluster       *Cluster // cluster membership (lease, fabric); nil on a single host
-	Masquerade    bool
-	ResyncEvery   time.Duration
-	Log           *slog.Logger
+	Fastpath      bool   // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
+	AntiSpoof     bool   // pods may send only from their own addresses and MAC
+	BPFDir        string // weftd's own bpffs for pinned tcx links; "": RunDir/bpf
+	Proxy         string // service proxy in cluster mode: "nftables" (default), "ebpf", "auto" or "none"
+	// Kube, when set (weftd --kubeconfig), is the Kubernetes API the cluster's services,
+	// endpoints, pods, namespaces and network policies are read from.
+	Kube         kubernetes.Interface
+	DNSUpstreams []string // where the node's DNS server forwards other names (host:port); none: it does not
+	Preflight    bool     // refuse to start when a pod CIDR overlaps the node's addresses or routes
+	Cluster      *Cluster // cluster membership (lease, fabric); nil on a single host
+	Masquerade   bool
+	ResyncEvery  time.Duration
+	Log          *slog.Logger
 }
 
 // Agent is a running weftd.
@@ -192,7 +197,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		contract.Fabric = c.Config().Fabric
 		a.startPodPublisher(g, c)
 		cache := resources.NewCache(c.o.Store)
-		g.Go("cache", cache.Run)
+		if a.opts.Kube != nil {
+			// Kubernetes mode: services, endpoints, pods, namespaces and policies come from
+			// the Kubernetes API; the store still holds the nodes and their blocks.
+			var feeder *resources.Feeder
+			cache, feeder = resources.NewFedCache()
+			src := &kube.Source{Client: a.opts.Kube, Log: a.opts.Log}
+			g.Go("kubernetes", func(ctx context.Context) error { return src.Run(ctx, feeder) })
+		} else {
+			g.Go("cache", cache.Run)
+		}
 		if err := a.startServiceProxy(g, cache); err != nil {
 			return errors.Join(err, g.Wait())
 		}

@@ -30,7 +30,7 @@ func endpoint(ip, node string, ready, terminating bool) discoveryv1.Endpoint {
 // their EndpointSlices' endpoints, pods, namespaces and policies arrive converted, and an
 // EndpointSlice change reaches the service proxy's desired state within a second.
 func TestSourceAgainstAnAPIServer(t *testing.T) {
-	api := kubetest.StartKubeAPI(t)
+	api := kubetest.StartKubeAPI(t, "")
 	client, err := kubernetes.NewForConfig(api.Config)
 	if err != nil {
 		t.Fatal(err)

@@ -23,6 +23,8 @@ import (
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"k8s.io/client-go/rest"
+
+	"github.com/weftnet/weft/internal/probe"
 )
 
 // KubeVersion is the Kubernetes release the tests' control plane is built from
@@ -69,16 +71,29 @@ func Binaries(t testing.TB, cmds ...string) string {
 type KubeAPI struct {
 	Config *rest.Config // admin (group system:masters), by bearer token
 	URL    string
+	token  string
 }
 
 // StartKubeAPI runs etcd (in process) and kube-apiserver on free loopback ports, and
 // stops both when t ends. Admission plugins that need kube-controller-manager's objects
-// (ServiceAccount) are off, so objects can be created without it.
-func StartKubeAPI(t testing.TB) *KubeAPI {
+// (ServiceAccount) are off, so objects can be created without it. With netns set, both
+// run on that network namespace's loopback (where a weftd in it reaches them), and
+// Config dials into it.
+func StartKubeAPI(t testing.TB, netns string) *KubeAPI {
 	t.Helper()
 	bin := Binaries(t, "kube-apiserver")
 	dir := t.TempDir()
-	etcdURL := startEtcd(t, filepath.Join(dir, "etcd"))
+	inNS := func(fn func()) {
+		if netns == "" {
+			fn()
+			return
+		}
+		if err := probe.InNS(netns, func() error { fn(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var etcdURL string
+	inNS(func() { etcdURL = startEtcd(t, filepath.Join(dir, "etcd")) }) // its listeners are made here
 
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -92,7 +107,8 @@ func StartKubeAPI(t testing.TB) *KubeAPI {
 	if err := os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(token+",admin,admin,system:masters\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := freeLoopbackPort(t)
+	var port int
+	inNS(func() { port = freeLoopbackPort(t) })
 	cmd := exec.Command(filepath.Join(bin, "kube-apiserver"),
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", port),
@@ -108,6 +124,10 @@ func StartKubeAPI(t testing.TB) *KubeAPI {
 		// "kubernetes" service's endpoints (nothing here needs that service).
 		"--endpoint-reconciler-type=none",
 	)
+	if netns != "" {
+		cmd.Args = append([]string{"nsenter", "--net=" + netns, "--", cmd.Path}, cmd.Args[1:]...)
+		cmd.Path, _ = exec.LookPath("nsenter")
+	}
 	logf, err := os.Create(filepath.Join(dir, "kube-apiserver.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -123,10 +143,23 @@ func StartKubeAPI(t testing.TB) *KubeAPI {
 		<-exited
 		logf.Close()
 	})
-	api := &KubeAPI{URL: fmt.Sprintf("https://127.0.0.1:%d", port)}
+	api := &KubeAPI{URL: fmt.Sprintf("https://127.0.0.1:%d", port), token: token}
 	api.Config = &rest.Config{Host: api.URL, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
+	dial := (&net.Dialer{Timeout: time.Second}).DialContext
+	if netns != "" {
+		// A socket made in the namespace stays there: only the dial switches.
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := probe.InNS(netns, func() (err error) {
+				c, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}
+		api.Config.Dial = dial
+	}
 	// The server's certificate is self-signed (--cert-dir): a test on loopback trusts it.
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		req, _ := http.NewRequest(http.MethodGet, api.URL+"/readyz", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -147,6 +180,30 @@ func StartKubeAPI(t testing.TB) *KubeAPI {
 			t.Fatalf("kube-apiserver not ready after 90 s:\n%s", tail(string(b), 40))
 		}
 	}
+}
+
+// WriteKubeconfig writes an admin kubeconfig for the server (as seen from its own
+// namespace) and returns its path.
+func (a *KubeAPI) WriteKubeconfig(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: %q, insecure-skip-tls-verify: true}
+users:
+- name: admin
+  user: {token: %q}
+contexts:
+- name: test
+  context: {cluster: test, user: admin}
+current-context: test
+`, a.URL, a.token)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func startEtcd(t testing.TB, dir string) string {
