@@ -306,7 +306,9 @@ func TestServicesInLab(t *testing.T) {
 						dial := func() error {
 							d := net.Dialer{Timeout: time.Second, Control: func(_, _ string, c syscall.RawConn) error {
 								var serr error
-								err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptString(int(fd), syscall.SOL_SOCKET, syscall.SO_BINDTODEVICE, "lo") })
+								err := c.Control(func(fd uintptr) {
+									serr = syscall.SetsockoptString(int(fd), syscall.SOL_SOCKET, syscall.SO_BINDTODEVICE, "lo")
+								})
 								return errors.Join(err, serr)
 							}}
 							c, err := d.Dial("tcp", vip4.String())
