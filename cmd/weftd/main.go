@@ -15,6 +15,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weftnet/weft/internal/agent"
@@ -62,7 +63,7 @@ func run(args []string) error {
 	fs.StringVar(&f.store, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (the pod CIDR then comes from a lease)")
 	fs.BoolVar(&f.routeReflector, "bgp-route-reflector", false, "fabric bgp: this node reflects routes for the others (they peer with the reflectors only)")
 	fs.StringVar(&f.underlayDev, "underlay-dev", "", "cluster mode: the device other nodes are reached through (default: the default route's)")
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: read services, EndpointSlices, pods, namespaces and network policies from this Kubernetes API (nodes and pod blocks stay in --store)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: read services, EndpointSlices, pods, namespaces and network policies from this Kubernetes API (a kubeconfig file, or in-cluster); nodes and pod blocks stay in --store")
 	fs.StringVar(&f.etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
 	fs.StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for etcd")
 	fs.StringVar(&f.etcdKey, "etcd-keyfile", "", "client key for etcd")
@@ -142,8 +143,15 @@ func run(args []string) error {
 }
 
 // kubeClient is a client of the Kubernetes API a kubeconfig file names.
+// "in-cluster" is the pod's service account (weftd in a DaemonSet).
 func kubeClient(path string) (kubernetes.Interface, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	var cfg *rest.Config
+	var err error
+	if path == "in-cluster" {
+		cfg, err = rest.InClusterConfig()
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags("", path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--kubeconfig: %w", err)
 	}

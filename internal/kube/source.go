@@ -24,6 +24,21 @@ import (
 	"github.com/weftnet/weft/internal/resources"
 )
 
+// Rule is what weftd may do to one API group's resources: its ClusterRole
+// (deploy/kubernetes/rbac.yaml) grants exactly Rules.
+type Rule struct {
+	Group     string
+	Resources []string
+	Verbs     []string
+}
+
+// Rules are the informers Source runs: list and watch, nothing else.
+var Rules = []Rule{
+	{Group: "", Resources: []string{"services", "pods", "namespaces"}, Verbs: []string{"list", "watch"}},
+	{Group: "discovery.k8s.io", Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
+	{Group: "networking.k8s.io", Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
+}
+
 // Source is the Kubernetes API as the source of a weftd's view.
 type Source struct {
 	Client kubernetes.Interface

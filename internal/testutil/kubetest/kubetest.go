@@ -120,6 +120,7 @@ func StartKubeAPI(t testing.TB, netns string) *KubeAPI {
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
+		"--allow-privileged=true", // as kubeadm sets it: CNI and proxy DaemonSets are privileged
 		// Loopback may be advertised only without the reconciler of the default
 		// "kubernetes" service's endpoints (nothing here needs that service).
 		"--endpoint-reconciler-type=none",
