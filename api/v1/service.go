@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Service types, as in Kubernetes.
@@ -63,11 +64,15 @@ type Service struct {
 	// Resolved are endpoints someone else derived (Kubernetes' EndpointSlice controller,
 	// in Kubernetes mode), by service port name; when not nil they are the service's
 	// endpoints, and Selector is not evaluated by weft.
-	Resolved              map[string][]Endpoint `json:"resolved,omitempty"`
-	SessionAffinity       string                `json:"sessionAffinity,omitempty"`
-	AffinityTimeout       int                   `json:"affinityTimeoutSeconds,omitempty"`
-	InternalTrafficPolicy string                `json:"internalTrafficPolicy,omitempty"`
-	ExternalTrafficPolicy string                `json:"externalTrafficPolicy,omitempty"`
+	Resolved map[string][]Endpoint `json:"resolved,omitempty"`
+	// ChangedAt is when the change behind Resolved's latest version began (the
+	// EndpointSlice controller's last-change-trigger-time), for the proxy's programming
+	// latency; zero when unknown.
+	ChangedAt             time.Time `json:"-"`
+	SessionAffinity       string    `json:"sessionAffinity,omitempty"`
+	AffinityTimeout       int       `json:"affinityTimeoutSeconds,omitempty"`
+	InternalTrafficPolicy string    `json:"internalTrafficPolicy,omitempty"`
+	ExternalTrafficPolicy string    `json:"externalTrafficPolicy,omitempty"`
 }
 
 // ServicePort is one port of a service.

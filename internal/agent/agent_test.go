@@ -6,6 +6,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	v1 "github.com/weftnet/weft/api/v1"
 
 	"github.com/weftnet/weft/internal/cniapi"
 	"github.com/weftnet/weft/internal/ipam"
@@ -83,5 +89,34 @@ func TestStatusReportsProblems(t *testing.T) {
 	a.setProblem("nat", nil)
 	if !a.Status().Ready {
 		t.Fatal("problem not cleared")
+	}
+}
+
+func TestNetworkProgrammingObservedOncePerChange(t *testing.T) {
+	p := &serviceProxy{programming: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x"})}
+	t0 := time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
+	svc := func(name string, changed time.Time) v1.Service {
+		return v1.Service{Name: name, Namespace: "default", ChangedAt: changed}
+	}
+	count := func() uint64 {
+		m := &dto.Metric{}
+		if err := p.programming.Write(m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	p.observeProgramming([]v1.Service{svc("a", t0), svc("b", time.Time{})}, t0.Add(time.Hour))
+	if count() != 0 {
+		t.Fatal("the first sync after a start was measured")
+	}
+	p.observeProgramming([]v1.Service{svc("a", t0), svc("b", time.Time{})}, t0.Add(time.Hour))
+	if count() != 0 {
+		t.Fatal("an unchanged service was measured again")
+	}
+	p.observeProgramming([]v1.Service{svc("a", t0.Add(time.Minute)), svc("c", t0.Add(2*time.Minute))}, t0.Add(2*time.Minute+50*time.Millisecond))
+	m := &dto.Metric{}
+	_ = p.programming.Write(m)
+	if h := m.GetHistogram(); h.GetSampleCount() != 2 || h.GetSampleSum() < 60 || h.GetSampleSum() > 61 {
+		t.Errorf("two changes (a new one of a, a new service c): count %d, sum %.3f s", h.GetSampleCount(), h.GetSampleSum())
 	}
 }

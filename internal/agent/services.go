@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/proxy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
@@ -46,6 +47,10 @@ type serviceProxy struct {
 	perService  *prometheus.GaugeVec
 	flushed     prometheus.Counter
 	last        proxy.State
+	// programming: from an endpoint change in the Kubernetes API (its trigger time) to
+	// this node's proxy programmed with it; observed marks what was measured, by service.
+	programming prometheus.Histogram
+	observed    map[string]time.Time
 }
 
 // proxyDelay gathers a burst of changes (a deployment rolling) into one sync; well under
@@ -66,8 +71,13 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 			[]string{"service", "port", "family"}),
 		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
 	}
+	p.programming = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "weft_network_programming_duration_seconds",
+		Help:    "Kubernetes mode: from an endpoint change in the API (the EndpointSlice's last-change-trigger-time) to this node's proxy programmed with it; kube-proxy's network_programming_duration_seconds.",
+		Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60},
+	})
 	p.aborted = prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_sockets_aborted_total", Help: "Pod TCP sockets the socket load balancer pointed at an endpoint that went away, aborted so clients move at once."})
-	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.perService, p.aborted)
+	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.perService, p.aborted, p.programming)
 	p.loop = reconcile.New(proxyDelay, p.sync, report).
 		WithResync(30 * time.Second).
 		WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second})
@@ -92,7 +102,8 @@ func (p *serviceProxy) sync() error {
 		p.nft.Reset() // someone removed it (or this is the first sync): write it whole
 	}
 	start := time.Now()
-	want := proxy.Compute(proxy.Node{Name: p.node}, p.cache.Services(), p.cache.Pods())
+	services := p.cache.Services()
+	want := proxy.Compute(proxy.Node{Name: p.node}, services, p.cache.Pods())
 	// The fast path learns the new endpoints before any DNAT to them exists.
 	if p.fast != nil {
 		keys := make(map[fastpath.EndpointKey]uint32, len(want.Endpoints))
@@ -134,6 +145,7 @@ func (p *serviceProxy) sync() error {
 	}
 	p.last = want
 	p.syncSeconds.Observe(time.Since(start).Seconds())
+	p.observeProgramming(services, time.Now())
 	p.ports.Set(float64(st.Ports))
 	p.endpoints.Set(float64(st.Endpoints))
 	p.perService.Reset()
@@ -149,6 +161,26 @@ func (p *serviceProxy) sync() error {
 		p.perService.WithLabelValues(port.Service, name, fam).Set(float64(len(port.Backends)))
 	}
 	return nil
+}
+
+// observeProgramming records, once per change, how long each service's latest endpoint
+// change took from the API to programmed here.
+// The first sync programs what changed before this weftd started: not measured (as
+// kube-proxy does), only remembered.
+func (p *serviceProxy) observeProgramming(services []v1.Service, now time.Time) {
+	first := p.observed == nil
+	seen := make(map[string]time.Time, len(p.observed))
+	for _, s := range services {
+		if s.ChangedAt.IsZero() {
+			continue
+		}
+		key := s.Key()
+		if last, ok := p.observed[key]; !first && (!ok || s.ChangedAt.After(last)) {
+			p.programming.Observe(max(now.Sub(s.ChangedAt), 0).Seconds())
+		}
+		seen[key] = s.ChangedAt
+	}
+	p.observed = seen
 }
 
 type netnsCookie struct {

@@ -171,7 +171,22 @@ func (s *Source) feedService(f *resources.Feeder, key string) {
 		slices = append(slices, sl)
 	}
 	out.Resolved = resolvedOf(slices)
+	out.ChangedAt = lastChange(slices)
 	resources.Put(f, key, out)
+}
+
+// lastChange is the latest trigger time the EndpointSlice controller stamped on slices
+// (what kube-proxy measures network programming latency from).
+func lastChange(slices []*discoveryv1.EndpointSlice) time.Time {
+	var last time.Time
+	for _, sl := range slices {
+		if v, ok := sl.Annotations[corev1.EndpointsLastChangeTriggerTime]; ok {
+			if t, err := time.Parse(time.RFC3339Nano, v); err == nil && t.After(last) {
+				last = t
+			}
+		}
+	}
+	return last
 }
 
 func putPod(f *resources.Feeder, p *corev1.Pod) {
