@@ -44,14 +44,14 @@ if [ "${WEFT_TEST_INNER:-}" != 1 ]; then
   [ -x "$WEFT_GOBGP_DIR/gobgpd" ] ||
     GOBIN="$WEFT_GOBGP_DIR" go install github.com/osrg/gobgp/v4/cmd/gobgpd@v4.8.0 github.com/osrg/gobgp/v4/cmd/gobgp@v4.8.0
 
-  # kube-apiserver for the Kubernetes-mode tests, built from k8s.io/kubernetes (tools/kube,
-  # a module of its own) the first time: about 4 minutes on 2 cores, then cached.
+  # The Kubernetes control plane for the Kubernetes-mode tests, built from k8s.io/kubernetes
+  # (tools/kube, a module of its own) the first time: about 9 minutes on 2 cores, then cached.
   export WEFT_KUBE_DIR="$(go env GOPATH)/weft-kube-v1.37.2"
-  if [ ! -x "$WEFT_KUBE_DIR/kube-apiserver" ]; then
-    echo "== building kube-apiserver v1.37.2 (first run only)"
+  if [ ! -x "$WEFT_KUBE_DIR/kube-apiserver" ] || [ ! -x "$WEFT_KUBE_DIR/kube-controller-manager" ]; then
+    echo "== building kube-apiserver and kube-controller-manager v1.37.2 (first run only)"
     (cd tools/kube && go build -o "$WEFT_KUBE_DIR/" \
       -ldflags "-X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" \
-      k8s.io/kubernetes/cmd/kube-apiserver)
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
   fi
 
   echo "== go vet"

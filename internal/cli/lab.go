@@ -54,6 +54,7 @@ func newLabCmd() *cobra.Command {
 	up.Flags().IntVar(&opts.Racks, "racks", 0, "fabric bgp: spread nodes over this many L2 segments joined only by a BGP router")
 	up.Flags().StringVar(&opts.TOR, "tor", "", "with --racks: the router's BGP daemon, bird (default), gobgpd or frr")
 	up.Flags().StringVar(&opts.Mode, "mode", "bridge", "pod attachment: bridge or ptp")
+	up.Flags().BoolVar(&opts.Kubernetes, "kubernetes", false, "run kube-apiserver and kube-controller-manager ($WEFT_KUBE_DIR or PATH) in the lab: weftds read it, pods get Pod objects")
 	up.Flags().StringVar(&opts.Proxy, "proxy", "nftables", "every weftd's service proxy: nftables, ebpf (socket load balancing in front of nftables) or auto")
 	up.Flags().BoolVarP(&detach, "detach", "d", false, "leave the lab running and return")
 
@@ -135,7 +136,10 @@ func newLabCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), struct {
 					Nodes []*lab.Node `json:"nodes"`
 					Pods  []*lab.Pod  `json:"pods"`
-				}{l.State.Nodes, l.State.Pods})
+					// The admin kubeconfig of a lab with Kubernetes (its server is on the
+					// underlay: use it from the lab's namespaces).
+					Kubeconfig string `json:"kubeconfig,omitempty"`
+				}{l.State.Nodes, l.State.Pods, l.Kubeconfig()})
 			}
 			printStatus(cmd.OutOrStdout(), l)
 			return nil
@@ -273,6 +277,9 @@ func printStatus(w io.Writer, l *lab.Lab) {
 		proxy = "nftables"
 	}
 	fmt.Fprintf(tw, "lab %s: %d nodes, %s fabric, %s mode, %s proxy, store %s\n", l.State.Name, len(l.State.Nodes), l.State.Fabric, l.State.Mode, proxy, l.State.Store)
+	if kc := l.Kubeconfig(); kc != "" {
+		fmt.Fprintf(tw, "kubernetes: kube-apiserver on the underlay, kubeconfig %s\n", kc)
+	}
 	fmt.Fprintln(tw, "NODE\tUNDERLAY\tPOD CIDRS\tMTU\tWEFTD")
 	for _, n := range l.State.Nodes {
 		up := "running"

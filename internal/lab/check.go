@@ -180,6 +180,10 @@ func (l *Lab) RemovePod(name string) error {
 			continue
 		}
 		stopPID(p.ServePID, "weft")
+		var errs []error
+		if l.State.Kubernetes {
+			errs = append(errs, l.unpublishPod(p))
+		}
 		if n, err := l.node(p.Node); err == nil {
 			if list, err := l.netconf(n); err == nil {
 				_ = probe.InNS(n.Netns, func() error {
@@ -187,9 +191,9 @@ func (l *Lab) RemovePod(name string) error {
 				})
 			}
 		}
-		err := deleteNS(p.Netns)
+		errs = append(errs, deleteNS(p.Netns))
 		l.State.Pods = append(l.State.Pods[:i], l.State.Pods[i+1:]...)
-		return errors.Join(err, l.save())
+		return errors.Join(append(errs, l.save())...)
 	}
 	return fmt.Errorf("no pod %q in lab %s", name, l.opts.Name)
 }

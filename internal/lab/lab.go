@@ -43,6 +43,9 @@ type Options struct {
 	Racks  int    // fabric bgp: L2 segments joined only by a router running TOR (0, 1: one segment)
 	TOR    string // the racks' router: bird (default), gobgpd or frr
 	Proxy  string // every weftd's --proxy: nftables (default), ebpf or auto
+	// Kubernetes runs kube-apiserver and kube-controller-manager in the underlay; weftds
+	// read the cluster from it and every pod gets a Pod object.
+	Kubernetes bool
 }
 
 // Node is one node namespace with its weftd.
@@ -83,20 +86,24 @@ type Pod struct {
 
 // State is what a lab made, persisted so another process can tear it down.
 type State struct {
-	Name     string  `json:"name"`
-	Mode     string  `json:"mode"`
-	Fabric   string  `json:"fabric"`
-	Underlay string  `json:"underlay"` // the underlay namespace
-	Racks    int     `json:"racks,omitempty"`
-	TOR      string  `json:"tor,omitempty"`
-	Proxy    string  `json:"proxy,omitempty"`
-	Router   string  `json:"router,omitempty"` // racked labs: the router namespace
-	Client   string  `json:"client,omitempty"` // racked labs: a client outside the cluster, behind the router
-	TORProcs []Proc  `json:"torProcs,omitempty"`
-	Store    string  `json:"store"`
-	EtcdPID  int     `json:"etcdPID"`
-	Nodes    []*Node `json:"nodes"`
-	Pods     []*Pod  `json:"pods"`
+	Name     string `json:"name"`
+	Mode     string `json:"mode"`
+	Fabric   string `json:"fabric"`
+	Underlay string `json:"underlay"` // the underlay namespace
+	Racks    int    `json:"racks,omitempty"`
+	TOR      string `json:"tor,omitempty"`
+	Proxy    string `json:"proxy,omitempty"`
+	// Kubernetes: see Options; KubeProcs are its control plane's processes.
+	Kubernetes bool    `json:"kubernetes,omitempty"`
+	KubeToken  string  `json:"kubeToken,omitempty"`
+	KubeProcs  []Proc  `json:"kubeProcs,omitempty"`
+	Router     string  `json:"router,omitempty"` // racked labs: the router namespace
+	Client     string  `json:"client,omitempty"` // racked labs: a client outside the cluster, behind the router
+	TORProcs   []Proc  `json:"torProcs,omitempty"`
+	Store      string  `json:"store"`
+	EtcdPID    int     `json:"etcdPID"`
+	Nodes      []*Node `json:"nodes"`
+	Pods       []*Pod  `json:"pods"`
 }
 
 // Lab is a lab being driven.
@@ -174,7 +181,7 @@ func Up(opts Options) (*Lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the lab needs root (it creates network namespaces)")
 	}
-	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode, Fabric: opts.Fabric, Racks: opts.Racks, TOR: opts.TOR, Proxy: opts.Proxy}}
+	l := &Lab{opts: opts, State: State{Name: opts.Name, Mode: opts.Mode, Fabric: opts.Fabric, Racks: opts.Racks, TOR: opts.TOR, Proxy: opts.Proxy, Kubernetes: opts.Kubernetes}}
 	if _, err := os.Stat(l.stateFile()); err == nil {
 		return nil, fmt.Errorf("lab %q already exists: run `weft lab down --name %s` first", opts.Name, opts.Name)
 	}
@@ -192,6 +199,11 @@ func Up(opts Options) (*Lab, error) {
 	}
 	if err := l.makeCA(); err != nil {
 		return nil, fmt.Errorf("the lab's test CA: %w", err)
+	}
+	if l.State.Kubernetes {
+		if err := l.upKube(); err != nil {
+			return nil, err
+		}
 	}
 	if l.State.Racks > 1 {
 		if err := l.upRacks(); err != nil {
@@ -245,6 +257,11 @@ func (l *Lab) addNode(i int) error {
 	if err := l.startWeftd(n); err != nil {
 		return err
 	}
+	if l.State.Kubernetes {
+		if err := l.registerNode(n); err != nil {
+			return err
+		}
+	}
 	return l.startIngress(n)
 }
 
@@ -263,6 +280,9 @@ func (l *Lab) startWeftd(n *Node) error {
 		"--metrics-addr", MetricsAddr, "--dns-upstream", "none") // a lab never forwards outside its namespaces
 	if l.State.Proxy != "" {
 		cmd.Args = append(cmd.Args, "--proxy", l.State.Proxy)
+	}
+	if l.State.Kubernetes {
+		cmd.Args = append(cmd.Args, "--kubeconfig", l.Kubeconfig())
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals
@@ -385,6 +405,11 @@ func (l *Lab) AddPodServing(namespace, name, nodeName string, serve int, serveHT
 			return p, err
 		}
 	}
+	if l.State.Kubernetes {
+		if err := l.publishPod(p, labels, serve); err != nil {
+			return p, err
+		}
+	}
 	return p, l.save()
 }
 
@@ -454,6 +479,9 @@ func (l *Lab) Down() error {
 		// detaches them.
 		errs = append(errs, bpffs.Unmount(filepath.Join(n.RunDir, "bpf")))
 		errs = append(errs, deleteNS(n.Netns))
+	}
+	for _, p := range l.State.KubeProcs {
+		stopPID(p.PID, p.Program)
 	}
 	stopPID(l.State.EtcdPID, "weft")
 	for _, p := range l.State.TORProcs {

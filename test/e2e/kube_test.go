@@ -1,0 +1,124 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/weftnet/weft/internal/lab"
+	"github.com/weftnet/weft/internal/probe"
+	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/testutil/kubetest"
+)
+
+// TestKubernetesInLab is Kubernetes mode end to end: `weft lab up --kubernetes` runs
+// kube-apiserver and kube-controller-manager; the lab's pods become Pod objects; a Service
+// created through the API gets its EndpointSlices from the real controller, and every
+// weftd programs it: pods on both nodes reach it by ClusterIP and by DNS name, and when a
+// pod goes, the proxy follows the slice.
+func TestKubernetesInLab(t *testing.T) {
+	testutil.RequireRoot(t)
+	t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
+	l := labCLI{t: t, name: fmt.Sprintf("k%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
+	t.Cleanup(func() { _, _ = l.run("down") })
+	l.must("up", "-d", "--nodes", "2", "--kubernetes")
+	for i := 1; i <= 2; i++ {
+		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080", "--labels", "app=web")
+	}
+	st := l.status()
+	var withKube struct{ Kubeconfig string }
+	if err := json.Unmarshal([]byte(l.must("status", "-o", "json")), &withKube); err != nil || withKube.Kubeconfig == "" {
+		t.Errorf("lab status -o json gives no kubeconfig: %v", err)
+	} else if _, err := os.Stat(withKube.Kubeconfig); err != nil {
+		t.Error(err)
+	}
+	pods := map[string]testutil.NS{}
+	for _, p := range st.Pods {
+		pods[p.Name] = testutil.NS{Path: p.Netns}
+		// Who answers: each pod says its name on 9090.
+		ln, err := probe.ListenTCP(p.Netns, "[::]:9090")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go probe.Whoami(ln, p.Name)
+	}
+	lb, err := lab.Load(l.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := lb.KubeClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	svc, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(9090)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80)
+
+	// The controller derives the slice from the Pod objects; every node programs it.
+	reached := func(from string, tries int) map[string]bool {
+		seen := map[string]bool{}
+		for range tries {
+			if got, err := probe.AskTCP(pods[from].Path, vip, 300*time.Millisecond); err == nil {
+				seen[probe.Name(got)] = true
+			}
+		}
+		return seen
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if len(reached("p1", 20)) == 2 && len(reached("p2", 20)) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			slices, _ := client.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=web"})
+			podList, _ := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+			nodes, _ := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+			t.Fatalf("the service %s does not reach both pods from both nodes: p1 sees %v, p2 %v\nslices: %+v\npods: %+v\nnodes: %d", vip, reached("p1", 20), reached("p2", 20), slices.Items, podList.Items, len(nodes.Items))
+		}
+	}
+	// By name, from the node's DNS (fed by the same API).
+	name := "web.default.svc.cluster.local."
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m, err := dnsQuery(pods["p2"].Path, dnsAddr, name, mdns.TypeA)
+		if err == nil && len(m.Answer) == 1 && lastFields(m) == vip.Addr().String() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s from p2: %v %v", name, m, err)
+		}
+	}
+
+	// A pod goes: its Pod object is deleted, the controller updates the slice, and the
+	// proxy on both nodes follows.
+	l.must("pod", "rm", "p2")
+	gone := time.Now()
+	for {
+		if seen := reached("p1", 20); len(seen) == 1 && seen["p1"] {
+			t.Logf("the proxy follows a removed pod %v after its removal (Pod deleted, slice updated, programmed)", time.Since(gone).Round(time.Millisecond))
+			break
+		}
+		if time.Since(gone) > 5*time.Second {
+			t.Fatalf("5 s after p2 went, p1 still reaches %v through %s", reached("p1", 20), vip)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
