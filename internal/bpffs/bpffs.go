@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cilium/ebpf"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -59,4 +61,26 @@ func RemovePins(dir string) error {
 		errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
 	}
 	return errors.Join(errs...)
+}
+
+// LoadPinned prepares dir (a folder in a bpffs instance of weftd's own, mounted on its
+// parent if needed) and runs load, which loads a collection whose maps are pinned by name
+// in dir: an earlier weftd's maps are adopted. If they have another layout (an upgrade),
+// every pin in dir goes (links too: the caller attaches again; meanwhile the nftables
+// proxy behind carries the traffic) and load runs again with fresh maps.
+func LoadPinned(dir string, load func() error) error {
+	if err := Mount(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	err := load()
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		if err := RemovePins(dir); err != nil {
+			return err
+		}
+		err = load()
+	}
+	return err
 }

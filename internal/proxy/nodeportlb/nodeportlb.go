@@ -45,26 +45,11 @@ type Balancer struct {
 	addresses bool
 }
 
-var mapNames = []string{nodeportMapNpMaglev, nodeportMapNpServices, nodeportMapNpStats}
-
 // Load loads the program, adopting the maps an earlier weftd pinned in dir (in a bpffs of
 // weftd's own, mounted if needed): across a restart the tables keep marking.
 func Load(dir string) (*Balancer, error) {
-	if err := bpffs.Mount(filepath.Dir(dir)); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
 	b := &Balancer{dir: dir, ids: map[nodeportNpKey]uint32{}}
-	err := b.load()
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		for _, m := range mapNames {
-			_ = os.Remove(filepath.Join(dir, m))
-		}
-		err = b.load()
-	}
-	if err != nil {
+	if err := bpffs.LoadPinned(dir, b.load); err != nil {
 		return nil, fmt.Errorf("load node port balancer: %w", err)
 	}
 	var k nodeportNpKey

@@ -57,21 +57,8 @@ const svcAffinity = 1 // SVC_AFFINITY in bpf/sock.c
 // translation and reverse mapping in place. Maps of an incompatible layout (an upgrade)
 // are replaced.
 func Load(dir string) (*Proxy, error) {
-	if err := bpffs.Mount(filepath.Dir(dir)); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
 	p := &Proxy{dir: dir, ids: map[sockSvcKey]uint32{}, pods: map[uint64]bool{}}
-	err := p.load()
-	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		for _, m := range mapNames {
-			_ = os.Remove(filepath.Join(dir, m))
-		}
-		err = p.load()
-	}
-	if err != nil {
+	if err := bpffs.LoadPinned(dir, p.load); err != nil {
 		return nil, fmt.Errorf("load socket load balancer: %w", err)
 	}
 	if err := p.adopt(); err != nil {
@@ -80,8 +67,6 @@ func Load(dir string) (*Proxy, error) {
 	}
 	return p, nil
 }
-
-var mapNames = []string{sockMapAffinity, sockMapBackends, sockMapPodNetns, sockMapReverse, sockMapServices, sockMapStats, sockMapUdpFlows}
 
 func (p *Proxy) load() error {
 	spec, err := loadSock()
