@@ -7,12 +7,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	mdns "github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -25,8 +27,11 @@ import (
 // TestKubernetesInLab is Kubernetes mode end to end: `weft lab up --kubernetes` runs
 // kube-apiserver and kube-controller-manager; the lab's pods become Pod objects; a Service
 // created through the API gets its EndpointSlices from the real controller, and every
-// weftd programs it: pods on both nodes reach it by ClusterIP and by DNS name, and when a
-// pod goes, the proxy follows the slice.
+// weftd programs it: pods on both nodes reach it by ClusterIP and by DNS name; a weftd
+// killed and restarted loses no connection and lists again; a NetworkPolicy from the API
+// is enforced; when a pod goes, the proxy follows the slice.
+func ptrInt(v int32) *intstr.IntOrString { p := intstr.FromInt32(v); return &p }
+
 func TestKubernetesInLab(t *testing.T) {
 	testutil.RequireRoot(t)
 	t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
@@ -36,6 +41,7 @@ func TestKubernetesInLab(t *testing.T) {
 	for i := 1; i <= 2; i++ {
 		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080", "--labels", "app=web")
 	}
+	l.must("pod", "add", "c1", "--node", "2", "--labels", "role=client")
 	st := l.status()
 	var withKube struct{ Kubeconfig string }
 	if err := json.Unmarshal([]byte(l.must("status", "-o", "json")), &withKube); err != nil || withKube.Kubeconfig == "" {
@@ -44,8 +50,9 @@ func TestKubernetesInLab(t *testing.T) {
 		t.Error(err)
 	}
 	pods := map[string]testutil.NS{}
+	podIP := map[string]netip.Addr{}
 	for _, p := range st.Pods {
-		pods[p.Name] = testutil.NS{Path: p.Netns}
+		pods[p.Name], podIP[p.Name] = testutil.NS{Path: p.Netns}, p.IPs[0]
 		// Who answers: each pod says its name on 9090.
 		ln, err := probe.ListenTCP(p.Netns, "[::]:9090")
 		if err != nil {
@@ -107,17 +114,88 @@ func TestKubernetesInLab(t *testing.T) {
 		}
 	}
 
+	// kill -9 of node1's weftd under a connection loop from p1: no connection fails, and
+	// the restarted weftd's informers list again (a service made meanwhile works).
+	var okCount, failed atomic.Int64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := probe.AskTCP(pods["p1"].Path, vip, 2*time.Second); err != nil {
+				failed.Add(1)
+			} else {
+				okCount.Add(1)
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	l.must("node", "restart", "node1", "--kill")
+	svc2, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web2"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Protocol: corev1.ProtocolTCP, Port: 81, TargetPort: intstr.FromInt32(9090)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	<-done
+	if failed.Load() > 0 || okCount.Load() < 10 {
+		t.Errorf("across a weftd kill -9 and restart: %d connections failed, %d succeeded", failed.Load(), okCount.Load())
+	}
+	vip2 := netip.AddrPortFrom(netip.MustParseAddr(svc2.Spec.ClusterIP), 81)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := probe.AskTCP(pods["p1"].Path, vip2, time.Second); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a service created while node1's weftd restarted is not reachable from p1 after 5 s")
+		}
+	}
+
+	// A NetworkPolicy from the API: only role=client pods may reach app=web pods on 9090.
+	if _, err := client.NetworkingV1().NetworkPolicies("default").Create(ctx, &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-from-clients"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Port: ptrInt(9090)}},
+			}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	target := netip.AddrPortFrom(podIP["p1"], 9090)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		_, fromClient := probe.AskTCP(pods["c1"].Path, target, time.Second)
+		_, fromWeb := probe.AskTCP(pods["p2"].Path, target, 300*time.Millisecond)
+		if fromClient == nil && fromWeb != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("policy from the API: client→p1 %v (want allowed), p2→p1 %v (want denied)", fromClient, fromWeb)
+		}
+	}
+
 	// A pod goes: its Pod object is deleted, the controller updates the slice, and the
 	// proxy on both nodes follows.
+	// (From c1: the policy above keeps app=web pods from reaching each other.)
 	l.must("pod", "rm", "p2")
 	gone := time.Now()
 	for {
-		if seen := reached("p1", 20); len(seen) == 1 && seen["p1"] {
+		if seen := reached("c1", 20); len(seen) == 1 && seen["p1"] {
 			t.Logf("the proxy follows a removed pod %v after its removal (Pod deleted, slice updated, programmed)", time.Since(gone).Round(time.Millisecond))
 			break
 		}
 		if time.Since(gone) > 5*time.Second {
-			t.Fatalf("5 s after p2 went, p1 still reaches %v through %s", reached("p1", 20), vip)
+			t.Fatalf("5 s after p2 went, c1 reaches %v through %s", reached("c1", 20), vip)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
