@@ -26,6 +26,7 @@ import (
 	"github.com/weftnet/weft/internal/hostnet"
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/kube"
+	"github.com/weftnet/weft/internal/lease"
 	"github.com/weftnet/weft/internal/netcalc"
 	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
@@ -202,7 +203,18 @@ func (a *Agent) Run(ctx context.Context) error {
 			// the Kubernetes API; the store still holds the nodes and their blocks.
 			var feeder *resources.Feeder
 			cache, feeder = resources.NewFedCache()
-			src := &kube.Source{Client: a.opts.Kube, Log: a.opts.Log}
+			src := &kube.Source{Client: a.opts.Kube, Log: a.opts.Log, NodeDeleted: func(name string) {
+				if name == a.opts.NodeName {
+					return // the others forget this one
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				defer cancel()
+				if n, err := resources.RemoveNode(ctx, c.o.Store, lease.Prefix, name); err != nil {
+					a.opts.Log.Warn("forgetting a node deleted from the Kubernetes API", "node", name, "err", err)
+				} else if n > 1 {
+					a.opts.Log.Info("forgot a node deleted from the Kubernetes API", "node", name)
+				}
+			}}
 			g.Go("kubernetes", func(ctx context.Context) error { return src.Run(ctx, feeder) })
 		} else {
 			g.Go("cache", cache.Run)

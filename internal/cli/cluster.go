@@ -168,21 +168,11 @@ func newRemoveNodeCmd(open func() (store.Store, error)) *cobra.Command {
 			defer st.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			ops := []store.Op{{Key: resources.NodesPrefix + args[0], Delete: true}}
-			kvs, _, err := st.List(ctx, lease.Prefix)
+			n, err := resources.RemoveNode(ctx, st, lease.Prefix, args[0])
 			if err != nil {
 				return err
 			}
-			for _, kv := range kvs {
-				var l v1.Lease
-				if json.Unmarshal(kv.Value, &l) == nil && l.Node == args[0] {
-					ops = append(ops, store.Op{Key: kv.Key, Delete: true})
-				}
-			}
-			if _, err := st.Txn(ctx, nil, ops); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed node %s (%d keys)\n", args[0], len(ops))
+			fmt.Fprintf(cmd.OutOrStdout(), "removed node %s (%d keys)\n", args[0], n)
 			return nil
 		},
 	}

@@ -34,7 +34,7 @@ type Rule struct {
 
 // Rules are the informers Source runs: list and watch, nothing else.
 var Rules = []Rule{
-	{Group: "", Resources: []string{"services", "pods", "namespaces"}, Verbs: []string{"list", "watch"}},
+	{Group: "", Resources: []string{"services", "pods", "namespaces", "nodes"}, Verbs: []string{"list", "watch"}},
 	{Group: "discovery.k8s.io", Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 	{Group: "networking.k8s.io", Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
 }
@@ -44,6 +44,9 @@ type Source struct {
 	Client kubernetes.Interface
 	Resync time.Duration // informers' periodic resync (0: 10 minutes)
 	Log    *slog.Logger
+	// NodeDeleted, if set, hears of every Node object deleted from the API: the API is
+	// the authority on membership, so weftd forgets the node (and its peers its routes).
+	NodeDeleted func(name string)
 
 	mu       sync.Mutex
 	services map[string]*corev1.Service                       // namespace/name
@@ -75,6 +78,11 @@ func (s *Source) Run(ctx context.Context, f *resources.Feeder) error {
 			resources.Put(f, ns.Name, v1.Namespace{Name: ns.Name, Labels: ns.Labels})
 		}, func(o any) { f.Delete(resources.KindNamespace, keyOf(o)) }},
 		{factory.Networking().V1().NetworkPolicies().Informer(), func(o any) { s.putPolicy(f, o.(*networkingv1.NetworkPolicy)) }, func(o any) { f.Delete(resources.KindPolicy, keyOf(o)) }},
+		{factory.Core().V1().Nodes().Informer(), func(any) {}, func(o any) {
+			if s.NodeDeleted != nil {
+				s.NodeDeleted(keyOf(o))
+			}
+		}},
 	}
 	for _, w := range watch {
 		if _, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{

@@ -241,3 +241,24 @@ func (c Client) DeleteService(ctx context.Context, namespace, name string) error
 		}
 	}
 }
+
+// RemoveNode forgets a node in one transaction: its registration and its pod CIDR leases
+// (under leasePrefix). Every other node's fabric then withdraws its routes. It returns how
+// many keys went; a node already gone is not an error.
+func RemoveNode(ctx context.Context, st store.Store, leasePrefix, name string) (int, error) {
+	ops := []store.Op{{Key: NodesPrefix + name, Delete: true}}
+	kvs, _, err := st.List(ctx, leasePrefix)
+	if err != nil {
+		return 0, err
+	}
+	for _, kv := range kvs {
+		var l v1.Lease
+		if json.Unmarshal(kv.Value, &l) == nil && l.Node == name {
+			ops = append(ops, store.Op{Key: kv.Key, Delete: true})
+		}
+	}
+	if _, err := st.Txn(ctx, nil, ops); err != nil {
+		return 0, err
+	}
+	return len(ops), nil
+}

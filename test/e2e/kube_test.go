@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,7 +31,8 @@ import (
 // created through the API gets its EndpointSlices from the real controller, and every
 // weftd programs it: pods on both nodes reach it by ClusterIP and by DNS name; a weftd
 // killed and restarted loses no connection and lists again; a NetworkPolicy from the API
-// is enforced; when a pod goes, the proxy follows the slice.
+// is enforced; when a pod goes, the proxy follows the slice; a Node deleted from the API
+// loses its routes on the other node.
 func ptrInt(v int32) *intstr.IntOrString { p := intstr.FromInt32(v); return &p }
 
 func TestKubernetesInLab(t *testing.T) {
@@ -199,4 +202,25 @@ func TestKubernetesInLab(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
+	// A Node deleted from the API: the other node forgets it and drops its routes.
+	block := st.Nodes[1].PodCIDRs[0].String()
+	routes := func() string {
+		out, _ := exec.Command("ip", "-n", filepath.Base(st.Nodes[0].Netns), "route").Output()
+		return string(out)
+	}
+	if !strings.Contains(routes(), block) {
+		t.Fatalf("node1 has no route to node2's %s to begin with:\n%s", block, routes())
+	}
+	if err := client.CoreV1().Nodes().Delete(ctx, st.Nodes[1].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	for strings.Contains(routes(), block) {
+		if time.Since(deleted) > 3*time.Second {
+			t.Fatalf("3 s after node2's Node object was deleted, node1 still routes its %s:\n%s", block, routes())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("node2's block left node1's routes %v after its Node object was deleted", time.Since(deleted).Round(time.Millisecond))
 }
