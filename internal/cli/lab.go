@@ -136,8 +136,8 @@ func newLabCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), struct {
 					Nodes []*lab.Node `json:"nodes"`
 					Pods  []*lab.Pod  `json:"pods"`
-					// The admin kubeconfig of a lab with Kubernetes (its server is on the
-					// underlay: use it from the lab's namespaces).
+					// The admin kubeconfig of a lab with Kubernetes, for the host (a
+					// loopback port relayed into the lab).
 					Kubeconfig string `json:"kubeconfig,omitempty"`
 				}{l.State.Nodes, l.State.Pods, l.Kubeconfig()})
 			}
@@ -221,6 +221,19 @@ func newLabCmd() *cobra.Command {
 	}
 	etcd.Flags().StringVar(&dataDir, "data-dir", "", "etcd data directory")
 	etcd.Flags().StringVar(&listen, "listen", "", "client address HOST:PORT")
+	var fwdListen, fwdNetns, fwdTo, fwdPortFile string
+	forward := &cobra.Command{
+		Use: "forward", Hidden: true, Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return lab.Forward(ctx, fwdListen, fwdNetns, fwdTo, fwdPortFile)
+		},
+	}
+	forward.Flags().StringVar(&fwdListen, "listen", "127.0.0.1:0", "where to listen (this namespace)")
+	forward.Flags().StringVar(&fwdNetns, "netns", "", "the namespace to dial in")
+	forward.Flags().StringVar(&fwdTo, "to", "", "HOST:PORT to relay to")
+	forward.Flags().StringVar(&fwdPortFile, "port-file", "", "write the port listened on here")
 	var port int
 	var serveHTTP bool
 	var podName string
@@ -266,7 +279,7 @@ func newLabCmd() *cobra.Command {
 	restart.Flags().BoolVar(&kill, "kill", false, "SIGKILL instead of SIGTERM")
 	nodeCmd.AddCommand(restart)
 
-	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, serveCmd, newLabServiceCmd(), newLabApplyCmd(), newLabDNSCmd(), newLabBGPCmd(), newLabIngressCmd())
+	labCmd.AddCommand(up, pod, nodeCmd, execCmd, status, check, demo, down, etcd, forward, serveCmd, newLabServiceCmd(), newLabApplyCmd(), newLabDNSCmd(), newLabBGPCmd(), newLabIngressCmd())
 	return labCmd
 }
 
@@ -278,7 +291,7 @@ func printStatus(w io.Writer, l *lab.Lab) {
 	}
 	fmt.Fprintf(tw, "lab %s: %d nodes, %s fabric, %s mode, %s proxy, store %s\n", l.State.Name, len(l.State.Nodes), l.State.Fabric, l.State.Mode, proxy, l.State.Store)
 	if kc := l.Kubeconfig(); kc != "" {
-		fmt.Fprintf(tw, "kubernetes: kube-apiserver on the underlay, kubeconfig %s\n", kc)
+		fmt.Fprintf(tw, "kubernetes: kubectl --kubeconfig %s\n", kc)
 	}
 	fmt.Fprintln(tw, "NODE\tUNDERLAY\tPOD CIDRS\tMTU\tWEFTD")
 	for _, n := range l.State.Nodes {

@@ -50,8 +50,8 @@ func kubeBinary(name string) (string, error) {
 
 func (l *Lab) kubeDir() string { return filepath.Join(l.dir(), "kube") }
 
-// Kubeconfig is the lab's admin kubeconfig (its server is on the underlay: reachable from
-// the lab's namespaces).
+// Kubeconfig is the lab's admin kubeconfig for the host: its server is a loopback port
+// relayed into the underlay (no route into the lab is needed).
 func (l *Lab) Kubeconfig() string {
 	if !l.State.Kubernetes {
 		return ""
@@ -117,26 +117,59 @@ func (l *Lab) upKube() error {
 			return fmt.Errorf("kube-apiserver not serving after 60 s (%v); see %s", lastErr, filepath.Join(dir, "kube-apiserver.log"))
 		}
 	}
-	cfg := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster: {server: %q, insecure-skip-tls-verify: true}\n"+
-		"users:\n- name: admin\n  user: {token: %q}\ncontexts:\n- name: lab\n  context: {cluster: lab, user: admin}\ncurrent-context: lab\n",
-		fmt.Sprintf("https://%s", netip.AddrPortFrom(ip, kubeAPIPort)), l.State.KubeToken)
-	if err := os.WriteFile(l.Kubeconfig(), []byte(cfg), 0o600); err != nil {
+	// The nodes' kubeconfig names the server on the underlay; the host's, a loopback port
+	// that `weft lab forward` relays into the underlay.
+	if err := l.writeKubeconfig(l.nodeKubeconfig(), netip.AddrPortFrom(ip, kubeAPIPort).String()); err != nil {
+		return err
+	}
+	portFile := filepath.Join(dir, "forward.port")
+	if err := l.startProc("forward", "", filepath.Join(l.opts.BinDir, "weft"), "lab", "forward",
+		"--netns", l.State.Underlay, "--to", netip.AddrPortFrom(ip, kubeAPIPort).String(), "--port-file", portFile); err != nil {
+		return err
+	}
+	var port []byte
+	for deadline := time.Now().Add(10 * time.Second); len(port) == 0; time.Sleep(20 * time.Millisecond) {
+		if port, _ = os.ReadFile(portFile); len(port) == 0 && time.Now().After(deadline) {
+			return errors.New("the lab's API forward did not start")
+		}
+	}
+	if err := l.writeKubeconfig(l.Kubeconfig(), "127.0.0.1:"+string(port)); err != nil {
 		return err
 	}
 	// The EndpointSlice controller, as a cluster runs it.
 	return l.startUnderlayProc("kube-controller-manager", kcm,
-		"--kubeconfig="+l.Kubeconfig(), "--controllers=endpointslice,endpointslicemirroring", "--leader-elect=false",
+		"--kubeconfig="+l.nodeKubeconfig(), "--controllers=endpointslice,endpointslicemirroring", "--leader-elect=false",
 		"--secure-port=0", "--use-service-account-credentials=false")
+}
+
+// nodeKubeconfig is what the lab's own processes (weftds, the controller manager) use:
+// the server on the underlay.
+func (l *Lab) nodeKubeconfig() string { return filepath.Join(l.kubeDir(), "kubeconfig-underlay") }
+
+func (l *Lab) writeKubeconfig(path, server string) error {
+	cfg := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster: {server: %q, insecure-skip-tls-verify: true}\n"+
+		"users:\n- name: admin\n  user: {token: %q}\ncontexts:\n- name: lab\n  context: {cluster: lab, user: admin}\ncurrent-context: lab\n",
+		"https://"+server, l.State.KubeToken)
+	return os.WriteFile(path, []byte(cfg), 0o600)
 }
 
 // startUnderlayProc runs program in the underlay namespace as a process of the lab's.
 func (l *Lab) startUnderlayProc(name, program string, args ...string) error {
+	return l.startProc(name, l.State.Underlay, program, args...)
+}
+
+// startProc runs program (in netns, or in the caller's namespace if netns is empty) as a
+// process of the lab's, logging to the kube folder.
+func (l *Lab) startProc(name, netns, program string, args ...string) error {
 	logf, err := os.Create(filepath.Join(l.kubeDir(), name+".log"))
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command("nsenter", append([]string{"--net=" + l.State.Underlay, "--", program}, args...)...)
+	cmd := exec.Command(program, args...)
+	if netns != "" {
+		cmd = exec.Command("nsenter", append([]string{"--net=" + netns, "--", program}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

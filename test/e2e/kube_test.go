@@ -19,8 +19,9 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/internal/testutil/kubetest"
@@ -64,11 +65,13 @@ func TestKubernetesInLab(t *testing.T) {
 		t.Cleanup(func() { ln.Close() })
 		go probe.Whoami(ln, p.Name)
 	}
-	lb, err := lab.Load(l.name)
+	// The host reaches the API through the kubeconfig lab status names (a loopback port
+	// relayed into the lab), as kubectl on the host would.
+	cfg, err := clientcmd.BuildConfigFromFlags("", withKube.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := lb.KubeClient()
+	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
