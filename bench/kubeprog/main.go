@@ -1,0 +1,199 @@
+// Command kubeprog measures Kubernetes mode's network programming latency in a running
+// `weft lab up --kubernetes`: it creates N services with an EndpointSlice of E endpoints
+// each through the API, waits until every node programs them all, then changes one
+// endpoint of C services one after the other (each slice stamped with the change's time,
+// as the EndpointSlice controller stamps it) and reads every node's
+// weft_network_programming_duration_seconds: from the stamp to that node's proxy
+// programmed with the change (kube-proxy's network_programming_duration_seconds).
+// Endpoint addresses are never contacted. Run by bench/kubeprog.sh.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weftnet/weft/internal/lab"
+	"github.com/weftnet/weft/internal/probe"
+)
+
+var (
+	labName   = flag.String("lab", "", "the lab (weft lab up --kubernetes)")
+	services  = flag.Int("services", 1000, "services to create")
+	endpoints = flag.Int("endpoints", 10, "endpoints per service")
+	changes   = flag.Int("changes", 50, "endpoint changes to measure")
+	gap       = flag.Duration("gap", 200*time.Millisecond, "pause between changes")
+)
+
+const metric = "weft_network_programming_duration_seconds"
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "kubeprog:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	l, err := lab.Load(*labName)
+	if err != nil {
+		return err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig())
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = 500, 1000
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	start := time.Now()
+	slices := make([]*discoveryv1.EndpointSlice, *services)
+	for i := range *services {
+		name := fmt.Sprintf("bench-%d", i)
+		if _, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		}, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+		sl := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name}, Annotations: stamp()},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		for e := range *endpoints {
+			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.%d.%d.%d", 200+e, i/250, 1+(i%250))},
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+		}
+		if slices[i], err = client.DiscoveryV1().EndpointSlices("default").Create(ctx, sl, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("created %d services × %d endpoints through the API in %v\n", *services, *endpoints, time.Since(start).Round(time.Millisecond))
+	for _, n := range l.State.Nodes {
+		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			m, err := metrics(n.Netns)
+			if err == nil && gauge(m, "weft_proxy_service_ports") >= float64(*services) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s did not program %d services in 2 minutes (%v)", n.Name, *services, err)
+			}
+		}
+	}
+	fmt.Printf("every node programmed them %v after the first create\n", time.Since(start).Round(time.Millisecond))
+	before := map[string]*dto.Histogram{}
+	for _, n := range l.State.Nodes {
+		m, err := metrics(n.Netns)
+		if err != nil {
+			return err
+		}
+		before[n.Name] = histogram(m)
+	}
+	for c := range *changes {
+		i := c * *services / *changes
+		sl := slices[i]
+		sl.Endpoints[0].Addresses[0] = fmt.Sprintf("10.199.%d.%d", c/250, 1+c%250)
+		sl.Annotations = stamp()
+		if slices[i], err = client.DiscoveryV1().EndpointSlices("default").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+		time.Sleep(*gap)
+	}
+	time.Sleep(2 * time.Second)
+	for _, n := range l.State.Nodes {
+		m, err := metrics(n.Netns)
+		if err != nil {
+			return err
+		}
+		after := histogram(m)
+		count := after.GetSampleCount() - before[n.Name].GetSampleCount()
+		sum := after.GetSampleSum() - before[n.Name].GetSampleSum()
+		fmt.Printf("%s: %d changes programmed, mean %.1f ms, p50 ≤ %s, p99 ≤ %s, max bucket %s\n", n.Name, count, 1000*sum/float64(max(count, 1)),
+			quantile(before[n.Name], after, 0.5), quantile(before[n.Name], after, 0.99), quantile(before[n.Name], after, 1))
+	}
+	return nil
+}
+
+func stamp() map[string]string {
+	return map[string]string{corev1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339Nano)}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// metrics reads a node's weftd metrics, dialing inside the node's namespace.
+func metrics(netns string) (map[string]*dto.MetricFamily, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := probe.InNS(netns, func() (err error) { conn, err = (&net.Dialer{}).DialContext(ctx, network, addr); return err })
+		return conn, err
+	}}}
+	resp, err := c.Get("http://" + lab.MetricsAddr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	return p.TextToMetricFamilies(strings.NewReader(string(b)))
+}
+
+func gauge(m map[string]*dto.MetricFamily, name string) float64 {
+	if f := m[name]; f != nil && len(f.Metric) > 0 {
+		return f.Metric[0].GetGauge().GetValue()
+	}
+	return math.NaN()
+}
+
+func histogram(m map[string]*dto.MetricFamily) *dto.Histogram {
+	if f := m[metric]; f != nil && len(f.Metric) > 0 {
+		return f.Metric[0].GetHistogram()
+	}
+	return &dto.Histogram{}
+}
+
+// quantile is the upper bound of the bucket holding quantile q of the observations made
+// between before and after.
+func quantile(before, after *dto.Histogram, q float64) string {
+	total := after.GetSampleCount() - before.GetSampleCount()
+	if total == 0 {
+		return "-"
+	}
+	prev := map[float64]uint64{}
+	for _, b := range before.GetBucket() {
+		prev[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
+	buckets := after.GetBucket()
+	sort.Slice(buckets, func(i, j int) bool { return buckets[i].GetUpperBound() < buckets[j].GetUpperBound() })
+	for _, b := range buckets {
+		if float64(b.GetCumulativeCount()-prev[b.GetUpperBound()]) >= q*float64(total) {
+			return (time.Duration(b.GetUpperBound() * float64(time.Second))).String()
+		}
+	}
+	return "+Inf"
+}
