@@ -475,6 +475,10 @@ func newLabServiceCmd() *cobra.Command {
 				}
 				return l.WeftOnNode(node, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), args...)
 			}
+			if l, err := lab.Load(name); err == nil && l.State.Kubernetes {
+				// A Kubernetes lab's services live in its API (weft runs in the underlay).
+				rest = append(rest, "--kubeconfig", l.UnderlayKubeconfig())
+			}
 			return runInLab(cmd, name, append([]string{"service"}, rest...))
 		},
 	}

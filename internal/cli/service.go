@@ -15,9 +15,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/endpoints"
+	"github.com/weftnet/weft/internal/kube"
 	"github.com/weftnet/weft/internal/manifest"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
 	"github.com/weftnet/weft/internal/proxy/nodeportlb"
@@ -32,6 +35,8 @@ type storeFlags struct {
 	url    string
 	tls    storeurl.TLSFiles
 	output string
+	// kubeconfig (service commands): read services from a Kubernetes API instead.
+	kubeconfig string
 }
 
 func (f *storeFlags) register(cmd *cobra.Command) {
@@ -61,6 +66,44 @@ func (f *storeFlags) withClient(fn func(ctx context.Context, c resources.Client)
 	return fn(ctx, resources.Client{Store: st})
 }
 
+// serviceReader is what the reading service commands need, from weft's store or from a
+// Kubernetes API (--kubeconfig).
+type serviceReader interface {
+	ListServices(ctx context.Context) ([]v1.Service, error)
+	ListPods(ctx context.Context) ([]v1.Pod, error)
+}
+
+// withReader runs fn over the Kubernetes API when --kubeconfig is given, else over the
+// store.
+func (f *storeFlags) withReader(fn func(ctx context.Context, r serviceReader) error) error {
+	if f.kubeconfig == "" {
+		return f.withClient(func(ctx context.Context, c resources.Client) error { return fn(ctx, c) })
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("--kubeconfig: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	snap, err := kube.Take(ctx, client)
+	if err != nil {
+		return err
+	}
+	return fn(ctx, snap)
+}
+
+// refuseWritesInKubernetes: with --kubeconfig, weft reads; the API's own tools write.
+func (f *storeFlags) refuseWritesInKubernetes(what string) error {
+	if f.kubeconfig != "" {
+		return usageErr("in Kubernetes mode weft only reads %s: write them with kubectl (kubectl apply -f FILE)", what)
+	}
+	return nil
+}
+
 // serviceCIDRs reads the cluster's service CIDRs.
 func serviceCIDRs(ctx context.Context, c resources.Client) ([]netip.Prefix, error) {
 	kv, err := c.Store.Get(ctx, resources.ConfigKey)
@@ -82,6 +125,7 @@ func newServiceCmd() *cobra.Command {
 	var namespace string
 	cmd := &cobra.Command{Use: "service", Aliases: []string{"svc"}, Short: "Services: stable virtual addresses load-balanced to pods"}
 	sf.register(cmd)
+	cmd.PersistentFlags().StringVar(&sf.kubeconfig, "kubeconfig", "", "Kubernetes mode: read services, their EndpointSlices and pods from this API (writes belong to kubectl)")
 	cmd.PersistentFlags().StringVarP(&namespace, "namespace", "n", "default", "the services' namespace")
 
 	var o serviceOpts
@@ -89,6 +133,9 @@ func newServiceCmd() *cobra.Command {
 		Use:   "create NAME --port [NAME=]PORT[:TARGET][/PROTO] [--selector k=v,...|--endpoint IP:PORT ...]",
 		Short: "Create a service; its ClusterIP(s) and node ports are allocated", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := sf.refuseWritesInKubernetes("services"); err != nil {
+				return err
+			}
 			svc, err := o.build(args[0], namespace)
 			if err != nil {
 				return err
@@ -116,7 +163,7 @@ func newServiceCmd() *cobra.Command {
 		Use: "ls", Short: "List services (all namespaces with -A)", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			all, _ := cmd.Flags().GetBool("all-namespaces")
-			return sf.withClient(func(ctx context.Context, c resources.Client) error {
+			return sf.withReader(func(ctx context.Context, c serviceReader) error {
 				svcs, err := c.ListServices(ctx)
 				if err != nil {
 					return err
@@ -152,7 +199,7 @@ func newServiceCmd() *cobra.Command {
 	get := &cobra.Command{
 		Use: "get NAME", Short: "One service, as stored (with its allocated addresses and ports)", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return sf.withClient(func(ctx context.Context, c resources.Client) error {
+			return sf.withReader(func(ctx context.Context, c serviceReader) error {
 				s, err := getService(ctx, c, namespace, args[0])
 				if err != nil {
 					return err
@@ -176,6 +223,9 @@ func newServiceCmd() *cobra.Command {
 	rm := &cobra.Command{
 		Use: "rm NAME...", Short: "Delete services and free their addresses and node ports", Args: minArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := sf.refuseWritesInKubernetes("services"); err != nil {
+				return err
+			}
 			return sf.withClient(func(ctx context.Context, c resources.Client) error {
 				for _, name := range args {
 					if err := c.DeleteService(ctx, namespace, name); errors.Is(err, store.ErrNotFound) {
@@ -195,7 +245,7 @@ func newServiceCmd() *cobra.Command {
 	eps := &cobra.Command{
 		Use: "endpoints NAME", Short: "A service's endpoints per port, from the pods of every node", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return sf.withClient(func(ctx context.Context, c resources.Client) error {
+			return sf.withReader(func(ctx context.Context, c serviceReader) error {
 				s, err := getService(ctx, c, namespace, args[0])
 				if err != nil {
 					return err
@@ -560,10 +610,18 @@ func sameSpec(have, want v1.Service) bool {
 }
 
 // getService reads a service, or says it is not there (exit code 1).
-func getService(ctx context.Context, c resources.Client, namespace, name string) (v1.Service, error) {
-	s, err := c.GetService(ctx, namespace, name)
+func getService(ctx context.Context, r serviceReader, namespace, name string) (v1.Service, error) {
+	notFound := &ExitError{Code: 1, Err: fmt.Errorf("service %s/%s not found", namespace, name)}
+	if snap, ok := r.(*kube.Snapshot); ok {
+		s, found := snap.GetService(namespace, name)
+		if !found {
+			return s, notFound
+		}
+		return s, nil
+	}
+	s, err := r.(resources.Client).GetService(ctx, namespace, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return s, &ExitError{Code: 1, Err: fmt.Errorf("service %s/%s not found", namespace, name)}
+		return s, notFound
 	}
 	return s, err
 }

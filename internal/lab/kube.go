@@ -119,7 +119,7 @@ func (l *Lab) upKube() error {
 	}
 	// The nodes' kubeconfig names the server on the underlay; the host's, a loopback port
 	// that `weft lab forward` relays into the underlay.
-	if err := l.writeKubeconfig(l.nodeKubeconfig(), netip.AddrPortFrom(ip, kubeAPIPort).String()); err != nil {
+	if err := l.writeKubeconfig(l.UnderlayKubeconfig(), netip.AddrPortFrom(ip, kubeAPIPort).String()); err != nil {
 		return err
 	}
 	portFile := filepath.Join(dir, "forward.port")
@@ -138,13 +138,13 @@ func (l *Lab) upKube() error {
 	}
 	// The EndpointSlice controller, as a cluster runs it.
 	return l.startUnderlayProc("kube-controller-manager", kcm,
-		"--kubeconfig="+l.nodeKubeconfig(), "--controllers=endpointslice,endpointslicemirroring", "--leader-elect=false",
+		"--kubeconfig="+l.UnderlayKubeconfig(), "--controllers=endpointslice,endpointslicemirroring", "--leader-elect=false",
 		"--secure-port=0", "--use-service-account-credentials=false")
 }
 
-// nodeKubeconfig is what the lab's own processes (weftds, the controller manager) use:
+// UnderlayKubeconfig is what the lab's own processes (weftds, the controller manager) use:
 // the server on the underlay.
-func (l *Lab) nodeKubeconfig() string { return filepath.Join(l.kubeDir(), "kubeconfig-underlay") }
+func (l *Lab) UnderlayKubeconfig() string { return filepath.Join(l.kubeDir(), "kubeconfig-underlay") }
 
 func (l *Lab) writeKubeconfig(path, server string) error {
 	cfg := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster: {server: %q, insecure-skip-tls-verify: true}\n"+

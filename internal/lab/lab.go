@@ -282,7 +282,7 @@ func (l *Lab) startWeftd(n *Node) error {
 		cmd.Args = append(cmd.Args, "--proxy", l.State.Proxy)
 	}
 	if l.State.Kubernetes {
-		cmd.Args = append(cmd.Args, "--kubeconfig", l.nodeKubeconfig())
+		cmd.Args = append(cmd.Args, "--kubeconfig", l.UnderlayKubeconfig())
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals

@@ -108,6 +108,28 @@ func TestKubernetesInLab(t *testing.T) {
 			t.Fatalf("the service %s does not reach both pods from both nodes: p1 sees %v, p2 %v\nslices: %+v\npods: %+v\nnodes: %d", vip, reached("p1", 20), reached("p2", 20), slices.Items, podList.Items, len(nodes.Items))
 		}
 	}
+	// weft's CLI reads the same state, and sends writes to kubectl.
+	var listed []struct {
+		Name       string
+		ClusterIPs []netip.Addr
+	}
+	if err := json.Unmarshal([]byte(l.must("service", "ls", "-o", "json")), &listed); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, s := range listed {
+		found = found || (s.Name == "web" && len(s.ClusterIPs) == 1 && s.ClusterIPs[0] == vip.Addr())
+	}
+	if !found {
+		t.Errorf("weft lab service ls does not show the API's service web at %s: %+v", vip.Addr(), listed)
+	}
+	if eps := l.must("service", "endpoints", "web"); !strings.Contains(eps, podIP["p1"].String()) || !strings.Contains(eps, podIP["p2"].String()) {
+		t.Errorf("weft lab service endpoints web:\n%s", eps)
+	}
+	if out, err := l.run("service", "add", "other", "--port", "80"); err == nil || !strings.Contains(out, "kubectl") {
+		t.Errorf("a write in Kubernetes mode: %v\n%s", err, out)
+	}
+
 	// By name, from the node's DNS (fed by the same API).
 	name := "web.default.svc.cluster.local."
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
