@@ -12,18 +12,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"math"
-	"net"
-	"net/http"
 	"os"
 	"sort"
-	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,8 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/weftnet/weft/bench/internal/weftmetrics"
 	"github.com/weftnet/weft/internal/lab"
-	"github.com/weftnet/weft/internal/probe"
 )
 
 var (
@@ -94,8 +87,8 @@ func run() error {
 	fmt.Printf("created %d services × %d endpoints through the API in %v\n", *services, *endpoints, time.Since(start).Round(time.Millisecond))
 	for _, n := range l.State.Nodes {
 		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-			m, err := metrics(n.Netns)
-			if err == nil && gauge(m, "weft_proxy_service_ports") >= float64(*services) {
+			m, err := weftmetrics.Read(n.Netns)
+			if err == nil && weftmetrics.Gauge(m, "weft_proxy_service_ports") >= float64(*services) {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -106,11 +99,11 @@ func run() error {
 	fmt.Printf("every node programmed them %v after the first create\n", time.Since(start).Round(time.Millisecond))
 	before := map[string]*dto.Histogram{}
 	for _, n := range l.State.Nodes {
-		m, err := metrics(n.Netns)
+		m, err := weftmetrics.Read(n.Netns)
 		if err != nil {
 			return err
 		}
-		before[n.Name] = histogram(m)
+		before[n.Name] = weftmetrics.Histogram(m, metric)
 	}
 	for c := range *changes {
 		i := c * *services / *changes
@@ -124,11 +117,11 @@ func run() error {
 	}
 	time.Sleep(2 * time.Second)
 	for _, n := range l.State.Nodes {
-		m, err := metrics(n.Netns)
+		m, err := weftmetrics.Read(n.Netns)
 		if err != nil {
 			return err
 		}
-		after := histogram(m)
+		after := weftmetrics.Histogram(m, metric)
 		count := after.GetSampleCount() - before[n.Name].GetSampleCount()
 		sum := after.GetSampleSum() - before[n.Name].GetSampleSum()
 		fmt.Printf("%s: %d changes programmed, mean %.1f ms, p50 ≤ %s, p99 ≤ %s, max bucket %s\n", n.Name, count, 1000*sum/float64(max(count, 1)),
@@ -142,40 +135,6 @@ func stamp() map[string]string {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// metrics reads a node's weftd metrics, dialing inside the node's namespace.
-func metrics(netns string) (map[string]*dto.MetricFamily, error) {
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := probe.InNS(netns, func() (err error) { conn, err = (&net.Dialer{}).DialContext(ctx, network, addr); return err })
-		return conn, err
-	}}}
-	resp, err := c.Get("http://" + lab.MetricsAddr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	return p.TextToMetricFamilies(strings.NewReader(string(b)))
-}
-
-func gauge(m map[string]*dto.MetricFamily, name string) float64 {
-	if f := m[name]; f != nil && len(f.Metric) > 0 {
-		return f.Metric[0].GetGauge().GetValue()
-	}
-	return math.NaN()
-}
-
-func histogram(m map[string]*dto.MetricFamily) *dto.Histogram {
-	if f := m[metric]; f != nil && len(f.Metric) > 0 {
-		return f.Metric[0].GetHistogram()
-	}
-	return &dto.Histogram{}
-}
 
 // quantile is the upper bound of the bucket holding quantile q of the observations made
 // between before and after.

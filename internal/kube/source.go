@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -85,6 +86,11 @@ func (s *Source) Run(ctx context.Context, f *resources.Feeder) error {
 		}},
 	}
 	for _, w := range watch {
+		// The informers keep every object; managed fields (the server-side apply record,
+		// often the largest part of a slice or pod) are never read here.
+		if err := w.informer.SetTransform(stripManagedFields); err != nil {
+			return err
+		}
 		if _, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    w.put,
 			UpdateFunc: func(_, o any) { w.put(o) },
@@ -106,6 +112,13 @@ func (s *Source) Run(ctx context.Context, f *resources.Feeder) error {
 	f.Synced()
 	<-ctx.Done()
 	return nil
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // keyOf is namespace/name of an object or of a deleted object's last known state.

@@ -1,0 +1,172 @@
+// Command kubemem compares weftd's memory with kube-proxy's (nftables mode, built from the
+// same Kubernetes module) against the same API server, at S services × E endpoints and N
+// nodes, in a running `weft lab up --kubernetes --nodes 1`: it adds N-1 Node objects and
+// the services with their EndpointSlices through the API, runs kube-proxy in the lab's
+// underlay namespace (its rules land there) for the lab's node, waits until both have
+// programmed every service, and reads both processes' resident memory (VmRSS, and RssAnon:
+// what is theirs alone) a few times.
+// Run by bench/kubemem.sh.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weftnet/weft/bench/internal/weftmetrics"
+	"github.com/weftnet/weft/internal/lab"
+)
+
+var (
+	labName   = flag.String("lab", "", "the lab (weft lab up --kubernetes --nodes 1)")
+	kubeProxy = flag.String("kube-proxy", "", "kube-proxy binary")
+	nodes     = flag.Int("nodes", 100, "Node objects in the API")
+	services  = flag.Int("services", 1000, "services")
+	endpoints = flag.Int("endpoints", 10, "endpoints per service")
+)
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "kubemem:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	l, err := lab.Load(*labName)
+	if err != nil {
+		return err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig())
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = 500, 1000
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	for i := 1; i < *nodes; i++ {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("fake-%d", i)}}
+		if _, err := client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+	}
+	for i := range *services {
+		name := fmt.Sprintf("mem-%d", i)
+		if _, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		}, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+		sl := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "kubemem"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
+		}
+		for e := range *endpoints {
+			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.%d.%d.%d", 200+e, i/250, 1+i%250)},
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}, NodeName: ptr(fmt.Sprintf("fake-%d", 1+(i*(*endpoints)+e)%max(*nodes-1, 1)))})
+		}
+		if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, sl, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("API: %d nodes, %d services × %d endpoints\n", *nodes, *services, *endpoints)
+
+	node := l.State.Nodes[0]
+	logf, err := os.Create(filepath.Join(os.TempDir(), "kubemem-kube-proxy.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	kp := exec.Command("nsenter", "--net="+l.State.Underlay, "--", *kubeProxy,
+		"--kubeconfig="+l.UnderlayKubeconfig(), "--proxy-mode=nftables", "--hostname-override="+node.Name,
+		"--cluster-cidr=10.244.0.0/16", "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0s",
+		"--conntrack-tcp-timeout-close-wait=0s", "--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256")
+	kp.Stdout, kp.Stderr = logf, logf
+	kp.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := kp.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = kp.Process.Kill(); _ = kp.Wait() }()
+
+	// Both programmed: weftd's table has every service; kube-proxy's has a chain per service.
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(time.Second) {
+		w := 0.0
+		if m, err := weftmetrics.Read(node.Netns); err == nil {
+			w = weftmetrics.Gauge(m, "weft_proxy_service_ports")
+		}
+		k := kubeProxyChains(l.State.Underlay)
+		if w >= float64(*services) && k >= *services {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not programmed after 3 minutes: weftd %v service ports, kube-proxy %d service chains (see %s)", w, k, logf.Name())
+		}
+	}
+	time.Sleep(10 * time.Second) // past the first syncs' garbage
+	// VmRSS counts the binaries' mapped pages too (clean, shared, reclaimable page cache:
+	// weftd's binary carries more than kube-proxy's); RssAnon is the memory each process
+	// has of its own (heap, stacks).
+	for _, field := range []string{"VmRSS", "RssAnon"} {
+		var wr, kr []int
+		for range 5 {
+			wr = append(wr, memKiB(node.PID, field))
+			kr = append(kr, memKiB(kp.Process.Pid, field))
+			time.Sleep(time.Second)
+		}
+		sort.Ints(wr)
+		sort.Ints(kr)
+		fmt.Printf("%-8s weftd %d MiB (%d–%d), kube-proxy %d MiB (%d–%d): weftd / kube-proxy %.2fx\n", field,
+			wr[2]/1024, wr[0]/1024, wr[4]/1024, kr[2]/1024, kr[0]/1024, kr[4]/1024, float64(wr[2])/float64(kr[2]))
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// kubeProxyChains counts kube-proxy's service chains in netns.
+func kubeProxyChains(netns string) int {
+	out, err := exec.Command("nsenter", "--net="+netns, "--", "nft", "list", "table", "ip", "kube-proxy").Output()
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(out), "chain service-")
+}
+
+// memKiB reads one kB field of /proc/PID/status.
+func memKiB(pid int, field string) int {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			v, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+			return v
+		}
+	}
+	return 0
+}
