@@ -25,12 +25,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/weftnet/weft/bench/internal/kubebench"
 	"github.com/weftnet/weft/bench/internal/weftmetrics"
-	"github.com/weftnet/weft/internal/lab"
 )
 
 var (
@@ -50,16 +47,7 @@ func main() {
 }
 
 func run() error {
-	l, err := lab.Load(*labName)
-	if err != nil {
-		return err
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig())
-	if err != nil {
-		return err
-	}
-	cfg.QPS, cfg.Burst = 500, 1000
-	client, err := kubernetes.NewForConfig(cfg)
+	l, client, err := kubebench.Open(*labName)
 	if err != nil {
 		return err
 	}
@@ -70,26 +58,14 @@ func run() error {
 			return err
 		}
 	}
-	for i := range *services {
-		name := fmt.Sprintf("mem-%d", i)
-		if _, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-		}, metav1.CreateOptions{}); err != nil {
-			return err
-		}
-		sl := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "kubemem"}},
-			AddressType: discoveryv1.AddressTypeIPv4,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
-		}
-		for e := range *endpoints {
-			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.%d.%d.%d", 200+e, i/250, 1+i%250)},
-				Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}, NodeName: ptr(fmt.Sprintf("fake-%d", 1+(i*(*endpoints)+e)%max(*nodes-1, 1)))})
-		}
-		if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, sl, metav1.CreateOptions{}); err != nil {
-			return err
-		}
+	// Endpoints spread over the fake nodes, as a cluster's would be.
+	if _, err := kubebench.Create(ctx, client, kubebench.Spec{Prefix: "mem", Services: *services, Endpoints: *endpoints,
+		Decorate: func(i int, sl *discoveryv1.EndpointSlice) {
+			for e := range sl.Endpoints {
+				sl.Endpoints[e].NodeName = kubebench.Ptr(fmt.Sprintf("fake-%d", 1+(i*(*endpoints)+e)%max(*nodes-1, 1)))
+			}
+		}}); err != nil {
+		return err
 	}
 	fmt.Printf("API: %d nodes, %d services × %d endpoints\n", *nodes, *services, *endpoints)
 
@@ -142,8 +118,6 @@ func run() error {
 	}
 	return nil
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // kubeProxyChains counts kube-proxy's service chains in netns.
 func kubeProxyChains(netns string) int {

@@ -20,12 +20,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/weftnet/weft/bench/internal/kubebench"
 	"github.com/weftnet/weft/bench/internal/weftmetrics"
-	"github.com/weftnet/weft/internal/lab"
 )
 
 var (
@@ -47,42 +44,16 @@ func main() {
 }
 
 func run() error {
-	l, err := lab.Load(*labName)
-	if err != nil {
-		return err
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", l.Kubeconfig())
-	if err != nil {
-		return err
-	}
-	cfg.QPS, cfg.Burst = 500, 1000
-	client, err := kubernetes.NewForConfig(cfg)
+	l, client, err := kubebench.Open(*labName)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
 	start := time.Now()
-	slices := make([]*discoveryv1.EndpointSlice, *services)
-	for i := range *services {
-		name := fmt.Sprintf("bench-%d", i)
-		if _, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: name},
-			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-		}, metav1.CreateOptions{}); err != nil {
-			return err
-		}
-		sl := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name}, Annotations: stamp()},
-			AddressType: discoveryv1.AddressTypeIPv4,
-			Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
-		}
-		for e := range *endpoints {
-			sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.%d.%d.%d", 200+e, i/250, 1+(i%250))},
-				Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
-		}
-		if slices[i], err = client.DiscoveryV1().EndpointSlices("default").Create(ctx, sl, metav1.CreateOptions{}); err != nil {
-			return err
-		}
+	slices, err := kubebench.Create(ctx, client, kubebench.Spec{Prefix: "bench", Services: *services, Endpoints: *endpoints,
+		Decorate: func(_ int, sl *discoveryv1.EndpointSlice) { sl.Annotations = stamp() }})
+	if err != nil {
+		return err
 	}
 	fmt.Printf("created %d services × %d endpoints through the API in %v\n", *services, *endpoints, time.Since(start).Round(time.Millisecond))
 	for _, n := range l.State.Nodes {
@@ -133,8 +104,6 @@ func run() error {
 func stamp() map[string]string {
 	return map[string]string{corev1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339Nano)}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // quantile is the upper bound of the bucket holding quantile q of the observations made
 // between before and after.
