@@ -238,6 +238,11 @@ func (l *Lab) publishPod(p *Pod, labels map[string]string, serve int) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// As a user would have made it first (the lab plays the user and the kubelet).
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: p.namespace()}},
+		metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("namespace %s: %w", p.namespace(), err)
+	}
 	c := corev1.Container{Name: "main", Image: "lab"}
 	if serve > 0 {
 		c.Ports = []corev1.ContainerPort{{Name: "serve", ContainerPort: int32(serve), Protocol: corev1.ProtocolTCP}}

@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,11 @@ import (
 
 	mdns "github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/lab"
@@ -25,6 +31,7 @@ import (
 	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/testutil/kubetest"
 )
 
 // TestPolicyExplainInLab applies a Kubernetes NetworkPolicy manifest to a lab and asks
@@ -344,17 +351,27 @@ spec:
 // pods a, b, c in namespaces x, y, z spread over three nodes; for each case, every one of
 // the 81 cells must match what the model (internal/policy, checked on its own against
 // the written-out truth tables) decides, within a second or two of applying it.
+// The kubernetes variant takes the policies from the lab's Kubernetes API (created there,
+// as kubectl apply would) instead of weft's store.
 func TestPolicyMatrixInLab(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, fabric := range []string{"vxlan", "direct"} {
-		t.Run(fabric, func(t *testing.T) { testPolicyMatrix(t, fabric) })
+		t.Run(fabric, func(t *testing.T) { testPolicyMatrix(t, fabric, false) })
 	}
+	t.Run("vxlan-kubernetes", func(t *testing.T) {
+		t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
+		testPolicyMatrix(t, "vxlan", true)
+	})
 }
 
-func testPolicyMatrix(t *testing.T, fabric string) {
+func testPolicyMatrix(t *testing.T, fabric string, kube bool) {
 	l := labCLI{t: t, name: fmt.Sprintf("m%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
 	t.Cleanup(func() { _, _ = l.run("down") })
-	l.must("up", "-d", "--nodes", "3", "--fabric", fabric)
+	up := []string{"up", "-d", "--nodes", "3", "--fabric", fabric}
+	if kube {
+		up = append(up, "--kubernetes")
+	}
+	l.must(up...)
 	var pods []v1.Pod
 	netnsOf := map[string]string{}
 	i := 0
@@ -474,11 +491,24 @@ spec:
 				}
 			}
 		}
-		f := filepath.Join(t.TempDir(), "np.yaml")
-		if err := os.WriteFile(f, []byte(tc.yaml), 0o644); err != nil {
-			t.Fatal(err)
+		var remove func()
+		if kube {
+			remove = applyInKubernetes(t, l.name, tc.yaml)
+		} else {
+			f := filepath.Join(t.TempDir(), "np.yaml")
+			if err := os.WriteFile(f, []byte(tc.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			l.must("apply", "-f", f)
+			remove = func() {
+				for _, p := range policies {
+					out, err := testutil.NS{Path: state.Underlay}.Command(l.bin, "policy", "rm", p.Name, "-n", p.Namespace, "--store", state.Store).CombinedOutput()
+					if err != nil {
+						t.Fatalf("policy rm: %v\n%s", err, out)
+					}
+				}
+			}
 		}
-		l.must("apply", "-f", f)
 		start := time.Now()
 		for {
 			got := measure()
@@ -497,10 +527,42 @@ spec:
 				t.Fatalf("%s: %d of 81 cells differ from the model after %v: %s", tc.name, len(wrong), time.Since(start).Round(time.Millisecond), strings.Join(wrong, ", "))
 			}
 		}
-		for _, p := range policies {
-			out, err := testutil.NS{Path: state.Underlay}.Command(l.bin, "policy", "rm", p.Name, "-n", p.Namespace, "--store", state.Store).CombinedOutput()
-			if err != nil {
-				t.Fatalf("policy rm: %v\n%s", err, out)
+		remove()
+	}
+}
+
+// applyInKubernetes creates the NetworkPolicies of a YAML stream through a Kubernetes
+// lab's API (from the host, with the lab's kubeconfig) and returns what deletes them.
+func applyInKubernetes(t *testing.T, labName, stream string) func() {
+	t.Helper()
+	lb, err := lab.Load(labName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", lb.Kubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var made []*networkingv1.NetworkPolicy
+	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(stream, -1) {
+		var np networkingv1.NetworkPolicy
+		if err := sigsyaml.UnmarshalStrict([]byte(doc), &np); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.NetworkingV1().NetworkPolicies(np.Namespace).Create(ctx, &np, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, &np)
+	}
+	return func() {
+		for _, np := range made {
+			if err := client.NetworkingV1().NetworkPolicies(np.Namespace).Delete(ctx, np.Name, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
 			}
 		}
 	}
