@@ -3,6 +3,7 @@ package fastpath
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 
@@ -19,6 +20,12 @@ type Fastpath struct {
 	remote *ebpf.Map
 	stats  *ebpf.Map
 	eps    *ebpf.Map     // service endpoints: packets from them take the kernel's path
+	// epsWritten mirrors eps as last synced, so a sync writes only the difference: with
+	// 10,000 endpoints, reading and rewriting the whole map cost a syscall per entry
+	// twice on every service change. epsSyncs counts syncs; every verifyEvery-th one
+	// reads the kernel's map again (someone may have changed it).
+	epsWritten map[EndpointKey]uint32
+	epsSyncs   int
 	pod    *ebpf.Program // on host veths: prog, after checking the pod's source address and MAC
 	prog   *ebpf.Program // on the VXLAN device
 	uplink *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
@@ -103,7 +110,44 @@ func EndpointKeyOf(ip netip.Addr, proto uint8, port uint16) EndpointKey {
 
 // SyncEndpoints makes the service endpoint map hold exactly want. The service proxy calls
 // it before it programs a DNAT to them, so no reply ever takes the short cut.
-func (f *Fastpath) SyncEndpoints(want map[EndpointKey]uint32) error { return syncMap(f.eps, want) }
+func (f *Fastpath) SyncEndpoints(want map[EndpointKey]uint32) error {
+	f.epsSyncs++
+	var err error
+	if f.epsWritten == nil || f.epsSyncs%verifyEvery == 0 {
+		err = syncMap(f.eps, want)
+	} else {
+		err = syncDiff(f.eps, f.epsWritten, want)
+	}
+	if err != nil {
+		f.epsWritten = nil // the next sync reads the map again
+		return err
+	}
+	f.epsWritten = maps.Clone(want)
+	return nil
+}
+
+// verifyEvery is how often SyncEndpoints compares with the kernel's map instead of its
+// own record.
+const verifyEvery = 64
+
+// syncDiff takes m from had (what it holds) to want, touching only what differs.
+func syncDiff[K, V comparable](m *ebpf.Map, had, want map[K]V) error {
+	for k := range had {
+		if _, ok := want[k]; !ok {
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+		}
+	}
+	for k, v := range want {
+		if old, ok := had[k]; !ok || old != v {
+			if err := m.Put(k, v); err != nil {
+				return fmt.Errorf("update map: %w", err)
+			}
+		}
+	}
+	return nil
+}
 
 // Counters are the packets each short cut took since Load, summed over CPUs.
 type Counters struct {

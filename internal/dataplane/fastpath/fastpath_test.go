@@ -3,6 +3,7 @@ package fastpath
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"net"
 	"net/netip"
 	"testing"
@@ -373,5 +374,53 @@ func TestPodProgramChecksSource(t *testing.T) {
 	// The tunnel device's program checks no source: other nodes' pods send through it.
 	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4From("10.1.0.77", 8080, "10.1.0.5"))); ret != tcActRedirect {
 		t.Errorf("tunnel program: returned %d, want a redirect", ret)
+	}
+}
+
+// TestSyncEndpointsWritesTheDifference: after the first sync, a sync writes only what
+// changed, and the map still ends up holding exactly what was asked; every verifyEvery-th
+// sync reads the kernel's map again and repairs what someone else changed.
+func TestSyncEndpointsWritesTheDifference(t *testing.T) {
+	testutil.RequireRoot(t)
+	f, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	key := func(i int) EndpointKey {
+		return EndpointKeyOf(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 6, 8080)
+	}
+	holds := func() map[EndpointKey]uint32 {
+		out := map[EndpointKey]uint32{}
+		var k EndpointKey
+		var v uint32
+		it := f.eps.Iterate()
+		for it.Next(&k, &v) {
+			out[k] = v
+		}
+		return out
+	}
+	a := map[EndpointKey]uint32{key(1): 1, key(2): 1, key(3): 1}
+	b := map[EndpointKey]uint32{key(2): 1, key(3): 1, key(4): 1}
+	for _, want := range []map[EndpointKey]uint32{a, b, a} {
+		if err := f.SyncEndpoints(want); err != nil {
+			t.Fatal(err)
+		}
+		if got := holds(); !maps.Equal(got, want) {
+			t.Fatalf("map holds %v, want %v", got, want)
+		}
+	}
+	// Someone deletes an entry behind weftd's back: a verifying pass puts it back.
+	if err := f.eps.Delete(key(1)); err != nil {
+		t.Fatal(err)
+	}
+	for f.epsSyncs%verifyEvery != verifyEvery-1 {
+		_ = f.SyncEndpoints(a)
+	}
+	if err := f.SyncEndpoints(a); err != nil {
+		t.Fatal(err)
+	}
+	if got := holds(); !maps.Equal(got, a) {
+		t.Errorf("after a verifying pass the map holds %v, want %v", got, a)
 	}
 }
