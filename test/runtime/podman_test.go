@@ -89,6 +89,20 @@ tmp_dir = %q
 		if len(names) > 0 {
 			_, _ = pm.run(append([]string{"rm", "-f", "-t", "0"}, names...)...)
 		}
+		// conmon's `podman container cleanup` may still be writing into the run root after
+		// rm returns: remove it until it stays gone, before the test's TempDir goes.
+		for _, d := range []string{"runroot", "tmp"} {
+			p := filepath.Join(dir, d)
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+				if os.RemoveAll(p) == nil {
+					time.Sleep(200 * time.Millisecond)
+					if _, err := os.Stat(p); os.IsNotExist(err) {
+						break
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 		_ = os.RemoveAll("/var/lib/cni/results/" + net + "-")
 		for _, n := range []string{net, net + "b"} {
 			left, _ := filepath.Glob("/var/lib/cni/results/" + n + "-*")
