@@ -19,16 +19,16 @@ type Fastpath struct {
 	pods   *ebpf.Map
 	remote *ebpf.Map
 	stats  *ebpf.Map
-	eps    *ebpf.Map     // service endpoints: packets from them take the kernel's path
+	eps    *ebpf.Map // service endpoints: packets from them take the kernel's path
 	// epsWritten mirrors eps as last synced, so a sync writes only the difference: with
 	// 10,000 endpoints, reading and rewriting the whole map cost a syscall per entry
 	// twice on every service change. epsSyncs counts syncs; every verifyEvery-th one
 	// reads the kernel's map again (someone may have changed it).
 	epsWritten map[EndpointKey]uint32
 	epsSyncs   int
-	pod    *ebpf.Program // on host veths: prog, after checking the pod's source address and MAC
-	prog   *ebpf.Program // on the VXLAN device
-	uplink *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
+	pod        *ebpf.Program // on host veths: prog, after checking the pod's source address and MAC
+	prog       *ebpf.Program // on the VXLAN device
+	uplink     *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
 
 	// pinDir is a bpffs instance of this weftd's own where tcx links are pinned, so the
 	// programs stay attached across a weftd restart. Empty: tcx is not used.
