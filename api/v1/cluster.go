@@ -1,6 +1,8 @@
 package v1
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 )
@@ -39,6 +41,18 @@ type BGPConfig struct {
 	NoNodeMesh bool `json:"noNodeMesh,omitempty"`
 	// AnnounceServices sends the service CIDRs (ClusterIP ranges) to external peers.
 	AnnounceServices bool `json:"announceServices,omitempty"`
+}
+
+// ParseClusterConfig reads a configuration file (`weft cluster init --config-file`):
+// unknown fields are refused by name, and the result is validated.
+func ParseClusterConfig(b []byte) (ClusterConfig, error) {
+	var c ClusterConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
 }
 
 // Validate checks the fields each on its own (overlaps are netcalc.Check's job).

@@ -18,9 +18,11 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/agent"
 	"github.com/weftnet/weft/internal/config"
 	"github.com/weftnet/weft/internal/hostnet"
+	"github.com/weftnet/weft/internal/kube"
 	"github.com/weftnet/weft/internal/store/storeurl"
 )
 
@@ -34,7 +36,7 @@ func main() {
 // flags are weftd's command-line settings.
 type flags struct {
 	configFile, stateDir, runDir, bpfDir, proxy, dnsUpstream, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
-	store, underlayDev, etcdCA, etcdCert, etcdKey, kubeconfig                                                       string
+	store, underlayDev, etcdCA, etcdCert, etcdKey, kubeconfig, ipam, clusterConfig                                  string
 	mtu                                                                                                             int
 	masquerade, sysctls, fastpath, antiSpoof, preflight, routeReflector                                             bool
 }
@@ -63,7 +65,9 @@ func run(args []string) error {
 	fs.StringVar(&f.store, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (the pod CIDR then comes from a lease)")
 	fs.BoolVar(&f.routeReflector, "bgp-route-reflector", false, "fabric bgp: this node reflects routes for the others (they peer with the reflectors only)")
 	fs.StringVar(&f.underlayDev, "underlay-dev", "", "cluster mode: the device other nodes are reached through (default: the default route's)")
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: read services, EndpointSlices, pods, namespaces and network policies from this Kubernetes API (a kubeconfig file, or in-cluster); nodes and pod blocks stay in --store")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Kubernetes mode: read services, EndpointSlices, pods, namespaces, network policies and (--ipam kubernetes) nodes from this Kubernetes API (a kubeconfig file, or in-cluster)")
+	fs.StringVar(&f.ipam, "ipam", "", "Kubernetes mode: where the node's pod blocks come from: kubernetes (Node.spec.podCIDRs; peers from Node objects; no store; the default) or weft (leases in --store)")
+	fs.StringVar(&f.clusterConfig, "cluster-config", "", "--ipam kubernetes: the cluster configuration as a JSON file (`weft cluster init --config-file`; a ConfigMap in a DaemonSet)")
 	fs.StringVar(&f.etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
 	fs.StringVar(&f.etcdCert, "etcd-certfile", "", "client certificate for etcd")
 	fs.StringVar(&f.etcdKey, "etcd-keyfile", "", "client key for etcd")
@@ -99,36 +103,68 @@ func run(args []string) error {
 		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, Proxy: f.proxy, DNSUpstreams: dnsUpstreams(f.dnsUpstream), PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
 		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, AntiSpoof: f.antiSpoof, Preflight: f.preflight, Log: log,
 	}
-	if f.kubeconfig != "" && f.store == "" {
-		return fmt.Errorf("--kubeconfig needs --store: the nodes and their pod blocks are still weft's")
+	if f.ipam == "" && f.kubeconfig != "" {
+		f.ipam = "kubernetes"
+		if f.store != "" {
+			f.ipam = "weft"
+		}
 	}
-	if f.store != "" {
+	switch {
+	case f.ipam == "" || (f.ipam == "weft" && f.kubeconfig != ""):
+	case f.ipam == "kubernetes" && f.kubeconfig != "":
+		if f.store != "" {
+			return fmt.Errorf("--ipam kubernetes takes blocks and peers from the Kubernetes API: drop --store (or use --ipam weft)")
+		}
+		if f.clusterConfig == "" {
+			return fmt.Errorf("--ipam kubernetes needs --cluster-config (the file `weft cluster init --config-file` writes)")
+		}
+	case f.ipam == "kubernetes" || f.ipam == "weft":
+		return fmt.Errorf("--ipam is for Kubernetes mode: it needs --kubeconfig")
+	default:
+		return fmt.Errorf("--ipam %q: want kubernetes or weft", f.ipam)
+	}
+	if f.ipam == "weft" && f.store == "" {
+		return fmt.Errorf("--ipam weft needs --store: the nodes and their pod blocks are weft's leases there")
+	}
+	if f.store != "" || f.ipam == "kubernetes" {
 		if len(cidrs) > 0 {
-			return fmt.Errorf("--pod-cidr and --store exclude each other: in a cluster the pod CIDR is leased")
+			return fmt.Errorf("--pod-cidr excludes --store and --ipam kubernetes: in a cluster the pod CIDR is assigned")
 		}
-		st, err := storeurl.Open(f.store, storeurl.TLSFiles{CA: f.etcdCA, Cert: f.etcdCert, Key: f.etcdKey})
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		dev := f.underlayDev
-		if dev == "" {
-			u, err := hostnet.FindUnderlay("", netip.Addr{})
+		co := agent.ClusterOptions{NodeName: f.nodeName, StateDir: f.stateDir, RouteReflector: f.routeReflector, Log: log}
+		if f.ipam == "kubernetes" {
+			cfg, err := readClusterConfig(f.clusterConfig)
 			if err != nil {
-				return fmt.Errorf("--underlay-dev: %w", err)
+				return err
 			}
-			dev = u.Device
+			co.Config = &cfg
 		}
-		c, err := agent.Join(ctx, agent.ClusterOptions{Store: st, NodeName: f.nodeName, UnderlayDev: dev, StateDir: f.stateDir, RouteReflector: f.routeReflector, Log: log})
-		if err != nil {
-			return err
-		}
-		opts.Cluster, opts.PodCIDRs = c, c.PodCIDRs()
 		if f.kubeconfig != "" {
 			if opts.Kube, err = kubeClient(f.kubeconfig); err != nil {
 				return err
 			}
 		}
+		if f.ipam == "kubernetes" {
+			co.Members = &kube.Members{Client: opts.Kube, Log: log}
+		} else {
+			st, err := storeurl.Open(f.store, storeurl.TLSFiles{CA: f.etcdCA, Cert: f.etcdCert, Key: f.etcdKey})
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			co.Store = st
+		}
+		if co.UnderlayDev = f.underlayDev; co.UnderlayDev == "" {
+			u, err := hostnet.FindUnderlay("", netip.Addr{})
+			if err != nil {
+				return fmt.Errorf("--underlay-dev: %w", err)
+			}
+			co.UnderlayDev = u.Device
+		}
+		c, err := agent.Join(ctx, co)
+		if err != nil {
+			return err
+		}
+		opts.Cluster, opts.PodCIDRs = c, c.PodCIDRs()
 		opts.ClusterCIDRs = append(opts.ClusterCIDRs, c.Config().ClusterCIDRs...)
 		if opts.MTU == 0 {
 			opts.MTU = c.PodMTU()
@@ -140,6 +176,19 @@ func run(args []string) error {
 	}
 	defer a.Close()
 	return a.Run(ctx)
+}
+
+// readClusterConfig reads and checks the cluster configuration file of --ipam kubernetes.
+func readClusterConfig(path string) (v1.ClusterConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return v1.ClusterConfig{}, fmt.Errorf("--cluster-config: %w", err)
+	}
+	cfg, err := v1.ParseClusterConfig(b)
+	if err != nil {
+		return cfg, fmt.Errorf("--cluster-config %s: %w", path, err)
+	}
+	return cfg, nil
 }
 
 // kubeClient is a client of the Kubernetes API a kubeconfig file names.

@@ -35,6 +35,7 @@ import (
 	"github.com/weftnet/weft/internal/proxy/sockproxy"
 	"github.com/weftnet/weft/internal/reconcile"
 	"github.com/weftnet/weft/internal/resources"
+	"github.com/weftnet/weft/internal/store"
 	"github.com/weftnet/weft/internal/store/boltstore"
 )
 
@@ -196,28 +197,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if c := a.opts.Cluster; c != nil {
 		contract.Fabric = c.Config().Fabric
-		a.startPodPublisher(g, c)
-		cache := resources.NewCache(c.o.Store)
+		var cache *resources.Cache
 		if a.opts.Kube != nil {
 			// Kubernetes mode: services, endpoints, pods, namespaces and policies come from
-			// the Kubernetes API; the store still holds the nodes and their blocks.
+			// the Kubernetes API.
 			var feeder *resources.Feeder
 			cache, feeder = resources.NewFedCache()
-			src := &kube.Source{Client: a.opts.Kube, Log: a.opts.Log, NodeDeleted: func(name string) {
-				if name == a.opts.NodeName {
-					return // the others forget this one
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-				defer cancel()
-				if n, err := resources.RemoveNode(ctx, c.o.Store, lease.Prefix, name); err != nil {
-					a.opts.Log.Warn("forgetting a node deleted from the Kubernetes API", "node", name, "err", err)
-				} else if n > 1 {
-					a.opts.Log.Info("forgot a node deleted from the Kubernetes API", "node", name)
-				}
-			}}
+			src := &kube.Source{Client: a.opts.Kube, Log: a.opts.Log}
+			if c.o.Store != nil {
+				// The nodes and their blocks are weft's (--ipam weft), yet the API is the
+				// authority on membership: a Node deleted there is forgotten here.
+				src.NodeDeleted = func(name string) { a.forgetNode(c.o.Store, name) }
+			}
 			g.Go("kubernetes", func(ctx context.Context) error { return src.Run(ctx, feeder) })
 		} else {
+			cache = resources.NewCache(c.o.Store)
 			g.Go("cache", cache.Run)
+		}
+		if m, ok := c.members.(*storeMembers); ok {
+			a.startPodPublisher(g, m)
 		}
 		if err := a.startServiceProxy(g, cache); err != nil {
 			return errors.Join(err, g.Wait())
@@ -281,6 +279,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.np.Close()
 	}
 	return err
+}
+
+// forgetNode removes a node deleted from the Kubernetes API from weft's store
+// (registration and leases), so every peer drops its routes.
+func (a *Agent) forgetNode(st store.Store, name string) {
+	if name == a.opts.NodeName {
+		return // the others forget this one
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if n, err := resources.RemoveNode(ctx, st, lease.Prefix, name); err != nil {
+		a.opts.Log.Warn("forgetting a node deleted from the Kubernetes API", "node", name, "err", err)
+	} else if n > 1 {
+		a.opts.Log.Info("forgot a node deleted from the Kubernetes API", "node", name)
+	}
 }
 
 // syncDataplane renders and applies the node's NAT; failures are reported through STATUS

@@ -123,9 +123,12 @@ func (a *Agent) startBGP(g *group, c *Cluster, cache *resources.Cache) error {
 
 // sync makes the speaker's peers and announcements follow the cluster.
 func (f *bgpFabric) sync(ctx context.Context, nodes []v1.Node) error {
-	peers, err := (resources.Client{Store: f.c.o.Store}).ListBGPPeers(ctx)
-	if err != nil {
-		return err
+	var peers []v1.BGPPeer
+	if f.c.o.Store != nil { // external peers are weft's objects; the Kubernetes API has none
+		var err error
+		if peers, err = (resources.Client{Store: f.c.o.Store}).ListBGPPeers(ctx); err != nil {
+			return err
+		}
 	}
 	self := f.c.node
 	if err := f.sp.SetPeers(ctx, bgp.PlanPeers(f.cfg, self, nodes, peers)); err != nil {
@@ -149,7 +152,7 @@ func (f *bgpFabric) syncAnnouncements() error {
 		}
 		extra = append(extra, localServiceAddrs(f.c.node.Name, f.cache.Services(), f.cache.Pods())...)
 	}
-	want := bgp.PlanAnnouncements(f.c.node, f.c.held.Lease.PodCIDRs, extra)
+	want := bgp.PlanAnnouncements(f.c.node, f.c.podCIDRs, extra)
 	if f.removed.Load() {
 		// Removed from the cluster (weft cluster remove-node): withdraw everything, so
 		// every router and node forgets this node's blocks now rather than when its
@@ -193,7 +196,7 @@ func (f *bgpFabric) syncKernel() error {
 	}
 	want := make([]routed.Route, 0, len(rs))
 	own := map[netip.Prefix]bool{}
-	for _, p := range f.c.held.Lease.PodCIDRs {
+	for _, p := range f.c.podCIDRs {
 		own[p] = true
 	}
 	for _, r := range rs {

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strings"
-	"sync/atomic"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -19,6 +17,7 @@ import (
 	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/dataplane/overlay"
 	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/kube"
 	"github.com/weftnet/weft/internal/lease"
 	"github.com/weftnet/weft/internal/netlinkx"
 	"github.com/weftnet/weft/internal/reconcile"
@@ -28,7 +27,13 @@ import (
 
 // ClusterOptions configure cluster membership.
 type ClusterOptions struct {
-	Store       store.Store
+	// Store is weft's cluster store: the configuration, and membership through leases
+	// (`--ipam weft`). Nil under Members.
+	Store store.Store
+	// Members, if set, is where the node's blocks and peers come from instead of the
+	// store (the Kubernetes API's Node objects); Config then comes with it.
+	Members     Membership
+	Config      *v1.ClusterConfig
 	NodeName    string
 	UnderlayDev string
 	StateDir    string
@@ -38,51 +43,49 @@ type ClusterOptions struct {
 	Log            *slog.Logger
 }
 
-// Cluster is this node's membership: its config, lease and fabric.
+// Membership is where a node gets its pod blocks and learns its peers: weft's store
+// (leases and node keys) or the Kubernetes API (Node objects).
+type Membership interface {
+	// Join registers self and returns its pod blocks.
+	Join(ctx context.Context, self v1.Node) ([]netip.Prefix, error)
+	// Run keeps the membership (renewing, following the other nodes) until ctx ends,
+	// calling changed whenever the peers may have changed.
+	Run(ctx context.Context, changed func()) error
+	// Peers are every node and the blocks of those that have them.
+	Peers(ctx context.Context) ([]v1.Node, []v1.Lease, error)
+}
+
+// Cluster is this node's membership: its config, blocks and fabric.
 type Cluster struct {
-	o      ClusterOptions
-	cfg    v1.ClusterConfig
-	node   v1.Node
-	under  netip.Prefix
-	mtu    int
-	mgr    *lease.Manager
-	held   *lease.Held
-	fabric *reconcile.Loop
+	o        ClusterOptions
+	cfg      v1.ClusterConfig
+	node     v1.Node
+	podCIDRs []netip.Prefix
+	under    netip.Prefix
+	mtu      int
+	members  Membership
+	fabric   *reconcile.Loop
 	// onRemote receives, after each fabric sync, where every other node's pod block goes,
 	// for the eBPF fast path to send there directly.
 	onRemote func(map[fastpath.RemoteKey]fastpath.RemoteValue) error
-	// leaseID is the store lease of the node's keys (its pods are published under it);
-	// onLease hears when it changes.
-	leaseID atomic.Int64
-	onLease func()
 	// bgp is fabric bgp's speaker; nil under the other fabrics.
 	bgp *bgpFabric
 }
 
-// Join waits for the cluster configuration, registers the node and takes its lease.
+// Join reads (or waits for) the cluster configuration, registers the node and takes its
+// blocks.
 func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if o.TTL == 0 {
 		o.TTL = 20 * time.Second
 	}
-	c := &Cluster{o: o, mgr: &lease.Manager{Store: o.Store, Node: o.NodeName, TTL: o.TTL}}
-	for {
-		kv, err := o.Store.Get(ctx, resources.ConfigKey)
-		if err == nil {
-			if err := json.Unmarshal(kv.Value, &c.cfg); err != nil {
-				return nil, fmt.Errorf("cluster config: %w", err)
-			}
-			break
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			o.Log.Warn("cannot read the cluster config yet", "err", err)
-		} else {
-			o.Log.Info("waiting for `weft cluster init`")
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Second):
-		}
+	c := &Cluster{o: o, members: o.Members}
+	if o.Config != nil {
+		c.cfg = *o.Config
+	} else if err := c.readConfig(ctx); err != nil {
+		return nil, err
+	}
+	if c.members == nil {
+		c.members = &storeMembers{st: o.Store, cfg: c.cfg, mgr: &lease.Manager{Store: o.Store, Node: o.NodeName, TTL: o.TTL}, leaseFile: filepath.Join(o.StateDir, "lease.json"), log: o.Log}
 	}
 	dev, err := netlink.LinkByName(o.UnderlayDev)
 	if err != nil {
@@ -114,7 +117,10 @@ func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	}
 	c.mtu = fabric.PodMTU(c.cfg, dev.Attrs().MTU, false)
 	c.node = v1.Node{Name: o.NodeName, Underlay: underlay, VTEPMAC: fabric.VTEPMAC(o.NodeName).String(), RouteReflector: o.RouteReflector}
-	if err := c.acquire(ctx); err != nil {
+	if c.podCIDRs, err = c.members.Join(ctx, c.node); err != nil {
+		return nil, err
+	}
+	if err := c.checkBlocks(); err != nil {
 		return nil, err
 	}
 	c.fabric = reconcile.New(100*time.Millisecond, func() error { return c.syncFabric(context.Background()) }, func(err error) {
@@ -125,38 +131,45 @@ func Join(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	return c, nil
 }
 
-func (c *Cluster) leaseFile() string { return filepath.Join(c.o.StateDir, "lease.json") }
-
-// acquire takes the lease (preferring the blocks this node had) and registers the node
-// under the same store lease, so both vanish together when the node stops renewing.
-func (c *Cluster) acquire(ctx context.Context) error {
-	var prefer []netip.Prefix
-	if b, err := os.ReadFile(c.leaseFile()); err == nil {
-		var l v1.Lease
-		if json.Unmarshal(b, &l) == nil {
-			prefer = l.PodCIDRs
+// readConfig waits for `weft cluster init` to have written the configuration.
+func (c *Cluster) readConfig(ctx context.Context) error {
+	for {
+		kv, err := c.o.Store.Get(ctx, resources.ConfigKey)
+		if err == nil {
+			if err := json.Unmarshal(kv.Value, &c.cfg); err != nil {
+				return fmt.Errorf("cluster config: %w", err)
+			}
+			return nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			c.o.Log.Warn("cannot read the cluster config yet", "err", err)
+		} else {
+			c.o.Log.Info("waiting for `weft cluster init`")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
-	held, err := c.mgr.Acquire(ctx, c.cfg, prefer)
-	if err != nil {
-		return fmt.Errorf("acquire pod CIDR: %w", err)
+}
+
+// checkBlocks refuses pod blocks outside the cluster's CIDRs (a node IPAM configured
+// with other networks than weft's): their traffic would be NATed and unrouted.
+func (c *Cluster) checkBlocks() error {
+	if len(c.podCIDRs) == 0 {
+		return errors.New("the node has no pod CIDR")
 	}
-	nb, _ := json.Marshal(c.node)
-	if _, err := c.o.Store.Txn(ctx, nil, []store.Op{{Key: resources.NodeKey(c.o.NodeName), Value: nb, Lease: held.StoreID}}); err != nil {
-		return fmt.Errorf("register node: %w", err)
+	for _, b := range c.podCIDRs {
+		if !slices.ContainsFunc(c.cfg.ClusterCIDRs, func(p netip.Prefix) bool { return p.Bits() <= b.Bits() && p.Contains(b.Addr()) }) {
+			return fmt.Errorf("the node's pod CIDR %s is outside the cluster CIDRs %v", b, c.cfg.ClusterCIDRs)
+		}
 	}
-	c.held = held
-	c.leaseID.Store(held.StoreID)
-	if c.onLease != nil {
-		c.onLease()
-	}
-	lb, _ := json.Marshal(held.Lease)
-	_ = os.MkdirAll(c.o.StateDir, 0o700)
-	return os.WriteFile(c.leaseFile(), lb, 0o600)
+	return nil
 }
 
 // PodCIDRs are this node's blocks.
-func (c *Cluster) PodCIDRs() []netip.Prefix { return c.held.Lease.PodCIDRs }
+func (c *Cluster) PodCIDRs() []netip.Prefix { return c.podCIDRs }
 
 // Config is the cluster configuration.
 func (c *Cluster) Config() v1.ClusterConfig { return c.cfg }
@@ -173,65 +186,30 @@ func (c *Cluster) tunnel() *fastpath.Tunnel {
 // PodMTU is the underlay MTU minus the fabric's encapsulation.
 func (c *Cluster) PodMTU() int { return c.mtu }
 
-// Run renews the lease and keeps the fabric converged until ctx ends.
+// Run keeps the membership and the fabric converged until ctx ends.
 func (c *Cluster) Run(ctx context.Context) error {
 	go c.fabric.Run(ctx)
 	c.fabric.Trigger()
-	go c.watch(ctx)
-	renew := time.NewTicker(c.o.TTL / 3)
-	defer renew.Stop()
-	resync := time.NewTicker(30 * time.Second)
-	defer resync.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-resync.C:
-			c.fabric.Trigger()
-		case <-renew.C:
-			err := c.mgr.Renew(ctx, c.held)
-			if errors.Is(err, store.ErrLeaseNotFound) {
-				c.o.Log.Warn("lease expired; taking it again", "podCIDRs", fmt.Sprint(c.held.Lease.PodCIDRs))
-				old := fmt.Sprint(c.held.Lease.PodCIDRs)
-				if err := c.acquire(ctx); err != nil {
-					c.o.Log.Error("re-acquire failed", "err", err)
-				} else if now := fmt.Sprint(c.held.Lease.PodCIDRs); now != old {
-					c.o.Log.Error("the node's pod CIDR changed while it was away: restart its pods", "was", old, "now", now)
-				}
-			} else if err != nil {
-				c.o.Log.Warn("lease renewal failed; retrying", "err", err)
+	go func() {
+		resync := time.NewTicker(30 * time.Second)
+		defer resync.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-resync.C:
+				c.fabric.Trigger()
 			}
 		}
-	}
-}
-
-// watch triggers a fabric sync on every change of nodes or leases; when a watch ends (the
-// store restarted, history compacted), it starts again from a fresh list.
-func (c *Cluster) watch(ctx context.Context) {
-	for ctx.Err() == nil {
-		ch, err := c.o.Store.Watch(ctx, resources.Root, 0)
-		if err == nil {
-			c.fabric.Trigger()
-			for e := range ch {
-				if strings.HasPrefix(e.KV.Key, resources.NodesPrefix) || strings.HasPrefix(e.KV.Key, lease.Prefix) ||
-					strings.HasPrefix(e.KV.Key, resources.BGPPeersPrefix) {
-					c.fabric.Trigger()
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+	}()
+	return c.members.Run(ctx, c.fabric.Trigger)
 }
 
 func (c *Cluster) syncFabric(ctx context.Context) error {
-	nodes, _, err := c.o.Store.List(ctx, resources.NodesPrefix)
-	if err != nil {
-		return err
+	nodes, leases, err := c.members.Peers(ctx)
+	if errors.Is(err, kube.ErrNotSynced) {
+		return nil // Run says when the view is complete
 	}
-	leases, err := lease.List(ctx, c.o.Store)
 	if err != nil {
 		return err
 	}
@@ -241,10 +219,9 @@ func (c *Cluster) syncFabric(ctx context.Context) error {
 	}
 	var peers []fabric.Peer
 	var all []v1.Node
-	for _, kv := range nodes {
-		var n v1.Node
-		if json.Unmarshal(kv.Value, &n) != nil {
-			continue
+	for _, n := range nodes {
+		if n.VTEPMAC == "" {
+			n.VTEPMAC = fabric.VTEPMAC(n.Name).String() // derived from the name, as the node itself does
 		}
 		all = append(all, n)
 		if l, ok := byNode[n.Name]; ok {
@@ -256,7 +233,8 @@ func (c *Cluster) syncFabric(ctx context.Context) error {
 			return fmt.Errorf("bgp: %w", err)
 		}
 	}
-	st, err := fabric.Desired(c.cfg, fabric.Self{Node: c.node, Lease: c.held.Lease, Underlay: c.under}, peers)
+	self := v1.Lease{Node: c.node.Name, PodCIDRs: c.podCIDRs}
+	st, err := fabric.Desired(c.cfg, fabric.Self{Node: c.node, Lease: self, Underlay: c.under}, peers)
 	if err != nil {
 		return err
 	}

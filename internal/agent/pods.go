@@ -59,8 +59,8 @@ func podsFromAllocations(node string, allocs []ipam.Allocation) []v1.Pod {
 
 // startPodPublisher keeps this node's pods in the cluster store, bound to its lease so
 // they vanish with the node.
-func (a *Agent) startPodPublisher(g *group, c *Cluster) {
-	client := resources.Client{Store: c.o.Store}
+func (a *Agent) startPodPublisher(g *group, m *storeMembers) {
+	client := resources.Client{Store: m.st}
 	a.publish = reconcile.New(publishDelay, func() error {
 		allocs, err := a.alloc.List()
 		if err != nil {
@@ -68,14 +68,14 @@ func (a *Agent) startPodPublisher(g *group, c *Cluster) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return client.PublishPods(ctx, a.opts.NodeName, c.leaseID.Load(), podsFromAllocations(a.opts.NodeName, allocs))
+		return client.PublishPods(ctx, a.opts.NodeName, m.leaseID.Load(), podsFromAllocations(a.opts.NodeName, allocs))
 	}, func(err error) {
 		a.setProblem("pods", err)
 		if err != nil {
 			a.opts.Log.Warn("publishing pods failed; retrying at the next change or resync", "err", err)
 		}
 	})
-	c.onLease = a.publish.Trigger
+	m.onLease = a.publish.Trigger
 	g.Loop("pod-publisher", a.publish.Run)
 	a.publish.Trigger()
 }

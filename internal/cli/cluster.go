@@ -39,8 +39,9 @@ func newClusterCmd() *cobra.Command {
 	var cfg v1.ClusterConfig
 	var bgpCfg v1.BGPConfig
 	var clusterCIDRs, serviceCIDRs []string
+	var configFile string
 	init := &cobra.Command{
-		Use: "init --store URL --cluster-cidr CIDR [--fabric vxlan|direct|bgp]", Short: "Write the cluster configuration, once",
+		Use: "init --store URL|--config-file FILE --cluster-cidr CIDR [--fabric vxlan|direct|bgp]", Short: "Write the cluster configuration, once",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -60,6 +61,16 @@ func newClusterCmd() *cobra.Command {
 			}
 			if c := netcalc.Check(netcalc.CheckRequest{ClusterCIDRs: cfg.ClusterCIDRs, ServiceCIDRs: cfg.ServiceCIDRs, NodePrefixLen: cfg.NodePrefixLength, NodePrefixLen6: cfg.NodePrefixLength6}); len(c) > 0 {
 				return &ExitError{Code: 1, Err: fmt.Errorf("%s %s: %s", c[0].What, c[0].With, c[0].Reason)}
+			}
+			if configFile != "" {
+				// Kubernetes mode keeps no store: the configuration travels as a file
+				// (a ConfigMap), and the API server allocates service addresses.
+				b, _ := json.MarshalIndent(cfg, "", "  ")
+				if err := os.WriteFile(configFile, append(b, '\n'), 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "cluster configuration written to %s: %s, /%d per node, %s fabric\n", configFile, strings.Join(clusterCIDRs, ","), cfg.NodePrefixLength, cfg.Fabric)
+				return nil
 			}
 			st, err := open()
 			if err != nil {
@@ -81,6 +92,7 @@ func newClusterCmd() *cobra.Command {
 		},
 	}
 	init.Flags().StringSliceVar(&clusterCIDRs, "cluster-cidr", nil, "pod network(s) of the cluster")
+	init.Flags().StringVar(&configFile, "config-file", "", "write the configuration to this file instead of a store (Kubernetes mode: weftd --ipam kubernetes --cluster-config FILE)")
 	init.Flags().StringSliceVar(&serviceCIDRs, "service-cidr", nil, "service network(s)")
 	init.Flags().IntVar(&cfg.NodePrefixLength, "node-prefix", 24, "IPv4 block per node")
 	init.Flags().IntVar(&cfg.NodePrefixLength6, "node-prefix-v6", 64, "IPv6 block per node")

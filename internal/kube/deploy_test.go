@@ -2,6 +2,8 @@ package kube
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -22,6 +25,7 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
+	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/testutil/kubetest"
 )
@@ -74,6 +78,14 @@ func TestDeployManifests(t *testing.T) {
 	}
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc))
 	objs := manifests(t)
+	for _, u := range objs {
+		if u.GetKind() == "ConfigMap" {
+			data, _, _ := unstructured.NestedStringMap(u.Object, "data")
+			if _, err := v1.ParseClusterConfig([]byte(data["cluster.json"])); err != nil {
+				t.Errorf("ConfigMap %s: cluster.json: %v", u.GetName(), err)
+			}
+		}
+	}
 	var role *rbacv1.ClusterRole
 	for _, dryRun := range []bool{true, false} {
 		for _, u := range objs {
@@ -129,5 +141,25 @@ func TestDeployManifests(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("with only its ClusterRole, the source never synced")
 		}
+	}
+	// And the membership: it annotates its Node, gets its blocks and follows the nodes.
+	admin, err := kubernetes.NewForConfig(api.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.3.0/24"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m := &Members{Client: client}
+	if blocks, err := m.Join(ctx, v1.Node{Name: "n1", Underlay: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}); err != nil || fmt.Sprint(blocks) != "[10.244.3.0/24]" {
+		t.Fatalf("with only its ClusterRole, Join: %v %v", blocks, err)
+	}
+	changed := make(chan struct{}, 1)
+	go func() { _ = m.Run(ctx, func() { changed <- struct{}{} }) }()
+	select {
+	case <-changed:
+	case <-ctx.Done():
+		t.Fatal("with only its ClusterRole, the node informer never synced")
 	}
 }

@@ -33,9 +33,12 @@ type Rule struct {
 	Verbs     []string
 }
 
-// Rules are the informers Source runs: list and watch, nothing else.
+// Rules are what weftd does: list and watch for Source's informers and Members' node
+// informer, and on its own Node object (Members.Join) get it back from a patch of weft's
+// annotations.
 var Rules = []Rule{
-	{Group: "", Resources: []string{"services", "pods", "namespaces", "nodes"}, Verbs: []string{"list", "watch"}},
+	{Group: "", Resources: []string{"services", "pods", "namespaces"}, Verbs: []string{"list", "watch"}},
+	{Group: "", Resources: []string{"nodes"}, Verbs: []string{"list", "watch", "patch"}},
 	{Group: "discovery.k8s.io", Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 	{Group: "networking.k8s.io", Resources: []string{"networkpolicies"}, Verbs: []string{"list", "watch"}},
 }
@@ -66,11 +69,7 @@ func (s *Source) Run(ctx context.Context, f *resources.Feeder) error {
 	s.services = map[string]*corev1.Service{}
 	s.slices = map[string]map[string]*discoveryv1.EndpointSlice{}
 	factory := informers.NewSharedInformerFactory(s.Client, s.Resync)
-	watch := []struct {
-		informer cache.SharedIndexInformer
-		put      func(obj any)
-		remove   func(obj any)
-	}{
+	watch := []informerWatch{
 		{factory.Core().V1().Services().Informer(), func(o any) { s.putService(f, o.(*corev1.Service)) }, func(o any) { s.removeService(f, o) }},
 		{factory.Discovery().V1().EndpointSlices().Informer(), func(o any) { s.putSlice(f, o.(*discoveryv1.EndpointSlice)) }, func(o any) { s.removeSlice(f, o) }},
 		{factory.Core().V1().Pods().Informer(), func(o any) { putPod(f, o.(*corev1.Pod)) }, func(o any) { f.Delete(resources.KindPod, keyOf(o)) }},
@@ -79,11 +78,9 @@ func (s *Source) Run(ctx context.Context, f *resources.Feeder) error {
 			resources.Put(f, ns.Name, v1.Namespace{Name: ns.Name, Labels: ns.Labels})
 		}, func(o any) { f.Delete(resources.KindNamespace, keyOf(o)) }},
 		{factory.Networking().V1().NetworkPolicies().Informer(), func(o any) { s.putPolicy(f, o.(*networkingv1.NetworkPolicy)) }, func(o any) { f.Delete(resources.KindPolicy, keyOf(o)) }},
-		{factory.Core().V1().Nodes().Informer(), func(any) {}, func(o any) {
-			if s.NodeDeleted != nil {
-				s.NodeDeleted(keyOf(o))
-			}
-		}},
+	}
+	if s.NodeDeleted != nil {
+		watch = append(watch, informerWatch{factory.Core().V1().Nodes().Informer(), func(any) {}, func(o any) { s.NodeDeleted(keyOf(o)) }})
 	}
 	for _, w := range watch {
 		// The informers keep every object; managed fields (the server-side apply record,
@@ -112,6 +109,13 @@ func (s *Source) Run(ctx context.Context, f *resources.Feeder) error {
 	f.Synced()
 	<-ctx.Done()
 	return nil
+}
+
+// informerWatch is an informer and what its events do.
+type informerWatch struct {
+	informer cache.SharedIndexInformer
+	put      func(obj any)
+	remove   func(obj any)
 }
 
 func stripManagedFields(obj any) (any, error) {

@@ -26,9 +26,9 @@ import (
 )
 
 // A lab with Kubernetes (`weft lab up --kubernetes`) runs kube-apiserver and
-// kube-controller-manager (its EndpointSlice controller) in the underlay namespace, over
-// the lab's etcd; every weftd reads services, EndpointSlices, pods and policies from it
-// (--kubeconfig), and the lab creates a Pod object for each pod it attaches, with the
+// kube-controller-manager (its EndpointSlice and node IPAM controllers) in the underlay
+// namespace, over the lab's etcd; every weftd reads its pod blocks, its peers, services,
+// EndpointSlices, pods and policies from it (--kubeconfig, no store), and the lab creates a Pod object for each pod it attaches, with the
 // status a kubelet would set, so the real controller derives the endpoints.
 
 const kubeAPIPort = 6443
@@ -136,9 +136,12 @@ func (l *Lab) upKube() error {
 	if err := l.writeKubeconfig(l.Kubeconfig(), "127.0.0.1:"+string(port)); err != nil {
 		return err
 	}
-	// The EndpointSlice controller, as a cluster runs it.
+	// The EndpointSlice controllers and node IPAM (each node's spec.podCIDRs, which its
+	// weftd uses), as a cluster runs them.
 	return l.startUnderlayProc("kube-controller-manager", kcm,
-		"--kubeconfig="+l.UnderlayKubeconfig(), "--controllers=endpointslice,endpointslicemirroring", "--leader-elect=false",
+		"--kubeconfig="+l.UnderlayKubeconfig(), "--controllers=endpointslice,endpointslicemirroring,nodeipam", "--leader-elect=false",
+		"--allocate-node-cidrs", "--cluster-cidr="+ClusterCIDRs, "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64",
+		"--service-cluster-ip-range="+ServiceCIDRs,
 		"--secure-port=0", "--use-service-account-credentials=false")
 }
 
@@ -219,9 +222,6 @@ func (l *Lab) registerNode(n *Node) error {
 	obj.Status = corev1.NodeStatus{
 		Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.Underlay.String()}, {Type: corev1.NodeHostName, Address: n.Name}},
 		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, LastTransitionTime: now}},
-	}
-	for _, c := range n.PodCIDRs {
-		obj.Spec.PodCIDRs = append(obj.Spec.PodCIDRs, c.String())
 	}
 	if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, obj, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("node status %s: %w", n.Name, err)

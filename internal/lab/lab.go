@@ -139,6 +139,9 @@ func (o *Options) defaults() error {
 	if o.Racks > 1 && o.Fabric != "bgp" {
 		return fmt.Errorf("--racks needs --fabric bgp: only BGP routes pod networks across the rack router")
 	}
+	if o.Racks > 1 && o.Kubernetes {
+		return fmt.Errorf("--racks and --kubernetes exclude each other: the rack routers are external BGP peers, weft objects a Kubernetes-mode weftd does not have")
+	}
 	if o.Racks < 0 || o.Racks > 8 {
 		return fmt.Errorf("--racks %d: from 1 to 8", o.Racks)
 	}
@@ -254,13 +257,15 @@ func (l *Lab) addNode(i int) error {
 	if err := os.MkdirAll(filepath.Join(l.dir(), name), 0o755); err != nil {
 		return err
 	}
-	if err := l.startWeftd(n); err != nil {
-		return err
-	}
 	if l.State.Kubernetes {
+		// As a kubelet registers its node before any CNI work: the controller manager
+		// gives it its pod blocks, which weftd waits for.
 		if err := l.registerNode(n); err != nil {
 			return err
 		}
+	}
+	if err := l.startWeftd(n); err != nil {
+		return err
 	}
 	return l.startIngress(n)
 }
@@ -276,13 +281,16 @@ func (l *Lab) startWeftd(n *Node) error {
 	// Each node namespace has its own loopback, so every weftd serves metrics on the same
 	// address.
 	cmd := exec.Command("nsenter", "--net="+nsPath, "--", filepath.Join(l.opts.BinDir, "weftd"),
-		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--store", l.State.Store, "--underlay-dev", "uplink",
+		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--underlay-dev", "uplink",
 		"--metrics-addr", MetricsAddr, "--dns-upstream", "none") // a lab never forwards outside its namespaces
 	if l.State.Proxy != "" {
 		cmd.Args = append(cmd.Args, "--proxy", l.State.Proxy)
 	}
 	if l.State.Kubernetes {
-		cmd.Args = append(cmd.Args, "--kubeconfig", l.UnderlayKubeconfig())
+		// No store: blocks and peers from the Node objects, the configuration from a file.
+		cmd.Args = append(cmd.Args, "--kubeconfig", l.UnderlayKubeconfig(), "--cluster-config", l.clusterConfigFile())
+	} else {
+		cmd.Args = append(cmd.Args, "--store", l.State.Store)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // survives the CLI's terminal signals

@@ -21,6 +21,9 @@ import (
 	"github.com/weftnet/weft/internal/probe"
 )
 
+// ClusterCIDRs are the lab cluster's pod networks (a /24 and a /64 per node).
+const ClusterCIDRs = "10.244.0.0/16,fd00:244::/56"
+
 // ServiceCIDRs are the lab cluster's service ranges (the DNS service's 10th address is
 // 10.96.0.10, as in Kubernetes).
 const ServiceCIDRs = "10.96.0.0/16,fd00:96::/112"

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -85,7 +86,7 @@ func (l *Lab) upUnderlay() error {
 		return fmt.Errorf("etcd did not come up; see %s", logf.Name())
 	}
 	init := exec.Command("nsenter", "--net="+path, "--", filepath.Join(l.opts.BinDir, "weft"), "cluster", "init",
-		"--store", l.State.Store, "--cluster-cidr", "10.244.0.0/16,fd00:244::/56", "--node-prefix", "24", "--node-prefix-v6", "64",
+		"--store", l.State.Store, "--cluster-cidr", ClusterCIDRs, "--node-prefix", "24", "--node-prefix-v6", "64",
 		"--service-cidr", ServiceCIDRs,
 		"--fabric", l.State.Fabric)
 	if l.State.Fabric == "bgp" {
@@ -94,6 +95,13 @@ func (l *Lab) upUnderlay() error {
 			// Each node peers with its rack's router, which also learns the service
 			// addresses (the lab's client behind it reaches services through them).
 			init.Args = append(init.Args, "--bgp-no-node-mesh", "--bgp-announce-services")
+		}
+	}
+	if l.State.Kubernetes {
+		// The same configuration as a file, for weftds that keep no store.
+		file := exec.Command(init.Path, append(slices.Clone(init.Args[1:]), "--config-file", l.clusterConfigFile())...)
+		if out, err := file.CombinedOutput(); err != nil {
+			return fmt.Errorf("weft cluster init --config-file: %v: %s", err, out)
 		}
 	}
 	var out []byte
@@ -106,6 +114,9 @@ func (l *Lab) upUnderlay() error {
 	}
 	return fmt.Errorf("weft cluster init: %v: %s", err, out)
 }
+
+// clusterConfigFile is the cluster configuration as a file (Kubernetes labs' weftds).
+func (l *Lab) clusterConfigFile() string { return filepath.Join(l.dir(), "cluster.json") }
 
 // segment is an L2 segment of the underlay: a bridge in the underlay namespace with its
 // networks. The flat lab has one (br0); a racked lab has one per rack, joined only by the

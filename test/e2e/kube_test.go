@@ -30,7 +30,8 @@ import (
 // TestKubernetesInLab is Kubernetes mode end to end: `weft lab up --kubernetes` runs
 // kube-apiserver and kube-controller-manager; the lab's pods become Pod objects; a Service
 // created through the API gets its EndpointSlices from the real controller, and every
-// weftd programs it: pods on both nodes reach it by ClusterIP and by DNS name; a weftd
+// weftd programs it: pods on all three nodes reach it by ClusterIP and by DNS name; the
+// weftds keep no store (blocks are the Node objects' spec.podCIDRs); a weftd
 // killed and restarted loses no connection and lists again; a NetworkPolicy from the API
 // is enforced; when a pod goes, the proxy follows the slice; a Node deleted from the API
 // loses its routes on the other node.
@@ -41,11 +42,11 @@ func TestKubernetesInLab(t *testing.T) {
 	t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
 	l := labCLI{t: t, name: fmt.Sprintf("k%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
 	t.Cleanup(func() { _, _ = l.run("down") })
-	l.must("up", "-d", "--nodes", "2", "--kubernetes")
+	l.must("up", "-d", "--nodes", "3", "--kubernetes")
 	for i := 1; i <= 2; i++ {
 		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080", "--labels", "app=web")
 	}
-	l.must("pod", "add", "c1", "--node", "2", "--labels", "role=client")
+	l.must("pod", "add", "c1", "--node", "3", "--labels", "role=client")
 	st := l.status()
 	var withKube struct{ Kubeconfig string }
 	if err := json.Unmarshal([]byte(l.must("status", "-o", "json")), &withKube); err != nil || withKube.Kubeconfig == "" {
@@ -77,6 +78,25 @@ func TestKubernetesInLab(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+
+	// No store: each weftd runs without one, its blocks are what the controller manager's
+	// node IPAM put in its Node object, and it annotated the Node for its peers.
+	for _, n := range st.Nodes {
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.PID))
+		if strings.Contains(string(cmdline), "--store") {
+			t.Errorf("%s's weftd runs with a store: %q", n.Name, cmdline)
+		}
+		obj, err := client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := fmt.Sprint(obj.Spec.PodCIDRs), fmt.Sprint(n.PodCIDRs); got != want {
+			t.Errorf("%s: weftd serves %s, its Node object says %s", n.Name, want, got)
+		}
+		if a := obj.Annotations["weft.dev/underlay"]; !strings.HasPrefix(a, n.Underlay.String()) {
+			t.Errorf("%s: annotation weft.dev/underlay is %q, want %s first", n.Name, a, n.Underlay)
+		}
+	}
 	svc, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
@@ -98,14 +118,14 @@ func TestKubernetesInLab(t *testing.T) {
 		return seen
 	}
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if len(reached("p1", 20)) == 2 && len(reached("p2", 20)) == 2 {
+		if len(reached("p1", 20)) == 2 && len(reached("p2", 20)) == 2 && len(reached("c1", 20)) == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
 			slices, _ := client.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=web"})
 			podList, _ := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
 			nodes, _ := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-			t.Fatalf("the service %s does not reach both pods from both nodes: p1 sees %v, p2 %v\nslices: %+v\npods: %+v\nnodes: %d", vip, reached("p1", 20), reached("p2", 20), slices.Items, podList.Items, len(nodes.Items))
+			t.Fatalf("the service %s does not reach both pods from every node: p1 sees %v, p2 %v, c1 %v\nslices: %+v\npods: %+v\nnodes: %d", vip, reached("p1", 20), reached("p2", 20), reached("c1", 20), slices.Items, podList.Items, len(nodes.Items))
 		}
 	}
 	// weft's CLI reads the same state, and sends writes to kubectl.
@@ -212,18 +232,43 @@ func TestKubernetesInLab(t *testing.T) {
 		}
 	}
 
-	// A pod goes: its Pod object is deleted, the controller updates the slice, and the
-	// proxy on both nodes follows.
+	// Scaling up: a third app=web pod (on node3) gets its Pod object, the controller adds
+	// it to the slice, and the proxy follows.
 	// (From c1: the policy above keeps app=web pods from reaching each other.)
+	l.must("pod", "add", "p3", "--node", "3", "--labels", "app=web")
+	added := time.Now()
+	for _, p := range l.status().Pods {
+		if p.Name == "p3" {
+			ln, err := probe.ListenTCP(p.Netns, "[::]:9090")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go probe.Whoami(ln, p.Name)
+		}
+	}
+	for {
+		if seen := reached("c1", 30); len(seen) == 3 {
+			t.Logf("the proxy follows an added pod %v after its attachment (Pod created, slice updated, programmed)", time.Since(added).Round(time.Millisecond))
+			break
+		}
+		if time.Since(added) > 5*time.Second {
+			t.Fatalf("5 s after p3 came, c1 reaches %v through %s", reached("c1", 30), vip)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Scaling down: a pod goes, its Pod object is deleted, the controller updates the
+	// slice, and the proxy on every node follows.
 	l.must("pod", "rm", "p2")
 	gone := time.Now()
 	for {
-		if seen := reached("c1", 20); len(seen) == 1 && seen["p1"] {
+		if seen := reached("c1", 30); len(seen) == 2 && seen["p1"] && seen["p3"] {
 			t.Logf("the proxy follows a removed pod %v after its removal (Pod deleted, slice updated, programmed)", time.Since(gone).Round(time.Millisecond))
 			break
 		}
 		if time.Since(gone) > 5*time.Second {
-			t.Fatalf("5 s after p2 went, c1 reaches %v through %s", reached("c1", 20), vip)
+			t.Fatalf("5 s after p2 went, c1 reaches %v through %s", reached("c1", 30), vip)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
