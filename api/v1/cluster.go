@@ -41,6 +41,16 @@ type BGPConfig struct {
 	NoNodeMesh bool `json:"noNodeMesh,omitempty"`
 	// AnnounceServices sends the service CIDRs (ClusterIP ranges) to external peers.
 	AnnounceServices bool `json:"announceServices,omitempty"`
+	// LoadBalancerCIDRs: load balancer ingress addresses of services (Kubernetes mode)
+	// inside these are announced, each as a host route: by every node under
+	// externalTrafficPolicy Cluster, by the nodes with a ready endpoint under Local.
+	LoadBalancerCIDRs []netip.Prefix `json:"loadBalancerCIDRs,omitempty"`
+}
+
+// AnnouncesServiceAddrs says whether service addresses go to peers: the service ranges,
+// or load balancer addresses.
+func (b *BGPConfig) AnnouncesServiceAddrs() bool {
+	return b != nil && (b.AnnounceServices || len(b.LoadBalancerCIDRs) > 0)
 }
 
 // ParseClusterConfig reads a configuration file (`weft cluster init --config-file`):
@@ -80,6 +90,13 @@ func (c *ClusterConfig) Validate() error {
 		}
 	default:
 		return fmt.Errorf("fabric %q: use %s, %s or %s", c.Fabric, FabricVXLAN, FabricDirect, FabricBGP)
+	}
+	if c.BGP != nil {
+		for _, p := range c.BGP.LoadBalancerCIDRs {
+			if p != p.Masked() {
+				return fmt.Errorf("bgp.loadBalancerCIDRs: %s has host bits set", p)
+			}
+		}
 	}
 	if c.VNI < 0 || c.VNI > 1<<24-1 {
 		return fmt.Errorf("vni %d is outside 0..16777215", c.VNI)

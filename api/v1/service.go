@@ -68,11 +68,16 @@ type Service struct {
 	// ChangedAt is when the change behind Resolved's latest version began (the
 	// EndpointSlice controller's last-change-trigger-time), for the proxy's programming
 	// latency; zero when unknown.
-	ChangedAt             time.Time `json:"-"`
-	SessionAffinity       string    `json:"sessionAffinity,omitempty"`
-	AffinityTimeout       int       `json:"affinityTimeoutSeconds,omitempty"`
-	InternalTrafficPolicy string    `json:"internalTrafficPolicy,omitempty"`
-	ExternalTrafficPolicy string    `json:"externalTrafficPolicy,omitempty"`
+	ChangedAt time.Time `json:"-"`
+	// LoadBalancerIPs are the addresses a load balancer gave a Kubernetes LoadBalancer
+	// service (status.loadBalancer.ingress): the proxy serves them as it serves node
+	// ports (externalTrafficPolicy), and fabric bgp announces them with the service
+	// addresses. Only the Kubernetes source sets them.
+	LoadBalancerIPs       []netip.Addr `json:"loadBalancerIPs,omitempty"`
+	SessionAffinity       string       `json:"sessionAffinity,omitempty"`
+	AffinityTimeout       int          `json:"affinityTimeoutSeconds,omitempty"`
+	InternalTrafficPolicy string       `json:"internalTrafficPolicy,omitempty"`
+	ExternalTrafficPolicy string       `json:"externalTrafficPolicy,omitempty"`
 }
 
 // ServicePort is one port of a service.
@@ -146,6 +151,9 @@ func (s *Service) Validate() error {
 	}
 	if s.Resolved != nil {
 		return errors.New("resolved: set only from a Kubernetes API's EndpointSlices, never stored")
+	}
+	if s.LoadBalancerIPs != nil {
+		return errors.New("loadBalancerIPs: set only from a Kubernetes API's LoadBalancer services, never stored")
 	}
 	if s.Headless() && s.Type != ServiceTypeClusterIP {
 		return fmt.Errorf("clusterIP None (headless) needs type ClusterIP")

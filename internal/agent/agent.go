@@ -410,7 +410,7 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 		}
 	})
 	c := a.opts.Cluster
-	announcesServices := c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP != nil && c.cfg.BGP.AnnounceServices
+	announcesServices := c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP.AnnouncesServiceAddrs()
 	if announcesServices {
 		// Routers send outside clients to service addresses: their replies must come
 		// back through the node that translated them.

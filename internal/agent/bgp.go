@@ -64,6 +64,7 @@ func (a *Agent) startBGP(g *group, c *Cluster, cache *resources.Cache) error {
 	if cfg.AnnounceServices {
 		export = append(export, c.cfg.ServiceCIDRs...)
 	}
+	export = append(export, cfg.LoadBalancerCIDRs...)
 	_, err := os.Stat(c.bgpMarker())
 	restarting := err == nil
 	f := &bgpFabric{c: c, cfg: cfg, cache: cache}
@@ -90,7 +91,7 @@ func (a *Agent) startBGP(g *group, c *Cluster, cache *resources.Cache) error {
 			c.o.Log.Warn("BGP announcements failed", "err", err)
 		}
 	}).WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second})
-	if cfg.AnnounceServices {
+	if cfg.AnnouncesServiceAddrs() {
 		cache.OnChange(func(k resources.Kind) {
 			if k == resources.KindPod || k == resources.KindService {
 				f.announce.Trigger()
@@ -142,15 +143,19 @@ func (f *bgpFabric) sync(ctx context.Context, nodes []v1.Node) error {
 // syncAnnouncements makes the announced prefixes follow the node's blocks and, with
 // announceServices, the service ranges plus the address of every service with
 // externalTrafficPolicy Local that has a ready endpoint on this node (a host route, so
-// routers send its traffic only to such nodes: MetalLB's and kube-router's behaviour).
+// routers send its traffic only to such nodes: MetalLB's and kube-router's behaviour);
+// with loadBalancerCIDRs, the load balancer addresses in them (under policy Local, again
+// only where an endpoint is).
 func (f *bgpFabric) syncAnnouncements() error {
 	var extra []netip.Prefix
 	if f.cfg.AnnounceServices {
 		extra = append(extra, f.c.cfg.ServiceCIDRs...)
+	}
+	if f.cfg.AnnouncesServiceAddrs() {
 		if !f.cache.Synced() {
 			return nil // an empty cache would withdraw every service address
 		}
-		extra = append(extra, localServiceAddrs(f.c.node.Name, f.cache.Services(), f.cache.Pods())...)
+		extra = append(extra, serviceAddrs(f.c.node.Name, f.cfg, f.cache.Services(), f.cache.Pods())...)
 	}
 	want := bgp.PlanAnnouncements(f.c.node, f.c.podCIDRs, extra)
 	if f.removed.Load() {
@@ -165,25 +170,48 @@ func (f *bgpFabric) syncAnnouncements() error {
 	return os.WriteFile(f.c.bgpMarker(), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
 }
 
-// localServiceAddrs are the addresses (/32, /128) of the services with
-// externalTrafficPolicy Local that have a ready, serving endpoint on node.
-func localServiceAddrs(node string, services []v1.Service, pods []v1.Pod) []netip.Prefix {
+// serviceAddrs are the host routes (/32, /128) node announces for services beyond the
+// service ranges: with announceServices, the addresses of services with
+// externalTrafficPolicy Local that have a ready, serving endpoint on node; with
+// loadBalancerCIDRs, the load balancer addresses in them, under policy Local likewise
+// only where such an endpoint is.
+func serviceAddrs(node string, cfg v1.BGPConfig, services []v1.Service, pods []v1.Pod) []netip.Prefix {
 	var out []netip.Prefix
+	host := func(a netip.Addr) { out = append(out, netip.PrefixFrom(a, a.BitLen())) }
 	for i := range services {
 		svc := &services[i]
-		if svc.ExternalTrafficPolicy != v1.TrafficPolicyLocal || len(svc.ClusterIPs) == 0 {
+		var lbs []netip.Addr
+		for _, a := range svc.LoadBalancerIPs {
+			if slices.ContainsFunc(cfg.LoadBalancerCIDRs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+				lbs = append(lbs, a)
+			}
+		}
+		local := svc.ExternalTrafficPolicy == v1.TrafficPolicyLocal
+		if !local {
+			for _, a := range lbs {
+				host(a)
+			}
 			continue
 		}
-		local := false
+		if len(lbs) == 0 && (!cfg.AnnounceServices || len(svc.ClusterIPs) == 0) {
+			continue
+		}
+		ready := false
 		for _, port := range endpoints.For(svc, pods) {
 			for _, e := range endpoints.Local(endpoints.Serving(port.Endpoints), node) {
-				local = local || e.Ready
+				ready = ready || e.Ready
 			}
 		}
-		if local {
+		if !ready {
+			continue
+		}
+		if cfg.AnnounceServices {
 			for _, a := range svc.ClusterIPs {
-				out = append(out, netip.PrefixFrom(a, a.BitLen()))
+				host(a)
 			}
+		}
+		for _, a := range lbs {
+			host(a)
 		}
 	}
 	return out

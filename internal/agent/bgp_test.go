@@ -12,7 +12,7 @@ import (
 	"github.com/weftnet/weft/internal/bgp"
 )
 
-func TestLocalServiceAddrs(t *testing.T) {
+func TestServiceAddrs(t *testing.T) {
 	a := netip.MustParseAddr
 	svc := func(name, policy string, ips ...string) v1.Service {
 		s := v1.Service{Name: name, Namespace: "default", Type: v1.ServiceTypeNodePort, ExternalTrafficPolicy: policy,
@@ -40,12 +40,29 @@ func TestLocalServiceAddrs(t *testing.T) {
 		pod("old", "n1", "10.244.1.4", true, true),
 		pod("wip", "n1", "10.244.1.5", false, false),
 	}
-	got := fmt.Sprint(localServiceAddrs("n1", services, pods))
+	cfg := v1.BGPConfig{AnnounceServices: true}
+	got := fmt.Sprint(serviceAddrs("n1", cfg, services, pods))
 	if want := "[10.96.0.10/32 fd00:96::10/128]"; got != want {
 		t.Errorf("n1 announces %s, want %s", got, want)
 	}
-	if got := fmt.Sprint(localServiceAddrs("n2", services, pods)); got != "[10.96.0.11/32]" {
+	if got := fmt.Sprint(serviceAddrs("n2", cfg, services, pods)); got != "[10.96.0.11/32]" {
 		t.Errorf("n2 announces %s", got)
+	}
+
+	// Load balancer addresses inside loadBalancerCIDRs: under Cluster from every node,
+	// under Local only where a ready endpoint is; outside the CIDRs never.
+	services[0].LoadBalancerIPs = []netip.Addr{a("203.0.113.10")}                    // web, Local, endpoint on n1
+	services[2].LoadBalancerIPs = []netip.Addr{a("203.0.113.12"), a("198.51.100.1")} // api, Cluster; the second outside
+	cfg = v1.BGPConfig{LoadBalancerCIDRs: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
+	if got := fmt.Sprint(serviceAddrs("n1", cfg, services, pods)); got != "[203.0.113.10/32 203.0.113.12/32]" {
+		t.Errorf("n1 announces %s", got)
+	}
+	if got := fmt.Sprint(serviceAddrs("n2", cfg, services, pods)); got != "[203.0.113.12/32]" {
+		t.Errorf("n2 announces %s", got)
+	}
+	cfg.AnnounceServices = true
+	if got := fmt.Sprint(serviceAddrs("n1", cfg, services, pods)); got != "[10.96.0.10/32 fd00:96::10/128 203.0.113.10/32 203.0.113.12/32]" {
+		t.Errorf("n1 announces %s with announceServices", got)
 	}
 }
 

@@ -40,6 +40,7 @@ func newClusterCmd() *cobra.Command {
 	var bgpCfg v1.BGPConfig
 	var clusterCIDRs, serviceCIDRs []string
 	var configFile string
+	var lbCIDRs []string
 	init := &cobra.Command{
 		Use: "init --store URL|--config-file FILE --cluster-cidr CIDR [--fabric vxlan|direct|bgp]", Short: "Write the cluster configuration, once",
 		Args: noArgs,
@@ -51,10 +52,13 @@ func newClusterCmd() *cobra.Command {
 			if cfg.ServiceCIDRs, err = netcalc.ParseCIDRs(serviceCIDRs); err != nil {
 				return badInput(fmt.Errorf("--service-cidr: %w", err))
 			}
+			if bgpCfg.LoadBalancerCIDRs, err = netcalc.ParseCIDRs(lbCIDRs); err != nil {
+				return badInput(fmt.Errorf("--bgp-lb-cidr: %w", err))
+			}
 			if cfg.Fabric == v1.FabricBGP {
 				cfg.BGP = &bgpCfg
-			} else if cmd.Flags().Changed("asn") || bgpCfg.NoNodeMesh || bgpCfg.AnnounceServices {
-				return usageErr("--asn, --bgp-no-node-mesh and --bgp-announce-services need --fabric bgp")
+			} else if cmd.Flags().Changed("asn") || bgpCfg.NoNodeMesh || bgpCfg.AnnounceServices || len(lbCIDRs) > 0 {
+				return usageErr("--asn, --bgp-no-node-mesh, --bgp-announce-services and --bgp-lb-cidr need --fabric bgp")
 			}
 			if err := cfg.Validate(); err != nil {
 				return badInput(err)
@@ -100,6 +104,7 @@ func newClusterCmd() *cobra.Command {
 	init.Flags().Uint32Var(&bgpCfg.ASN, "asn", v1.DefaultASN, "fabric bgp: the nodes' AS number")
 	init.Flags().BoolVar(&bgpCfg.NoNodeMesh, "bgp-no-node-mesh", false, "fabric bgp: nodes peer only with external peers (top-of-rack routers), not with each other")
 	init.Flags().BoolVar(&bgpCfg.AnnounceServices, "bgp-announce-services", false, "fabric bgp: announce the service CIDRs to external peers")
+	init.Flags().StringSliceVar(&lbCIDRs, "bgp-lb-cidr", nil, "fabric bgp: announce the load balancer addresses of services (Kubernetes mode) inside these CIDRs")
 	init.Flags().IntVar(&cfg.VNI, "vni", 1, "VXLAN network identifier")
 	init.Flags().IntVar(&cfg.Port, "port", 4789, "VXLAN UDP port")
 	init.Flags().BoolVar(&cfg.DirectRouting, "direct-routing", false, "vxlan: route directly to peers on the same L2 segment")

@@ -16,7 +16,7 @@ import (
 
 // serviceOf converts a Service. ExternalName services have no address to balance: ok is
 // false. LoadBalancer services are node port services to the proxy (their node ports are
-// what a load balancer sends to).
+// what a load balancer sends to), plus the ingress addresses a load balancer gave them.
 func serviceOf(s *corev1.Service) (out v1.Service, ok bool) {
 	out = v1.Service{
 		Name: s.Name, Namespace: s.Namespace, Selector: s.Spec.Selector,
@@ -36,6 +36,13 @@ func serviceOf(s *corev1.Service) (out v1.Service, ok bool) {
 	for _, ip := range s.Spec.ClusterIPs {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			out.ClusterIPs = append(out.ClusterIPs, a)
+		}
+	}
+	if s.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			if a, err := netip.ParseAddr(in.IP); err == nil {
+				out.LoadBalancerIPs = append(out.LoadBalancerIPs, a)
+			}
 		}
 	}
 	for _, f := range s.Spec.IPFamilies {

@@ -43,6 +43,11 @@ type Port struct {
 	ExternalLocal    bool
 	// Affinity pins a client address to its backend for this long (0: none).
 	Affinity time.Duration
+	// A load balancer ingress address (VIP is then that address, Backends those of
+	// externalTrafficPolicy): Masquerade under policy Cluster, so replies come back
+	// through this node; DropIfEmpty under policy Local when the endpoints are all on
+	// other nodes (the load balancer's health check moves traffic to those).
+	LoadBalancer, Masquerade, DropIfEmpty bool
 }
 
 // Is6 reports the port's family.
@@ -147,6 +152,20 @@ func Compute(node Node, services []v1.Service, pods []v1.Pod) State {
 					p.Affinity = time.Duration(svc.AffinityTimeout) * time.Second
 				}
 				st.Ports[p.ID] = p
+				for _, lb := range svc.LoadBalancerIPs {
+					if lb.Is4() != is4 {
+						continue
+					}
+					q := &Port{ID: lbPortID(p.ID, lb), Service: p.Service, PortName: p.PortName, VIP: lb, Proto: p.Proto, Port: p.Port,
+						Affinity: p.Affinity, LoadBalancer: true, Masquerade: true}
+					external := fam
+					if svc.ExternalTrafficPolicy == v1.TrafficPolicyLocal {
+						external = endpoints.Local(fam, node.Name)
+						q.Masquerade, q.DropIfEmpty = false, len(fam) > 0
+					}
+					q.Backends = backends(external)
+					st.Ports[q.ID] = q
+				}
 			}
 		}
 	}
@@ -189,6 +208,12 @@ func portID(svc *v1.Service, sp v1.ServicePort, is4 bool) string {
 	return strings.ToLower(idEncoding.EncodeToString(h[:]))[:13] + fam
 }
 
+// lbPortID names a service port's objects for one of its load balancer addresses.
+func lbPortID(portID string, lb netip.Addr) string {
+	h := sha256.Sum256([]byte(portID + "/lb/" + lb.String()))
+	return strings.ToLower(idEncoding.EncodeToString(h[:]))[:13] + portID[len(portID)-1:]
+}
+
 // BackendID names a backend's objects within a port (affinity sets and chains).
 func BackendID(p *Port, b Backend) string {
 	h := sha256.Sum256([]byte(p.ID + "/" + b.String()))
@@ -199,6 +224,7 @@ func BackendID(p *Port, b Backend) string {
 func (p *Port) Equal(q *Port) bool {
 	if p.ID != q.ID || p.VIP != q.VIP || p.Proto != q.Proto || p.Port != q.Port || p.NodePort != q.NodePort ||
 		p.ExternalLocal != q.ExternalLocal || p.Affinity != q.Affinity ||
+		p.LoadBalancer != q.LoadBalancer || p.Masquerade != q.Masquerade || p.DropIfEmpty != q.DropIfEmpty ||
 		len(p.Backends) != len(q.Backends) || len(p.NodePortBackends) != len(q.NodePortBackends) {
 		return false
 	}

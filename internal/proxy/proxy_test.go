@@ -46,13 +46,22 @@ func TestCompute(t *testing.T) {
 			s.ClusterIPs = []netip.Addr{ip("10.96.0.10")}
 			s.Selector = map[string]string{"app": "none"}
 		}),
+		svc("lb", func(s *v1.Service) { // a load balancer address per family; policy Cluster
+			s.ClusterIPs = []netip.Addr{ip("10.96.0.11"), ip("fd96::11")}
+			s.LoadBalancerIPs = []netip.Addr{ip("203.0.113.1"), ip("2001:db8::1")}
+		}),
+		svc("lb-local", func(s *v1.Service) { // policy Local: n1 has an endpoint, n2's is elsewhere
+			s.ClusterIPs = []netip.Addr{ip("10.96.0.12")}
+			s.LoadBalancerIPs = []netip.Addr{ip("203.0.113.2")}
+			s.ExternalTrafficPolicy = v1.TrafficPolicyLocal
+		}),
 	}
 	st := Compute(Node{Name: "n1"}, services, pods)
 	byVIP := map[netip.Addr]*Port{}
 	for _, p := range st.Ports {
 		byVIP[p.VIP] = p
 	}
-	if len(st.Ports) != 7 { // plain, dual ×2, np-local, internal-local, sticky, empty; not headless
+	if len(st.Ports) != 13 { // plain, dual ×2, np-local, internal-local, sticky, empty, lb ×4, lb-local ×2; not headless
 		t.Fatalf("%d ports: %+v", len(st.Ports), st.Ports)
 	}
 	// Terminating c gets no new connections; the backends of a family are that family's.
@@ -76,6 +85,22 @@ func TestCompute(t *testing.T) {
 	}
 	if p := byVIP[ip("10.96.0.10")]; len(p.Backends) != 0 {
 		t.Errorf("empty %+v", p)
+	}
+	// Load balancer addresses: ports of their own with the external policy's backends,
+	// masqueraded under Cluster; under Local the node's own, dropping when it has none.
+	if p := byVIP[ip("203.0.113.1")]; !p.LoadBalancer || !p.Masquerade || p.DropIfEmpty || len(p.Backends) != 2 || p.Port != 80 {
+		t.Errorf("lb %+v", p)
+	}
+	if p := byVIP[ip("2001:db8::1")]; !p.LoadBalancer || len(p.Backends) != 2 || !p.Backends[0].IP.Is6() || p.ID == byVIP[ip("fd96::11")].ID {
+		t.Errorf("lb v6 %+v", p)
+	}
+	if p := byVIP[ip("203.0.113.2")]; p.Masquerade || !p.DropIfEmpty || len(p.Backends) != 1 || p.Backends[0].IP != ip("10.0.1.2") {
+		t.Errorf("lb-local on n1 %+v", p)
+	}
+	for _, p := range Compute(Node{Name: "n3"}, services, pods).Ports {
+		if p.VIP == ip("203.0.113.2") && (len(p.Backends) != 0 || !p.DropIfEmpty) {
+			t.Errorf("lb-local on a node without endpoints %+v", p)
+		}
 	}
 	// Every endpoint, terminating ones included (their replies are DNATed flows), once and
 	// in order.

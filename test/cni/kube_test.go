@@ -2,12 +2,15 @@ package cni_test
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,8 +24,9 @@ import (
 
 // TestServicesFromKubernetesAPI: a weftd given --kubeconfig programs a Service and its
 // EndpointSlice from a real kube-apiserver (running in the node's namespace): a pod
-// reaches the ClusterIP, and when the slice says its endpoint is not ready, the service
-// refuses at once.
+// reaches the ClusterIP; a load balancer address in the Service's status is served to
+// clients outside the node under both external traffic policies; when the slice says its
+// endpoint is not ready, the service refuses at once.
 func TestServicesFromKubernetesAPI(t *testing.T) {
 	testutil.RequireRoot(t)
 	u, storeURL, plug := underlayWithEtcd(t)
@@ -62,7 +66,8 @@ func TestServicesFromKubernetesAPI(t *testing.T) {
 	defer cancel()
 	svc, err := kc.CoreV1().Services("default").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer,
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +91,57 @@ func TestServicesFromKubernetesAPI(t *testing.T) {
 			t.Fatalf("the Kubernetes service %s never answered from a pod: %q %v\nweftd:\n%s", vip, got, err, n.weftd.Log())
 		}
 	}
+
+	// A load balancer gives the service an address (as MetalLB or a cloud controller
+	// writes status.loadBalancer): from outside the node (the underlay namespace, routed
+	// to the node) it reaches the backend, masqueraded under externalTrafficPolicy
+	// Cluster; under Local the client's address is kept, and with the endpoint on another
+	// node the address drops (no refusal: a load balancer's health check moves on).
+	lb := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.7"), 80)
+	if err := u.Handle(t).RouteAdd(&netlink.Route{Dst: netlink.NewIPNet(lb.Addr().AsSlice()), Gw: net.ParseIP("192.168.60.1")}); err != nil {
+		t.Fatal(err)
+	}
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lb.Addr().String()}}
+	if svc, err = kc.CoreV1().Services("default").UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// ask waits for the backend to answer and say it saw the client as want (with "!",
+	// as anything but; a bare name: any client address).
+	ask := func(from testutil.NS, want string) {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			got, err = probe.AskTCP(from.Path, lb, 300*time.Millisecond)
+			not, negated := strings.CutPrefix(want, "!")
+			if err == nil && (got == want || probe.Name(got) == want || (negated && probe.Name(got) == "server" && got != not)) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("load balancer address %s from %s: %q %v, want %q\nweftd:\n%s", lb, from.Path, got, err, want, n.weftd.Log())
+			}
+		}
+	}
+	ask(u, "!server 192.168.60.254") // masqueraded: the client's address is not seen
+	ask(client, "server") // a pod reaches it too
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	if svc, err = kc.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The slice names no node: the endpoint is not this node's, so Local drops.
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, err := probe.AskTCP(u.Path, lb, 300*time.Millisecond)
+		if err != nil && !strings.Contains(err.Error(), "refused") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("under policy Local with no endpoint on the node, %s answers or refuses: %v", lb, err)
+		}
+	}
+	slice.Endpoints[0].NodeName = ptrTo(n.ns.Name)
+	if slice, err = kc.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ask(u, "server 192.168.60.254") // the client's own address
+
 	// The endpoint stops being ready: within a second the service refuses.
 	slice.Endpoints[0].Conditions.Ready = ptrTo(false)
 	start := time.Now()

@@ -23,7 +23,7 @@ import (
 )
 
 // randomState draws services with 0–6 backends, some with node ports (Cluster or Local),
-// some with affinity, both families.
+// some load balancer addresses (Cluster or Local), some with affinity, both families.
 func randomState(r *rand.Rand, n int) proxy.State {
 	st := proxy.State{Ports: map[string]*proxy.Port{}}
 	keys := map[proxy.Key]bool{}
@@ -50,6 +50,17 @@ func randomState(r *rand.Rand, n int) proxy.State {
 		}
 		if i%5 == 3 && r.IntN(2) == 0 {
 			p.Affinity = 30 * time.Second
+		}
+		if i%6 == 4 && p.NodePort == 0 { // a load balancer address: Cluster (masquerade) or Local
+			p.LoadBalancer = true
+			if r.IntN(2) == 0 {
+				p.Masquerade = true
+			} else {
+				p.DropIfEmpty = true
+			}
+			if r.IntN(2) == 0 {
+				p.Affinity = 30 * time.Second
+			}
 		}
 		st.Ports[p.ID] = p
 		for _, b := range p.Backends {

@@ -70,12 +70,20 @@ func (s *slots) release(name string) {
 	}
 }
 
-// countMap names a per-count map: kind "svc", "np" or "npm", family, count.
+// countMap names a per-count map: kind "svc", "svcm" (masquerading), "np" or "npm",
+// family, count.
 type countMap struct {
 	kind string
 	is6  bool
 	n    int
 }
+
+// byAddress says the map's key starts with the destination address (else it is a node
+// port's: protocol . port).
+func (m countMap) byAddress() bool { return m.kind == "svc" || m.kind == "svcm" }
+
+// masquerades says the map's rule marks the connection for masquerade.
+func (m countMap) masquerades() bool { return m.kind == "npm" || m.kind == "svcm" }
 
 func (m countMap) name() string {
 	f := "4"
@@ -123,6 +131,8 @@ func (b *batch) planOf(p *proxy.Port) plan {
 	vip := concatKey(p.VIP.AsSlice(), []byte{p.Proto}, nftexpr.BE16(p.Port))
 	backends := p.Backends
 	switch {
+	case len(backends) == 0 && p.DropIfEmpty:
+		pl.add(elem{set: noEP, key: string(vip), verd: expr.Verdict{Kind: expr.VerdictDrop}})
 	case len(backends) == 0:
 		pl.add(elem{set: noEP, key: string(vip), verd: expr.Verdict{Kind: expr.VerdictGoto, Chain: chainReject}})
 	case p.Affinity != 0:
@@ -135,7 +145,11 @@ func (b *batch) planOf(p *proxy.Port) plan {
 			pl.affinity[proxy.BackendID(p, be)] = be
 		}
 	default:
-		m := countMap{"svc", is6, len(backends)}
+		kind := "svc"
+		if p.Masquerade {
+			kind = "svcm" // a load balancer address under policy Cluster
+		}
+		m := countMap{kind, is6, len(backends)}
 		pl.counts = append(pl.counts, m)
 		for i, be := range backends {
 			pl.add(elem{set: m.name(), key: string(append(append([]byte(nil), vip...), index(i)...)), data: backendData(be)})
@@ -202,7 +216,7 @@ func (b *batch) removePort(p *proxy.Port) {
 
 // changePort sends only the difference between two versions of a port.
 func (b *batch) changePort(o, n *proxy.Port) {
-	if o.Affinity != n.Affinity || o.VIP != n.VIP || o.Port != n.Port || o.Proto != n.Proto {
+	if o.Affinity != n.Affinity || o.VIP != n.VIP || o.Port != n.Port || o.Proto != n.Proto || o.Masquerade != n.Masquerade {
 		b.removePort(o)
 		b.addPort(n)
 		return
@@ -280,6 +294,9 @@ func (b *batch) apply(p *proxy.Port, old, new plan, gone bool) {
 		}
 	}
 	if new.svcRule && (!old.svcRule || svcChanged) {
+		if p.Masquerade {
+			b.rule(svcChain(p), nftexpr.SetMark(dataplane.MarkMasq)...)
+		}
 		for _, be := range capped(p.Backends) {
 			b.rule(svcChain(p), append(nftexpr.LoadAddr(is6, false),
 				&expr.Lookup{SourceRegister: 1, SetName: affinitySet(p, be)},
@@ -331,7 +348,7 @@ func (b *batch) ensureCountMap(m countMap) {
 		addr, addrLen = nftables.TypeIP6Addr, 16
 	}
 	var key nftables.SetDatatype
-	if m.kind == "svc" {
+	if m.byAddress() {
 		key = concat(b, addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
 	} else {
 		key = concat(b, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
@@ -346,7 +363,7 @@ func (b *batch) ensureCountMap(m countMap) {
 		natFamily, protoReg = unix.NFPROTO_IPV6, 12
 	}
 	var ex []expr.Any
-	if m.kind == "svc" {
+	if m.byAddress() {
 		// ip daddr . meta l4proto . th dport . numgen random mod N
 		next := 8 + addrLen/4
 		ex = append(nftexpr.LoadAddr(m.is6, true),
@@ -362,7 +379,7 @@ func (b *batch) ensureCountMap(m countMap) {
 			&expr.Numgen{Register: 10, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
 	}
 	chain := chainNodePort
-	if m.kind == "svc" {
+	if m.byAddress() {
 		chain = chainCounts
 	}
 	if b.maglev {
@@ -376,7 +393,7 @@ func (b *batch) ensureCountMap(m countMap) {
 				Mask: binaryutil.NativeEndian.PutUint32(dataplane.MarkMaglev), Xor: make([]byte, 4)},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(dataplane.MarkMaglev)})
 		next := uint32(8)
-		if m.kind == "svc" {
+		if m.byAddress() {
 			mark = append(mark, nftexpr.LoadAddrSameFamily(m.is6, true)...)
 			next += addrLen / 4
 		}
@@ -394,7 +411,7 @@ func (b *batch) ensureCountMap(m countMap) {
 // lookupAndDNAT ends a count map's rule: look the key up in the map, DNAT to the result.
 func (b *batch) lookupAndDNAT(ex []expr.Any, s *nftables.Set, m countMap, natFamily, protoReg uint32) []expr.Any {
 	ex = append(ex, &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: s.Name})
-	if m.kind == "npm" {
+	if m.masquerades() {
 		ex = append(ex, nftexpr.SetMarkVia(16, dataplane.MarkMasq)...)
 	}
 	return append(ex, &expr.NAT{Type: expr.NATTypeDestNAT, Family: natFamily, RegAddrMin: 1, RegProtoMin: protoReg, Specified: true})
