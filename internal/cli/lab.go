@@ -289,7 +289,11 @@ func printStatus(w io.Writer, l *lab.Lab) {
 	if proxy == "" {
 		proxy = "nftables"
 	}
-	fmt.Fprintf(tw, "lab %s: %d nodes, %s fabric, %s mode, %s proxy, store %s\n", l.State.Name, len(l.State.Nodes), l.State.Fabric, l.State.Mode, proxy, l.State.Store)
+	source := "store " + l.State.Store
+	if l.State.Kubernetes {
+		source = "weftds read the Kubernetes API (no store)"
+	}
+	fmt.Fprintf(tw, "lab %s: %d nodes, %s fabric, %s mode, %s proxy, %s\n", l.State.Name, len(l.State.Nodes), l.State.Fabric, l.State.Mode, proxy, source)
 	if kc := l.Kubeconfig(); kc != "" {
 		fmt.Fprintf(tw, "kubernetes: kubectl --kubeconfig %s\n", kc)
 	}

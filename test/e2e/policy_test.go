@@ -352,15 +352,17 @@ spec:
 // the 81 cells must match what the model (internal/policy, checked on its own against
 // the written-out truth tables) decides, within a second or two of applying it.
 // The kubernetes variant takes the policies from the lab's Kubernetes API (created there,
-// as kubectl apply would) instead of weft's store.
+// as kubectl apply would) instead of weft's store, over fabric bgp whose node mesh comes
+// from the Node objects.
 func TestPolicyMatrixInLab(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, fabric := range []string{"vxlan", "direct"} {
 		t.Run(fabric, func(t *testing.T) { testPolicyMatrix(t, fabric, false) })
 	}
-	t.Run("vxlan-kubernetes", func(t *testing.T) {
+	// BGP here: the node mesh from Node objects (TestKubernetesInLab covers vxlan).
+	t.Run("bgp-kubernetes", func(t *testing.T) {
 		t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
-		testPolicyMatrix(t, "vxlan", true)
+		testPolicyMatrix(t, "bgp", true)
 	})
 }
 
