@@ -13,4 +13,4 @@ cleanup() { "$BIN/weft" lab down --name "$T" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 "$BIN/weft" lab up -d --name "$T" --nodes 1 --kubernetes >/dev/null
 go run ./bench/kubemem -lab "$T" -kube-proxy "$WEFT_KUBE_DIR/kube-proxy" \
-  -nodes "${NODES:-100}" -services "${SERVICES:-1000}" -endpoints "${ENDPOINTS:-10}"
+  -nodes "${NODES:-100}" -services "${SERVICES:-1000}" -endpoints "${ENDPOINTS:-10}" ${HEAP:+-heap "$HEAP"}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -27,18 +28,27 @@ import (
 )
 
 func main() {
+	// A node agent runs on every node and its heap changes only when the cluster does: a
+	// smaller heap goal than Go's default (100) costs little CPU and a third of the
+	// memory (docs/benchmarks.md, Kubernetes mode). GOGC, when set, decides.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "weftd:", err)
 		os.Exit(1)
 	}
 }
 
+// gcPercent is weftd's default GOGC.
+const gcPercent = 50
+
 // flags are weftd's command-line settings.
 type flags struct {
 	configFile, stateDir, runDir, bpfDir, proxy, dnsUpstream, podCIDR, clusterCIDR, nodeName, metricsAddr, logLevel string
 	store, underlayDev, etcdCA, etcdCert, etcdKey, kubeconfig, ipam, clusterConfig                                  string
 	mtu                                                                                                             int
-	masquerade, sysctls, fastpath, antiSpoof, preflight, routeReflector                                             bool
+	masquerade, sysctls, fastpath, antiSpoof, preflight, routeReflector, pprof                                      bool
 }
 
 func run(args []string) error {
@@ -56,6 +66,7 @@ func run(args []string) error {
 	fs.StringVar(&f.nodeName, "node-name", hostname, "this node's name")
 	fs.IntVar(&f.mtu, "mtu", 0, "pod MTU (0: from the default route's device)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on HOST:PORT")
+	fs.BoolVar(&f.pprof, "pprof", false, "also serve Go's profiles (/debug/pprof/) on --metrics-addr")
 	fs.BoolVar(&f.masquerade, "masquerade", true, "masquerade pod traffic leaving the pod network")
 	fs.BoolVar(&f.sysctls, "manage-sysctls", true, "enable IP forwarding in weftd's network namespace")
 	fs.BoolVar(&f.fastpath, "fastpath", true, "short-cut pod-to-pod traffic on this node with eBPF (falls back when unavailable)")
@@ -101,7 +112,7 @@ func run(args []string) error {
 	defer stop()
 	opts := agent.Options{
 		NodeName: f.nodeName, StateDir: f.stateDir, RunDir: f.runDir, BPFDir: f.bpfDir, Proxy: f.proxy, DNSUpstreams: dnsUpstreams(f.dnsUpstream), PodCIDRs: cidrs, ClusterCIDRs: clusterCIDRs, MTU: f.mtu,
-		MetricsAddr: f.metricsAddr, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, AntiSpoof: f.antiSpoof, Preflight: f.preflight, Log: log,
+		MetricsAddr: f.metricsAddr, Pprof: f.pprof, Masquerade: f.masquerade, ManageSysctls: f.sysctls, Fastpath: f.fastpath, AntiSpoof: f.antiSpoof, Preflight: f.preflight, Log: log,
 	}
 	if f.ipam == "" && f.kubeconfig != "" {
 		f.ipam = "kubernetes"

@@ -48,6 +48,7 @@ type Options struct {
 	ClusterCIDRs  []netip.Prefix // the whole cluster's pod networks: never NATed, not tracked
 	MTU           int            // 0: the MTU of the default route's device, else 1500
 	MetricsAddr   string
+	Pprof         bool // serve /debug/pprof/ beside /metrics
 	ManageSysctls bool
 	Fastpath      bool   // short-cut same-node pod-to-pod traffic with eBPF when the kernel allows
 	AntiSpoof     bool   // pods may send only from their own addresses and MAC

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -111,6 +112,13 @@ func (a *Agent) serveMetrics(ctx context.Context) error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if a.opts.Pprof {
+		// Profiles for finding where memory and CPU go (go tool pprof URL/debug/pprof/heap).
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	ln, err := net.Listen("tcp", a.opts.MetricsAddr)
 	if err != nil {
 		return err

@@ -16,7 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -83,9 +82,8 @@ func (s *Source) Run(ctx context.Context, f *resources.Feeder) error {
 		watch = append(watch, informerWatch{factory.Core().V1().Nodes().Informer(), func(any) {}, func(o any) { s.NodeDeleted(keyOf(o)) }})
 	}
 	for _, w := range watch {
-		// The informers keep every object; managed fields (the server-side apply record,
-		// often the largest part of a slice or pod) are never read here.
-		if err := w.informer.SetTransform(stripManagedFields); err != nil {
+		// The informers keep every object: only what the conversions read (trim.go).
+		if err := w.informer.SetTransform(trim); err != nil {
 			return err
 		}
 		if _, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -116,13 +114,6 @@ type informerWatch struct {
 	informer cache.SharedIndexInformer
 	put      func(obj any)
 	remove   func(obj any)
-}
-
-func stripManagedFields(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
-	}
-	return obj, nil
 }
 
 // keyOf is namespace/name of an object or of a deleted object's last known state.

@@ -282,7 +282,7 @@ func (l *Lab) startWeftd(n *Node) error {
 	// address.
 	cmd := exec.Command("nsenter", "--net="+nsPath, "--", filepath.Join(l.opts.BinDir, "weftd"),
 		"--node-name", name, "--state-dir", n.StateDir, "--run-dir", n.RunDir, "--underlay-dev", "uplink",
-		"--metrics-addr", MetricsAddr, "--dns-upstream", "none") // a lab never forwards outside its namespaces
+		"--metrics-addr", MetricsAddr, "--pprof", "--dns-upstream", "none") // a lab never forwards outside its namespaces
 	if l.State.Proxy != "" {
 		cmd.Args = append(cmd.Args, "--proxy", l.State.Proxy)
 	}

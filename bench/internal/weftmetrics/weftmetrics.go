@@ -3,6 +3,8 @@ package weftmetrics
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -16,14 +18,32 @@ import (
 	"github.com/weftnet/weft/internal/probe"
 )
 
-// Read fetches and parses the metrics of the weftd in the namespace at netns.
-func Read(netns string) (map[string]*dto.MetricFamily, error) {
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+// client dials into the namespace at netns.
+func client(netns string) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var conn net.Conn
 		err := probe.InNS(netns, func() (err error) { conn, err = (&net.Dialer{}).DialContext(ctx, network, addr); return err })
 		return conn, err
 	}}}
-	resp, err := c.Get("http://" + lab.MetricsAddr + "/metrics")
+}
+
+// Get fetches a path of the metrics address of the weftd in the namespace at netns (a
+// lab's weftd also serves /debug/pprof/ there).
+func Get(netns, path string) ([]byte, error) {
+	resp, err := client(netns).Get("http://" + lab.MetricsAddr + path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
+}
+
+// Read fetches and parses the metrics of the weftd in the namespace at netns.
+func Read(netns string) (map[string]*dto.MetricFamily, error) {
+	resp, err := client(netns).Get("http://" + lab.MetricsAddr + "/metrics")
 	if err != nil {
 		return nil, err
 	}
