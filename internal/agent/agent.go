@@ -411,6 +411,9 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 		}
 	})
 	c := a.opts.Cluster
+	if c != nil {
+		sp.local = resources.DNSAddrs(c.cfg.ServiceCIDRs) // startDNS answers them
+	}
 	announcesServices := c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP.AnnouncesServiceAddrs()
 	if announcesServices {
 		// Routers send outside clients to service addresses: their replies must come

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"syscall"
 	"time"
 
@@ -51,6 +52,9 @@ type serviceProxy struct {
 	// this node's proxy programmed with it; observed marks what was measured, by service.
 	programming prometheus.Histogram
 	observed    map[string]time.Time
+	// local are addresses this node answers itself (its DNS): a Service on one of them
+	// (Kubernetes' kube-dns) is not balanced, or its DNAT would take the queries away.
+	local []netip.Addr
 }
 
 // proxyDelay gathers a burst of changes (a deployment rolling) into one sync; well under
@@ -102,7 +106,9 @@ func (p *serviceProxy) sync() error {
 		p.nft.Reset() // someone removed it (or this is the first sync): write it whole
 	}
 	start := time.Now()
-	services := p.cache.Services()
+	services := slices.DeleteFunc(p.cache.Services(), func(s v1.Service) bool {
+		return slices.ContainsFunc(s.ClusterIPs, func(a netip.Addr) bool { return slices.Contains(p.local, a) })
+	})
 	want := proxy.Compute(proxy.Node{Name: p.node}, services, p.cache.Pods())
 	// The fast path learns the new endpoints before any DNAT to them exists.
 	if p.fast != nil {

@@ -150,7 +150,17 @@ func TestKubernetesInLab(t *testing.T) {
 		t.Errorf("a write in Kubernetes mode: %v\n%s", err, out)
 	}
 
-	// By name, from the node's DNS (fed by the same API).
+	// By name, from the node's DNS (fed by the same API), which answers at the kube-dns
+	// Service's address: such a Service (as kubeadm makes it, here with no DNS pods
+	// behind it) must not take the queries away through the proxy.
+	if _, err := client.CoreV1().Services("kube-system").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns"},
+		Spec: corev1.ServiceSpec{ClusterIP: dnsAddr.Addr().String(), Selector: map[string]string{"k8s-app": "kube-dns"},
+			Ports: []corev1.ServicePort{{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53}, {Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // every node has seen it
 	name := "web.default.svc.cluster.local."
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		m, err := dnsQuery(pods["p2"].Path, dnsAddr, name, mdns.TypeA)
