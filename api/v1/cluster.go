@@ -45,6 +45,9 @@ type BGPConfig struct {
 	// inside these are announced, each as a host route: by every node under
 	// externalTrafficPolicy Cluster, by the nodes with a ready endpoint under Local.
 	LoadBalancerCIDRs []netip.Prefix `json:"loadBalancerCIDRs,omitempty"`
+	// Peers are external peers given with the configuration: Kubernetes mode has no store
+	// to keep them in (`weft bgp peer add --config-file`); with a store they add to its.
+	Peers []BGPPeer `json:"peers,omitempty"`
 }
 
 // AnnouncesServiceAddrs says whether service addresses go to peers: the service ranges,
@@ -95,6 +98,11 @@ func (c *ClusterConfig) Validate() error {
 		for _, p := range c.BGP.LoadBalancerCIDRs {
 			if p != p.Masked() {
 				return fmt.Errorf("bgp.loadBalancerCIDRs: %s has host bits set", p)
+			}
+		}
+		for i, p := range c.BGP.Peers {
+			if err := p.Validate(); err != nil {
+				return fmt.Errorf("bgp.peers[%d]: %w", i, err)
 			}
 		}
 	}

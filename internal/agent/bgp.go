@@ -124,12 +124,14 @@ func (a *Agent) startBGP(g *group, c *Cluster, cache *resources.Cache) error {
 
 // sync makes the speaker's peers and announcements follow the cluster.
 func (f *bgpFabric) sync(ctx context.Context, nodes []v1.Node) error {
-	var peers []v1.BGPPeer
-	if f.c.o.Store != nil { // external peers are weft's objects; the Kubernetes API has none
-		var err error
-		if peers, err = (resources.Client{Store: f.c.o.Store}).ListBGPPeers(ctx); err != nil {
+	// External peers: the configuration's, and the store's when there is one.
+	peers := slices.Clone(f.cfg.Peers)
+	if f.c.o.Store != nil {
+		stored, err := (resources.Client{Store: f.c.o.Store}).ListBGPPeers(ctx)
+		if err != nil {
 			return err
 		}
+		peers = append(peers, stored...)
 	}
 	self := f.c.node
 	if err := f.sp.SetPeers(ctx, bgp.PlanPeers(f.cfg, self, nodes, peers)); err != nil {

@@ -2,8 +2,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -88,11 +92,14 @@ func joinAddrs(as []netip.Addr) string {
 	return strings.Join(s, ",")
 }
 
-// newBGPPeerCmd manages the external peers in the cluster store.
+// newBGPPeerCmd manages the external peers in the cluster store, or in a configuration
+// file (--config-file).
 func newBGPPeerCmd() *cobra.Command {
 	var sf storeFlags
-	cmd := &cobra.Command{Use: "peer", Short: "External BGP peers (top-of-rack or edge routers) in the cluster store"}
+	book := peerBook{sf: &sf}
+	cmd := &cobra.Command{Use: "peer", Short: "External BGP peers (top-of-rack or edge routers) in the cluster store or configuration file"}
 	sf.register(cmd)
+	cmd.PersistentFlags().StringVar(&book.file, "config-file", "", "keep the peers in this cluster configuration file (`weft cluster init --config-file`: Kubernetes mode has no store) instead of the store")
 
 	var p v1.BGPPeer
 	var address, subnet string
@@ -115,13 +122,11 @@ func newBGPPeerCmd() *cobra.Command {
 			if err := p.Validate(); err != nil {
 				return badInput(err)
 			}
-			return sf.withClient(func(ctx context.Context, c resources.Client) error {
-				if err := c.PutBGPPeer(ctx, p); err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "bgp peer %s: %s AS %d\n", p.Name, p.Address, p.ASN)
-				return nil
-			})
+			if err := book.put(p); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "bgp peer %s: %s AS %d\n", p.Name, p.Address, p.ASN)
+			return nil
 		},
 	}
 	add.Flags().StringVar(&address, "address", "", "the peer's address")
@@ -136,46 +141,114 @@ func newBGPPeerCmd() *cobra.Command {
 	ls := &cobra.Command{
 		Use: "ls", Short: "List external peers", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return sf.withClient(func(ctx context.Context, c resources.Client) error {
-				ps, err := c.ListBGPPeers(ctx)
-				if err != nil {
-					return err
+			ps, err := book.list()
+			if err != nil {
+				return err
+			}
+			for i := range ps {
+				if ps[i].Password != "" {
+					ps[i].Password = "(set)"
 				}
-				for i := range ps {
-					if ps[i].Password != "" {
-						ps[i].Password = "(set)"
-					}
+			}
+			if sf.output == "json" {
+				if ps == nil {
+					ps = []v1.BGPPeer{}
 				}
-				if sf.output == "json" {
-					if ps == nil {
-						ps = []v1.BGPPeer{}
-					}
-					return printJSON(cmd.OutOrStdout(), ps)
+				return printJSON(cmd.OutOrStdout(), ps)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tADDRESS\tAS\tNODES")
+			for _, p := range ps {
+				nodes := "all"
+				switch {
+				case len(p.Nodes) > 0:
+					nodes = strings.Join(p.Nodes, ",")
+				case p.NodeSubnet.IsValid():
+					nodes = "in " + p.NodeSubnet.String()
 				}
-				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tADDRESS\tAS\tNODES")
-				for _, p := range ps {
-					nodes := "all"
-					switch {
-					case len(p.Nodes) > 0:
-						nodes = strings.Join(p.Nodes, ",")
-					case p.NodeSubnet.IsValid():
-						nodes = "in " + p.NodeSubnet.String()
-					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", p.Name, p.Address, p.ASN, nodes)
-				}
-				return w.Flush()
-			})
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", p.Name, p.Address, p.ASN, nodes)
+			}
+			return w.Flush()
 		},
 	}
 	rm := &cobra.Command{
 		Use: "rm NAME", Short: "Remove an external peer", Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return sf.withClient(func(ctx context.Context, c resources.Client) error {
-				return c.DeleteBGPPeer(ctx, args[0])
-			})
+			return book.remove(args[0])
 		},
 	}
 	cmd.AddCommand(add, ls, rm)
 	return cmd
+}
+
+// peerBook is where external peers are kept: the cluster store, or a cluster
+// configuration file.
+type peerBook struct {
+	sf   *storeFlags
+	file string
+}
+
+func (b peerBook) put(p v1.BGPPeer) error {
+	if b.file == "" {
+		return b.sf.withClient(func(ctx context.Context, c resources.Client) error { return c.PutBGPPeer(ctx, p) })
+	}
+	return b.edit(func(cfg *v1.BGPConfig) error {
+		cfg.Peers = slices.DeleteFunc(cfg.Peers, func(q v1.BGPPeer) bool { return q.Name == p.Name })
+		cfg.Peers = append(cfg.Peers, p)
+		return nil
+	})
+}
+
+func (b peerBook) list() (out []v1.BGPPeer, err error) {
+	if b.file == "" {
+		err = b.sf.withClient(func(ctx context.Context, c resources.Client) error {
+			out, err = c.ListBGPPeers(ctx)
+			return err
+		})
+		return out, err
+	}
+	err = b.edit(func(cfg *v1.BGPConfig) error {
+		out = cfg.Peers
+		return errUnchanged
+	})
+	return out, err
+}
+
+func (b peerBook) remove(name string) error {
+	if b.file == "" {
+		return b.sf.withClient(func(ctx context.Context, c resources.Client) error { return c.DeleteBGPPeer(ctx, name) })
+	}
+	return b.edit(func(cfg *v1.BGPConfig) error {
+		cfg.Peers = slices.DeleteFunc(cfg.Peers, func(q v1.BGPPeer) bool { return q.Name == name })
+		return nil
+	})
+}
+
+// errUnchanged tells edit to leave the file as it was.
+var errUnchanged = errors.New("unchanged")
+
+// edit reads the configuration file, lets fn change its BGP part, checks the result and
+// writes it back.
+func (b peerBook) edit(fn func(*v1.BGPConfig) error) error {
+	raw, err := os.ReadFile(b.file)
+	if err != nil {
+		return err
+	}
+	cfg, err := v1.ParseClusterConfig(raw)
+	if err != nil {
+		return badInput(fmt.Errorf("%s: %w", b.file, err))
+	}
+	if cfg.BGP == nil {
+		return badInput(fmt.Errorf("%s: the cluster's fabric is %s, not bgp", b.file, cfg.Fabric))
+	}
+	if err := fn(cfg.BGP); errors.Is(err, errUnchanged) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return badInput(err)
+	}
+	out, _ := json.MarshalIndent(cfg, "", "  ")
+	return os.WriteFile(b.file, append(out, '\n'), 0o644)
 }

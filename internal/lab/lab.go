@@ -139,9 +139,6 @@ func (o *Options) defaults() error {
 	if o.Racks > 1 && o.Fabric != "bgp" {
 		return fmt.Errorf("--racks needs --fabric bgp: only BGP routes pod networks across the rack router")
 	}
-	if o.Racks > 1 && o.Kubernetes {
-		return fmt.Errorf("--racks and --kubernetes exclude each other: the rack routers are external BGP peers, weft objects a Kubernetes-mode weftd does not have")
-	}
 	if o.Racks < 0 || o.Racks > 8 {
 		return fmt.Errorf("--racks %d: from 1 to 8", o.Racks)
 	}

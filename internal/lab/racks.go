@@ -150,8 +150,13 @@ func (l *Lab) upRacks() error {
 	}
 	for r := 1; r <= l.State.Racks; r++ {
 		s := rackSegment(r)
-		if err := l.weftInUnderlay("bgp", "peer", "add", fmt.Sprintf("tor-rack%d", r), "--address", s.gw.String(),
-			"--asn", fmt.Sprint(l.torASN()), "--node-subnet", s.net.String(), "--store", l.State.Store); err != nil {
+		// Into the store, or, for a Kubernetes lab's store-less weftds, the configuration file.
+		where := []string{"--store", l.State.Store}
+		if l.State.Kubernetes {
+			where = []string{"--config-file", l.clusterConfigFile()}
+		}
+		if err := l.weftInUnderlay(append([]string{"bgp", "peer", "add", fmt.Sprintf("tor-rack%d", r), "--address", s.gw.String(),
+			"--asn", fmt.Sprint(l.torASN()), "--node-subnet", s.net.String()}, where...)...); err != nil {
 			return err
 		}
 	}
@@ -285,6 +290,7 @@ func (l *Lab) startFRRBGP() error {
 hostname tor
 ip prefix-list cluster4 seq 5 permit 10.244.0.0/16 le 32
 ip prefix-list cluster4 seq 10 permit 10.96.0.0/16 le 32
+ip prefix-list cluster4 seq 15 permit 10.97.0.0/24 le 32
 ipv6 prefix-list cluster6 seq 5 permit fd00:244::/56 le 128
 ipv6 prefix-list cluster6 seq 10 permit fd00:96::/112 le 128
 router bgp %d
@@ -411,7 +417,7 @@ template bgp rack {
   local as %d;
   hold time 9; keepalive time 3; connect retry time 1;
   graceful restart on;
-  ipv4 { import where net ~ [ 10.244.0.0/16+, 10.96.0.0/16+ ]; export where source = RTS_BGP; };
+  ipv4 { import where net ~ [ 10.244.0.0/16+, 10.96.0.0/16+, 10.97.0.0/24+ ]; export where source = RTS_BGP; };
   ipv6 { import where net ~ [ fd00:244::/56+, fd00:96::/112+ ]; export where source = RTS_BGP; };
 }
 `, l.torDir(), routerMgmt, TORASN)

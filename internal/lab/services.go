@@ -24,6 +24,11 @@ import (
 // ClusterCIDRs are the lab cluster's pod networks (a /24 and a /64 per node).
 const ClusterCIDRs = "10.244.0.0/16,fd00:244::/56"
 
+// LoadBalancerCIDR is where a racked lab's load balancer addresses come from (given to
+// LoadBalancer services' status by whoever plays the load balancer): fabric bgp announces
+// them, and the rack routers take them.
+const LoadBalancerCIDR = "10.97.0.0/24"
+
 // ServiceCIDRs are the lab cluster's service ranges (the DNS service's 10th address is
 // 10.96.0.10, as in Kubernetes).
 const ServiceCIDRs = "10.96.0.0/16,fd00:96::/112"

@@ -94,7 +94,7 @@ func (l *Lab) upUnderlay() error {
 		if l.State.Racks > 1 {
 			// Each node peers with its rack's router, which also learns the service
 			// addresses (the lab's client behind it reaches services through them).
-			init.Args = append(init.Args, "--bgp-no-node-mesh", "--bgp-announce-services")
+			init.Args = append(init.Args, "--bgp-no-node-mesh", "--bgp-announce-services", "--bgp-lb-cidr", LoadBalancerCIDR)
 		}
 	}
 	if l.State.Kubernetes {

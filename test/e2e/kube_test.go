@@ -304,3 +304,124 @@ func TestKubernetesInLab(t *testing.T) {
 	}
 	t.Logf("node2's block left node1's routes %v after its Node object was deleted", time.Since(deleted).Round(time.Millisecond))
 }
+
+// TestKubernetesLoadBalancerOverBGP: a racked lab in Kubernetes mode (no store: the rack
+// routers are peers from the configuration file). A LoadBalancer Service's address, as a
+// load balancer controller writes it into the status, is announced to the rack router
+// over BGP: under externalTrafficPolicy Local only by the node with the endpoint, so the
+// client behind the router reaches the pod with its own address kept; under Cluster by
+// every node, masqueraded.
+func TestKubernetesLoadBalancerOverBGP(t *testing.T) {
+	testutil.RequireRoot(t)
+	t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
+	l := labCLI{t: t, name: fmt.Sprintf("b%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
+	t.Cleanup(func() { _, _ = l.run("down") })
+	l.must("up", "-d", "--nodes", "2", "--fabric", "bgp", "--racks", "2", "--kubernetes")
+	l.must("pod", "add", "web", "--node", "2", "--labels", "app=web")
+	st := l.status()
+	var state struct{ Client string }
+	if b, err := os.ReadFile(filepath.Join("/run/weft-lab", l.name, "lab.json")); err != nil || json.Unmarshal(b, &state) != nil {
+		t.Fatalf("lab state: %v", err)
+	}
+	for _, p := range st.Pods {
+		ln, err := probe.ListenTCP(p.Netns, "[::]:9090")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go probe.Whoami(ln, p.Name)
+	}
+	// Each node's session with its rack's router, a peer from the configuration file.
+	for _, n := range st.Nodes {
+		var peers []struct{ Name, State string }
+		if err := json.Unmarshal([]byte(l.must("bgp", "peers", n.Name, "-o", "json")), &peers); err != nil {
+			t.Fatal(err)
+		}
+		if len(peers) != 1 || !strings.HasPrefix(peers[0].Name, "tor-rack") || peers[0].State != "established" {
+			t.Errorf("%s peers: %+v", n.Name, peers)
+		}
+	}
+
+	var withKube struct{ Kubeconfig string }
+	if err := json.Unmarshal([]byte(l.must("status", "-o", "json")), &withKube); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", withKube.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	svc, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "web"},
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+			Ports:                 []corev1.ServicePort{{Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(9090)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := netip.AddrPortFrom(netip.MustParseAddr("10.97.0.10"), 80) // in the lab's load balancer range
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lb.Addr().String()}}
+	if svc, err = client.CoreV1().Services("default").UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// routedVia is the router's entry for the address: its line and the indented lines
+	// (next hops, other paths) up to the next prefix.
+	routedVia := func() string {
+		view := l.must("bgp", "router")
+		i := strings.Index(view, lb.Addr().String()+"/32")
+		if i < 0 {
+			return ""
+		}
+		lines := strings.Split(view[i:], "\n")
+		entry := lines[0]
+		for _, ln := range lines[1:] {
+			if ln == "" || (ln[0] != ' ' && ln[0] != '\t') {
+				break
+			}
+			entry += "\n" + ln
+		}
+		return entry
+	}
+	// Local: the router learns the address from node2 alone, and the pod sees the client.
+	start := time.Now()
+	for {
+		got, err := probe.AskTCP(state.Client, lb, time.Second)
+		if err == nil && got == "web 192.168.250.1" {
+			if r := routedVia(); !strings.Contains(r, st.Nodes[1].Underlay.String()) || strings.Contains(r, st.Nodes[0].Underlay.String()) {
+				t.Errorf("under Local the router routes %s via more than node2:\n%s", lb.Addr(), r)
+			}
+			t.Logf("Local: the client reaches %s (announced by node2) %v after the address was set", lb, time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the client behind the router does not reach %s with its own address: %q %v\nrouter:\n%s", lb, got, err, l.must("bgp", "router"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Cluster: both nodes announce it; connections are masqueraded.
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
+	if _, err := client.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for start = time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		r := routedVia()
+		if strings.Contains(r, st.Nodes[0].Underlay.String()) && strings.Contains(r, st.Nodes[1].Underlay.String()) {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("under Cluster the router does not route %s via both nodes:\n%s", lb.Addr(), l.must("bgp", "router"))
+		}
+	}
+	for i := range 10 {
+		got, err := probe.AskTCP(state.Client, lb, time.Second)
+		if err != nil || probe.Name(got) != "web" || got == "web 192.168.250.1" {
+			t.Fatalf("connection %d under Cluster: %q %v (want web, the client's address masqueraded)", i, got, err)
+		}
+	}
+}
