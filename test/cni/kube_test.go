@@ -121,7 +121,7 @@ func TestServicesFromKubernetesAPI(t *testing.T) {
 		}
 	}
 	ask(u, "!server 192.168.60.254") // masqueraded: the client's address is not seen
-	ask(client, "server") // a pod reaches it too
+	ask(client, "server")            // a pod reaches it too
 	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	if svc, err = kc.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
