@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/kube"
 	"github.com/weftnet/weft/internal/lease"
 	"github.com/weftnet/weft/internal/netcalc"
 	"github.com/weftnet/weft/internal/resources"
@@ -110,40 +113,20 @@ func newClusterCmd() *cobra.Command {
 	init.Flags().BoolVar(&cfg.DirectRouting, "direct-routing", false, "vxlan: route directly to peers on the same L2 segment")
 	init.Flags().IntVar(&cfg.MTU, "mtu", 0, "pod MTU (0: underlay minus encapsulation)")
 
+	var kubeconfig, statusConfig string
 	status := &cobra.Command{
-		Use: "status", Short: "The cluster configuration, nodes and leases", Args: noArgs,
+		Use: "status [--kubeconfig FILE [--config-file FILE]]", Short: "The cluster configuration, nodes and leases", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := open()
-			if err != nil {
-				return err
-			}
-			defer st.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			out := struct {
-				Config *v1.ClusterConfig `json:"config"`
-				Nodes  []v1.Node         `json:"nodes"`
-				Leases []v1.Lease        `json:"leases"`
-				Pods   []v1.Pod          `json:"pods"`
-			}{Nodes: []v1.Node{}}
-			if kv, err := st.Get(ctx, resources.ConfigKey); err == nil {
-				out.Config = &v1.ClusterConfig{}
-				_ = json.Unmarshal(kv.Value, out.Config)
+			out := clusterStatus{Nodes: []v1.Node{}}
+			var err error
+			if kubeconfig != "" {
+				err = out.fromKubernetes(ctx, kubeconfig, statusConfig)
+			} else {
+				err = out.fromStore(ctx, open)
 			}
-			kvs, _, err := st.List(ctx, resources.NodesPrefix)
 			if err != nil {
-				return err
-			}
-			for _, kv := range kvs {
-				var n v1.Node
-				if json.Unmarshal(kv.Value, &n) == nil {
-					out.Nodes = append(out.Nodes, n)
-				}
-			}
-			if out.Leases, err = lease.List(ctx, st); err != nil {
-				return err
-			}
-			if out.Pods, err = (resources.Client{Store: st}).ListPods(ctx); err != nil {
 				return err
 			}
 			if output == "json" {
@@ -168,8 +151,78 @@ func newClusterCmd() *cobra.Command {
 			return nil
 		},
 	}
+	status.Flags().StringVar(&kubeconfig, "kubeconfig", "", "Kubernetes mode: nodes, their pod CIDRs and pods from this API (as weftd reads them) instead of the store")
+	status.Flags().StringVar(&statusConfig, "config-file", "", "with --kubeconfig: the cluster configuration file weftd reads")
 	cmd.AddCommand(init, status, newRemoveNodeCmd(open))
 	return cmd
+}
+
+// clusterStatus is what `weft cluster status` shows.
+type clusterStatus struct {
+	Config *v1.ClusterConfig `json:"config"`
+	Nodes  []v1.Node         `json:"nodes"`
+	Leases []v1.Lease        `json:"leases"`
+	Pods   []v1.Pod          `json:"pods"`
+}
+
+func (out *clusterStatus) fromStore(ctx context.Context, open func() (store.Store, error)) error {
+	st, err := open()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if kv, err := st.Get(ctx, resources.ConfigKey); err == nil {
+		out.Config = &v1.ClusterConfig{}
+		_ = json.Unmarshal(kv.Value, out.Config)
+	}
+	kvs, _, err := st.List(ctx, resources.NodesPrefix)
+	if err != nil {
+		return err
+	}
+	for _, kv := range kvs {
+		var n v1.Node
+		if json.Unmarshal(kv.Value, &n) == nil {
+			out.Nodes = append(out.Nodes, n)
+		}
+	}
+	if out.Leases, err = lease.List(ctx, st); err != nil {
+		return err
+	}
+	out.Pods, err = (resources.Client{Store: st}).ListPods(ctx)
+	return err
+}
+
+// fromKubernetes reads a store-less cluster: the Node objects (their pod CIDRs are the
+// blocks) and pods from the API, the configuration from its file.
+func (out *clusterStatus) fromKubernetes(ctx context.Context, kubeconfig, configFile string) error {
+	if configFile != "" {
+		b, err := os.ReadFile(configFile)
+		if err != nil {
+			return err
+		}
+		cfg, err := v1.ParseClusterConfig(b)
+		if err != nil {
+			return badInput(fmt.Errorf("%s: %w", configFile, err))
+		}
+		out.Config = &cfg
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("--kubeconfig: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	if out.Nodes, out.Leases, err = kube.ListMembers(ctx, client); err != nil {
+		return err
+	}
+	snap, err := kube.Take(ctx, client)
+	if err != nil {
+		return err
+	}
+	out.Pods = snap.Pods
+	return nil
 }
 
 // newRemoveNodeCmd removes a node from the store: its registration and its leases. Every

@@ -164,6 +164,25 @@ func (m *Members) Peers(context.Context) ([]v1.Node, []v1.Lease, error) {
 	return nodes, leases, nil
 }
 
+// ListMembers lists the Node objects once, read as Peers reads them (for the CLI).
+func ListMembers(ctx context.Context, client kubernetes.Interface) ([]v1.Node, []v1.Lease, error) {
+	list, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	nodes, leases := []v1.Node{}, []v1.Lease{}
+	for i := range list.Items {
+		n, l := memberOf(&list.Items[i])
+		nodes = append(nodes, n)
+		if len(l.PodCIDRs) > 0 {
+			leases = append(leases, l)
+		}
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
+	sort.Slice(leases, func(i, j int) bool { return leases[i].Node < leases[j].Node })
+	return nodes, leases, nil
+}
+
 // memberOf reads a Node object: the addresses weft annotated, else the kubelet's
 // InternalIPs (a node whose weftd has not started yet still gets routes to its blocks).
 func memberOf(n *corev1.Node) (v1.Node, v1.Lease) {

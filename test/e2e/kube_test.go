@@ -97,6 +97,24 @@ func TestKubernetesInLab(t *testing.T) {
 			t.Errorf("%s: annotation weft.dev/underlay is %q, want %s first", n.Name, a, n.Underlay)
 		}
 	}
+	// weft's CLI reads the same membership from the API.
+	out, err := exec.Command(l.bin, "cluster", "status", "--kubeconfig", withKube.Kubeconfig,
+		"--config-file", filepath.Join("/run/weft-lab", l.name, "cluster.json"), "-o", "json").CombinedOutput()
+	var cs struct {
+		Config struct{ Fabric string }
+		Leases []struct {
+			Node     string
+			PodCIDRs []netip.Prefix
+		}
+	}
+	if err != nil || json.Unmarshal(out, &cs) != nil || cs.Config.Fabric != "vxlan" || len(cs.Leases) != len(st.Nodes) {
+		t.Errorf("weft cluster status --kubeconfig: %v\n%s", err, out)
+	}
+	for i, l := range cs.Leases {
+		if i < len(st.Nodes) && (l.Node != st.Nodes[i].Name || fmt.Sprint(l.PodCIDRs) != fmt.Sprint(st.Nodes[i].PodCIDRs)) {
+			t.Errorf("weft cluster status --kubeconfig: %s %v, the lab says %s %v", l.Node, l.PodCIDRs, st.Nodes[i].Name, st.Nodes[i].PodCIDRs)
+		}
+	}
 	svc, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
