@@ -413,6 +413,7 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 	c := a.opts.Cluster
 	if c != nil {
 		sp.local = resources.DNSAddrs(c.cfg.ServiceCIDRs) // startDNS answers them
+		sp.nft.PodNetworks(c.cfg.ClusterCIDRs)
 	}
 	announcesServices := c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP.AnnouncesServiceAddrs()
 	if announcesServices {

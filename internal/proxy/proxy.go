@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -48,6 +49,11 @@ type Port struct {
 	// through this node; DropIfEmpty under policy Local when the endpoints are all on
 	// other nodes (the load balancer's health check moves traffic to those).
 	LoadBalancer, Masquerade, DropIfEmpty bool
+	// PodBackends (load balancer addresses): where the cluster's own pods' connections go
+	// instead, unmasqueraded: the service's internal backends, as kube-proxy short-circuits
+	// them (so a pod reaches the address even under policy Local on a node without an
+	// endpoint).
+	PodBackends []Backend
 }
 
 // Is6 reports the port's family.
@@ -157,7 +163,7 @@ func Compute(node Node, services []v1.Service, pods []v1.Pod) State {
 						continue
 					}
 					q := &Port{ID: lbPortID(p.ID, lb), Service: p.Service, PortName: p.PortName, VIP: lb, Proto: p.Proto, Port: p.Port,
-						Affinity: p.Affinity, LoadBalancer: true, Masquerade: true}
+						Affinity: p.Affinity, LoadBalancer: true, Masquerade: true, PodBackends: p.Backends}
 					external := fam
 					if svc.ExternalTrafficPolicy == v1.TrafficPolicyLocal {
 						external = endpoints.Local(fam, node.Name)
@@ -238,5 +244,5 @@ func (p *Port) Equal(q *Port) bool {
 			return false
 		}
 	}
-	return true
+	return slices.Equal(p.PodBackends, q.PodBackends)
 }

@@ -98,8 +98,8 @@ func TestCompute(t *testing.T) {
 		t.Errorf("lb-local on n1 %+v", p)
 	}
 	for _, p := range Compute(Node{Name: "n3"}, services, pods).Ports {
-		if p.VIP == ip("203.0.113.2") && (len(p.Backends) != 0 || !p.DropIfEmpty) {
-			t.Errorf("lb-local on a node without endpoints %+v", p)
+		if p.VIP == ip("203.0.113.2") && (len(p.Backends) != 0 || !p.DropIfEmpty || len(p.PodBackends) != 2) {
+			t.Errorf("lb-local on a node without endpoints (pods still reach both) %+v", p)
 		}
 	}
 	// Every endpoint, terminating ones included (their replies are DNATed flows), once and

@@ -25,8 +25,9 @@ import (
 // TestServicesFromKubernetesAPI: a weftd given --kubeconfig programs a Service and its
 // EndpointSlice from a real kube-apiserver (running in the node's namespace): a pod
 // reaches the ClusterIP; a load balancer address in the Service's status is served to
-// clients outside the node under both external traffic policies; when the slice says its
-// endpoint is not ready, the service refuses at once.
+// clients outside the node under both external traffic policies, and to pods straight
+// (unmasqueraded, whatever the policy); when the slice says its endpoint is not ready, the
+// service refuses at once.
 func TestServicesFromKubernetesAPI(t *testing.T) {
 	testutil.RequireRoot(t)
 	u, storeURL, plug := underlayWithEtcd(t)
@@ -48,7 +49,7 @@ func TestServicesFromKubernetesAPI(t *testing.T) {
 	n.cni = libcni.NewCNIConfigWithCacheDir([]string{testutil.Binaries(t)}, t.TempDir(), nil)
 	list := n.conflist("1.1.0", "weft", `"mode":"bridge"`)
 	client, rtc := n.pod("client")
-	n.mustAdd(list, rtc)
+	clientIP := podIPs(n.mustAdd(list, rtc))[0]
 	server, rts := n.pod("server")
 	serverIP := podIPs(n.mustAdd(list, rts))[0]
 	ln, err := probe.ListenTCP(server.Path, ":8080")
@@ -121,7 +122,7 @@ func TestServicesFromKubernetesAPI(t *testing.T) {
 		}
 	}
 	ask(u, "!server 192.168.60.254") // masqueraded: the client's address is not seen
-	ask(client, "server")            // a pod reaches it too
+	ask(client, "server "+clientIP.String()) // a pod: short-circuited to the endpoints, unmasqueraded
 	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	if svc, err = kc.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
@@ -136,6 +137,7 @@ func TestServicesFromKubernetesAPI(t *testing.T) {
 			t.Fatalf("under policy Local with no endpoint on the node, %s answers or refuses: %v", lb, err)
 		}
 	}
+	ask(client, "server "+clientIP.String()) // a pod still reaches it (kube-proxy's short-circuit)
 	slice.Endpoints[0].NodeName = ptrTo(n.ns.Name)
 	if slice, err = kc.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)

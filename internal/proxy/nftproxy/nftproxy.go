@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"time"
 
@@ -47,6 +48,17 @@ type Proxy struct {
 	// maglev: node port rules take the backend the node port balancer (tc) marked
 	// before picking one at random (set by UseMaglevMarks).
 	maglev bool
+	// podNets: connections from these (the cluster's pods) to load balancer addresses
+	// go to the service's internal backends (set by PodNetworks).
+	podNets []netip.Prefix
+}
+
+// PodNetworks names the cluster's pod networks: their connections to a load balancer
+// address are short-circuited to the service's internal backends, unmasqueraded, as
+// kube-proxy does. It takes effect at the next full sync.
+func (p *Proxy) PodNetworks(cidrs []netip.Prefix) {
+	p.podNets = slices.Clone(cidrs)
+	p.applied = nil
 }
 
 type externalNets struct{ cluster, services []netip.Prefix }
@@ -95,7 +107,7 @@ func (p *Proxy) Sync(want proxy.State) (Stats, error) {
 	if err != nil {
 		return Stats{}, fmt.Errorf("nftables: %w", err)
 	}
-	b := &batch{c: c, table: p.table, maglev: p.maglev}
+	b := &batch{c: c, table: p.table, maglev: p.maglev, podNets: p.podNets}
 	st := Stats{Ports: len(want.Ports), Endpoints: len(want.Endpoints)}
 	if p.applied == nil {
 		st.Full = true
@@ -250,6 +262,7 @@ const (
 
 	chainServices = "services"
 	chainCounts   = "service-counts" // the per-count rules of service addresses
+	chainPodLB    = "pod-lb-counts"  // the same for pods' connections to load balancer addresses
 	chainNodePort = "nodeports"      // node ports (after one local-address check)
 	chainReject   = "reject"
 )
@@ -274,7 +287,8 @@ type batch struct {
 	rules    int
 	removed  []proxy.Key // backends that left changed ports (for conntrack cleanup)
 	pending  []pendingElements
-	maglev   bool // see Proxy.UseMaglevMarks
+	maglev   bool           // see Proxy.UseMaglevMarks
+	podNets  []netip.Prefix // see Proxy.PodNetworks
 }
 
 // pendingElements are element additions sent at the end of the transaction.
@@ -355,7 +369,7 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	base := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) {
 		b.c.AddChain(&nftables.Chain{Name: name, Table: b.table, Type: typ, Hooknum: hook, Priority: prio})
 	}
-	for _, name := range []string{chainServices, chainCounts, chainNodePort, chainReject} {
+	for _, name := range []string{chainServices, chainCounts, chainPodLB, chainNodePort, chainReject} {
 		b.c.AddChain(b.chain(name))
 	}
 	base("nat-prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
@@ -374,6 +388,10 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 		for _, svc := range ext.services {
 			b.rule(chainServices, externalToService(svc, ext.cluster)...)
 		}
+	}
+	for _, c := range b.podNets {
+		// From a pod: its load balancer addresses first (pod-lb-counts returns on a miss).
+		b.rule(chainServices, append(append(nftexpr.LoadAddr(c.Addr().Is6(), false), inPrefix(c, expr.CmpOpEq)...), jump(chainPodLB))...)
 	}
 	b.rule(chainServices, jump(chainCounts))
 	b.rule(chainServices, vipLookup(false, mapAffinity4)...)

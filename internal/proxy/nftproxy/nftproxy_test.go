@@ -61,6 +61,9 @@ func randomState(r *rand.Rand, n int) proxy.State {
 			if r.IntN(2) == 0 {
 				p.Affinity = 30 * time.Second
 			}
+			if r.IntN(3) > 0 { // pods' short-circuit to the internal backends
+				p.PodBackends = p.Backends[:r.IntN(len(p.Backends)+1)]
+			}
 		}
 		st.Ports[p.ID] = p
 		for _, b := range p.Backends {
@@ -91,7 +94,9 @@ func TestIncrementalEqualsFull(t *testing.T) {
 	}
 	defer netns.Delete(tag + "f")
 	r := rand.New(rand.NewPCG(1, 2))
+	pods := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}
 	px := nftproxy.New()
+	px.PodNetworks(pods)
 	programmed := func(path string) []nftproxy.ProgrammedPort {
 		var out []nftproxy.ProgrammedPort
 		if err := probe.InNS(path, func() error {
@@ -111,7 +116,12 @@ func TestIncrementalEqualsFull(t *testing.T) {
 		if err := probe.InNS(inc, func() error { _, err := px.Sync(want); return err }); err != nil {
 			t.Fatalf("step %d: incremental: %v", step, err)
 		}
-		if err := probe.InNS(full, func() error { _, err := nftproxy.New().Sync(want); return err }); err != nil {
+		if err := probe.InNS(full, func() error {
+			fresh := nftproxy.New()
+			fresh.PodNetworks(pods)
+			_, err := fresh.Sync(want)
+			return err
+		}); err != nil {
 			t.Fatalf("step %d: full: %v", step, err)
 		}
 		if a, b := programmed(inc), programmed(full); !reflect.DeepEqual(a, b) {
@@ -194,7 +204,7 @@ func dump(t *testing.T, path string) string {
 					r = append(r, line)
 				}
 			}
-			if !strings.HasPrefix(ch.Name, "service-counts") && !strings.HasPrefix(ch.Name, "nodeports") {
+			if !strings.HasPrefix(ch.Name, "service-counts") && !strings.HasPrefix(ch.Name, "pod-lb-counts") && !strings.HasPrefix(ch.Name, "nodeports") {
 				lines = append(lines, "chain "+ch.Name+" "+strings.Join(r, " | "))
 				continue
 			}

@@ -2,6 +2,7 @@ package nftproxy
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -70,8 +71,8 @@ func (s *slots) release(name string) {
 	}
 }
 
-// countMap names a per-count map: kind "svc", "svcm" (masquerading), "np" or "npm",
-// family, count.
+// countMap names a per-count map: kind "svc", "svcm" (masquerading), "svcp" (pods to load
+// balancer addresses), "np" or "npm", family, count.
 type countMap struct {
 	kind string
 	is6  bool
@@ -80,7 +81,7 @@ type countMap struct {
 
 // byAddress says the map's key starts with the destination address (else it is a node
 // port's: protocol . port).
-func (m countMap) byAddress() bool { return m.kind == "svc" || m.kind == "svcm" }
+func (m countMap) byAddress() bool { return m.kind == "svc" || m.kind == "svcm" || m.kind == "svcp" }
 
 // masquerades says the map's rule marks the connection for masquerade.
 func (m countMap) masquerades() bool { return m.kind == "npm" || m.kind == "svcm" }
@@ -155,6 +156,13 @@ func (b *batch) planOf(p *proxy.Port) plan {
 			pl.add(elem{set: m.name(), key: string(append(append([]byte(nil), vip...), index(i)...)), data: backendData(be)})
 		}
 	}
+	if p.LoadBalancer && len(b.podNets) > 0 && len(p.PodBackends) > 0 && p.Affinity == 0 {
+		m := countMap{"svcp", is6, len(p.PodBackends)}
+		pl.counts = append(pl.counts, m)
+		for i, be := range p.PodBackends {
+			pl.add(elem{set: m.name(), key: string(append(append([]byte(nil), vip...), index(i)...)), data: backendData(be)})
+		}
+	}
 	if p.NodePort == 0 {
 		return pl
 	}
@@ -209,9 +217,14 @@ func (b *batch) removePort(p *proxy.Port) {
 	b.apply(p, b.planOf(p), plan{}, true)
 	b.slots.release(p.ID)
 	b.slots.release(p.ID + "/np")
-	for _, be := range append(append([]proxy.Backend(nil), p.Backends...), p.NodePortBackends...) {
+	for _, be := range allBackends(p) {
 		b.removed = append(b.removed, proxy.Key{IP: be.IP, Proto: p.Proto, Port: be.Port})
 	}
+}
+
+// allBackends are every backend a port's elements DNAT to.
+func allBackends(p *proxy.Port) []proxy.Backend {
+	return slices.Concat(p.Backends, p.NodePortBackends, p.PodBackends)
 }
 
 // changePort sends only the difference between two versions of a port.
@@ -223,10 +236,10 @@ func (b *batch) changePort(o, n *proxy.Port) {
 	}
 	b.apply(n, b.planOf(o), b.planOf(n), false)
 	keep := map[proxy.Key]bool{}
-	for _, be := range append(append([]proxy.Backend(nil), n.Backends...), n.NodePortBackends...) {
+	for _, be := range allBackends(n) {
 		keep[proxy.Key{IP: be.IP, Proto: n.Proto, Port: be.Port}] = true
 	}
-	for _, be := range append(append([]proxy.Backend(nil), o.Backends...), o.NodePortBackends...) {
+	for _, be := range allBackends(o) {
 		if k := (proxy.Key{IP: be.IP, Proto: o.Proto, Port: be.Port}); !keep[k] {
 			b.removed = append(b.removed, k)
 		}
@@ -379,10 +392,13 @@ func (b *batch) ensureCountMap(m countMap) {
 			&expr.Numgen{Register: 10, Modulus: uint32(m.n), Type: unix.NFT_NG_RANDOM})
 	}
 	chain := chainNodePort
-	if m.byAddress() {
+	switch {
+	case m.kind == "svcp":
+		chain = chainPodLB
+	case m.byAddress():
 		chain = chainCounts
 	}
-	if b.maglev {
+	if b.maglev && m.kind != "svcp" { // (pods' packets never carry the balancer's mark)
 		// The same key with the node port balancer's choice as the index, for packets it
 		// marked (from outside: node ports, and service addresses routers send here):
 		// meta mark & MarkMaglev == MarkMaglev

@@ -58,7 +58,7 @@ func Programmed() ([]ProgrammedPort, error) {
 		}
 		for _, e := range els {
 			var addr, proto string
-			np := kind != "svc" && kind != "svcm" && (ok || strings.Contains(s.Name, "nodeports"))
+			np := kind != "svc" && kind != "svcm" && kind != "svcp" && (ok || strings.Contains(s.Name, "nodeports"))
 			k := e.Key
 			if np {
 				if len(k) < 8 {
@@ -129,7 +129,7 @@ func parseCountMap(name string) (kind string, is6, ok bool) {
 		return "", false, false
 	}
 	kind, fam := head[:len(head)-1], head[len(head)-1]
-	if (kind != "svc" && kind != "svcm" && kind != "np" && kind != "npm") || (fam != '4' && fam != '6') {
+	if (kind != "svc" && kind != "svcm" && kind != "svcp" && kind != "np" && kind != "npm") || (fam != '4' && fam != '6') {
 		return "", false, false
 	}
 	return kind, fam == '6', true

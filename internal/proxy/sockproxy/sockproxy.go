@@ -225,6 +225,13 @@ func (p *Proxy) Sync(want proxy.State, pods map[uint64]bool) error {
 		if port.Proto != proxy.ProtoTCP && port.Proto != proxy.ProtoUDP {
 			continue // the hooks see TCP and UDP sockets; SCTP stays with nftables
 		}
+		if port.LoadBalancer {
+			// Only pods' sockets come here: they reach a load balancer address through
+			// the service's internal backends (kube-proxy's short-circuit).
+			pod := *port
+			pod.Backends, pod.DropIfEmpty = port.PodBackends, false
+			port = &pod
+		}
 		k := svcKeyOf(port.VIP, port.Proto, port.Port)
 		old := p.applied[k]
 		if old != nil && old.matches(port) {
