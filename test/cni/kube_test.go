@@ -121,7 +121,7 @@ func TestServicesFromKubernetesAPI(t *testing.T) {
 			}
 		}
 	}
-	ask(u, "!server 192.168.60.254") // masqueraded: the client's address is not seen
+	ask(u, "!server 192.168.60.254")         // masqueraded: the client's address is not seen
 	ask(client, "server "+clientIP.String()) // a pod: short-circuited to the endpoints, unmasqueraded
 	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	if svc, err = kc.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
