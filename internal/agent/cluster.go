@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -70,6 +71,8 @@ type Cluster struct {
 	onRemote func(map[fastpath.RemoteKey]fastpath.RemoteValue) error
 	// bgp is fabric bgp's speaker; nil under the other fabrics.
 	bgp *bgpFabric
+	// warnedBlocks: the node's blocks changed under it, said once.
+	warnedBlocks atomic.Bool
 }
 
 // Join reads (or waits for) the cluster configuration, registers the node and takes its
@@ -216,6 +219,10 @@ func (c *Cluster) syncFabric(ctx context.Context) error {
 	byNode := map[string]v1.Lease{}
 	for _, l := range leases {
 		byNode[l.Node] = l
+	}
+	if own, ok := byNode[c.node.Name]; ok && !slices.Equal(own.PodCIDRs, c.podCIDRs) && c.warnedBlocks.CompareAndSwap(false, true) {
+		// (A Node object deleted and made again gets new blocks from the node IPAM.)
+		c.o.Log.Error("the node's pod CIDRs changed while weftd ran: restart weftd and the node's pods", "serving", fmt.Sprint(c.podCIDRs), "now", fmt.Sprint(own.PodCIDRs))
 	}
 	var peers []fabric.Peer
 	var all []v1.Node
