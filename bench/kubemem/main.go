@@ -111,7 +111,7 @@ func run() error {
 	// VmRSS counts the binaries' mapped pages too (clean, shared, reclaimable page cache:
 	// weftd's binary carries more than kube-proxy's); RssAnon is the memory each process
 	// has of its own (heap, stacks).
-	for _, field := range []string{"VmRSS", "RssAnon"} {
+	for _, field := range []string{"VmRSS", "RssAnon", "RssFile"} {
 		var wr, kr []int
 		for range 5 {
 			wr = append(wr, memKiB(node.PID, field))
@@ -123,6 +123,9 @@ func run() error {
 		fmt.Printf("%-8s weftd %d MiB (%d–%d), kube-proxy %d MiB (%d–%d): weftd / kube-proxy %.2fx\n", field,
 			wr[2]/1024, wr[0]/1024, wr[4]/1024, kr[2]/1024, kr[0]/1024, kr[4]/1024, float64(wr[2])/float64(kr[2]))
 	}
+	// How much of the binaries' resident pages are mapped whole 2 MiB folios at a time
+	// (large page-cache folios: one touched byte makes 2 MiB resident).
+	fmt.Printf("PMD-mapped file pages: weftd %d MiB, kube-proxy %d MiB\n", filePmdKiB(node.PID)/1024, filePmdKiB(kp.Process.Pid)/1024)
 	// CPU both spent in all (clock ticks of /proc/PID/stat): what a smaller heap costs.
 	fmt.Printf("CPU      weftd %.1f s, kube-proxy %.1f s (since each started)\n", cpuSeconds(node.PID), cpuSeconds(kp.Process.Pid))
 	if *heap != "" {
@@ -159,6 +162,22 @@ func cpuSeconds(pid int) float64 {
 		ticks += n
 	}
 	return float64(ticks) / 100 // USER_HZ
+}
+
+// filePmdKiB sums a process's FilePmdMapped (smaps).
+func filePmdKiB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return 0
+	}
+	total := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "FilePmdMapped:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			total += n
+		}
+	}
+	return total
 }
 
 // memKiB reads one kB field of /proc/PID/status.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,9 +46,12 @@ type serviceProxy struct {
 	syncSeconds prometheus.Histogram
 	ports       prometheus.Gauge
 	endpoints   prometheus.Gauge
-	perService  *prometheus.GaugeVec
 	flushed     prometheus.Counter
-	last        proxy.State
+	// last is the state last programmed; weft_proxy_service_endpoints is read from it
+	// at each scrape (a labelled gauge kept per service would cost memory and work on
+	// every sync at thousands of services).
+	lastMu sync.Mutex
+	last   proxy.State
 	// programming: from an endpoint change in the Kubernetes API (its trigger time) to
 	// this node's proxy programmed with it; observed marks what was measured, by service.
 	programming prometheus.Histogram
@@ -70,10 +74,7 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 		}),
 		ports:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_proxy_service_ports", Help: "Service ports (per address family) programmed on this node."}),
 		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_proxy_endpoints", Help: "Service endpoints known to this node's proxy."}),
-		perService: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "weft_proxy_service_endpoints",
-			Help: "Backends this node sends new connections of a service port to, by service (namespace/name), port and family."},
-			[]string{"service", "port", "family"}),
-		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
+		flushed:   prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_conntrack_flows_deleted_total", Help: "Conntrack flows to endpoints that went away, deleted so clients move at once."}),
 	}
 	p.programming = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "weft_network_programming_duration_seconds",
@@ -81,7 +82,7 @@ func newServiceProxy(node string, cache *resources.Cache, fast *fastpath.Fastpat
 		Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60},
 	})
 	p.aborted = prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_proxy_sockets_aborted_total", Help: "Pod TCP sockets the socket load balancer pointed at an endpoint that went away, aborted so clients move at once."})
-	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.perService, p.aborted, p.programming)
+	reg.MustRegister(p.syncSeconds, p.ports, p.endpoints, p.flushed, p.aborted, p.programming, servicePortsCollector{p})
 	p.loop = reconcile.New(proxyDelay, p.sync, report).
 		WithResync(30 * time.Second).
 		WithBackoff(reconcile.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second})
@@ -149,13 +150,33 @@ func (p *serviceProxy) sync() error {
 			return fmt.Errorf("conntrack cleanup: %w", err)
 		}
 	}
+	p.lastMu.Lock()
 	p.last = want
+	p.lastMu.Unlock()
 	p.syncSeconds.Observe(time.Since(start).Seconds())
 	p.observeProgramming(services, time.Now())
 	p.ports.Set(float64(st.Ports))
 	p.endpoints.Set(float64(st.Endpoints))
-	p.perService.Reset()
-	for _, port := range want.Ports {
+	return nil
+}
+
+var servicePortEndpoints = prometheus.NewDesc("weft_proxy_service_endpoints",
+	"Backends this node sends new connections of a service port to, by service (namespace/name), port and family.",
+	[]string{"service", "port", "family"}, nil)
+
+// servicePortsCollector reports weft_proxy_service_endpoints from the last programmed state.
+type servicePortsCollector struct{ p *serviceProxy }
+
+func (c servicePortsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- servicePortEndpoints }
+
+func (c servicePortsCollector) Collect(ch chan<- prometheus.Metric) {
+	c.p.lastMu.Lock()
+	ports := c.p.last.Ports
+	c.p.lastMu.Unlock()
+	for _, port := range ports { // (a state is never changed once built)
+		if port.LoadBalancer {
+			continue // the service port's own line counts its backends
+		}
 		fam := "IPv4"
 		if port.Is6() {
 			fam = "IPv6"
@@ -164,9 +185,8 @@ func (p *serviceProxy) sync() error {
 		if name == "" {
 			name = fmt.Sprint(port.Port)
 		}
-		p.perService.WithLabelValues(port.Service, name, fam).Set(float64(len(port.Backends)))
+		ch <- prometheus.MustNewConstMetric(servicePortEndpoints, prometheus.GaugeValue, float64(len(port.Backends)), port.Service, name, fam)
 	}
-	return nil
 }
 
 // observeProgramming records, once per change, how long each service's latest endpoint

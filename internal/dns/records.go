@@ -8,6 +8,7 @@ package dns
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -35,9 +36,9 @@ func ConfigFor(c v1.ClusterConfig) Config {
 // Records is one immutable snapshot of the zone.
 type Records struct {
 	cfg    Config
-	zone   string                          // "cluster.local."
-	rrs    map[string]map[uint16][]mdns.RR // lower-case owner → type → records
-	exists map[string]bool                 // owners, and every name between them and the zone (empty non-terminals)
+	zone   string               // "cluster.local."
+	rrs    map[string][]mdns.RR // lower-case owner → its records, by type (each type's are one run)
+	exists map[string]bool      // owners, and every name between them and the zone (empty non-terminals)
 	soa    *mdns.SOA
 	ns     *mdns.NS
 }
@@ -50,7 +51,7 @@ func Build(cfg Config, services []v1.Service, pods []v1.Pod) *Records {
 	if cfg.Domain == "" {
 		cfg.Domain = "cluster.local"
 	}
-	r := &Records{cfg: cfg, zone: mdns.Fqdn(strings.ToLower(cfg.Domain)), rrs: map[string]map[uint16][]mdns.RR{}, exists: map[string]bool{}}
+	r := &Records{cfg: cfg, zone: mdns.Fqdn(strings.ToLower(cfg.Domain)), rrs: map[string][]mdns.RR{}, exists: map[string]bool{}}
 	nsName := "ns.dns." + r.zone
 	r.soa = &mdns.SOA{Hdr: r.hdr(r.zone, mdns.TypeSOA), Ns: nsName, Mbox: "hostmaster." + r.zone,
 		Serial: 1, Refresh: 7200, Retry: 1800, Expire: 86400, Minttl: cfg.TTL}
@@ -201,17 +202,17 @@ func (r *Records) inReverse(ip netip.Addr) bool {
 func (r *Records) add(rr mdns.RR) {
 	h := rr.Header()
 	owner := strings.ToLower(h.Name)
-	byType := r.rrs[owner]
-	if byType == nil {
-		byType = map[uint16][]mdns.RR{}
-		r.rrs[owner] = byType
-	}
-	for _, have := range byType[h.Rrtype] {
-		if mdns.IsDuplicate(have, rr) {
+	list := r.rrs[owner]
+	at := len(list) // after the records of its type and of the types before
+	for i, have := range list {
+		if t := have.Header().Rrtype; t > h.Rrtype {
+			at = i
+			break
+		} else if t == h.Rrtype && mdns.IsDuplicate(have, rr) {
 			return
 		}
 	}
-	byType[h.Rrtype] = append(byType[h.Rrtype], rr)
+	r.rrs[owner] = slices.Insert(list, at, rr)
 	for name := owner; name != "" && name != "."; {
 		r.exists[name] = true
 		if name == r.zone || strings.HasSuffix(name, ".arpa.") && strings.Count(name, ".") <= 2 {
@@ -288,7 +289,7 @@ func (r *Records) Answer(req *mdns.Msg) (*mdns.Msg, bool) {
 		return m, true
 	}
 	owner := strings.ToLower(mdns.Fqdn(q.Name))
-	byType, has := r.rrs[owner]
+	list, has := r.rrs[owner]
 	if !has && !r.exists[owner] {
 		m.Rcode = mdns.RcodeNameError
 		m.Ns = []mdns.RR{r.negativeSOA()}
@@ -297,11 +298,9 @@ func (r *Records) Answer(req *mdns.Msg) (*mdns.Msg, bool) {
 	var ans []mdns.RR
 	switch q.Qtype {
 	case mdns.TypeANY:
-		for _, t := range sortedTypes(byType) {
-			ans = append(ans, byType[t]...)
-		}
+		ans = list
 	default:
-		ans = byType[q.Qtype]
+		ans = ofType(list, q.Qtype)
 	}
 	if len(ans) == 0 { // the name exists, not with this type: NODATA
 		m.Ns = []mdns.RR{r.negativeSOA()}
@@ -328,23 +327,25 @@ func (r *Records) negativeSOA() mdns.RR {
 	return c
 }
 
-func sortedTypes(m map[uint16][]mdns.RR) []uint16 {
-	out := make([]uint16, 0, len(m))
-	for t := range m {
-		out = append(out, t)
+// ofType is the run of an owner's records of type t.
+func ofType(list []mdns.RR, t uint16) []mdns.RR {
+	i := 0
+	for i < len(list) && list[i].Header().Rrtype != t {
+		i++
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
+	j := i
+	for j < len(list) && list[j].Header().Rrtype == t {
+		j++
+	}
+	return list[i:j]
 }
 
 // Names lists every owner name with its records as text (for `weft dns records`).
 func (r *Records) Names() map[string][]string {
 	out := map[string][]string{}
-	for owner, byType := range r.rrs {
-		for _, t := range sortedTypes(byType) {
-			for _, rr := range byType[t] {
-				out[owner] = append(out[owner], rr.String())
-			}
+	for owner, list := range r.rrs {
+		for _, rr := range list {
+			out[owner] = append(out[owner], rr.String())
 		}
 	}
 	return out
