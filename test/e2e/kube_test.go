@@ -180,13 +180,15 @@ func TestKubernetesInLab(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // every node has seen it
 	name := "web.default.svc.cluster.local."
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		m, err := dnsQuery(pods["p2"].Path, dnsAddr, name, mdns.TypeA)
-		if err == nil && len(m.Answer) == 1 && lastFields(m) == vip.Addr().String() {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s from p2: %v %v", name, m, err)
+	for _, from := range []string{"p1", "p2", "c1"} { // one pod on each node
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			m, err := dnsQuery(pods[from].Path, dnsAddr, name, mdns.TypeA)
+			if err == nil && len(m.Answer) == 1 && lastFields(m) == vip.Addr().String() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s from %s: %v %v", name, from, m, err)
+			}
 		}
 	}
 
