@@ -419,3 +419,18 @@ func BenchmarkSyncOneChange(b *testing.B) {
 		}
 	}
 }
+
+// TestLoadBalancerAddressGoesToThePodBackends: a pod's connect to a load balancer
+// address goes to the service's internal backends (kube-proxy's short-circuit), even when
+// its external backends (policy Local, none on this node) are none.
+func TestLoadBalancerAddressGoesToThePodBackends(t *testing.T) {
+	lt := newLBTest(t)
+	lt.servers(t, "internal", "127.0.0.1:8081")
+	lb := service("203.0.113.7", 80, proxy.ProtoTCP, 0)
+	lb.LoadBalancer, lb.DropIfEmpty = true, true
+	lb.PodBackends = []proxy.Backend{{IP: netip.MustParseAddr("127.0.0.1"), Port: 8081}}
+	lt.sync(t, lb)
+	if name, peer, err := ask(lt.pod, "203.0.113.7:80"); err != nil || name != "internal" || peer != "203.0.113.7:80" {
+		t.Errorf("a pod to a load balancer address: answered by %q, peer %q, %v; want internal, with the address as peer", name, peer, err)
+	}
+}
