@@ -41,6 +41,7 @@ type Records struct {
 	exists map[string]bool      // owners, and every name between them and the zone (empty non-terminals)
 	soa    *mdns.SOA
 	ns     *mdns.NS
+	pack   packedAnswers // answers already packed once (packed.go)
 }
 
 // Build makes the zone's records from every service and pod of the cluster.

@@ -250,13 +250,26 @@ func (s *Server) serveUDP(conn *net.UDPConn) error {
 			if !ok {
 				continue
 			}
-			m := s.answerPacket(msg.Buffers[0][:msg.N], addr, conn)
+			query := msg.Buffers[0][:msg.N]
+			if b, a, ok := s.packedAnswer(query, addr, bufs[k]); ok {
+				bufs[k] = b
+				out[k] = ipv4.Message{Buffers: [][]byte{b}, Addr: addr}
+				k++
+				if s.OnQuery != nil {
+					s.OnQuery(a.qtype, a.rcode, false)
+				}
+				continue
+			}
+			m, zone := s.answerPacket(query, addr, conn)
 			if m == nil {
 				continue
 			}
 			b, err := m.PackBuffer(bufs[k])
 			if err != nil {
 				continue
+			}
+			if zone != nil {
+				zone.keepPacked(query, b, m.Rcode)
 			}
 			bufs[k] = b
 			out[k] = ipv4.Message{Buffers: [][]byte{b}, Addr: addr}
@@ -277,24 +290,41 @@ type batchConn interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
+// packedAnswer is the reply to a plain query for the zone from an allowed client, from
+// the snapshot's packed answers (packed.go), or false.
+func (s *Server) packedAnswer(b []byte, from *net.UDPAddr, out []byte) ([]byte, packedAnswer, bool) {
+	r := s.records.Load()
+	if r == nil || !s.allowed(addrOf(from)) {
+		return nil, packedAnswer{}, false
+	}
+	return r.packed(b, out)
+}
+
 // answerPacket is the reply to one datagram, or nil: none is due (a response, not a
-// query) or it is being answered apart because it waits on an upstream.
-func (s *Server) answerPacket(b []byte, from *net.UDPAddr, conn *net.UDPConn) *mdns.Msg {
+// query) or it is being answered apart because it waits on an upstream. zone is the
+// snapshot that answered it, when it did so for an allowed client (its packed form may
+// be kept).
+func (s *Server) answerPacket(b []byte, from *net.UDPAddr, conn *net.UDPConn) (m *mdns.Msg, zone *Records) {
 	req := new(mdns.Msg)
 	if err := req.Unpack(b); err != nil {
 		if len(b) < 12 || b[2]&0x80 != 0 { // no header, or a response: never answer
-			return nil
+			return nil, nil
 		}
 		m := new(mdns.Msg)
 		m.Id, m.Response, m.Rcode = binary.BigEndian.Uint16(b), true, mdns.RcodeFormatError
-		return m
+		return m, nil
 	}
 	if req.Response {
-		return nil
+		return nil, nil
 	}
 	client := addrOf(from)
+	r := s.records.Load()
 	if m := s.answer(req, client, true, false); m != nil {
-		return m
+		if r != nil && s.allowed(client) && len(req.Question) == 1 && req.Opcode == mdns.OpcodeQuery &&
+			r.Ours(req.Question[0].Name) && s.records.Load() == r {
+			zone = r
+		}
+		return m, zone
 	}
 	s.forwardingOnce.Do(func() { s.forwarding = make(chan struct{}, cmp.Or(s.MaxForwarding, 1024)) })
 	select {
@@ -302,7 +332,7 @@ func (s *Server) answerPacket(b []byte, from *net.UDPAddr, conn *net.UDPConn) *m
 	default:
 		m := new(mdns.Msg)
 		m.SetRcode(req, mdns.RcodeServerFailure)
-		return m
+		return m, nil
 	}
 	to := &net.UDPAddr{IP: slices.Clone(from.IP), Port: from.Port, Zone: from.Zone}
 	go func() {
@@ -311,7 +341,7 @@ func (s *Server) answerPacket(b []byte, from *net.UDPAddr, conn *net.UDPConn) *m
 			_, _ = conn.WriteToUDP(b, to)
 		}
 	}()
-	return nil
+	return nil, nil
 }
 
 // cache keeps upstream answers for their TTL (negative ones for the SOA's minimum, and a
