@@ -101,7 +101,7 @@ echo "== fuzz (brief)"
 # (golang/go#75804).
 for spec in config:FuzzParse:300000 config:FuzzParseAddrOrPrefix:600000 netcalc:FuzzSplitSummarize:600000 \
             netcalc:FuzzSummarizeExact:600000 netcalc:FuzzParseCIDR:600000 network:FuzzParsePool:500000 \
-            cli:FuzzSubnetCLI:60000 manifest:FuzzParse:100000 dns:FuzzAnswer:200000 \
+            cli:FuzzSubnetCLI:60000 manifest:FuzzParse:100000 dns:FuzzAnswer:200000 dns:FuzzPackedAnswer:100000 \
             ingress/proxy:FuzzParseRequest:200000; do
   IFS=: read -r pkg target execs <<<"$spec"
   if ! go test -run '^$' -fuzz "^${target}\$" -fuzztime "${execs}x" "./internal/$pkg/" >"$log/fuzz" 2>&1; then

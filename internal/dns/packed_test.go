@@ -170,3 +170,42 @@ func BenchmarkSlowAnswer(b *testing.B) {
 		out, _ = m.PackBuffer(out)
 	}
 }
+
+// FuzzPackedAnswer: any datagram either takes the slow path or gets, from the packed
+// answers, exactly the bytes the slow path packs for it; nothing panics.
+func FuzzPackedAnswer(f *testing.F) {
+	for _, q := range []*mdns.Msg{query("web.shop.svc.cluster.local.", mdns.TypeA), query("20.0.96.10.in-addr.arpa.", mdns.TypePTR)} {
+		b, _ := q.Pack()
+		f.Add(b)
+		q.SetEdns0(1232, false)
+		b, _ = q.Pack()
+		f.Add(b)
+	}
+	s := &Server{Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, MaxForwarding: 1}
+	s.SetRecords(zone())
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer conn.Close()
+	from := &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5353}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, zone := s.answerPacket(b, from, conn)
+		if m == nil {
+			if _, _, ok := s.packedAnswer(b, from, nil); ok {
+				t.Fatal("a packed answer to a datagram the slow path does not answer")
+			}
+			return
+		}
+		want, err := m.Pack()
+		if err != nil {
+			return
+		}
+		if zone != nil {
+			zone.keepPacked(b, want, m.Rcode)
+		}
+		if got, _, ok := s.packedAnswer(b, from, nil); ok && !bytes.Equal(got, want) {
+			t.Fatalf("packed answer %x, slow path %x", got, want)
+		}
+	})
+}
