@@ -30,7 +30,8 @@ type ClusterConfig struct {
 	DirectRouting     bool           `json:"directRouting,omitempty"`
 	MTU               int            `json:"mtu,omitempty"` // 0: underlay minus encapsulation
 	Domain            string         `json:"domain,omitempty"`
-	BGP               *BGPConfig     `json:"bgp,omitempty"` // fabric bgp
+	DNSTTL            int            `json:"dnsTTL,omitempty"` // seconds, of the cluster domain's records; 0: 5
+	BGP               *BGPConfig     `json:"bgp,omitempty"`    // fabric bgp
 }
 
 // BGPConfig is the cluster-wide part of fabric bgp.
@@ -105,6 +106,9 @@ func (c *ClusterConfig) Validate() error {
 				return fmt.Errorf("bgp.peers[%d]: %w", i, err)
 			}
 		}
+	}
+	if c.DNSTTL < 0 || c.DNSTTL > 3600 {
+		return fmt.Errorf("dnsTTL %d: from 0 (the default, 5 s) to 3600 seconds", c.DNSTTL)
 	}
 	if c.VNI < 0 || c.VNI > 1<<24-1 {
 		return fmt.Errorf("vni %d is outside 0..16777215", c.VNI)

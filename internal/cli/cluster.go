@@ -112,6 +112,7 @@ func newClusterCmd() *cobra.Command {
 	init.Flags().IntVar(&cfg.Port, "port", 4789, "VXLAN UDP port")
 	init.Flags().BoolVar(&cfg.DirectRouting, "direct-routing", false, "vxlan: route directly to peers on the same L2 segment")
 	init.Flags().IntVar(&cfg.MTU, "mtu", 0, "pod MTU (0: underlay minus encapsulation)")
+	init.Flags().IntVar(&cfg.DNSTTL, "dns-ttl", 5, "TTL in seconds of the cluster domain's records (0 to 3600)")
 
 	var kubeconfig, statusConfig string
 	status := &cobra.Command{

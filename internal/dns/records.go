@@ -30,7 +30,7 @@ type Config struct {
 // ConfigFor is the zone of a cluster: its domain, and PTR records for its pod and service
 // networks.
 func ConfigFor(c v1.ClusterConfig) Config {
-	return Config{Domain: c.Domain, Reverse: append(append([]netip.Prefix(nil), c.ClusterCIDRs...), c.ServiceCIDRs...)}
+	return Config{Domain: c.Domain, TTL: uint32(c.DNSTTL), Reverse: append(append([]netip.Prefix(nil), c.ClusterCIDRs...), c.ServiceCIDRs...)}
 }
 
 // Records is one immutable snapshot of the zone.

@@ -164,3 +164,21 @@ func FuzzAnswer(f *testing.F) {
 		}
 	})
 }
+
+// TestTTLFromTheClusterConfig: the records' TTL is the cluster's dnsTTL (default 5 s),
+// and negative answers may be cached as long.
+func TestTTLFromTheClusterConfig(t *testing.T) {
+	svc := v1.Service{Name: "web", Namespace: "shop", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}}
+	for _, c := range []struct {
+		ttl  int
+		want uint32
+	}{{0, 5}, {30, 30}} {
+		r := Build(ConfigFor(v1.ClusterConfig{DNSTTL: c.ttl, ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}}), []v1.Service{svc}, nil)
+		if m := ask(t, r, "web.shop.svc.cluster.local.", mdns.TypeA); len(m.Answer) != 1 || m.Answer[0].Header().Ttl != c.want {
+			t.Errorf("dnsTTL %d: answer %v, want TTL %d", c.ttl, m.Answer, c.want)
+		}
+		if m := ask(t, r, "none.shop.svc.cluster.local.", mdns.TypeA); len(m.Ns) != 1 || m.Ns[0].Header().Ttl != c.want {
+			t.Errorf("dnsTTL %d: negative answer %v, want its SOA at TTL %d", c.ttl, m.Ns, c.want)
+		}
+	}
+}
