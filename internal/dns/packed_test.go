@@ -134,14 +134,19 @@ func TestPackedAnswersEqualTheSlowPath(t *testing.T) {
 	}
 }
 
-// BenchmarkPackedAnswer is one query's answer from the packed answers.
-func BenchmarkPackedAnswer(b *testing.B) {
+// benchQuery is a server, a client and a plain query with EDNS for the benchmarks.
+func benchQuery() (*Server, *net.UDPAddr, []byte) {
 	s := &Server{Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
 	s.SetRecords(zone())
-	from := &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5353}
 	req := query("web.shop.svc.cluster.local.", mdns.TypeA)
 	req.SetEdns0(1232, false)
 	q, _ := req.Pack()
+	return s, &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5353}, q
+}
+
+// BenchmarkPackedAnswer is one query's answer from the packed answers.
+func BenchmarkPackedAnswer(b *testing.B) {
+	s, from, q := benchQuery()
 	m, zone := s.answerPacket(q, from, nil)
 	w, _ := m.Pack()
 	zone.keepPacked(q, w, m.Rcode)
@@ -157,12 +162,7 @@ func BenchmarkPackedAnswer(b *testing.B) {
 
 // BenchmarkSlowAnswer is the same query unpacked, answered and packed.
 func BenchmarkSlowAnswer(b *testing.B) {
-	s := &Server{Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
-	s.SetRecords(zone())
-	from := &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5353}
-	req := query("web.shop.svc.cluster.local.", mdns.TypeA)
-	req.SetEdns0(1232, false)
-	q, _ := req.Pack()
+	s, from, q := benchQuery()
 	out := make([]byte, 0, 512)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -37,6 +37,21 @@ import (
 // loses its routes on the other node.
 func ptrInt(v int32) *intstr.IntOrString { p := intstr.FromInt32(v); return &p }
 
+// kubeClientFrom is a client of the lab's API through the kubeconfig lab status names for
+// the host (a loopback port relayed into the lab), as kubectl on the host would use it.
+func kubeClientFrom(t *testing.T, kubeconfig string) kubernetes.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
 func TestKubernetesInLab(t *testing.T) {
 	testutil.RequireRoot(t)
 	t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
@@ -66,16 +81,7 @@ func TestKubernetesInLab(t *testing.T) {
 		t.Cleanup(func() { ln.Close() })
 		go probe.Whoami(ln, p.Name)
 	}
-	// The host reaches the API through the kubeconfig lab status names (a loopback port
-	// relayed into the lab), as kubectl on the host would.
-	cfg, err := clientcmd.BuildConfigFromFlags("", withKube.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := kubeClientFrom(t, withKube.Kubeconfig)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -366,14 +372,7 @@ func TestKubernetesLoadBalancerOverBGP(t *testing.T) {
 	if err := json.Unmarshal([]byte(l.must("status", "-o", "json")), &withKube); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", withKube.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := kubeClientFrom(t, withKube.Kubeconfig)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	svc, err := client.CoreV1().Services("default").Create(ctx, &corev1.Service{
