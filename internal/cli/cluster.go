@@ -218,12 +218,8 @@ func (out *clusterStatus) fromKubernetes(ctx context.Context, kubeconfig, config
 	if out.Nodes, out.Leases, err = kube.ListMembers(ctx, client); err != nil {
 		return err
 	}
-	snap, err := kube.Take(ctx, client)
-	if err != nil {
-		return err
-	}
-	out.Pods = snap.Pods
-	return nil
+	out.Pods, err = kube.ListPods(ctx, client)
+	return err
 }
 
 // newRemoveNodeCmd removes a node from the store: its registration and its leases. Every

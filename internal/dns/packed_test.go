@@ -9,6 +9,19 @@ import (
 	mdns "github.com/miekg/dns"
 )
 
+// packedTestServer is a server of the test zone allowing 10/8, a socket for the replies
+// of forwarded queries, and an allowed client.
+func packedTestServer(tb testing.TB) (*Server, *net.UDPConn, *net.UDPAddr) {
+	s := &Server{Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, MaxForwarding: 1}
+	s.SetRecords(zone())
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return s, conn, &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5353}
+}
+
 // TestPackedAnswersEqualTheSlowPath: for every kind of plain query (names with records,
 // NODATA, NXDOMAIN, PTR, SRV, a headless name; with and without EDNS at several buffer
 // sizes, so some answers are truncated; RD and CD set or not), the packed answer a later
@@ -16,14 +29,7 @@ import (
 // (mixed case, another class, EDNS options, a second question) never take the fast path,
 // and neither does a client outside the allowed networks.
 func TestPackedAnswersEqualTheSlowPath(t *testing.T) {
-	s := &Server{Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
-	s.SetRecords(zone())
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	from := &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5353}
+	s, conn, from := packedTestServer(t)
 	slow := func(b []byte) []byte {
 		t.Helper()
 		m, zone := s.answerPacket(b, from, conn)
@@ -181,14 +187,7 @@ func FuzzPackedAnswer(f *testing.F) {
 		b, _ = q.Pack()
 		f.Add(b)
 	}
-	s := &Server{Allowed: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, MaxForwarding: 1}
-	s.SetRecords(zone())
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer conn.Close()
-	from := &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5353}
+	s, conn, from := packedTestServer(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, zone := s.answerPacket(b, from, conn)
 		if m == nil {

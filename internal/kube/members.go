@@ -150,18 +150,12 @@ func (m *Members) Peers(context.Context) ([]v1.Node, []v1.Lease, error) {
 	if !m.synced.Load() {
 		return nil, nil, ErrNotSynced
 	}
-	objs := m.informer.GetStore().List()
-	sort.Slice(objs, func(i, j int) bool { return objs[i].(*corev1.Node).Name < objs[j].(*corev1.Node).Name })
-	var nodes []v1.Node
-	var leases []v1.Lease
-	for _, o := range objs {
-		n, l := memberOf(o.(*corev1.Node))
-		nodes = append(nodes, n)
-		if len(l.PodCIDRs) > 0 {
-			leases = append(leases, l)
-		}
+	var nodes []*corev1.Node
+	for _, o := range m.informer.GetStore().List() {
+		nodes = append(nodes, o.(*corev1.Node))
 	}
-	return nodes, leases, nil
+	ns, ls := membersOf(nodes)
+	return ns, ls, nil
 }
 
 // ListMembers lists the Node objects once, read as Peers reads them (for the CLI).
@@ -170,17 +164,27 @@ func ListMembers(ctx context.Context, client kubernetes.Interface) ([]v1.Node, [
 	if err != nil {
 		return nil, nil, err
 	}
-	nodes, leases := []v1.Node{}, []v1.Lease{}
+	nodes := make([]*corev1.Node, len(list.Items))
 	for i := range list.Items {
-		n, l := memberOf(&list.Items[i])
+		nodes[i] = &list.Items[i]
+	}
+	ns, ls := membersOf(nodes)
+	return ns, ls, nil
+}
+
+// membersOf reads Node objects as nodes, sorted by name, and the blocks of those that
+// have them.
+func membersOf(objs []*corev1.Node) (nodes []v1.Node, leases []v1.Lease) {
+	sort.Slice(objs, func(i, j int) bool { return objs[i].Name < objs[j].Name })
+	nodes, leases = []v1.Node{}, []v1.Lease{}
+	for _, o := range objs {
+		n, l := memberOf(o)
 		nodes = append(nodes, n)
 		if len(l.PodCIDRs) > 0 {
 			leases = append(leases, l)
 		}
 	}
-	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
-	sort.Slice(leases, func(i, j int) bool { return leases[i].Node < leases[j].Node })
-	return nodes, leases, nil
+	return nodes, leases
 }
 
 // memberOf reads a Node object: the addresses weft annotated, else the kubelet's

@@ -29,7 +29,7 @@ func Take(ctx context.Context, client kubernetes.Interface) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	pods, err := ListPods(ctx, client)
 	if err != nil {
 		return nil, err
 	}
@@ -50,12 +50,23 @@ func Take(ctx context.Context, client kubernetes.Interface) (*Snapshot, error) {
 		snap.Services = append(snap.Services, s)
 	}
 	sort.Slice(snap.Services, func(i, j int) bool { return snap.Services[i].Key() < snap.Services[j].Key() })
-	for i := range pods.Items {
-		if p, ok := podOf(&pods.Items[i]); ok {
-			snap.Pods = append(snap.Pods, p)
+	snap.Pods = pods
+	return snap, nil
+}
+
+// ListPods lists the API's pods once, converted as Source converts them.
+func ListPods(ctx context.Context, client kubernetes.Interface) ([]v1.Pod, error) {
+	list, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out []v1.Pod
+	for i := range list.Items {
+		if p, ok := podOf(&list.Items[i]); ok {
+			out = append(out, p)
 		}
 	}
-	return snap, nil
+	return out, nil
 }
 
 // ListServices returns the snapshot's services.
