@@ -5,6 +5,7 @@
 # then withdraws them, then announces one; bench/bgpbench times each from the peer's
 # announcement to the node's last netlink route event. The speakers take turns, PASSES
 # times each; the node's speaker runs pinned to NODE_CPU, the peer to PEER_CPU.
+# WEFTD_ARGS adds flags to weftd's command line (e.g. "--log-level info").
 # Needs root; makes two network namespaces of its own and removes them. Installs BIRD 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."

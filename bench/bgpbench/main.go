@@ -252,6 +252,7 @@ func (b *bench) startSpeaker(speaker string) (stop func(), proto netlink.RoutePr
 		cmd = exec.Command("nsenter", "--net="+b.nodeNS, "--", "taskset", "-c", b.nodeCPU, filepath.Join(b.bin, "weftd"),
 			"--node-name", "n1", "--store", store, "--underlay-dev", "up0", "--state-dir", dir, "--run-dir", filepath.Join(dir, "run"),
 			"--proxy", "none", "--dns-upstream", "none", "--fastpath=false", "--log-level", "warn")
+		cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("WEFTD_ARGS"))...)
 		proto = 0x79
 	case "bird":
 		conf := fmt.Sprintf(`router id %s;

@@ -220,20 +220,7 @@ func serviceAddrs(node string, cfg v1.BGPConfig, services []v1.Service, pods []v
 }
 
 func (f *bgpFabric) syncKernel() error {
-	rs, err := f.sp.Routes()
-	if err != nil {
-		return err
-	}
-	want := make([]routed.Route, 0, len(rs))
-	own := map[netip.Prefix]bool{}
-	for _, p := range f.c.podCIDRs {
-		own[p] = true
-	}
-	for _, r := range rs {
-		if !own[r.Prefix] { // never route this node's own block away
-			want = append(want, routed.Route{Dst: r.Prefix, NextHops: r.NextHops})
-		}
-	}
+	var err error
 	if f.kern == nil {
 		if f.kern, err = routed.Open(""); err != nil {
 			return err
@@ -249,13 +236,40 @@ func (f *bgpFabric) syncKernel() error {
 	synced = synced && time.Since(f.syncedAt) >= sweepGrace
 	// Once swept, the kernel follows the speaker both ways whatever happens to Synced
 	// later (a new peer set waits for its End-of-RIBs): a withdrawal must not wait.
+	sweep := synced && !f.swept.Load()
 	synced = synced || f.swept.Load()
-	res, err := f.kern.Sync(want, synced)
-	if synced && err == nil {
-		f.swept.Store(true)
+
+	// Usually only what changed since the last sync goes to the kernel. Every route goes
+	// (and the kernel's are compared with them) when the speaker read its table again,
+	// when the kernel's record of its routes is to be read again (never read, a failed
+	// change, or its age), and for the sweep.
+	routes, all, err := f.sp.Changes()
+	if err != nil {
+		return err
+	}
+	if !all && (f.kern.NeedsSync() || sweep) {
+		if routes, err = f.sp.Routes(); err != nil {
+			return err
+		}
+		all = true
+	}
+	kernel := make([]routed.Route, 0, len(routes))
+	for _, r := range routes {
+		if !slices.Contains(f.c.podCIDRs, r.Prefix) { // never route this node's own block away
+			kernel = append(kernel, routed.Route{Dst: r.Prefix, NextHops: r.NextHops})
+		}
+	}
+	var res routed.Result
+	if all {
+		res, err = f.kern.Sync(kernel, synced)
+		if synced && err == nil {
+			f.swept.Store(true)
+		}
+	} else {
+		res, err = f.kern.Update(kernel)
 	}
 	f.mu.Lock()
-	f.installed = len(want) - res.Unresolved
+	f.installed = f.kern.Learned()
 	f.mu.Unlock()
 	if res.Installed+res.Replaced+res.Deleted > 0 {
 		f.c.o.Log.Info("bgp routes", "installed", res.Installed, "replaced", res.Replaced, "deleted", res.Deleted, "unresolved", res.Unresolved)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -108,10 +109,18 @@ type Speaker struct {
 	started   time.Time
 	peersSet  bool // SetPeers has run: until then nothing is known of the peers
 	notify    func()
-	// routes caches Routes per family; stale marks the families an event touched since.
-	routes map[bgp.Family][]Route
-	stale  map[bgp.Family]bool
+	// learned follows GoBGP's best paths from its events; reread says it must be read
+	// from GoBGP's table again (at start, after a session change, every resyncEvery).
+	learned *learned
+	reread  bool
+	full    bool // the next Changes is to report every route: the table was read again
+	readAt  time.Time
+	readMu  sync.Mutex // one full read at a time
 }
+
+// resyncEvery bounds how long the learned routes follow events alone before they are
+// read from GoBGP's table again.
+const resyncEvery = 30 * time.Second
 
 type announced struct {
 	nextHop netip.Addr
@@ -155,10 +164,12 @@ func Start(ctx context.Context, cfg Config, notify func()) (*Speaker, error) {
 	go srv.Serve()
 	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, peers: map[netip.Addr]Peer{}, announced: map[netip.Prefix]announced{},
 		state: map[netip.Addr]*peerState{}, started: time.Now(), notify: notify,
-		routes: map[bgp.Family][]Route{}, stale: map[bgp.Family]bool{}}
+		learned: newLearned(), reread: true}
 	global := &api.Global{
 		Asn: cfg.ASN, RouterId: cfg.RouterID.String(), ListenPort: cfg.ListenPort,
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.RestartTime / time.Second)},
+		// Best-path events then carry every equal-cost path (ECMP), not just the best.
+		UseMultiplePaths: true,
 	}
 	for _, a := range cfg.ListenAddrs {
 		global.ListenAddresses = append(global.ListenAddresses, a.String())
@@ -175,7 +186,7 @@ func Start(ctx context.Context, cfg Config, notify func()) (*Speaker, error) {
 		OnBestPath: func(paths []*apiutil.Path, _ time.Time) {
 			s.mu.Lock()
 			for _, p := range paths {
-				s.stale[p.Family] = true
+				s.learned.apply(p)
 			}
 			s.mu.Unlock()
 			s.notify()
@@ -195,9 +206,7 @@ func Start(ctx context.Context, cfg Config, notify func()) (*Speaker, error) {
 			st := sessionState(ev.Peer.State.SessionState)
 			s.mu.Lock()
 			ps := s.state[ev.Peer.State.NeighborAddress]
-			for _, f := range families {
-				s.stale[f] = true
-			}
+			s.reread = true
 			if ps != nil && ps.state != st {
 				switch {
 				case st == "established":
@@ -335,9 +344,7 @@ func (s *Speaker) SetPeers(ctx context.Context, want []Peer) error {
 	}
 	s.mu.Lock()
 	s.peersSet = true
-	for _, f := range families {
-		s.stale[f] = true
-	}
+	s.reread = true
 	have := make(map[netip.Addr]Peer, len(s.peers))
 	for a, p := range s.peers {
 		have[a] = p
@@ -509,67 +516,82 @@ func localPath(p netip.Prefix, nh netip.Addr) (*apiutil.Path, error) {
 }
 
 // Routes are the learned destinations (this node's own announcements left out), each
-// with the next hops of every path as good as the best one (same local preference, AS
-// path length, origin and MED): the kernel spreads flows over them (ECMP).
-//
-// A family's routes are read back from GoBGP only when a best-path event or a session
-// change touched it since the last read (reading the RIB copies it); otherwise the last
-// read is reused.
+// with the next hops of every path as good as the best one (GoBGP's multipath set: same
+// local preference, AS path length, origin and MED): the kernel spreads flows over them
+// (ECMP). They follow GoBGP's best-path events; GoBGP's table is read back in full only
+// when a session changed state or resyncEvery has passed.
 func (s *Speaker) Routes() ([]Route, error) {
-	var out []Route
-	for _, fam := range families {
-		s.mu.Lock()
-		cached, fresh := s.routes[fam]
-		fresh = fresh && !s.stale[fam]
-		s.stale[fam] = false // an event from now on marks it again
-		s.mu.Unlock()
-		if fresh {
-			out = append(out, cached...)
-			continue
-		}
-		var famRoutes []Route
-		err := s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: fam},
-			func(nlri bgp.NLRI, paths []*apiutil.Path) {
-				pfx, ok := nlriPrefix(nlri)
-				if !ok {
-					return
-				}
-				var best *rank
-				var hops []netip.Addr
-				for _, p := range paths {
-					if p.Withdrawal || !p.PeerAddress.IsValid() || p.IsNexthopInvalid || p.Filtered {
-						continue
-					}
-					r := rankOf(p)
-					if !r.nextHop.IsValid() {
-						continue
-					}
-					switch {
-					case best == nil || r.better(*best):
-						best, hops = &r, []netip.Addr{r.nextHop}
-					case r.equal(*best):
-						hops = append(hops, r.nextHop)
-					}
-				}
-				if best == nil {
-					return
-				}
-				sort.Slice(hops, func(i, j int) bool { return hops[i].Less(hops[j]) })
-				hops = dedup(hops)
-				famRoutes = append(famRoutes, Route{Prefix: pfx, NextHops: hops})
-			})
-		s.mu.Lock()
-		if err != nil {
-			s.stale[fam] = true
-			s.mu.Unlock()
+	s.mu.Lock()
+	full := s.reread || time.Since(s.readAt) > resyncEvery
+	s.mu.Unlock()
+	if full {
+		if err := s.readTable(); err != nil {
 			return nil, err
 		}
-		s.routes[fam] = famRoutes
-		s.mu.Unlock()
-		out = append(out, famRoutes...)
 	}
-	sort.Slice(out, func(i, j int) bool { return prefixLess(out[i].Prefix, out[j].Prefix) })
-	return out, nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.learned.sorted(), nil
+}
+
+// Changes reports what changed in the learned routes since its last call: each changed
+// destination with its next hops (none: withdrawn). When GoBGP's table was read again
+// since (the first call, after a session change, every resyncEvery), full is true and
+// routes are all the learned routes, sorted.
+func (s *Speaker) Changes() (routes []Route, full bool, err error) {
+	s.mu.Lock()
+	read := s.reread || time.Since(s.readAt) > resyncEvery
+	s.mu.Unlock()
+	if read {
+		if err := s.readTable(); err != nil {
+			return nil, false, err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.full {
+		s.full = false
+		clear(s.learned.changed)
+		return s.learned.sorted(), true, nil
+	}
+	return s.learned.takeChanges(), false, nil
+}
+
+// readTable rebuilds the learned routes from GoBGP's table, then replays the events that
+// arrived during the read (some may predate it: replaying them again is harmless, as
+// events are in order and the later ones restore what the read saw).
+func (s *Speaker) readTable() error {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	s.mu.Lock()
+	s.reread, s.readAt = false, time.Now() // a session change from now on asks again
+	s.learned.recording, s.learned.recorded = true, nil
+	s.mu.Unlock()
+	fresh, err := s.tableRoutes()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	events := s.learned.recorded
+	s.learned.recording, s.learned.recorded = false, nil
+	if err != nil {
+		s.reread = true
+		return err
+	}
+	for _, p := range events {
+		fresh.apply(p)
+	}
+	s.learned, s.full = fresh, true
+	return nil
+}
+
+// tableRoutes reads the learned routes from GoBGP's table.
+func (s *Speaker) tableRoutes() (*learned, error) {
+	l := newLearned()
+	for _, fam := range families {
+		if err := s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: fam}, l.fromTable); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
 }
 
 // Announced are the prefixes this node originates.
@@ -580,57 +602,29 @@ func (s *Speaker) Announced() []Announcement {
 	for p, a := range s.announced {
 		out = append(out, Announcement{Prefix: p, NextHop: a.nextHop})
 	}
-	sort.Slice(out, func(i, j int) bool { return prefixLess(out[i].Prefix, out[j].Prefix) })
+	slices.SortFunc(out, func(a, b Announcement) int { return comparePrefixes(a.Prefix, b.Prefix) })
 	return out
 }
 
-type rank struct {
-	localPref, asLen, origin, med uint32
-	nextHop                       netip.Addr
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
-func rankOf(p *apiutil.Path) rank {
-	r := rank{localPref: 100}
+// nextHopOf is a path's next hop (NEXT_HOP, or MP_REACH_NLRI's for IPv6).
+func nextHopOf(p *apiutil.Path) netip.Addr {
+	var nh netip.Addr
 	for _, a := range p.Attrs {
 		switch a := a.(type) {
-		case *bgp.PathAttributeLocalPref:
-			r.localPref = a.Value
-		case *bgp.PathAttributeAsPath:
-			for _, seg := range a.Value {
-				if seg.GetType() == bgp.BGP_ASPATH_ATTR_TYPE_SET || seg.GetType() == bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET {
-					r.asLen++
-				} else {
-					r.asLen += uint32(len(seg.GetAS()))
-				}
-			}
-		case *bgp.PathAttributeOrigin:
-			r.origin = uint32(a.Value)
-		case *bgp.PathAttributeMultiExitDisc:
-			r.med = a.Value
 		case *bgp.PathAttributeNextHop:
-			r.nextHop = a.Value
+			nh = a.Value
 		case *bgp.PathAttributeMpReachNLRI:
-			r.nextHop = a.Nexthop
+			nh = a.Nexthop
 		}
 	}
-	return r
-}
-
-func (r rank) better(o rank) bool {
-	if r.localPref != o.localPref {
-		return r.localPref > o.localPref
-	}
-	if r.asLen != o.asLen {
-		return r.asLen < o.asLen
-	}
-	if r.origin != o.origin {
-		return r.origin < o.origin
-	}
-	return r.med < o.med
-}
-
-func (r rank) equal(o rank) bool {
-	return r.localPref == o.localPref && r.asLen == o.asLen && r.origin == o.origin && r.med == o.med
+	return nh
 }
 
 func nlriPrefix(n bgp.NLRI) (netip.Prefix, bool) {
@@ -639,23 +633,6 @@ func nlriPrefix(n bgp.NLRI) (netip.Prefix, bool) {
 	}
 	p, err := netip.ParsePrefix(n.String())
 	return p, err == nil
-}
-
-func prefixLess(a, b netip.Prefix) bool {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c < 0
-	}
-	return a.Bits() < b.Bits()
-}
-
-func dedup(in []netip.Addr) []netip.Addr {
-	out := in[:0]
-	for i, a := range in {
-		if i == 0 || a != in[i-1] {
-			out = append(out, a)
-		}
-	}
-	return out
 }
 
 // Peers reports every session.

@@ -84,28 +84,44 @@ func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Fatalf("%s: never happened; last: %s", what, last)
 }
 
+// routesAre checks the routes the speaker reports, which follow GoBGP's best-path events,
+// and the same read from GoBGP's table: both must be want.
 func routesAre(n *node, want map[string][]string) func() (bool, string) {
 	return func() (bool, string) {
 		rs, err := n.Routes()
 		if err != nil {
 			return false, err.Error()
 		}
-		got := map[string][]string{}
-		for _, r := range rs {
-			for _, h := range r.NextHops {
-				got[r.Prefix.String()] = append(got[r.Prefix.String()], h.String())
-			}
+		if ok, got := sameRoutes(rs, want); !ok {
+			return false, "from events: " + got
 		}
-		if len(got) != len(want) {
-			return false, fmt.Sprint(got)
+		table, err := n.tableRoutes()
+		if err != nil {
+			return false, err.Error()
 		}
-		for p, hs := range want {
-			if !slices.Equal(got[p], hs) {
-				return false, fmt.Sprint(got)
-			}
+		if ok, got := sameRoutes(table.sorted(), want); !ok {
+			return false, "from the table: " + got
 		}
 		return true, ""
 	}
+}
+
+func sameRoutes(rs []Route, want map[string][]string) (bool, string) {
+	got := map[string][]string{}
+	for _, r := range rs {
+		for _, h := range r.NextHops {
+			got[r.Prefix.String()] = append(got[r.Prefix.String()], h.String())
+		}
+	}
+	if len(got) != len(want) {
+		return false, fmt.Sprint(got)
+	}
+	for p, hs := range want {
+		if !slices.Equal(got[p], hs) {
+			return false, fmt.Sprint(got)
+		}
+	}
+	return true, ""
 }
 
 func announce(t *testing.T, n *node, as ...string) {
@@ -179,6 +195,21 @@ func TestEqualPathsGiveECMPAndPeerRemovalWithdraws(t *testing.T) {
 	announce(t, a, "10.244.9.0/24", "127.0.0.31")
 	announce(t, c, "10.244.9.0/24", "127.0.0.33")
 	eventually(t, "b has both next hops", routesAre(b, map[string][]string{"10.244.9.0/24": {"127.0.0.31", "127.0.0.33"}}))
+
+	// With the sessions settled, changes reach b's routes through best-path events alone:
+	// one path leaves the equal-cost set and comes back.
+	b.mu.Lock()
+	readAt := b.readAt
+	b.mu.Unlock()
+	announce(t, a)
+	eventually(t, "a's path leaves the set", routesAre(b, map[string][]string{"10.244.9.0/24": {"127.0.0.33"}}))
+	announce(t, a, "10.244.9.0/24", "127.0.0.31")
+	eventually(t, "a's path is back", routesAre(b, map[string][]string{"10.244.9.0/24": {"127.0.0.31", "127.0.0.33"}}))
+	b.mu.Lock()
+	if b.readAt != readAt {
+		t.Error("b read GoBGP's table again: the changes were not followed from events alone")
+	}
+	b.mu.Unlock()
 
 	// Dropping a peer drops what it taught at once.
 	if err := b.SetPeers(context.Background(), []Peer{b.peerOf(c)}); err != nil {

@@ -14,8 +14,11 @@ import (
 )
 
 // Kernel installs routes in one network namespace. Changes go to the kernel in batches:
-// many route messages in one sendmsg, their acknowledgements read afterwards, instead of
-// one round trip per route (10,000 routes: a few dozen system calls, not 20,000).
+// many route messages in one sendmsg instead of one round trip per route (10,000 routes:
+// a few dozen system calls, not 20,000). Only a batch's last message asks for an
+// acknowledgement: the kernel handles a sendmsg's messages in order, within the call,
+// and answers the others only when they fail, so the reply to the last one closes the
+// batch and everything before it that failed has been reported by then.
 type Kernel struct {
 	h    *netlink.Handle
 	sock *nl.NetlinkSocket
@@ -24,8 +27,12 @@ type Kernel struct {
 	dumped  time.Time
 	// learned are the destinations a sync wanted during this Kernel's life: once one of
 	// them is no longer wanted, it was withdrawn, and goes even before the view is
-	// complete (only routes from before a restart wait for the sweep).
-	learned map[netip.Prefix]bool
+	// complete (only routes from before a restart wait for the sweep). unresolved are
+	// those of them no next hop of which resolves.
+	learned, unresolved map[netip.Prefix]bool
+	// resolved caches next hops' resolutions for a little while (resolveFor).
+	resolved   map[netip.Addr]hop
+	resolvedAt time.Time
 }
 
 // dumpEvery bounds how long Sync trusts its record of the kernel: a route someone else
@@ -76,13 +83,15 @@ const batchSize = 256
 // apply sends ops in batches and returns each one's error.
 func (k *Kernel) apply(ops []op) []error {
 	errs := make([]error, len(ops))
+	var buf []byte
 	for start := 0; start < len(ops); start += batchSize {
 		end := min(start+batchSize, len(ops))
-		var buf []byte
-		bySeq := map[uint32]int{}
+		buf = buf[:0]
+		bySeq := make(map[uint32]int, end-start)
+		var last uint32
 		for i := start; i < end; i++ {
-			req := message(ops[i])
-			bySeq[req.Seq] = i
+			req := message(ops[i], i == end-1)
+			bySeq[req.Seq], last = i, req.Seq
 			buf = append(buf, req.Serialize()...)
 		}
 		if err := unix.Sendto(k.sock.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
@@ -91,11 +100,12 @@ func (k *Kernel) apply(ops []op) []error {
 			}
 			continue
 		}
-		for pending := end - start; pending > 0; {
+		for closed := false; !closed; {
 			msgs, _, err := k.sock.Receive()
 			if err != nil {
-				for _, i := range bySeq {
-					errs[i] = fmt.Errorf("reading acknowledgements: %w", err)
+				// Without the closing reply, nothing of the batch is known to have worked.
+				for i := start; i < end; i++ {
+					errs[i] = fmt.Errorf("reading the kernel's replies: %w", err)
 				}
 				break
 			}
@@ -104,22 +114,25 @@ func (k *Kernel) apply(ops []op) []error {
 				if !ok || m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
 					continue
 				}
-				delete(bySeq, m.Header.Seq)
-				pending--
 				if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
 					errs[i] = syscall.Errno(-code)
 				}
+				closed = closed || m.Header.Seq == last
 			}
 		}
 	}
 	return errs
 }
 
-// message is the RTM_NEWROUTE (replace) or RTM_DELROUTE for an op.
-func message(o op) *nl.NetlinkRequest {
-	typ, flags := unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK
+// message is the RTM_NEWROUTE (replace) or RTM_DELROUTE for an op; ack asks for a reply
+// even on success.
+func message(o op, ack bool) *nl.NetlinkRequest {
+	typ, flags := unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE
 	if o.del {
-		typ, flags = unix.RTM_DELROUTE, unix.NLM_F_ACK
+		typ, flags = unix.RTM_DELROUTE, 0
+	}
+	if ack {
+		flags |= unix.NLM_F_ACK
 	}
 	req := nl.NewNetlinkRequest(typ, flags)
 	msg := nl.NewRtMsg()

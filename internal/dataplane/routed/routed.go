@@ -49,86 +49,162 @@ type Result struct {
 // and once every dumpEvery; in between, Sync trusts its own record of what it installed,
 // so a sync that changes a few of 10,000 routes costs only those few.
 func (k *Kernel) Sync(want []Route, sweep bool) (Result, error) {
-	var res Result
-	h := k.h
 	if k.current == nil || time.Since(k.dumped) > dumpEvery {
-		have, err := netlinkx.Retry(func() ([]netlink.Route, error) {
-			return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
-				netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-		})
-		if err != nil {
-			return res, err
-		}
-		k.current, k.dumped = map[netip.Prefix][]hop{}, time.Now()
-		for _, r := range have {
-			if r.Dst != nil {
-				k.current[prefixOf(r.Dst)] = hopsOf(r)
-			}
+		if err := k.dump(); err != nil {
+			return Result{}, err
 		}
 	}
-	current := k.current
-	resolved := map[netip.Addr]hop{}
-	resolve := func(a netip.Addr) (hop, bool) {
-		if h, ok := resolved[a]; ok {
-			return h, h.ifindex != 0
-		}
-		hp, ok := resolveNextHop(h, a)
-		resolved[a] = hp
-		return hp, ok
-	}
-	var errs []error
-	var ops []op
-	wanted := map[netip.Prefix]bool{}
+	var res Result
+	k.resolved = nil // resolve every next hop afresh
+	p := k.planner()
+	wanted := make(map[netip.Prefix]bool, len(want))
 	for _, r := range want {
 		dst := r.Dst.Masked()
 		wanted[dst] = true
-		var hops []hop
-		for _, nh := range r.NextHops {
-			if nh.Is4() != dst.Addr().Is4() {
-				continue
-			}
-			if hp, ok := resolve(nh); ok && !slices.Contains(hops, hp) {
-				hops = append(hops, hp)
-			}
+		p.set(dst, r.NextHops, &res)
+	}
+	for dst := range k.current {
+		if !wanted[dst] && (sweep || k.learned[dst]) {
+			p.ops = append(p.ops, op{dst: dst, del: true})
 		}
-		if len(hops) == 0 {
-			res.Unresolved++
+	}
+	for dst := range k.learned {
+		if !wanted[dst] {
+			delete(k.learned, dst)
+		}
+	}
+	for dst := range k.unresolved {
+		if !wanted[dst] {
+			delete(k.unresolved, dst)
+		}
+	}
+	return k.run(p.ops, res)
+}
+
+// Update applies changed routes only, against the record of the last Sync: a route with
+// no next hops is withdrawn (deleted, as a route Sync no longer wants). Only changes pass
+// through it, so a burst of BGP updates costs what it changes, not the table's size.
+// It needs a Sync first (NeedsSync).
+func (k *Kernel) Update(changed []Route) (Result, error) {
+	if k.NeedsSync() {
+		return Result{}, errors.New("routed: a full sync is needed first")
+	}
+	var res Result
+	p := k.planner()
+	for _, r := range changed {
+		dst := r.Dst.Masked()
+		if len(r.NextHops) > 0 {
+			p.set(dst, r.NextHops, &res)
 			continue
 		}
-		sortHops(hops)
-		old, exists := current[dst]
-		if exists && slices.Equal(old, hops) {
-			continue
+		delete(k.learned, dst)
+		delete(k.unresolved, dst)
+		if _, ok := k.current[dst]; ok {
+			p.ops = append(p.ops, op{dst: dst, del: true})
 		}
-		ops = append(ops, op{dst: dst, hops: hops, replace: exists})
+	}
+	return k.run(p.ops, res)
+}
+
+// NeedsSync says Update cannot be used: the kernel's routes are to be read again (never
+// read, a failed change, or dumpEvery has passed), or a route waits for a next hop to
+// resolve (which only a sync over every route tries again).
+func (k *Kernel) NeedsSync() bool {
+	return k.current == nil || time.Since(k.dumped) > dumpEvery || len(k.unresolved) > 0
+}
+
+// Learned counts the wanted routes that are in the kernel (those whose next hops resolve).
+func (k *Kernel) Learned() int {
+	return len(k.learned) - len(k.unresolved)
+}
+
+func (k *Kernel) dump() error {
+	have, err := netlinkx.Retry(func() ([]netlink.Route, error) {
+		return k.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return err
+	}
+	k.current, k.dumped = make(map[netip.Prefix][]hop, len(have)), time.Now()
+	for _, r := range have {
+		if r.Dst != nil {
+			k.current[prefixOf(r.Dst)] = hopsOf(r)
+		}
 	}
 	if k.learned == nil {
-		k.learned = map[netip.Prefix]bool{}
+		k.learned, k.unresolved = map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
 	}
-	for p := range current {
-		if !wanted[p] && (sweep || k.learned[p]) {
-			ops = append(ops, op{dst: p, del: true})
+	return nil
+}
+
+// planner turns wanted routes into kernel changes.
+type planner struct {
+	k   *Kernel
+	ops []op
+}
+
+// resolveFor bounds how long a next hop's resolution is reused by Updates (a Sync
+// resolves every next hop afresh): a burst of updates asks the kernel once per next hop.
+const resolveFor = time.Second
+
+func (k *Kernel) planner() *planner {
+	if k.resolved == nil || time.Since(k.resolvedAt) > resolveFor {
+		k.resolved, k.resolvedAt = map[netip.Addr]hop{}, time.Now()
+	}
+	return &planner{k: k}
+}
+
+// set wants dst through nextHops: an op when the kernel's route differs. A destination
+// none of whose next hops resolves is counted, and its kernel route (if any) left alone.
+func (p *planner) set(dst netip.Prefix, nextHops []netip.Addr, res *Result) {
+	k := p.k
+	k.learned[dst] = true
+	var hops []hop
+	for _, nh := range nextHops {
+		if nh.Is4() != dst.Addr().Is4() {
+			continue
+		}
+		if hp, ok := p.resolve(nh); ok && !slices.Contains(hops, hp) {
+			hops = append(hops, hp)
 		}
 	}
-	for p := range k.learned {
-		if !wanted[p] {
-			delete(k.learned, p)
-		}
+	if len(hops) == 0 {
+		k.unresolved[dst] = true
+		res.Unresolved++
+		return
 	}
-	for p := range wanted {
-		k.learned[p] = true
+	delete(k.unresolved, dst)
+	sortHops(hops)
+	old, exists := k.current[dst]
+	if exists && slices.Equal(old, hops) {
+		return
 	}
+	p.ops = append(p.ops, op{dst: dst, hops: hops, replace: exists})
+}
+
+func (p *planner) resolve(a netip.Addr) (hop, bool) {
+	if h, ok := p.k.resolved[a]; ok {
+		return h, h.ifindex != 0
+	}
+	hp, ok := resolveNextHop(p.k.h, a)
+	p.k.resolved[a] = hp
+	return hp, ok
+}
+
+// run sends ops to the kernel and keeps the record of what it holds.
+func (k *Kernel) run(ops []op, res Result) (Result, error) {
+	var errs []error
 	for i, err := range k.apply(ops) {
 		o := ops[i]
 		if o.del {
-			delete(current, o.dst)
+			delete(k.current, o.dst)
 		} else if err == nil {
-			current[o.dst] = o.hops
+			k.current[o.dst] = o.hops
 		}
 		switch {
 		case err != nil && o.del && errors.Is(err, unix.ESRCH):
 		case err != nil:
-			k.current = nil // read the kernel again next time
 			errs = append(errs, fmt.Errorf("route %s: %w", o.dst, err))
 		case o.del:
 			res.Deleted++
@@ -137,6 +213,9 @@ func (k *Kernel) Sync(want []Route, sweep bool) (Result, error) {
 		default:
 			res.Installed++
 		}
+	}
+	if len(errs) > 0 {
+		k.current = nil // read the kernel again next time
 	}
 	return res, errors.Join(errs...)
 }

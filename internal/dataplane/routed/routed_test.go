@@ -131,3 +131,56 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 		t.Errorf("the router route went: %v", rs)
 	}
 }
+
+func TestUpdateAppliesChangesOnly(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := testutil.NewNS(t, "rtu")
+	h := ns.Handle(t)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "under0"}, PeerName: "under1"}); err != nil {
+		t.Fatal(err)
+	}
+	if peer, err := h.LinkByName("under1"); err != nil || h.LinkSetUp(peer) != nil {
+		t.Fatal(err)
+	}
+	dev, _ := h.LinkByName("under0")
+	if err := h.AddrAdd(dev, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP{10, 0, 0, 1}, Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(dev); err != nil {
+		t.Fatal(err)
+	}
+	k, err := routed.Open(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	if _, err := k.Update(nil); err == nil {
+		t.Error("Update before any Sync: no error")
+	}
+	if _, err := k.Sync([]routed.Route{route("10.244.1.0/24", "10.0.0.2"), route("10.244.2.0/24", "10.0.0.2")}, true); err != nil {
+		t.Fatal(err)
+	}
+	// One route gains a next hop, one is withdrawn, one is new; the others stay as they are.
+	res, err := k.Update([]routed.Route{route("10.244.1.0/24", "10.0.0.2", "10.0.0.3"), route("10.244.2.0/24"), route("10.244.3.0/24", "10.0.0.4")})
+	if err != nil || res.Replaced != 1 || res.Deleted != 1 || res.Installed != 1 {
+		t.Errorf("update: %+v %v", res, err)
+	}
+	if got, want := kernel(t, h), "10.244.1.0/24 via 10.0.0.2,10.0.0.3; 10.244.3.0/24 via 10.0.0.4"; got != want {
+		t.Errorf("kernel:\n got %s\nwant %s", got, want)
+	}
+	if k.Learned() != 2 {
+		t.Errorf("learned = %d, want 2", k.Learned())
+	}
+	// A message that fails inside a batch (the route was deleted behind weft's back) is
+	// reported alone: the messages around it still apply.
+	if err := h.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: net.IP{10, 244, 3, 0}, Mask: net.CIDRMask(24, 32)}, Protocol: routed.RouteProtocol}); err != nil {
+		t.Fatal(err)
+	}
+	res, err = k.Update([]routed.Route{route("10.244.7.0/24", "10.0.0.2"), route("10.244.3.0/24"), route("10.244.8.0/24", "10.0.0.3")})
+	if err != nil || res.Installed != 2 || res.Deleted != 0 {
+		t.Errorf("update around a failing delete: %+v %v", res, err)
+	}
+	if got, want := kernel(t, h), "10.244.1.0/24 via 10.0.0.2,10.0.0.3; 10.244.7.0/24 via 10.0.0.2; 10.244.8.0/24 via 10.0.0.3"; got != want {
+		t.Errorf("kernel:\n got %s\nwant %s", got, want)
+	}
+}
