@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -62,7 +63,9 @@ func main() {
 		log.Fatal(err)
 	}
 	defer b.teardown()
-	results := map[string][][3]time.Duration{}
+	// Per speaker and pass: install, withdraw and one-prefix times, then the speaker's CPU
+	// time (every thread's) during the install and during the withdrawal.
+	results := map[string][][5]time.Duration{}
 	for pass := 0; pass < *passes; pass++ {
 		for _, sp := range []string{"weft", "bird"} {
 			r, err := b.turn(sp)
@@ -70,16 +73,34 @@ func main() {
 				b.teardown()
 				log.Fatalf("%s: %v", sp, err)
 			}
-			fmt.Printf("pass %d %-5s install %d: %v  withdraw: %v  one prefix: %v\n", pass+1, sp, *n, r[0].Round(time.Millisecond), r[1].Round(time.Millisecond), r[2].Round(100*time.Microsecond))
+			fmt.Printf("pass %d %-5s install %d: %v  withdraw: %v  one prefix: %v  (CPU: install %v, withdraw %v)\n", pass+1, sp, *n,
+				r[0].Round(time.Millisecond), r[1].Round(time.Millisecond), r[2].Round(100*time.Microsecond), r[3].Round(time.Millisecond), r[4].Round(time.Millisecond))
 			results[sp] = append(results[sp], r)
 		}
 	}
 	fmt.Println()
-	for i, what := range []string{"install", "withdraw", "one prefix"} {
+	for i, what := range []string{"install", "withdraw", "one prefix", "install CPU", "withdraw CPU"} {
 		w, bd := median(results["weft"], i), median(results["bird"], i)
 		lo, hi := spread(results["weft"], results["bird"], i)
-		fmt.Printf("%-10s weft %v  bird %v  weft/bird %.2fx (%.2f-%.2f)\n", what, w.Round(100*time.Microsecond), bd.Round(100*time.Microsecond), float64(w)/float64(bd), lo, hi)
+		fmt.Printf("%-12s weft %v  bird %v  weft/bird %.2fx (%.2f-%.2f)\n", what, w.Round(100*time.Microsecond), bd.Round(100*time.Microsecond), float64(w)/float64(bd), lo, hi)
 	}
+}
+
+// cpuTime is the time a process's threads have run (their schedstat), in nanoseconds.
+func cpuTime(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var total time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			total += time.Duration(ns)
+		}
+	}
+	return total
 }
 
 type bench struct {
@@ -185,9 +206,9 @@ func (b *bench) ask(cmd string) error {
 }
 
 // turn starts one speaker in the node namespace, measures, and stops it.
-func (b *bench) turn(speaker string) ([3]time.Duration, error) {
-	var res [3]time.Duration
-	stop, proto, err := b.startSpeaker(speaker)
+func (b *bench) turn(speaker string) ([5]time.Duration, error) {
+	var res [5]time.Duration
+	stop, proto, pid, err := b.startSpeaker(speaker)
 	if err != nil {
 		return res, err
 	}
@@ -201,22 +222,22 @@ func (b *bench) turn(speaker string) ([3]time.Duration, error) {
 		return res, err
 	}
 	defer watch.close()
-	start := time.Now()
+	start, cpu := time.Now(), cpuTime(pid)
 	if err := b.ask("announce-all"); err != nil {
 		return res, err
 	}
 	if err := watch.until(b.n, 120*time.Second); err != nil {
 		return res, err
 	}
-	res[0] = time.Since(start)
-	start = time.Now()
+	res[0], res[3] = time.Since(start), cpuTime(pid)-cpu
+	start, cpu = time.Now(), cpuTime(pid)
 	if err := b.ask("withdraw-all"); err != nil {
 		return res, err
 	}
 	if err := watch.until(0, 120*time.Second); err != nil {
 		return res, err
 	}
-	res[1] = time.Since(start)
+	res[1], res[4] = time.Since(start), cpuTime(pid)-cpu
 	time.Sleep(200 * time.Millisecond)
 	start = time.Now()
 	if err := b.ask("announce-one"); err != nil {
@@ -229,10 +250,11 @@ func (b *bench) turn(speaker string) ([3]time.Duration, error) {
 	return res, b.ask("withdraw-all")
 }
 
-func (b *bench) startSpeaker(speaker string) (stop func(), proto netlink.RouteProtocol, err error) {
+// startSpeaker starts a speaker; its pid is the speaker's own (nsenter and taskset exec it).
+func (b *bench) startSpeaker(speaker string) (stop func(), proto netlink.RouteProtocol, pid int, err error) {
 	dir, err := os.MkdirTemp(b.dir, speaker)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	var cmd *exec.Cmd
 	switch speaker {
@@ -244,7 +266,7 @@ func (b *bench) startSpeaker(speaker string) (stop func(), proto netlink.RoutePr
 			{"bgp", "peer", "add", "synth", "--address", peerAddr.String(), "--asn", fmt.Sprint(peerASN), "--store", store},
 		} {
 			if out, err := exec.Command(weft, args...).CombinedOutput(); err != nil {
-				return nil, 0, fmt.Errorf("weft %v: %v: %s", args, err, out)
+				return nil, 0, 0, fmt.Errorf("weft %v: %v: %s", args, err, out)
 			}
 		}
 		// The node's own block, away from the announced ones.
@@ -265,7 +287,7 @@ protocol bgp synth {
 }
 `, nodeAddr, nodeAddr, nodeASN, peerAddr, peerASN)
 		if err := os.WriteFile(filepath.Join(dir, "bird.conf"), []byte(conf), 0o644); err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		cmd = exec.Command("nsenter", "--net="+b.nodeNS, "--", "taskset", "-c", b.nodeCPU, "bird", "-f", "-c", filepath.Join(dir, "bird.conf"), "-s", filepath.Join(dir, "bird.ctl"))
 		proto = unix.RTPROT_BIRD
@@ -274,7 +296,7 @@ protocol bgp synth {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
 	return func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -295,7 +317,7 @@ protocol bgp synth {
 			}
 			h.Close()
 		}
-	}, proto, nil
+	}, proto, cmd.Process.Pid, nil
 }
 
 // routeWatch counts the node's routes of one protocol from netlink events.
@@ -402,7 +424,7 @@ func runPeer(args []string) {
 	}
 }
 
-func median(rs [][3]time.Duration, i int) time.Duration {
+func median(rs [][5]time.Duration, i int) time.Duration {
 	v := make([]time.Duration, len(rs))
 	for j, r := range rs {
 		v[j] = r[i]
@@ -412,7 +434,7 @@ func median(rs [][3]time.Duration, i int) time.Duration {
 }
 
 // spread is the lowest and highest per-pass ratio.
-func spread(w, b [][3]time.Duration, i int) (lo, hi float64) {
+func spread(w, b [][5]time.Duration, i int) (lo, hi float64) {
 	lo, hi = 1e9, 0
 	for j := range w {
 		r := float64(w[j][i]) / float64(b[j][i])

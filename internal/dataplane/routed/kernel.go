@@ -30,6 +30,7 @@ type Kernel struct {
 	// complete (only routes from before a restart wait for the sweep). unresolved are
 	// those of them no next hop of which resolves.
 	learned, unresolved map[netip.Prefix]bool
+	rbuf []byte // replies are read into it
 	// resolved caches next hops' resolutions for a little while (resolveFor).
 	resolved   map[netip.Addr]hop
 	resolvedAt time.Time
@@ -100,29 +101,59 @@ func (k *Kernel) apply(ops []op) []error {
 			}
 			continue
 		}
-		for closed := false; !closed; {
-			msgs, _, err := k.sock.Receive()
-			if err != nil {
-				// Without the closing reply, nothing of the batch is known to have worked.
-				for i := start; i < end; i++ {
-					errs[i] = fmt.Errorf("reading the kernel's replies: %w", err)
-				}
-				break
+		if err := k.replies(func(seq uint32, code int32) bool {
+			if i, ok := bySeq[seq]; ok && code != 0 {
+				errs[i] = syscall.Errno(-code)
 			}
-			for _, m := range msgs {
-				i, ok := bySeq[m.Header.Seq]
-				if !ok || m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
-					continue
-				}
-				if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-					errs[i] = syscall.Errno(-code)
-				}
-				closed = closed || m.Header.Seq == last
+			return seq == last
+		}); err != nil {
+			// Without the closing reply, nothing of the batch is known to have worked.
+			for i := start; i < end; i++ {
+				errs[i] = fmt.Errorf("reading the kernel's replies: %w", err)
 			}
 		}
 	}
 	return errs
 }
+
+// replies reads the kernel's replies (NLMSG_ERROR: an error code, 0 for an
+// acknowledgement) into one reused buffer, passing each to reply until it returns true.
+// The kernel has queued them by the time sendmsg returns; the socket is non-blocking,
+// so an empty one is waited for with poll.
+func (k *Kernel) replies(reply func(seq uint32, code int32) bool) error {
+	if k.rbuf == nil {
+		k.rbuf = make([]byte, 64<<10)
+	}
+	fd := k.sock.GetFd()
+	for {
+		n, _, err := unix.Recvfrom(fd, k.rbuf, 0)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			if _, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(replyWait/time.Millisecond)); err != nil && err != unix.EINTR {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for b := k.rbuf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
+			l := int(binary.NativeEndian.Uint32(b[0:4]))
+			if l < unix.NLMSG_HDRLEN || l > len(b) {
+				return fmt.Errorf("malformed netlink reply")
+			}
+			typ, seq := binary.NativeEndian.Uint16(b[4:6]), binary.NativeEndian.Uint32(b[8:12])
+			if typ == unix.NLMSG_ERROR && l >= unix.NLMSG_HDRLEN+4 {
+				if reply(seq, int32(binary.NativeEndian.Uint32(b[16:20]))) {
+					return nil
+				}
+			}
+			b = b[min(len(b), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
+		}
+	}
+}
+
+// replyWait bounds one wait for the kernel's replies (they are normally there at once).
+const replyWait = 5 * time.Second
 
 // message is the RTM_NEWROUTE (replace) or RTM_DELROUTE for an op; ack asks for a reply
 // even on success.
