@@ -30,7 +30,7 @@ type Kernel struct {
 	// complete (only routes from before a restart wait for the sweep). unresolved are
 	// those of them no next hop of which resolves.
 	learned, unresolved map[netip.Prefix]bool
-	rbuf []byte // replies are read into it
+	rbuf                []byte // replies are read into it
 	// resolved caches next hops' resolutions for a little while (resolveFor).
 	resolved   map[netip.Addr]hop
 	resolvedAt time.Time
