@@ -45,9 +45,11 @@ func kernel(t *testing.T, h *netlink.Handle) string {
 	return strings.Join(out, "; ")
 }
 
-func TestSyncECMPRecursionAndSweep(t *testing.T) {
+// underlay makes a namespace whose link under0 holds addrs (its peer under1 is up).
+func underlay(t *testing.T, name string, addrs ...string) (testutil.NS, *netlink.Handle, netlink.Link) {
+	t.Helper()
 	testutil.RequireRoot(t)
-	ns := testutil.NewNS(t, "rt")
+	ns := testutil.NewNS(t, name)
 	h := ns.Handle(t)
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "under0"}, PeerName: "under1"}); err != nil {
 		t.Fatal(err)
@@ -56,7 +58,7 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev, _ := h.LinkByName("under0")
-	for _, a := range []string{"10.0.0.1/24", "fd00::1/64"} {
+	for _, a := range addrs {
 		p := netip.MustParsePrefix(a)
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}, Flags: unix.IFA_F_NODAD}
 		if err := h.AddrAdd(dev, addr); err != nil {
@@ -66,6 +68,11 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 	if err := h.LinkSetUp(dev); err != nil {
 		t.Fatal(err)
 	}
+	return ns, h, dev
+}
+
+func TestSyncECMPRecursionAndSweep(t *testing.T) {
+	ns, h, dev := underlay(t, "rt", "10.0.0.1/24", "fd00::1/64")
 	// Another rack's nodes sit behind a router: their next hops resolve through it.
 	if err := h.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IP{10, 1, 0, 0}, Mask: net.CIDRMask(16, 32)}, Gw: net.IP{10, 0, 0, 254}, LinkIndex: dev.Attrs().Index}); err != nil {
 		t.Fatal(err)
@@ -133,22 +140,7 @@ func TestSyncECMPRecursionAndSweep(t *testing.T) {
 }
 
 func TestUpdateAppliesChangesOnly(t *testing.T) {
-	testutil.RequireRoot(t)
-	ns := testutil.NewNS(t, "rtu")
-	h := ns.Handle(t)
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "under0"}, PeerName: "under1"}); err != nil {
-		t.Fatal(err)
-	}
-	if peer, err := h.LinkByName("under1"); err != nil || h.LinkSetUp(peer) != nil {
-		t.Fatal(err)
-	}
-	dev, _ := h.LinkByName("under0")
-	if err := h.AddrAdd(dev, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP{10, 0, 0, 1}, Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(dev); err != nil {
-		t.Fatal(err)
-	}
+	ns, h, _ := underlay(t, "rtu", "10.0.0.1/24")
 	k, err := routed.Open(ns.Path)
 	if err != nil {
 		t.Fatal(err)
