@@ -49,6 +49,15 @@ type BGPConfig struct {
 	// Peers are external peers given with the configuration: Kubernetes mode has no store
 	// to keep them in (`weft bgp peer add --config-file`); with a store they add to its.
 	Peers []BGPPeer `json:"peers,omitempty"`
+	// CrossSubnetVXLAN carries pod traffic to nodes outside this node's underlay subnet in
+	// VXLAN (Calico's CrossSubnet): for a network whose routers do not take BGP routes.
+	// Nodes on the same subnet still route to each other over BGP, unencapsulated.
+	CrossSubnetVXLAN bool `json:"crossSubnetVXLAN,omitempty"`
+}
+
+// Tunnels says whether the fabric uses VXLAN: fabric vxlan, or fabric bgp across subnets.
+func (c ClusterConfig) Tunnels() bool {
+	return c.Fabric == FabricVXLAN || c.Fabric == FabricBGP && c.BGP != nil && c.BGP.CrossSubnetVXLAN
 }
 
 // AnnouncesServiceAddrs says whether service addresses go to peers: the service ranges,

@@ -306,7 +306,7 @@ func (a *Agent) syncDataplane() {
 	for _, set := range a.NodeSets() {
 		t.LocalAddrs = append(t.LocalAddrs, set[0].Gateway, set[0].Subnet.Masked().Addr()) // gateway, VTEP
 	}
-	if c := a.opts.Cluster; c != nil && c.cfg.Fabric == "vxlan" {
+	if c := a.opts.Cluster; c != nil && c.cfg.Tunnels() {
 		t.TunnelPort = c.cfg.Port
 		if t.TunnelPort == 0 {
 			t.TunnelPort = fabric.DefaultPort

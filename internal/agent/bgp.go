@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -45,6 +46,10 @@ type bgpFabric struct {
 
 	mu        sync.Mutex
 	installed int
+	// tunnelled are the pod blocks the fabric carries in VXLAN (CrossSubnetVXLAN): BGP's
+	// routes for them stay out of the kernel. A change asks for a full sync (resync).
+	tunnelled map[netip.Prefix]bool
+	resync    atomic.Bool
 	swept     atomic.Bool // a kernel sync has run with a complete view (stale routes gone)
 	syncedAt  time.Time   // when the speaker first said its view was complete (syncKernel's)
 }
@@ -120,6 +125,19 @@ func (a *Agent) startBGP(g *group, c *Cluster, cache *resources.Cache) error {
 		}
 	})
 	return nil
+}
+
+// setTunnelled says which pod blocks the fabric routes through VXLAN; the kernel's BGP
+// routes leave those alone, and take back a block that stops being tunnelled.
+func (f *bgpFabric) setTunnelled(blocks map[netip.Prefix]bool) {
+	f.mu.Lock()
+	changed := !maps.Equal(f.tunnelled, blocks)
+	f.tunnelled = blocks
+	f.mu.Unlock()
+	if changed {
+		f.resync.Store(true)
+		f.kernel.Trigger()
+	}
 }
 
 // sync makes the speaker's peers and announcements follow the cluster.
@@ -243,11 +261,17 @@ func (f *bgpFabric) syncKernel() error {
 	// (and the kernel's are compared with them) when the speaker read its table again,
 	// when the kernel's record of its routes is to be read again (never read, a failed
 	// change, or its age), and for the sweep.
+	f.mu.Lock()
+	tunnelled := f.tunnelled
+	f.mu.Unlock()
+	if tunnelled == nil && f.cfg.CrossSubnetVXLAN {
+		return nil // wait for the fabric to say which blocks it tunnels (setTunnelled triggers)
+	}
 	routes, all, err := f.sp.Changes()
 	if err != nil {
 		return err
 	}
-	if !all && (f.kern.NeedsSync() || sweep) {
+	if !all && (f.kern.NeedsSync() || sweep || f.resync.Swap(false)) {
 		if routes, err = f.sp.Routes(); err != nil {
 			return err
 		}
@@ -255,7 +279,8 @@ func (f *bgpFabric) syncKernel() error {
 	}
 	kernel := make([]routed.Route, 0, len(routes))
 	for _, r := range routes {
-		if !slices.Contains(f.c.podCIDRs, r.Prefix) { // never route this node's own block away
+		// Never route this node's own block away, nor one the fabric tunnels.
+		if !slices.Contains(f.c.podCIDRs, r.Prefix) && !tunnelled[r.Prefix] {
 			kernel = append(kernel, routed.Route{Dst: r.Prefix, NextHops: r.NextHops})
 		}
 	}

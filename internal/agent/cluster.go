@@ -179,7 +179,7 @@ func (c *Cluster) Config() v1.ClusterConfig { return c.cfg }
 
 // tunnel is this node's VXLAN endpoint for the fast path, or nil without VXLAN.
 func (c *Cluster) tunnel() *fastpath.Tunnel {
-	if c.cfg.Fabric != v1.FabricVXLAN {
+	if !c.cfg.Tunnels() {
 		return nil
 	}
 	vni, port := fabric.TunnelParams(c.cfg)
@@ -244,6 +244,9 @@ func (c *Cluster) syncFabric(ctx context.Context) error {
 	st, err := fabric.Desired(c.cfg, fabric.Self{Node: c.node, Lease: self, Underlay: c.under}, peers)
 	if err != nil {
 		return err
+	}
+	if c.bgp != nil {
+		c.bgp.setTunnelled(st.Tunnelled()) // before the VXLAN routes replace BGP's
 	}
 	h := &netlink.Handle{}
 	if err := overlay.Apply(h, c.o.NodeName, st, overlay.Underlay{Device: c.o.UnderlayDev, Addr: c.under.Addr()}, c.mtu); err != nil {

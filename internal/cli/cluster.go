@@ -60,8 +60,8 @@ func newClusterCmd() *cobra.Command {
 			}
 			if cfg.Fabric == v1.FabricBGP {
 				cfg.BGP = &bgpCfg
-			} else if cmd.Flags().Changed("asn") || bgpCfg.NoNodeMesh || bgpCfg.AnnounceServices || len(lbCIDRs) > 0 {
-				return usageErr("--asn, --bgp-no-node-mesh, --bgp-announce-services and --bgp-lb-cidr need --fabric bgp")
+			} else if cmd.Flags().Changed("asn") || bgpCfg.NoNodeMesh || bgpCfg.AnnounceServices || len(lbCIDRs) > 0 || bgpCfg.CrossSubnetVXLAN {
+				return usageErr("--asn, --bgp-no-node-mesh, --bgp-announce-services, --bgp-lb-cidr and --bgp-cross-subnet-vxlan need --fabric bgp")
 			}
 			if err := cfg.Validate(); err != nil {
 				return badInput(err)
@@ -107,6 +107,7 @@ func newClusterCmd() *cobra.Command {
 	init.Flags().Uint32Var(&bgpCfg.ASN, "asn", v1.DefaultASN, "fabric bgp: the nodes' AS number")
 	init.Flags().BoolVar(&bgpCfg.NoNodeMesh, "bgp-no-node-mesh", false, "fabric bgp: nodes peer only with external peers (top-of-rack routers), not with each other")
 	init.Flags().BoolVar(&bgpCfg.AnnounceServices, "bgp-announce-services", false, "fabric bgp: announce the service CIDRs to external peers")
+	init.Flags().BoolVar(&bgpCfg.CrossSubnetVXLAN, "bgp-cross-subnet-vxlan", false, "fabric bgp: carry pod traffic to nodes on other underlay subnets in VXLAN (Calico's CrossSubnet), for routers that do not take BGP")
 	init.Flags().StringSliceVar(&lbCIDRs, "bgp-lb-cidr", nil, "fabric bgp: announce the load balancer addresses of services (Kubernetes mode) inside these CIDRs")
 	init.Flags().IntVar(&cfg.VNI, "vni", 1, "VXLAN network identifier")
 	init.Flags().IntVar(&cfg.Port, "port", 4789, "VXLAN UDP port")

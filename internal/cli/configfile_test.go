@@ -16,7 +16,7 @@ func TestConfigFile(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "cluster.json")
 	if _, code := run(t, "cluster", "init", "--config-file", file, "--cluster-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/16",
-		"--fabric", "bgp", "--bgp-lb-cidr", "10.97.0.0/24"); code != 0 {
+		"--fabric", "bgp", "--bgp-lb-cidr", "10.97.0.0/24", "--bgp-cross-subnet-vxlan"); code != 0 {
 		t.Fatalf("cluster init --config-file: exit %d", code)
 	}
 	read := func() v1.ClusterConfig {
@@ -31,8 +31,11 @@ func TestConfigFile(t *testing.T) {
 		}
 		return c
 	}
-	if c := read(); c.BGP == nil || len(c.BGP.LoadBalancerCIDRs) != 1 || c.BGP.LoadBalancerCIDRs[0].String() != "10.97.0.0/24" {
+	if c := read(); c.BGP == nil || len(c.BGP.LoadBalancerCIDRs) != 1 || c.BGP.LoadBalancerCIDRs[0].String() != "10.97.0.0/24" || !c.BGP.CrossSubnetVXLAN || !c.Tunnels() {
 		t.Fatalf("config: %+v", c.BGP)
+	}
+	if _, code := run(t, "cluster", "init", "--config-file", filepath.Join(dir, "x.json"), "--cluster-cidr", "10.244.0.0/16", "--bgp-cross-subnet-vxlan"); code == 0 {
+		t.Error("--bgp-cross-subnet-vxlan without --fabric bgp was taken")
 	}
 	for _, name := range []string{"tor1", "tor2", "tor1"} { // the second tor1 replaces the first
 		if _, code := run(t, "bgp", "peer", "add", name, "--address", "192.168.1.254", "--asn", "65001", "--node-subnet", "192.168.1.0/24", "--config-file", file); code != 0 {

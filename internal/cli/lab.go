@@ -32,7 +32,7 @@ func newLabCmd() *cobra.Command {
 
 	var detach bool
 	up := &cobra.Command{
-		Use: "up [--nodes 3] [--fabric vxlan|direct|bgp [--racks 2 [--tor bird|gobgpd|frr]]] [-d]", Short: "Bring a lab up: underlay, etcd, nodes running weftd", Args: noArgs,
+		Use: "up [--nodes 3] [--fabric vxlan|direct|bgp [--racks 2 [--tor bird|gobgpd|frr|none]]] [-d]", Short: "Bring a lab up: underlay, etcd, nodes running weftd", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := lab.Up(opts)
 			if err != nil {
@@ -52,7 +52,7 @@ func newLabCmd() *cobra.Command {
 	up.Flags().IntVar(&opts.Nodes, "nodes", 3, "how many nodes")
 	up.Flags().StringVar(&opts.Fabric, "fabric", "vxlan", "vxlan, direct or bgp")
 	up.Flags().IntVar(&opts.Racks, "racks", 0, "fabric bgp: spread nodes over this many L2 segments joined only by a BGP router")
-	up.Flags().StringVar(&opts.TOR, "tor", "", "with --racks: the router's BGP daemon, bird (default), gobgpd or frr")
+	up.Flags().StringVar(&opts.TOR, "tor", "", "with --racks: the router's BGP daemon, bird (default), gobgpd or frr; none: it only forwards, and pod traffic between racks goes in VXLAN")
 	up.Flags().StringVar(&opts.Mode, "mode", "bridge", "pod attachment: bridge or ptp")
 	up.Flags().BoolVar(&opts.Kubernetes, "kubernetes", false, "run kube-apiserver and kube-controller-manager ($WEFT_KUBE_DIR or PATH) in the lab: weftds read it, pods get Pod objects")
 	up.Flags().StringVar(&opts.Proxy, "proxy", "nftables", "every weftd's service proxy: nftables, ebpf (socket load balancing in front of nftables) or auto")

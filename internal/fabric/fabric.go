@@ -87,7 +87,10 @@ func TunnelParams(cfg v1.ClusterConfig) (vni, port int) {
 func Desired(cfg v1.ClusterConfig, self Self, peers []Peer) (State, error) {
 	st := State{}
 	st.VNI, st.Port = TunnelParams(cfg)
-	useVXLAN := cfg.Fabric == v1.FabricVXLAN
+	useVXLAN := cfg.Tunnels()
+	// Fabric bgp across subnets: only peers outside this node's underlay subnet are
+	// tunnelled; BGP's routes reach the others.
+	crossSubnetOnly := cfg.Fabric == v1.FabricBGP
 	if useVXLAN {
 		st.VXLAN = true
 		for _, b := range self.Lease.PodCIDRs {
@@ -103,6 +106,7 @@ func Desired(cfg v1.ClusterConfig, self Self, peers []Peer) (State, error) {
 			under, ok := underlayFor(p.Node, b.Addr().Is4(), self)
 			direct := cfg.Fabric == v1.FabricDirect || (cfg.DirectRouting && ok && self.Underlay.Contains(under))
 			switch {
+			case crossSubnetOnly && sameSubnet(p.Node, self):
 			case direct:
 				if !ok {
 					continue // no underlay of this family: this block cannot be routed directly
@@ -127,6 +131,24 @@ func Desired(cfg v1.ClusterConfig, self Self, peers []Peer) (State, error) {
 	}
 	st.FDB = dedupFDB(st.FDB)
 	return st, nil
+}
+
+// sameSubnet says whether a peer's underlay address (of this node's underlay family) is on
+// this node's underlay subnet.
+func sameSubnet(n v1.Node, self Self) bool {
+	a, ok := underlayFor(n, self.Underlay.Addr().Is4(), self)
+	return ok && self.Underlay.Contains(a)
+}
+
+// Tunnelled are the pod blocks st routes through VXLAN.
+func (st State) Tunnelled() map[netip.Prefix]bool {
+	out := map[netip.Prefix]bool{}
+	for _, r := range st.Routes {
+		if r.VXLAN {
+			out[r.Dst] = true
+		}
+	}
+	return out
 }
 
 func underlayFor(n v1.Node, v4 bool, _ Self) (netip.Addr, bool) {
@@ -156,7 +178,7 @@ func PodMTU(cfg v1.ClusterConfig, underlayMTU int, underlayV6 bool) int {
 	if cfg.MTU > 0 {
 		return cfg.MTU
 	}
-	if cfg.Fabric != v1.FabricVXLAN {
+	if !cfg.Tunnels() {
 		return underlayMTU
 	}
 	if underlayV6 {

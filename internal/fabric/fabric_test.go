@@ -41,6 +41,21 @@ func TestDesired(t *testing.T) {
 	if st.VXLAN || len(st.Routes) != 2 || st.Routes[1].Via.String() != "172.16.0.3" {
 		t.Fatalf("direct: %+v", st)
 	}
+
+	// Fabric bgp: nothing without CrossSubnetVXLAN; with it, only c (another subnet) is
+	// tunnelled, and the pods' MTU leaves room for VXLAN.
+	cfg = v1.ClusterConfig{Fabric: v1.FabricBGP, BGP: &v1.BGPConfig{ASN: 64512}}
+	if st, _ = Desired(cfg, self, peers); st.VXLAN || len(st.Routes) != 0 || PodMTU(cfg, 1500, false) != 1500 {
+		t.Fatalf("bgp: %+v", st)
+	}
+	cfg.BGP.CrossSubnetVXLAN = true
+	st, _ = Desired(cfg, self, peers)
+	if !st.VXLAN || len(st.Routes) != 1 || !st.Routes[0].VXLAN || st.Routes[0].Dst.String() != "10.0.3.0/24" || len(st.FDB) != 1 || st.FDB[0].Dst.String() != "172.16.0.3" {
+		t.Fatalf("bgp cross-subnet: %+v", st)
+	}
+	if got := st.Tunnelled(); len(got) != 1 || !got[netip.MustParsePrefix("10.0.3.0/24")] || PodMTU(cfg, 1500, false) != 1450 {
+		t.Fatalf("bgp cross-subnet: tunnelled %v, MTU %d", got, PodMTU(cfg, 1500, false))
+	}
 	if PodMTU(v1.ClusterConfig{Fabric: v1.FabricVXLAN}, 1500, false) != 1450 || PodMTU(v1.ClusterConfig{Fabric: v1.FabricVXLAN}, 1500, true) != 1430 || PodMTU(v1.ClusterConfig{Fabric: v1.FabricDirect}, 1500, false) != 1500 {
 		t.Fatal("PodMTU")
 	}

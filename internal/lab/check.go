@@ -114,7 +114,7 @@ func (l *Lab) bgpProblems() (checked int, problems []string) {
 			}
 		}
 	}
-	if l.State.Router == "" {
+	if l.State.Router == "" || l.State.TOR == "none" {
 		return checked, problems
 	}
 	view, err := l.RouterView()

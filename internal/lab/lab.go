@@ -41,7 +41,7 @@ type Options struct {
 	Nodes  int    // default 3
 	Fabric string // vxlan, direct or bgp
 	Racks  int    // fabric bgp: L2 segments joined only by a router running TOR (0, 1: one segment)
-	TOR    string // the racks' router: bird (default), gobgpd or frr
+	TOR    string // the racks' router: bird (default), gobgpd, frr, or none (it only forwards)
 	Proxy  string // every weftd's --proxy: nftables (default), ebpf or auto
 	// Kubernetes runs kube-apiserver and kube-controller-manager in the underlay; weftds
 	// read the cluster from it and every pod gets a Pod object.
@@ -145,8 +145,11 @@ func (o *Options) defaults() error {
 	if o.Racks > 1 && o.TOR == "" {
 		o.TOR = "bird"
 	}
-	if o.TOR != "" && o.TOR != "bird" && o.TOR != "gobgpd" && o.TOR != "frr" {
-		return fmt.Errorf("--tor %q: use bird, gobgpd or frr", o.TOR)
+	if o.TOR != "" && o.TOR != "bird" && o.TOR != "gobgpd" && o.TOR != "frr" && o.TOR != "none" {
+		return fmt.Errorf("--tor %q: use bird, gobgpd, frr or none", o.TOR)
+	}
+	if o.TOR == "none" && o.Kubernetes {
+		return fmt.Errorf("--tor none: not with --kubernetes (its racks take their peers from the rack routers)")
 	}
 	if o.TOR != "" && o.Racks < 2 {
 		return fmt.Errorf("--tor needs --racks 2 or more")

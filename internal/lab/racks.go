@@ -145,6 +145,9 @@ func (l *Lab) upRacks() error {
 	if err := l.upClient(); err != nil {
 		return err
 	}
+	if l.State.TOR == "none" {
+		return nil // a router that only forwards: no daemon, no peers
+	}
 	if err := l.startTOR(); err != nil {
 		return err
 	}

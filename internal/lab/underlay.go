@@ -91,7 +91,12 @@ func (l *Lab) upUnderlay() error {
 		"--fabric", l.State.Fabric)
 	if l.State.Fabric == "bgp" {
 		init.Args = append(init.Args, "--asn", fmt.Sprint(NodeASN))
-		if l.State.Racks > 1 {
+		switch {
+		case l.State.Racks > 1 && l.State.TOR == "none":
+			// The router only forwards: the nodes mesh among themselves and carry pod
+			// traffic to other racks in VXLAN (Calico's CrossSubnet).
+			init.Args = append(init.Args, "--bgp-cross-subnet-vxlan")
+		case l.State.Racks > 1:
 			// Each node peers with its rack's router, which also learns the service
 			// addresses (the lab's client behind it reaches services through them).
 			init.Args = append(init.Args, "--bgp-no-node-mesh", "--bgp-announce-services", "--bgp-lb-cidr", LoadBalancerCIDR)

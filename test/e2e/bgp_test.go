@@ -257,3 +257,57 @@ func testBGPRacks(t *testing.T, tor string) {
 		t.Errorf("the router still has %s:\n%s", gone, view)
 	}
 }
+
+// TestBGPCrossSubnetVXLAN runs fabric bgp over two racks joined by a router that only
+// forwards (no BGP): nodes mesh among themselves, route to their own rack's blocks over
+// BGP, unencapsulated, and reach the other rack's pods in VXLAN (Calico's CrossSubnet).
+func TestBGPCrossSubnetVXLAN(t *testing.T) {
+	testutil.RequireRoot(t)
+	l := labCLI{t: t, name: fmt.Sprintf("x%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
+	t.Cleanup(func() {
+		_, _ = l.run("down")
+		if left, _ := filepath.Glob("/run/netns/" + l.name + "-*"); len(left) > 0 {
+			t.Errorf("lab down left namespaces: %v", left)
+		}
+	})
+	l.must("up", "-d", "--nodes", "3", "--fabric", "bgp", "--racks", "2", "--tor", "none")
+	for i := 1; i <= 3; i++ { // node1 and node3 in rack 1, node2 in rack 2
+		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080")
+	}
+	if out, err := l.run("check", "-o", "json"); err != nil || !strings.Contains(out, `"ok": true`) {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	// node1's routes: node3's blocks (same rack) learned over BGP via node3 itself; node2's
+	// blocks (the other rack) through the VXLAN device, and not over BGP.
+	s := l.status()
+	routes := func(node string) string {
+		out, err := exec.Command("ip", "-n", l.name+"-"+node, "-4", "route", "show").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip route: %v: %s", err, out)
+		}
+		return string(out)
+	}
+	blocks := map[string]string{}
+	for _, n := range s.Nodes {
+		for _, p := range n.PodCIDRs {
+			if p.Addr().Is4() {
+				blocks[n.Name] = p.String()
+			}
+		}
+	}
+	var same, other string
+	for _, line := range strings.Split(routes("node1"), "\n") {
+		switch {
+		case strings.HasPrefix(line, blocks["node3"]+" "):
+			same = line
+		case strings.HasPrefix(line, blocks["node2"]+" "):
+			other = line
+		}
+	}
+	if !strings.Contains(same, "dev uplink") || !strings.Contains(same, "proto 121") {
+		t.Errorf("node3's block on node1 should be a BGP route on the underlay: %q", same)
+	}
+	if !strings.Contains(other, "dev weft.vxlan") || !strings.Contains(other, "proto 120") {
+		t.Errorf("node2's block on node1 should go through VXLAN: %q", other)
+	}
+}
