@@ -52,14 +52,7 @@ func useGoBGPv4(t *testing.T) {
 }
 
 func testBGPRacks(t *testing.T, tor string) {
-	testutil.RequireRoot(t)
-	l := labCLI{t: t, name: fmt.Sprintf("g%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() {
-		_, _ = l.run("down")
-		if left, _ := filepath.Glob("/run/netns/" + l.name + "-*"); len(left) > 0 {
-			t.Errorf("lab down left namespaces: %v", left)
-		}
-	})
+	l := labFor(t, "g")
 	// With gobgpd, the eBPF proxy: the client behind the router reaches service addresses
 	// through the Maglev balancer in tc.
 	proxyMode := "nftables"
@@ -262,14 +255,7 @@ func testBGPRacks(t *testing.T, tor string) {
 // forwards (no BGP): nodes mesh among themselves, route to their own rack's blocks over
 // BGP, unencapsulated, and reach the other rack's pods in VXLAN (Calico's CrossSubnet).
 func TestBGPCrossSubnetVXLAN(t *testing.T) {
-	testutil.RequireRoot(t)
-	l := labCLI{t: t, name: fmt.Sprintf("x%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() {
-		_, _ = l.run("down")
-		if left, _ := filepath.Glob("/run/netns/" + l.name + "-*"); len(left) > 0 {
-			t.Errorf("lab down left namespaces: %v", left)
-		}
-	})
+	l := labFor(t, "x")
 	l.must("up", "-d", "--nodes", "3", "--fabric", "bgp", "--racks", "2", "--tor", "none")
 	for i := 1; i <= 3; i++ { // node1 and node3 in rack 1, node2 in rack 2
 		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080")

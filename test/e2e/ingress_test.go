@@ -68,8 +68,7 @@ spec:
 func TestIngressInLab(t *testing.T) {
 	testutil.RequireRoot(t)
 	wrk := testutil.RequireTool(t, "wrk")
-	l := labCLI{t: t, name: fmt.Sprintf("i%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() { _, _ = l.run("down") })
+	l := labFor(t, "i")
 	l.must("up", "-d", "--nodes", "3", "--fabric", "vxlan")
 	for i := 1; i <= 3; i++ {
 		l.must("pod", "add", fmt.Sprintf("web%d", i), "--node", fmt.Sprint(i), "--labels", "app=web", "--serve", "http:8080")

@@ -55,8 +55,7 @@ func kubeClientFrom(t *testing.T, kubeconfig string) kubernetes.Interface {
 func TestKubernetesInLab(t *testing.T) {
 	testutil.RequireRoot(t)
 	t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
-	l := labCLI{t: t, name: fmt.Sprintf("k%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() { _, _ = l.run("down") })
+	l := labFor(t, "k")
 	l.must("up", "-d", "--nodes", "3", "--kubernetes")
 	for i := 1; i <= 2; i++ {
 		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080", "--labels", "app=web")
@@ -340,8 +339,7 @@ func TestKubernetesInLab(t *testing.T) {
 func TestKubernetesLoadBalancerOverBGP(t *testing.T) {
 	testutil.RequireRoot(t)
 	t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
-	l := labCLI{t: t, name: fmt.Sprintf("b%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() { _, _ = l.run("down") })
+	l := labFor(t, "b")
 	l.must("up", "-d", "--nodes", "2", "--fabric", "bgp", "--racks", "2", "--kubernetes")
 	l.must("pod", "add", "web", "--node", "2", "--labels", "app=web")
 	st := l.status()

@@ -64,15 +64,23 @@ func (l labCLI) status() labStatus {
 	return s
 }
 
-func newLab(t *testing.T, fabric string) labCLI {
+// labFor is a lab CLI for t, named prefix and the test binary's PID (parallel test
+// binaries never share a lab); the lab is brought down when t ends, and that must leave
+// no namespace behind.
+func labFor(t *testing.T, prefix string) labCLI {
 	testutil.RequireRoot(t)
-	l := labCLI{t: t, name: fmt.Sprintf("l%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
+	l := labCLI{t: t, name: fmt.Sprintf("%s%d", prefix, os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
 	t.Cleanup(func() {
 		_, _ = l.run("down")
 		if left, _ := filepath.Glob("/run/netns/" + l.name + "-*"); len(left) > 0 {
 			t.Errorf("lab down left namespaces: %v", left)
 		}
 	})
+	return l
+}
+
+func newLab(t *testing.T, fabric string) labCLI {
+	l := labFor(t, "l")
 	l.must("up", "-d", "--nodes", "3", "--fabric", fabric)
 	for i := 1; i <= 3; i++ {
 		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080")

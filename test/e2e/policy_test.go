@@ -38,9 +38,7 @@ import (
 // `weft policy explain` about pods the lab published: the model's decision, from the CLI.
 // (Enforcement in the kernel comes with issue 15's next part.)
 func TestPolicyExplainInLab(t *testing.T) {
-	testutil.RequireRoot(t)
-	l := labCLI{t: t, name: fmt.Sprintf("q%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() { _, _ = l.run("down") })
+	l := labFor(t, "q")
 	l.must("up", "-d", "--nodes", "2", "--fabric", "direct")
 	l.must("pod", "add", "web", "--node", "1", "--labels", "app=web")
 	l.must("pod", "add", "client", "--node", "2", "--labels", "app=client")
@@ -87,9 +85,7 @@ spec:
 // yielded), a namespace label change flips a cell within a second, and removing the
 // policies opens everything again.
 func TestPolicyEnforcedInLab(t *testing.T) {
-	testutil.RequireRoot(t)
-	l := labCLI{t: t, name: fmt.Sprintf("r%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() { _, _ = l.run("down") })
+	l := labFor(t, "r")
 	l.must("up", "-d", "--nodes", "2", "--fabric", "vxlan")
 	l.must("pod", "add", "web", "--node", "1", "--labels", "app=web", "--serve", "tcp:8080")
 	l.must("pod", "add", "client", "--node", "2", "--labels", "app=client", "--serve", "tcp:8080")
@@ -367,8 +363,7 @@ func TestPolicyMatrixInLab(t *testing.T) {
 }
 
 func testPolicyMatrix(t *testing.T, fabric string, kube bool) {
-	l := labCLI{t: t, name: fmt.Sprintf("m%d", os.Getpid()%100000), bin: filepath.Join(testutil.Binaries(t), "weft")}
-	t.Cleanup(func() { _, _ = l.run("down") })
+	l := labFor(t, "m")
 	up := []string{"up", "-d", "--nodes", "3", "--fabric", fabric}
 	if kube {
 		up = append(up, "--kubernetes")
