@@ -148,9 +148,6 @@ func (o *Options) defaults() error {
 	if o.TOR != "" && o.TOR != "bird" && o.TOR != "gobgpd" && o.TOR != "frr" && o.TOR != "none" {
 		return fmt.Errorf("--tor %q: use bird, gobgpd, frr or none", o.TOR)
 	}
-	if o.TOR == "none" && o.Kubernetes {
-		return fmt.Errorf("--tor none: not with --kubernetes (its racks take their peers from the rack routers)")
-	}
 	if o.TOR != "" && o.Racks < 2 {
 		return fmt.Errorf("--tor needs --racks 2 or more")
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/weftnet/weft/internal/lab"
 	"github.com/weftnet/weft/internal/probe"
 	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/testutil/kubetest"
 )
 
 // TestBGPAcrossRacks runs fabric bgp over two racks joined only by a router running a
@@ -254,9 +255,20 @@ func testBGPRacks(t *testing.T, tor string) {
 // TestBGPCrossSubnetVXLAN runs fabric bgp over two racks joined by a router that only
 // forwards (no BGP): nodes mesh among themselves, route to their own rack's blocks over
 // BGP, unencapsulated, and reach the other rack's pods in VXLAN (Calico's CrossSubnet).
+// With a store, and in Kubernetes mode (peers and VTEPs from Node objects).
 func TestBGPCrossSubnetVXLAN(t *testing.T) {
+	t.Run("store", func(t *testing.T) { testCrossSubnet(t, false) })
+	t.Run("kubernetes", func(t *testing.T) { testCrossSubnet(t, true) })
+}
+
+func testCrossSubnet(t *testing.T, kube bool) {
 	l := labFor(t, "x")
-	l.must("up", "-d", "--nodes", "3", "--fabric", "bgp", "--racks", "2", "--tor", "none")
+	up := []string{"up", "-d", "--nodes", "3", "--fabric", "bgp", "--racks", "2", "--tor", "none"}
+	if kube {
+		t.Setenv("WEFT_KUBE_DIR", kubetest.Binaries(t, "kube-apiserver", "kube-controller-manager"))
+		up = append(up, "--kubernetes")
+	}
+	l.must(up...)
 	for i := 1; i <= 3; i++ { // node1 and node3 in rack 1, node2 in rack 2
 		l.must("pod", "add", fmt.Sprintf("p%d", i), "--node", fmt.Sprint(i), "--serve", "tcp:8080")
 	}
