@@ -420,6 +420,7 @@ func TestEndpointFailure(t *testing.T) {
 		// would refuse some at random.
 		for _, rs := range p.state.Load().routes {
 			rs.budget.requests.Store(0)
+			rs.budget.previous.Store(0)
 			rs.budget.retries.Store(0)
 		}
 		resp, err := h2c.Get("http://app.example/")
@@ -707,8 +708,8 @@ func BenchmarkKeepAlive(b *testing.B) {
 	}
 }
 
-// TestRetryBudget: retries stop at the budget's share of the second's requests (at least
-// three a second).
+// TestRetryBudget: retries stop at the budget's share of the requests of this second and
+// the one before (at least three a second).
 func TestRetryBudget(t *testing.T) {
 	var b retryBudget
 	b.percent = 20
@@ -723,6 +724,21 @@ func TestRetryBudget(t *testing.T) {
 	}
 	if allowed != 20 && b.second.Load() == time.Now().Unix() {
 		t.Errorf("%d retries allowed for 100 requests at 20 %%, want 20", allowed)
+	}
+	// Early in a new second, the second before still counts: 100 requests then, none yet
+	// now, and 20 retries are allowed.
+	var early retryBudget
+	early.percent = 20
+	early.second.Store(time.Now().Unix() - 1)
+	early.requests.Store(100)
+	allowed = 0
+	for range 50 {
+		if early.allow() {
+			allowed++
+		}
+	}
+	if allowed != 20 && early.second.Load() == time.Now().Unix() {
+		t.Errorf("early in a second: %d retries allowed after 100 requests the second before, want 20", allowed)
 	}
 	var quiet retryBudget
 	quiet.percent = 20

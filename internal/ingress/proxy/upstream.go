@@ -283,12 +283,16 @@ func (rs *routeState) byWeight(x int) weighted {
 	return rs.backends[len(rs.backends)-1]
 }
 
-// retryBudget allows retries up to a share of the route's requests in the current second
-// (at least 3 a second, so a quiet route can still retry).
+// retryBudget allows the retries of a second up to a share of the route's requests in
+// that second and the one before (at least 3 a second, so a quiet route can still retry).
+// Counting the second before too keeps the budget from being near zero in the first
+// milliseconds of each second: an endpoint that dies then fails every request it holds
+// at once (a CI run saw 4 of them refused a retry that way).
 type retryBudget struct {
 	percent  int64
 	second   atomic.Int64
 	requests atomic.Int64
+	previous atomic.Int64 // the second before's requests
 	retries  atomic.Int64
 }
 
@@ -299,7 +303,7 @@ func (b *retryBudget) request() {
 
 func (b *retryBudget) allow() bool {
 	b.roll()
-	if r := b.retries.Add(1); r <= 3 || r*100 <= b.percent*b.requests.Load() {
+	if r := b.retries.Add(1); r <= 3 || r*100 <= b.percent*(b.requests.Load()+b.previous.Load()) {
 		return true
 	}
 	b.retries.Add(-1)
@@ -309,7 +313,11 @@ func (b *retryBudget) allow() bool {
 func (b *retryBudget) roll() {
 	now := time.Now().Unix()
 	if old := b.second.Load(); old != now && b.second.CompareAndSwap(old, now) {
-		b.requests.Store(0)
+		prev := b.requests.Swap(0)
+		if old != now-1 {
+			prev = 0 // a quiet second in between
+		}
+		b.previous.Store(prev)
 		b.retries.Store(0)
 	}
 }
