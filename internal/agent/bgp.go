@@ -237,8 +237,7 @@ func serviceAddrs(node string, cfg v1.BGPConfig, services []v1.Service, pods []v
 	return out
 }
 
-func (f *bgpFabric) syncKernel() error {
-	var err error
+func (f *bgpFabric) syncKernel() (err error) {
 	if f.kern == nil {
 		if f.kern, err = routed.Open(""); err != nil {
 			return err
@@ -267,11 +266,17 @@ func (f *bgpFabric) syncKernel() error {
 	if tunnelled == nil && f.cfg.CrossSubnetVXLAN {
 		return nil // wait for the fabric to say which blocks it tunnels (setTunnelled triggers)
 	}
+	resync := f.resync.Swap(false)
+	defer func() {
+		if err != nil && resync {
+			f.resync.Store(true) // the full sync it asked for is still owed
+		}
+	}()
 	routes, all, err := f.sp.Changes()
 	if err != nil {
 		return err
 	}
-	if !all && (f.kern.NeedsSync() || sweep || f.resync.Swap(false)) {
+	if !all && (f.kern.NeedsSync() || sweep || resync) {
 		if routes, err = f.sp.Routes(); err != nil {
 			return err
 		}
