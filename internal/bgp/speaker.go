@@ -521,17 +521,23 @@ func localPath(p netip.Prefix, nh netip.Addr) (*apiutil.Path, error) {
 // (ECMP). They follow GoBGP's best-path events; GoBGP's table is read back in full only
 // when a session changed state or resyncEvery has passed.
 func (s *Speaker) Routes() ([]Route, error) {
-	s.mu.Lock()
-	full := s.reread || time.Since(s.readAt) > resyncEvery
-	s.mu.Unlock()
-	if full {
-		if err := s.readTable(); err != nil {
-			return nil, err
-		}
+	if err := s.readIfDue(); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.learned.sorted(), nil
+}
+
+// readIfDue reads GoBGP's table when a session changed state or resyncEvery has passed.
+func (s *Speaker) readIfDue() error {
+	s.mu.Lock()
+	due := s.reread || time.Since(s.readAt) > resyncEvery
+	s.mu.Unlock()
+	if !due {
+		return nil
+	}
+	return s.readTable()
 }
 
 // Changes reports what changed in the learned routes since its last call: each changed
@@ -539,13 +545,8 @@ func (s *Speaker) Routes() ([]Route, error) {
 // since (the first call, after a session change, every resyncEvery), full is true and
 // routes are all the learned routes, sorted.
 func (s *Speaker) Changes() (routes []Route, full bool, err error) {
-	s.mu.Lock()
-	read := s.reread || time.Since(s.readAt) > resyncEvery
-	s.mu.Unlock()
-	if read {
-		if err := s.readTable(); err != nil {
-			return nil, false, err
-		}
+	if err := s.readIfDue(); err != nil {
+		return nil, false, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
