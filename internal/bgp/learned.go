@@ -20,8 +20,7 @@ import (
 // repaired by the next read). Events that arrive while a read is under way are replayed
 // over its result, so none is lost between the read and its use.
 type learned struct {
-	paths  map[netip.Prefix][]learnedPath
-	routes map[netip.Prefix]Route // the learned routes, kept with paths
+	paths map[netip.Prefix][]learnedPath
 	// changed are the destinations whose route may have changed since the last Changes.
 	changed map[netip.Prefix]bool
 	// recording holds the events applied while a full read is under way.
@@ -37,7 +36,7 @@ type learnedPath struct {
 }
 
 func newLearned() *learned {
-	return &learned{paths: map[netip.Prefix][]learnedPath{}, routes: map[netip.Prefix]Route{}, changed: map[netip.Prefix]bool{}}
+	return &learned{paths: map[netip.Prefix][]learnedPath{}, changed: map[netip.Prefix]bool{}}
 }
 
 // apply takes one path of a best-path event: a path that leaves a destination's set comes
@@ -59,32 +58,31 @@ func (l *learned) apply(p *apiutil.Path) {
 	l.set(pfx, set)
 }
 
-// set records a destination's best set and the route that follows from it.
+// set records a destination's best set.
 func (l *learned) set(pfx netip.Prefix, set []learnedPath) {
 	l.changed[pfx] = true
 	if len(set) == 0 {
 		delete(l.paths, pfx)
-		delete(l.routes, pfx)
 		return
 	}
 	l.paths[pfx] = set
+}
+
+// route is the route that follows from a destination's best set: the next hops of its
+// paths, none when it has no path or when one is this speaker's own (the best there is:
+// no route to anyone else).
+func (l *learned) route(pfx netip.Prefix) Route {
 	var hops []netip.Addr
-	for _, e := range set {
-		// A path of this speaker's own is the best there is: no route to anyone else.
+	for _, e := range l.paths[pfx] {
 		if !e.peer.IsValid() {
-			hops = nil
-			break
+			return Route{Prefix: pfx}
 		}
 		if e.nextHop.IsValid() {
 			hops = append(hops, e.nextHop)
 		}
 	}
-	if len(hops) == 0 {
-		delete(l.routes, pfx)
-		return
-	}
 	slices.SortFunc(hops, func(a, b netip.Addr) int { return a.Compare(b) })
-	l.routes[pfx] = Route{Prefix: pfx, NextHops: slices.Compact(hops)}
+	return Route{Prefix: pfx, NextHops: slices.Compact(hops)}
 }
 
 // fromTable adds one destination of a full read: the paths GoBGP marks best (the best
@@ -109,11 +107,7 @@ func (l *learned) fromTable(nlri bgp.NLRI, paths []*apiutil.Path) {
 func (l *learned) takeChanges() []Route {
 	out := make([]Route, 0, len(l.changed))
 	for pfx := range l.changed {
-		r, ok := l.routes[pfx]
-		if !ok {
-			r = Route{Prefix: pfx}
-		}
-		out = append(out, r)
+		out = append(out, l.route(pfx))
 	}
 	clear(l.changed)
 	return out
@@ -121,9 +115,11 @@ func (l *learned) takeChanges() []Route {
 
 // sorted returns the learned routes in prefix order.
 func (l *learned) sorted() []Route {
-	out := make([]Route, 0, len(l.routes))
-	for _, r := range l.routes {
-		out = append(out, r)
+	out := make([]Route, 0, len(l.paths))
+	for pfx := range l.paths {
+		if r := l.route(pfx); len(r.NextHops) > 0 {
+			out = append(out, r)
+		}
 	}
 	slices.SortFunc(out, func(a, b Route) int { return comparePrefixes(a.Prefix, b.Prefix) })
 	return out

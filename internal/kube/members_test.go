@@ -9,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/testutil/kubetest"
@@ -20,11 +19,7 @@ import (
 // kubelet's InternalIP), says nothing before the first list, and follows changes and
 // deletions.
 func TestMembersFromNodes(t *testing.T) {
-	api := kubetest.StartKubeAPI(t, "")
-	client, err := kubernetes.NewForConfig(api.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := kubetest.StartKubeAPI(t, "").Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	nodes := client.CoreV1().Nodes()

@@ -11,7 +11,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/internal/proxy"
@@ -30,11 +29,7 @@ func endpoint(ip, node string, ready, terminating bool) discoveryv1.Endpoint {
 // their EndpointSlices' endpoints, pods, namespaces and policies arrive converted, and an
 // EndpointSlice change reaches the service proxy's desired state within a second.
 func TestSourceAgainstAnAPIServer(t *testing.T) {
-	api := kubetest.StartKubeAPI(t, "")
-	client, err := kubernetes.NewForConfig(api.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := kubetest.StartKubeAPI(t, "").Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	must := func(_ any, err error) {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/internal/probe"
@@ -181,6 +182,16 @@ func StartKubeAPI(t testing.TB, netns string) *KubeAPI {
 			t.Fatalf("kube-apiserver not ready after 90 s:\n%s", tail(string(b), 40))
 		}
 	}
+}
+
+// Client is a typed client of the API server, as its admin.
+func (a *KubeAPI) Client(t testing.TB) *kubernetes.Clientset {
+	t.Helper()
+	c, err := kubernetes.NewForConfig(a.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // WriteKubeconfig writes an admin kubeconfig for the server (as seen from its own
