@@ -11,6 +11,13 @@
 # its spread. Machines here are noisy: compare ratios of one run, not absolute numbers.
 # Nothing is pinned: the proxy, the backend and the load generator share the 2 cores, as
 # they did for the figures the issue quotes (pin with taskset to study one side).
+# SESSIONS says how the kernel's scheduler groups them (autogroup: one group per session):
+#   shared (default): every process in this script's session, so each thread competes
+#                     with every other on equal terms;
+#   own:              each server (backend, every proxy) in a session of its own, as
+#                     services each in their own cgroup; the load generator in this one.
+# Both treat every proxy alike; an nginx left to daemonize would get a session of its own
+# while the others share the load generator's, which favours it.
 # Needs root (unshare); installs wrk, nghttp2-client, nginx, haproxy, caddy when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +26,8 @@ T=${T:-5}        # seconds per wrk/h2load run
 WARMUP=${WARMUP:-1}
 TESTS=${TESTS:-keepalive newconn tlsnew h2}
 CONNS=${CONNS:-64}  # connections of wrk and h2load
+SESSIONS=${SESSIONS:-shared}
+case $SESSIONS in shared|own) ;; *) echo "SESSIONS is shared or own" >&2; exit 2 ;; esac
 
 if [ "${WEFT_INGRESS_BENCH_NS:-}" != 1 ]; then
   missing=()
@@ -41,8 +50,6 @@ d=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$d/be.pid" ] && kill "$(cat "$d/be.pid")" 2>/dev/null || true
-  [ -f "$d/ng.pid" ] && kill "$(cat "$d/ng.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
   sleep 0.3
   rm -rf "$d"
@@ -53,6 +60,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
   -addext subjectAltName=IP:127.0.0.1 -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null
 cat "$d/cert.pem" "$d/key.pem" >"$d/both.pem"
 body=$(printf '%0100d' 0)
+# launch runs a server in the foreground of the caller (which backgrounds it), in a
+# session of its own with SESSIONS=own.
+launch() { if [ "$SESSIONS" = own ]; then exec setsid "$@"; else exec "$@"; fi; }
 temps() { for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $d/$1-$t;"; done; }
 
 # The backend: one nginx worker, 100 bytes per answer.
@@ -65,7 +75,8 @@ $(temps be)
   server { listen 127.0.0.1:8081 backlog=4096; keepalive_requests 10000000; location / { return 200 "$body"; } }
 }
 CONF
-nginx -c "$d/be.conf" -g 'daemon on;'
+(launch nginx -c "$d/be.conf" -g 'daemon off;') &
+pids+=($!)
 
 cat >"$d/ng.conf" <<CONF
 worker_processes 2; pid $d/ng.pid; error_log $d/ng.err;
@@ -82,7 +93,8 @@ $(temps ng)
   }
 }
 CONF
-nginx -c "$d/ng.conf" -g 'daemon on;'
+(launch nginx -c "$d/ng.conf" -g 'daemon off;') &
+pids+=($!)
 
 cat >"$d/ha.cfg" <<CONF
 global
@@ -102,7 +114,7 @@ backend be
   http-reuse always
   server s1 127.0.0.1:8081
 CONF
-haproxy -f "$d/ha.cfg" -db >"$d/ha.log" 2>&1 &
+(launch haproxy -f "$d/ha.cfg" -db) >"$d/ha.log" 2>&1 &
 pids+=($!); ha_pid=$!
 
 cat >"$d/Caddyfile" <<CONF
@@ -121,7 +133,7 @@ https://127.0.0.1:8444 {
   reverse_proxy 127.0.0.1:8081
 }
 CONF
-HOME=$d XDG_DATA_HOME=$d XDG_CONFIG_HOME=$d caddy run --config "$d/Caddyfile" --adapter caddyfile >"$d/caddy.log" 2>&1 &
+(launch env HOME="$d" XDG_DATA_HOME="$d" XDG_CONFIG_HOME="$d" caddy run --config "$d/Caddyfile" --adapter caddyfile) >"$d/caddy.log" 2>&1 &
 pids+=($!); caddy_pid=$!
 
 store="bolt://$d/store.db"
@@ -138,7 +150,7 @@ spec:
 CONF
 "$d/weft" apply -f "$d/ingress.yaml" --store "$store" >/dev/null
 "$d/weft" ingress cert add bench --cert "$d/cert.pem" --key "$d/key.pem" --store "$store" >/dev/null
-"$d/weft-ingress" --store "$store" --http 127.0.0.1:8085 --https 127.0.0.1:8445 --metrics-addr 127.0.0.1:9480 --access-log=false >"$d/weft.log" 2>&1 &
+(launch "$d/weft-ingress" --store "$store" --http 127.0.0.1:8085 --https 127.0.0.1:8445 --metrics-addr 127.0.0.1:9480 --access-log=false) >"$d/weft.log" 2>&1 &
 pids+=($!); weft_pid=$!
 
 for port in 8082 8083 8084 8085 8442 8443 8444 8445; do
