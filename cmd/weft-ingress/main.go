@@ -16,6 +16,8 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/weftnet/weft/internal/ingress/controller"
 	"github.com/weftnet/weft/internal/ingress/proxy"
+	"github.com/weftnet/weft/internal/ingress/workers"
 	"github.com/weftnet/weft/internal/resources"
 	"github.com/weftnet/weft/internal/store/storeurl"
 )
@@ -44,7 +47,7 @@ func run(args []string) error {
 		storeURL, node, httpAddrs, httpsAddrs, metricsAddr, logLevel, etcdCA, etcdCert, etcdKey string
 		proxyProtocol, accessLog, pprofOn                                                       bool
 		maxBody                                                                                 int64
-		maxHeader                                                                               int
+		maxHeader, workerCount                                                                  int
 	)
 	fs.StringVar(&storeURL, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (required)")
 	fs.StringVar(&node, "node-name", hostname, "this node's name (its status in the store)")
@@ -56,6 +59,7 @@ func run(args []string) error {
 	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the metrics address")
 	fs.Int64Var(&maxBody, "max-body-bytes", 64<<20, "largest request body")
 	fs.IntVar(&maxHeader, "max-header-bytes", 16<<10, "largest request head")
+	fs.IntVar(&workerCount, "workers", 0, "worker processes, each running on one Go P as nginx's workers do (0: one per CPU this process may use; 1: one process of as many Ps)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
 	fs.StringVar(&etcdCert, "etcd-certfile", "", "client certificate for etcd")
@@ -71,58 +75,84 @@ func run(args []string) error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg := proxy.Config{MaxBodyBytes: maxBody, MaxHeaderBytes: maxHeader, ProxyProtocol: proxyProtocol, RawSyscalls: runtime.GOMAXPROCS(0) == 1}
+	if accessLog {
+		cfg.AccessLog = log
+	}
+	addrs := listenAddrs(httpAddrs, httpsAddrs)
+	if index, ok := workers.Index(); ok {
+		return runWorker(index, addrs, cfg, pprofOn, log)
+	}
+	if workerCount < 0 {
+		return errors.New("--workers must be 0 or more")
+	}
+	if workerCount == 0 {
+		workerCount = runtime.GOMAXPROCS(0)
+	}
+
 	st, err := storeurl.Open(storeURL, storeurl.TLSFiles{CA: etcdCA, Cert: etcdCert, Key: etcdKey})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	var listeners []net.Listener
+	var names []string
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			for _, o := range listeners {
+				o.Close()
+			}
+			return fmt.Errorf("listen on %s: %w", a.addr, err)
+		}
+		listeners = append(listeners, ln)
+		names = append(names, a.scheme+"://"+ln.Addr().String())
+	}
+	defer func() {
+		for _, ln := range listeners {
+			ln.Close()
+		}
+	}()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cfg := proxy.Config{MaxBodyBytes: maxBody, MaxHeaderBytes: maxHeader, ProxyProtocol: proxyProtocol}
-	if accessLog {
-		cfg.AccessLog = log
-	}
-	p := proxy.New(cfg, proxy.NewMetrics(reg))
-
-	var listeners []net.Listener
-	var names []string
-	for _, l := range []struct {
-		addrs string
-		tls   bool
-	}{{httpAddrs, false}, {httpsAddrs, true}} {
-		for _, a := range strings.Split(l.addrs, ",") {
-			if a = strings.TrimSpace(a); a == "" {
-				continue
-			}
-			ln, err := net.Listen("tcp", a)
-			if err != nil {
-				for _, o := range listeners {
-					o.Close()
-				}
-				return fmt.Errorf("listen on %s: %w", a, err)
-			}
-			listeners = append(listeners, ln)
-			scheme := "http"
-			if l.tls {
-				scheme = "https"
-			}
-			names = append(names, scheme+"://"+ln.Addr().String())
+	gatherer := prometheus.Gatherers{reg}
+	errs := make(chan error, len(listeners)+2)
+	var target controller.Target
+	var master *workers.Master
+	if workerCount == 1 {
+		p := proxy.New(cfg, proxy.NewMetrics(reg))
+		target = controller.Local{Proxy: p}
+		for i, ln := range listeners {
+			go func() { errs <- p.Serve(ln, addrs[i].scheme == "https") }()
 		}
+	} else {
+		master, err = newMaster(workerCount, listeners, log)
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(master.Dir)
+		target, gatherer = master, append(gatherer, master)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+
 	cache := resources.NewCache(st)
 	go func() { _ = cache.Run(ctx) }()
-	ctl := &controller.Controller{Node: node, Listeners: names, Proxy: p, Cache: cache, Store: st, Log: log.Warn}
+	ctl := &controller.Controller{Node: node, Listeners: names, Target: target, Cache: cache, Store: st, Log: log.Warn}
 	go ctl.Run(ctx)
-
-	errs := make(chan error, len(listeners)+1)
-	for i, ln := range listeners {
-		go func() { errs <- p.Serve(ln, strings.HasPrefix(names[i], "https")) }()
+	workersDone := make(chan struct{})
+	if master != nil {
+		go func() {
+			master.Run(ctx)
+			close(workersDone)
+		}()
+	} else {
+		close(workersDone)
 	}
+
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if !cache.Synced() {
 			http.Error(w, "not synced with the cluster store yet", http.StatusServiceUnavailable)
@@ -135,9 +165,7 @@ func run(args []string) error {
 		_ = json.NewEncoder(w).Encode(ctl.Status())
 	})
 	if pprofOn {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		addPprof(mux)
 	}
 	msrv := &http.Server{Addr: metricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	if metricsAddr != "" {
@@ -147,7 +175,91 @@ func run(args []string) error {
 			}
 		}()
 	}
-	log.Info("weft-ingress ready", "node", node, "listeners", strings.Join(names, " "))
+	log.Info("weft-ingress ready", "node", node, "listeners", strings.Join(names, " "), "workers", workerCount)
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+	}
+	stop() // the workers too
+	for _, ln := range listeners {
+		ln.Close()
+	}
+	_ = msrv.Close()
+	<-workersDone
+	return err
+}
+
+type listenAddr struct{ addr, scheme string }
+
+// listenAddrs lists the HTTP then the HTTPS addresses: the order in which a worker
+// inherits their sockets.
+func listenAddrs(httpAddrs, httpsAddrs string) []listenAddr {
+	var out []listenAddr
+	for _, l := range []struct{ addrs, scheme string }{{httpAddrs, "http"}, {httpsAddrs, "https"}} {
+		for _, a := range strings.Split(l.addrs, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				out = append(out, listenAddr{a, l.scheme})
+			}
+		}
+	}
+	return out
+}
+
+func newMaster(n int, listeners []net.Listener, log *slog.Logger) (*workers.Master, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var files []*os.File
+	for _, ln := range listeners {
+		f, err := ln.(*net.TCPListener).File()
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	dir, err := os.MkdirTemp("", "weft-ingress-")
+	if err != nil {
+		return nil, err
+	}
+	return &workers.Master{N: n, Exe: exe, Args: os.Args[1:], Listeners: files, Dir: dir, Log: log}, nil
+}
+
+// runWorker serves the master's inherited sockets with the snapshots it sends, until the
+// master closes the stream or stops the worker.
+func runWorker(index int, addrs []listenAddr, cfg proxy.Config, pprofOn bool, log *slog.Logger) error {
+	log = log.With("worker", index)
+	listeners, err := workers.Listeners(len(addrs))
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	labelled := prometheus.WrapRegistererWith(prometheus.Labels{"worker": strconv.Itoa(index)}, reg)
+	labelled.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p := proxy.New(cfg, proxy.NewMetrics(labelled))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errs := make(chan error, len(listeners)+2)
+	for i, ln := range listeners {
+		go func() { errs <- p.Serve(ln, addrs[i].scheme == "https") }()
+	}
+	// Health and metrics for the master, on a socket in its private directory.
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(p.Health())
+	})
+	if pprofOn {
+		addPprof(mux)
+	}
+	sock, err := net.Listen("unix", os.Getenv(workers.EnvSocket))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(sock) }()
+	go func() { errs <- workers.Follow(os.Stdin, controller.Local{Proxy: p}.Apply, log) }()
 	select {
 	case <-ctx.Done():
 	case err = <-errs:
@@ -155,6 +267,12 @@ func run(args []string) error {
 	for _, ln := range listeners {
 		ln.Close()
 	}
-	_ = msrv.Close()
+	_ = srv.Close()
 	return err
+}
+
+func addPprof(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }

@@ -28,7 +28,7 @@ import (
 type Controller struct {
 	Node      string
 	Listeners []string // what the proxy listens on, for the status
-	Proxy     *proxy.Proxy
+	Target    Target
 	Cache     *resources.Cache
 	Store     store.Store
 	Log       func(msg string, args ...any)
@@ -36,6 +36,34 @@ type Controller struct {
 	mu     sync.Mutex
 	status v1.IngressStatus
 }
+
+// Snapshot is everything a proxy serves, in a form that crosses a process boundary (JSON):
+// the ingresses, the ready endpoints of each backend key, and the certificates (PEM
+// certificate and key) by server name.
+type Snapshot struct {
+	Ingresses []v1.Ingress                `json:"ingresses"`
+	Endpoints map[string][]netip.AddrPort `json:"endpoints"`
+	Certs     map[string][2]string        `json:"certs"`
+}
+
+// Target is where snapshots go: the proxy of this process (Local), or the proxies of
+// weft-ingress's worker processes.
+type Target interface {
+	Apply(s Snapshot) error
+	Health() map[string]string // upstream address → health
+}
+
+// Local applies snapshots to a proxy in this process.
+type Local struct{ Proxy *proxy.Proxy }
+
+// Apply compiles the routes and swaps them, the endpoints and the certificates in.
+func (l Local) Apply(s Snapshot) error {
+	l.Proxy.Update(route.Compile(s.Ingresses), s.Endpoints)
+	return l.Proxy.SetCertificates(s.Certs)
+}
+
+// Health is the proxy's view of its upstreams.
+func (l Local) Health() map[string]string { return l.Proxy.Health() }
 
 // delay gathers a burst of changes (a rollout's endpoint churn) into one swap.
 const delay = 20 * time.Millisecond
@@ -93,7 +121,6 @@ func (c *Controller) sync() error {
 			problems = append(problems, fmt.Sprintf("backend %s: the service has no such port", b.Key))
 		}
 	}
-	c.Proxy.Update(table, eps)
 
 	// Certificates by server name.
 	certs := map[string]v1.Certificate{}
@@ -109,7 +136,7 @@ func (c *Controller) sync() error {
 		}
 		byName[name] = [2]string{cert.CertPEM, cert.KeyPEM}
 	}
-	if err := c.Proxy.SetCertificates(byName); err != nil {
+	if err := c.Target.Apply(Snapshot{Ingresses: ingresses, Endpoints: eps, Certs: byName}); err != nil {
 		problems = append(problems, err.Error())
 	}
 
@@ -133,7 +160,7 @@ func (c *Controller) sync() error {
 }
 
 func (c *Controller) upstreams(eps map[string][]netip.AddrPort) []v1.IngressUpstream {
-	health := c.Proxy.Health()
+	health := c.Target.Health()
 	var out []v1.IngressUpstream
 	for key, aps := range eps {
 		for _, ap := range aps {
@@ -154,7 +181,7 @@ func (c *Controller) Status() v1.IngressStatus {
 	c.mu.Lock()
 	st := c.status
 	c.mu.Unlock()
-	health := c.Proxy.Health()
+	health := c.Target.Health()
 	ups := append([]v1.IngressUpstream(nil), st.Upstreams...)
 	for i := range ups {
 		if h, ok := health[ups[i].Address]; ok {

@@ -44,6 +44,10 @@ type Config struct {
 	ProxyProtocol     bool          // connections start with a PROXY protocol header (v1 or v2)
 	AccessLog         *slog.Logger  // nil: no access log
 	LogPerSecond      int           // log every request up to this many a second, then 1 in 100; default 100
+	// RawSyscalls reads and writes plain TCP connections (client and upstream) with raw
+	// system calls (rawConn): right for a process with one P, wrong with several (a long
+	// write then holds up its P's queue; see rawconn.go).
+	RawSyscalls bool
 }
 
 func (c *Config) defaults() {
@@ -119,7 +123,7 @@ func (p *Proxy) Update(t *route.Table, endpoints map[string][]netip.AddrPort) {
 			keep[addr] = true
 			e := p.endpoints[addr]
 			if e == nil {
-				e = &endpoint{addr: addr, ap: ap}
+				e = &endpoint{addr: addr, ap: ap, rawIO: p.cfg.RawSyscalls}
 				p.endpoints[addr] = e
 			}
 			s.endpoints = append(s.endpoints, e)
@@ -210,6 +214,9 @@ func (p *Proxy) serveConn(c net.Conn, tcfg *tls.Config) {
 	defer c.Close()
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+		if p.cfg.RawSyscalls {
+			c = newRawConn(tc)
+		}
 	}
 	cc := &clientConn{p: p, c: c, scheme: "http"}
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
@@ -1090,7 +1097,7 @@ func (cc *clientConn) upgrade(rs *routeState, path, query string, start time.Tim
 	done := make(chan struct{}, 2)
 	go func() {
 		_, _ = io.Copy(nc, cc.br) // client → endpoint, buffered bytes first
-		if tc, ok := nc.(*net.TCPConn); ok {
+		if tc, ok := nc.(interface{ CloseWrite() error }); ok {
 			_ = tc.CloseWrite()
 		}
 		done <- struct{}{}

@@ -19,8 +19,9 @@ import (
 // endpoint is one backend address with its connection pool and health. It outlives
 // configuration changes that keep its address, so pools and health carry across them.
 type endpoint struct {
-	addr string // ip:port
-	ap   netip.AddrPort
+	addr  string // ip:port
+	ap    netip.AddrPort
+	rawIO bool // Config.RawSyscalls
 
 	mu   sync.Mutex
 	idle []*upConn // most recently used last
@@ -74,6 +75,9 @@ func (e *endpoint) get(deadline time.Time) (*upConn, bool, error) {
 	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+		if e.rawIO {
+			nc = newRawConn(tc)
+		}
 	}
 	return &upConn{Conn: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 16<<10)}, false, nil
 }

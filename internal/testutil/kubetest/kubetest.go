@@ -94,7 +94,7 @@ func StartKubeAPI(t testing.TB, netns string) *KubeAPI {
 		}
 	}
 	var etcdURL string
-	inNS(func() { etcdURL = startEtcd(t, filepath.Join(dir, "etcd")) }) // its listeners are made here
+	inNS(func() { etcdURL = StartEtcd(t, filepath.Join(dir, "etcd")) }) // its listeners are made here
 
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -218,7 +218,9 @@ current-context: test
 	return path
 }
 
-func startEtcd(t testing.TB, dir string) string {
+// StartEtcd runs an embedded single-member etcd on free loopback ports for the test and
+// returns its client URL (http://127.0.0.1:PORT).
+func StartEtcd(t testing.TB, dir string) string {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Name, cfg.Dir, cfg.LogLevel = "kube", dir, "error"

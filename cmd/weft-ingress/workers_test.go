@@ -1,0 +1,206 @@
+package main_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/testutil/kubetest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.CleanupBinaries()
+	os.Exit(code)
+}
+
+// TestWorkers runs weft-ingress as a master and two workers on loopback (no privileges):
+// both workers serve, a route added later reaches every worker, a killed worker is
+// restarted with the current routes, and SIGTERM to the master ends all three.
+func TestWorkers(t *testing.T) {
+	bin := testutil.Binaries(t)
+	dir := t.TempDir()
+	// etcd, not bolt: the test's weft commands write while weft-ingress reads.
+	store := "etcd://" + strings.TrimPrefix(kubetest.StartEtcd(t, filepath.Join(dir, "etcd")), "http://")
+	weft := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(filepath.Join(bin, "weft"), append(args, "--store", store)...).CombinedOutput(); err != nil {
+			t.Fatalf("weft %v: %v\n%s", args, err, out)
+		}
+	}
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "path "+r.URL.Path)
+	}))
+	defer backend.Close()
+	weft("cluster", "init", "--cluster-cidr", "10.200.0.0/16", "--service-cidr", "10.201.0.0/16")
+	weft("service", "create", "be", "--port", "80:"+strings.Split(backend.Listener.Addr().String(), ":")[1]+"/tcp",
+		"--endpoint", backend.Listener.Addr().String())
+	apply := func(paths ...string) {
+		t.Helper()
+		var routes []string
+		for _, p := range paths {
+			routes = append(routes, fmt.Sprintf("{path: %s, backends: [{service: be, port: 80}]}", p))
+		}
+		f := filepath.Join(dir, "ingress.yaml")
+		manifest := "apiVersion: weft/v1\nkind: Ingress\nmetadata: {name: t}\nspec:\n  hosts:\n  - routes: [" + strings.Join(routes, ", ") + "]\n"
+		if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		weft("apply", "-f", f)
+	}
+	apply("/a")
+
+	httpAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	master := exec.Command(filepath.Join(bin, "weft-ingress"), "--store", store, "--workers", "2",
+		"--http", httpAddr, "--https", "", "--metrics-addr", metricsAddr, "--access-log=false")
+	var log strings.Builder
+	master.Stdout, master.Stderr = &log, &log
+	if err := master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = master.Wait(); close(exited) }()
+	defer func() {
+		_ = master.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Log(log.String())
+		}
+	}()
+
+	// every asks n new connections for path until all get want (each connection lands on
+	// whichever worker accepts it first).
+	every := func(path, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for ok := 0; ok < 20; {
+			got := get(httpAddr, path)
+			if got == want {
+				ok++
+				continue
+			}
+			ok = 0
+			if time.Now().After(deadline) {
+				t.Fatalf("GET %s: %q, want %q", path, got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	every("/a", "path /a")
+	workers := children(t, master.Process.Pid, 2)
+
+	metrics := get(metricsAddr, "/metrics")
+	for _, w := range []string{`worker="0"`, `worker="1"`} {
+		if !strings.Contains(metrics, "go_goroutines{"+w+"}") {
+			t.Errorf("/metrics has no series of %s", w)
+		}
+	}
+	var status struct {
+		Upstreams []struct{ Address, Health string }
+	}
+	if err := json.Unmarshal([]byte(get(metricsAddr, "/status")), &status); err != nil || len(status.Upstreams) != 1 || status.Upstreams[0].Health != "healthy" {
+		t.Errorf("status: %+v (%v), want the backend healthy", status, err)
+	}
+
+	apply("/a", "/b")
+	every("/b", "path /b")
+
+	if err := syscall.Kill(workers[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		now := children(t, master.Process.Pid, -1)
+		if len(now) == 2 && now[0] != workers[0] && now[1] != workers[0] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workers %v after killing %d: not restarted", now, workers[0])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	every("/b", "path /b") // the new worker has the routes too
+	every("/a", "path /a")
+
+	workers = children(t, master.Process.Pid, 2)
+	_ = master.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the master did not stop within 15 s of SIGTERM")
+	}
+	for _, pid := range workers {
+		if syscall.Kill(pid, 0) == nil {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(b), "weft-ingress") {
+				t.Errorf("worker %d outlived its master", pid)
+			}
+		}
+	}
+}
+
+func get(addr, path string) string {
+	c := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// children lists pid's child processes, sorted; with want ≥ 0 it waits until there are
+// that many.
+func children(t *testing.T, pid, want int) []int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var out []int
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		for _, f := range strings.Fields(string(b)) {
+			n, _ := strconv.Atoi(f)
+			out = append(out, n)
+		}
+		// Children of the master's other threads too.
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			if task.Name() == strconv.Itoa(pid) {
+				continue
+			}
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				n, _ := strconv.Atoi(f)
+				out = append(out, n)
+			}
+		}
+		if want < 0 || len(out) == want {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d has children %v, want %d", pid, out, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// freeAddr is a loopback address with a port nothing listens on now.
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}

@@ -1,0 +1,314 @@
+// Package workers runs weft-ingress as nginx does: a master process that holds the
+// listening sockets and the cluster store, and worker processes of one Go P each that
+// accept on the shared sockets and proxy. The kernel then schedules each worker as it does
+// one of nginx's: a worker it preempts holds up only its own connections. In one process
+// of several Ps, a thread the kernel preempts keeps its P's queue of runnable goroutines
+// waiting until the other P runs dry, which under load it seldom does: that was most of
+// weft-ingress's p99 (docs/benchmarks.md, "Ingress").
+//
+// The master sends each worker every configuration snapshot (JSON lines on the worker's
+// stdin); a worker exits when its stdin closes, so none outlives the master. The master
+// restarts a worker that dies, and answers for all of them: status (upstream health, the
+// worst any worker sees) and metrics (each worker's, labelled worker="N").
+package workers
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/weftnet/weft/internal/ingress/controller"
+)
+
+const (
+	// EnvIndex in a process's environment makes it worker number N.
+	EnvIndex = "WEFT_INGRESS_WORKER"
+	// EnvSocket is where a worker serves its health and metrics to the master.
+	EnvSocket = "WEFT_INGRESS_WORKER_SOCKET"
+	// FirstListenerFD is the descriptor of the first inherited listening socket; the
+	// others follow in the order of the command line's addresses.
+	FirstListenerFD = 3
+
+	stopGrace = 10 * time.Second
+)
+
+// Master starts and supervises the workers. It implements controller.Target.
+type Master struct {
+	N         int
+	Exe       string   // the weft-ingress binary
+	Args      []string // the command line, given to every worker as is
+	Listeners []*os.File
+	Dir       string // private directory for the workers' sockets
+	Log       *slog.Logger
+
+	mu      sync.Mutex
+	last    []byte // the last snapshot, one JSON line
+	workers []*worker
+	client  http.Client
+}
+
+type worker struct {
+	index  int
+	socket string
+	kick   chan struct{} // a newer snapshot is waiting
+}
+
+// Run starts the workers and keeps them running until ctx ends, then stops them (SIGTERM,
+// then SIGKILL after a grace period) and returns once all have exited.
+func (m *Master) Run(ctx context.Context) {
+	m.client = http.Client{
+		Timeout: 2 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(addr)
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", filepath.Join(m.Dir, host+".sock"))
+		}},
+	}
+	m.mu.Lock()
+	for i := range m.N {
+		m.workers = append(m.workers, &worker{index: i, socket: filepath.Join(m.Dir, "w"+strconv.Itoa(i)+".sock"), kick: make(chan struct{}, 1)})
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, w := range m.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m.supervise(ctx, w)
+		}()
+	}
+	wg.Wait()
+}
+
+// supervise runs one worker, again and again, with a growing pause when it keeps dying.
+func (m *Master) supervise(ctx context.Context, w *worker) {
+	pause := 100 * time.Millisecond
+	for {
+		start := time.Now()
+		err := m.runOnce(ctx, w)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			pause = 100 * time.Millisecond
+		}
+		m.Log.Warn("ingress worker exited; restarting it", "worker", w.index, "err", err, "after", pause.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
+}
+
+func (m *Master) runOnce(ctx context.Context, w *worker) error {
+	cmd := exec.Command(m.Exe, m.Args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = m.Listeners
+	cmd.Env = append(os.Environ(), EnvIndex+"="+strconv.Itoa(w.index), EnvSocket+"="+w.socket)
+	if os.Getenv("GOMAXPROCS") == "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	_ = os.Remove(w.socket)
+	if err := cmd.Start(); err != nil {
+		in.Close()
+		return err
+	}
+	var waitErr error
+	exited := make(chan struct{}) // closed once Wait has returned waitErr
+	go func() {
+		waitErr = cmd.Wait()
+		close(exited)
+	}()
+
+	// Feed it: the latest snapshot now, and each newer one (older ones are skipped).
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		for {
+			select {
+			case <-exited:
+				return
+			case <-ctx.Done():
+				return
+			case <-w.kick:
+				m.mu.Lock()
+				line := m.last
+				m.mu.Unlock()
+				if line == nil {
+					continue
+				}
+				if _, err := in.Write(line); err != nil {
+					return // it died: Wait says why
+				}
+			}
+		}
+	}()
+
+	select {
+	case <-exited:
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(stopGrace):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+	in.Close()
+	<-fed
+	return waitErr
+}
+
+// Apply sends s to every worker (and to every worker started later).
+func (m *Master) Apply(s controller.Snapshot) error {
+	line, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	line = append(line, '\n')
+	m.mu.Lock()
+	m.last = line
+	workers := m.workers
+	m.mu.Unlock()
+	for _, w := range workers {
+		select {
+		case w.kick <- struct{}{}:
+		default: // already kicked: it will send the newest
+		}
+	}
+	return nil
+}
+
+// Health merges the workers' views of the upstreams: an upstream is as bad as the worst
+// any worker reports (down, then ejected, then healthy).
+func (m *Master) Health() map[string]string {
+	rank := map[string]int{"healthy": 0, "ejected": 1, "down": 2}
+	out := map[string]string{}
+	for _, w := range m.snapshotWorkers() {
+		var h map[string]string
+		if err := m.get(w, "/health", func(r io.Reader) error { return json.NewDecoder(r).Decode(&h) }); err != nil {
+			continue // restarting: the others answer
+		}
+		for addr, state := range h {
+			if cur, ok := out[addr]; !ok || rank[state] > rank[cur] {
+				out[addr] = state
+			}
+		}
+	}
+	return out
+}
+
+// Gather collects every worker's metrics (already labelled with its index), for
+// prometheus.Gatherers.
+func (m *Master) Gather() ([]*dto.MetricFamily, error) {
+	var out []*dto.MetricFamily
+	var errs []error
+	for _, w := range m.snapshotWorkers() {
+		err := m.get(w, "/metrics", func(r io.Reader) error {
+			p := expfmt.NewTextParser(model.UTF8Validation)
+			fams, err := p.TextToMetricFamilies(r)
+			for _, f := range fams {
+				out = append(out, f)
+			}
+			return err
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("worker %d: %w", w.index, err))
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (m *Master) snapshotWorkers() []*worker {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.workers
+}
+
+func (m *Master) get(w *worker, path string, read func(io.Reader) error) error {
+	resp, err := m.client.Get("http://w" + strconv.Itoa(w.index) + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return read(resp.Body)
+}
+
+// Index says whether this process is a worker, and which.
+func Index() (int, bool) {
+	v, ok := os.LookupEnv(EnvIndex)
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(v)
+	return i, err == nil && i >= 0
+}
+
+// Listeners returns a worker's inherited listening sockets, n of them.
+func Listeners(n int) ([]net.Listener, error) {
+	var out []net.Listener
+	for i := range n {
+		f := os.NewFile(uintptr(FirstListenerFD+i), "listener"+strconv.Itoa(i))
+		ln, err := net.FileListener(f)
+		f.Close() // FileListener holds a copy
+		if err != nil {
+			for _, l := range out {
+				l.Close()
+			}
+			return nil, fmt.Errorf("inherited listener %d: %w", i, err)
+		}
+		out = append(out, ln)
+	}
+	return out, nil
+}
+
+// Follow applies each snapshot the master sends on r until r ends (the master is gone)
+// or a line is not a snapshot.
+func Follow(r io.Reader, apply func(controller.Snapshot) error, log *slog.Logger) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 256<<20)
+	for sc.Scan() {
+		var s controller.Snapshot
+		if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
+			return fmt.Errorf("snapshot from the master: %w", err)
+		}
+		if err := apply(s); err != nil {
+			log.Warn("ingress snapshot applied with problems", "err", err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return errors.New("the master closed the configuration stream")
+}
