@@ -169,10 +169,11 @@ done
 declare -A PORT=([weft]=8085 [nginx]=8082 [haproxy]=8083 [caddy]=8084)
 declare -A TLSPORT=([weft]=8445 [nginx]=8442 [haproxy]=8443 [caddy]=8444)
 proxies=(weft nginx haproxy caddy)
-procs() { # the proxy's processes
+children() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '$4==p{print $1}' | tr '\n' ' '; }
+procs() { # the proxy's processes: a master and its workers for weft and nginx
   case $1 in
-    weft) echo "$weft_pid" ;;
-    nginx) local m; m=$(cat "$d/ng.pid"); echo "$m $(cat /proc/*/stat 2>/dev/null | awk -v p="$m" '$4==p{print $1}' | tr '\n' ' ')" ;;
+    weft) echo "$weft_pid $(children "$weft_pid")" ;;
+    nginx) local m; m=$(cat "$d/ng.pid"); echo "$m $(children "$m")" ;;
     haproxy) echo "$ha_pid" ;;
     caddy) echo "$caddy_pid" ;;
   esac

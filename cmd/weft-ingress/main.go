@@ -95,31 +95,50 @@ func run(args []string) error {
 		return err
 	}
 	defer st.Close()
+	// One process listens itself. With workers, the master makes one SO_REUSEPORT
+	// socket per worker and address (files[i]: worker i's) and never accepts.
 	var listeners []net.Listener
-	var names []string
-	for _, a := range addrs {
-		ln, err := net.Listen("tcp", a.addr)
-		if err != nil {
-			for _, o := range listeners {
-				o.Close()
-			}
-			return fmt.Errorf("listen on %s: %w", a.addr, err)
-		}
-		listeners = append(listeners, ln)
-		names = append(names, a.scheme+"://"+ln.Addr().String())
-	}
+	files := make([][]*os.File, workerCount)
 	defer func() {
 		for _, ln := range listeners {
 			ln.Close()
 		}
+		for _, fs := range files {
+			for _, f := range fs {
+				f.Close()
+			}
+		}
 	}()
+	var names []string
+	for _, a := range addrs {
+		bound := a.addr
+		if workerCount == 1 {
+			ln, err := net.Listen("tcp", a.addr)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w", a.addr, err)
+			}
+			listeners = append(listeners, ln)
+			bound = ln.Addr().String()
+		}
+		if workerCount > 1 {
+			for i := range files {
+				f, addr, err := workers.ListenFile(bound)
+				if err != nil {
+					return err
+				}
+				files[i] = append(files[i], f)
+				bound = addr // a port 0 is chosen once, for all workers
+			}
+		}
+		names = append(names, a.scheme+"://"+bound)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gatherer := prometheus.Gatherers{reg}
-	errs := make(chan error, len(listeners)+2)
+	errs := make(chan error, len(addrs)+2)
 	var target controller.Target
 	var master *workers.Master
 	if workerCount == 1 {
@@ -129,10 +148,15 @@ func run(args []string) error {
 			go func() { errs <- p.Serve(ln, addrs[i].scheme == "https") }()
 		}
 	} else {
-		master, err = newMaster(workerCount, listeners, log)
+		exe, err := os.Executable()
 		if err != nil {
 			return err
 		}
+		dir, err := os.MkdirTemp("", "weft-ingress-")
+		if err != nil {
+			return err
+		}
+		master = workers.NewMaster(exe, os.Args[1:], files, dir, log)
 		defer os.RemoveAll(master.Dir)
 		target, gatherer = master, append(gatherer, master)
 	}
@@ -182,7 +206,7 @@ func run(args []string) error {
 	}
 	stop() // the workers too
 	for _, ln := range listeners {
-		ln.Close()
+		ln.Close() // stop accepting
 	}
 	_ = msrv.Close()
 	<-workersDone
@@ -203,26 +227,6 @@ func listenAddrs(httpAddrs, httpsAddrs string) []listenAddr {
 		}
 	}
 	return out
-}
-
-func newMaster(n int, listeners []net.Listener, log *slog.Logger) (*workers.Master, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	var files []*os.File
-	for _, ln := range listeners {
-		f, err := ln.(*net.TCPListener).File()
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, f)
-	}
-	dir, err := os.MkdirTemp("", "weft-ingress-")
-	if err != nil {
-		return nil, err
-	}
-	return &workers.Master{N: n, Exe: exe, Args: os.Args[1:], Listeners: files, Dir: dir, Log: log}, nil
 }
 
 // runWorker serves the master's inherited sockets with the snapshots it sends, until the

@@ -99,6 +99,7 @@ func TestWorkers(t *testing.T) {
 		}
 	}
 	every("/a", "path /a")
+	t.Log("serving")
 	workers := children(t, master.Process.Pid, 2)
 
 	metrics := get(metricsAddr, "/metrics")
@@ -116,6 +117,7 @@ func TestWorkers(t *testing.T) {
 
 	apply("/a", "/b")
 	every("/b", "path /b")
+	t.Log("route added")
 
 	if err := syscall.Kill(workers[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -131,6 +133,7 @@ func TestWorkers(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	t.Log("restarted")
 	every("/b", "path /b") // the new worker has the routes too
 	every("/a", "path /a")
 

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/ingress/controller"
 )
@@ -51,17 +53,20 @@ const (
 
 // Master starts and supervises the workers. It implements controller.Target.
 type Master struct {
-	N         int
-	Exe       string   // the weft-ingress binary
-	Args      []string // the command line, given to every worker as is
-	Listeners []*os.File
+	Exe  string   // the weft-ingress binary
+	Args []string // the command line, given to every worker as is
+	// Listeners are the workers' listening sockets: Listeners[i] worker i's, one per
+	// address (SO_REUSEPORT: the kernel spreads new connections over the workers
+	// evenly, and wakes only the worker it picked). The master keeps them open, so a
+	// restarted worker takes over its socket, connections queued there included.
+	Listeners [][]*os.File
 	Dir       string // private directory for the workers' sockets
 	Log       *slog.Logger
 
+	workers []*worker // fixed by NewMaster
+	client  http.Client
 	mu      sync.Mutex
 	last    []byte // the last snapshot, one JSON line
-	workers []*worker
-	client  http.Client
 }
 
 type worker struct {
@@ -70,22 +75,26 @@ type worker struct {
 	kick   chan struct{} // a newer snapshot is waiting
 }
 
-// Run starts the workers and keeps them running until ctx ends, then stops them (SIGTERM,
-// then SIGKILL after a grace period) and returns once all have exited.
-func (m *Master) Run(ctx context.Context) {
+// NewMaster prepares len(listeners) workers of exe with args, their sockets in dir.
+func NewMaster(exe string, args []string, listeners [][]*os.File, dir string, log *slog.Logger) *Master {
+	m := &Master{Exe: exe, Args: args, Listeners: listeners, Dir: dir, Log: log}
 	m.client = http.Client{
 		Timeout: 2 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			host, _, _ := net.SplitHostPort(addr)
+			host, _, _ := net.SplitHostPort(addr) // "wN"
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", filepath.Join(m.Dir, host+".sock"))
+			return d.DialContext(ctx, "unix", filepath.Join(dir, host+".sock"))
 		}},
 	}
-	m.mu.Lock()
-	for i := range m.N {
-		m.workers = append(m.workers, &worker{index: i, socket: filepath.Join(m.Dir, "w"+strconv.Itoa(i)+".sock"), kick: make(chan struct{}, 1)})
+	for i := range listeners {
+		m.workers = append(m.workers, &worker{index: i, socket: filepath.Join(dir, "w"+strconv.Itoa(i)+".sock"), kick: make(chan struct{}, 1)})
 	}
-	m.mu.Unlock()
+	return m
+}
+
+// Run starts the workers and keeps them running until ctx ends, then stops them (SIGTERM,
+// then SIGKILL after a grace period) and returns once all have exited.
+func (m *Master) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, w := range m.workers {
 		wg.Add(1)
@@ -122,7 +131,7 @@ func (m *Master) supervise(ctx context.Context, w *worker) {
 func (m *Master) runOnce(ctx context.Context, w *worker) error {
 	cmd := exec.Command(m.Exe, m.Args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = m.Listeners
+	cmd.ExtraFiles = m.Listeners[w.index]
 	cmd.Env = append(os.Environ(), EnvIndex+"="+strconv.Itoa(w.index), EnvSocket+"="+w.socket)
 	if os.Getenv("GOMAXPROCS") == "" {
 		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
@@ -196,9 +205,8 @@ func (m *Master) Apply(s controller.Snapshot) error {
 	line = append(line, '\n')
 	m.mu.Lock()
 	m.last = line
-	workers := m.workers
 	m.mu.Unlock()
-	for _, w := range workers {
+	for _, w := range m.workers {
 		select {
 		case w.kick <- struct{}{}:
 		default: // already kicked: it will send the newest
@@ -212,7 +220,7 @@ func (m *Master) Apply(s controller.Snapshot) error {
 func (m *Master) Health() map[string]string {
 	rank := map[string]int{"healthy": 0, "ejected": 1, "down": 2}
 	out := map[string]string{}
-	for _, w := range m.snapshotWorkers() {
+	for _, w := range m.workers {
 		var h map[string]string
 		if err := m.get(w, "/health", func(r io.Reader) error { return json.NewDecoder(r).Decode(&h) }); err != nil {
 			continue // restarting: the others answer
@@ -231,7 +239,7 @@ func (m *Master) Health() map[string]string {
 func (m *Master) Gather() ([]*dto.MetricFamily, error) {
 	var out []*dto.MetricFamily
 	var errs []error
-	for _, w := range m.snapshotWorkers() {
+	for _, w := range m.workers {
 		err := m.get(w, "/metrics", func(r io.Reader) error {
 			p := expfmt.NewTextParser(model.UTF8Validation)
 			fams, err := p.TextToMetricFamilies(r)
@@ -245,12 +253,6 @@ func (m *Master) Gather() ([]*dto.MetricFamily, error) {
 		}
 	}
 	return out, errors.Join(errs...)
-}
-
-func (m *Master) snapshotWorkers() []*worker {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.workers
 }
 
 func (m *Master) get(w *worker, path string, read func(io.Reader) error) error {
@@ -311,4 +313,68 @@ func Follow(r io.Reader, apply func(controller.Snapshot) error, log *slog.Logger
 		return err
 	}
 	return errors.New("the master closed the configuration stream")
+}
+
+// ListenFile makes a listening TCP socket on addr for the workers, with SO_REUSEPORT (one
+// per worker and address; a port 0 is chosen by the first) and returns it with the address
+// it is bound to. It is made with the socket calls themselves and left blocking: a
+// net.Listener would sit in the master's poller, which would then wake on every new
+// connection that a worker accepts. Wildcard addresses are dual-stack, as in Go's net.
+func ListenFile(addr string) (*os.File, string, error) {
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, "", err
+	}
+	wildcard := ta.IP == nil || ta.IP.IsUnspecified()
+	var sa unix.Sockaddr
+	family, v6only := unix.AF_INET, 0
+	switch ip4 := ta.IP.To4(); {
+	case wildcard:
+		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: ta.Port}
+	case ip4 != nil:
+		sa = &unix.SockaddrInet4{Port: ta.Port, Addr: [4]byte(ip4)}
+	default:
+		family, v6only = unix.AF_INET6, 1
+		sa = &unix.SockaddrInet6{Port: ta.Port, Addr: [16]byte(ta.IP.To16())}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil && wildcard { // no IPv6 here: IPv4 only
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: ta.Port}
+		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, "", os.NewSyscallError("socket", err)
+	}
+	fail := func(call string, err error) (*os.File, string, error) {
+		unix.Close(fd)
+		return nil, "", fmt.Errorf("listen on %s: %w", addr, os.NewSyscallError(call, err))
+	}
+	for _, opt := range []int{unix.SO_REUSEADDR, unix.SO_REUSEPORT} {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 1); err != nil {
+			return fail("setsockopt", err)
+		}
+	}
+	if family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			return fail("setsockopt", err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail("bind", err)
+	}
+	if err := unix.Listen(fd, 4096); err != nil { // the kernel caps it at somaxconn
+		return fail("listen", err)
+	}
+	bound, err := unix.Getsockname(fd)
+	if err != nil {
+		return fail("getsockname", err)
+	}
+	var ap netip.AddrPort
+	switch b := bound.(type) {
+	case *unix.SockaddrInet4:
+		ap = netip.AddrPortFrom(netip.AddrFrom4(b.Addr), uint16(b.Port))
+	case *unix.SockaddrInet6:
+		ap = netip.AddrPortFrom(netip.AddrFrom16(b.Addr).Unmap(), uint16(b.Port))
+	}
+	return os.NewFile(uintptr(fd), "listener "+ap.String()), ap.String(), nil
 }
