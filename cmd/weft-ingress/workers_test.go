@@ -1,9 +1,17 @@
 package main_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -27,7 +35,7 @@ func TestMain(m *testing.M) {
 }
 
 // TestWorkers runs weft-ingress as a master and two workers on loopback (no privileges):
-// both workers serve, a route added later reaches every worker, a killed worker is
+// both workers serve, TLS sessions resume on either, a route added later reaches every worker, a killed worker is
 // restarted with the current routes, and SIGTERM to the master ends all three.
 func TestWorkers(t *testing.T) {
 	bin := testutil.Binaries(t)
@@ -54,17 +62,19 @@ func TestWorkers(t *testing.T) {
 			routes = append(routes, fmt.Sprintf("{path: %s, backends: [{service: be, port: 80}]}", p))
 		}
 		f := filepath.Join(dir, "ingress.yaml")
-		manifest := "apiVersion: weft/v1\nkind: Ingress\nmetadata: {name: t}\nspec:\n  hosts:\n  - routes: [" + strings.Join(routes, ", ") + "]\n"
+		manifest := "apiVersion: weft/v1\nkind: Ingress\nmetadata: {name: t}\nspec:\n  hosts:\n  - routes: [" + strings.Join(routes, ", ") + "]\n  tls: [{certificate: c}]\n"
 		if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		weft("apply", "-f", f)
 	}
+	certFile, keyFile := selfSigned(t, dir)
+	weft("ingress", "cert", "add", "c", "--cert", certFile, "--key", keyFile)
 	apply("/a")
 
-	httpAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	httpAddr, httpsAddr, metricsAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	master := exec.Command(filepath.Join(bin, "weft-ingress"), "--store", store, "--workers", "2",
-		"--http", httpAddr, "--https", "", "--metrics-addr", metricsAddr, "--access-log=false")
+		"--http", httpAddr, "--https", httpsAddr, "--metrics-addr", metricsAddr, "--access-log=false")
 	var log strings.Builder
 	master.Stdout, master.Stderr = &log, &log
 	if err := master.Start(); err != nil {
@@ -113,6 +123,23 @@ func TestWorkers(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(get(metricsAddr, "/status")), &status); err != nil || len(status.Upstreams) != 1 || status.Upstreams[0].Health != "healthy" {
 		t.Errorf("status: %+v (%v), want the backend healthy", status, err)
+	}
+
+	// TLS sessions resume on either worker: they share the master's ticket keys. (The
+	// kernel spreads connections over the workers by their ports: 20 land on both.)
+	cache := tls.NewLRUClientSessionCache(4)
+	for i := range 20 {
+		c, err := tls.Dial("tcp", httpsAddr, &tls.Config{InsecureSkipVerify: true, ClientSessionCache: cache})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// TLS 1.3 tickets arrive after the handshake: a request and its answer bring them.
+		fmt.Fprintf(c, "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		_, _ = io.ReadAll(c)
+		if resumed := c.ConnectionState().DidResume; i > 0 && !resumed {
+			t.Errorf("TLS connection %d did not resume its session", i)
+		}
+		c.Close()
 	}
 
 	apply("/a", "/b")
@@ -196,6 +223,29 @@ func children(t *testing.T, pid, want int) []int {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// selfSigned writes a certificate and key for 127.0.0.1 into dir.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 // freeAddr is a loopback address with a port nothing listens on now.

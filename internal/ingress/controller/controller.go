@@ -44,6 +44,9 @@ type Snapshot struct {
 	Ingresses []v1.Ingress                `json:"ingresses"`
 	Endpoints map[string][]netip.AddrPort `json:"endpoints"`
 	Certs     map[string][2]string        `json:"certs"`
+	// TicketKeys are the TLS session ticket keys (32 bytes each, the first encrypts) that
+	// weft-ingress's master gives all its workers; none: the proxy's own.
+	TicketKeys [][]byte `json:"ticketKeys,omitempty"`
 }
 
 // Target is where snapshots go: the proxy of this process (Local), or the proxies of
@@ -59,6 +62,13 @@ type Local struct{ Proxy *proxy.Proxy }
 // Apply compiles the routes and swaps them, the endpoints and the certificates in.
 func (l Local) Apply(s Snapshot) error {
 	l.Proxy.Update(route.Compile(s.Ingresses), s.Endpoints)
+	var keys [][32]byte
+	for _, k := range s.TicketKeys {
+		if len(k) == 32 {
+			keys = append(keys, [32]byte(k))
+		}
+	}
+	l.Proxy.SetTicketKeys(keys)
 	return l.Proxy.SetCertificates(s.Certs)
 }
 

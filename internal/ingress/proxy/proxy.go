@@ -76,6 +76,7 @@ type Proxy struct {
 	cfg     Config
 	state   atomic.Pointer[state]
 	certs   atomic.Pointer[certStore]
+	tls     *tls.Config // every TLS listener's: one set of session ticket keys
 	metrics *Metrics
 	log     sampler
 
@@ -105,6 +106,7 @@ func New(cfg Config, m *Metrics) *Proxy {
 	p.readers.New = func() any { return bufio.NewReaderSize(nil, cfg.MaxHeaderBytes+512) }
 	p.state.Store(&state{table: route.Compile(nil), routes: map[*route.Route]*routeState{}})
 	p.certs.Store(&certStore{byName: map[string]*tls.Certificate{}})
+	p.tls = p.tlsConfig()
 	p.h2 = newH2Handler(p)
 	return p
 }
@@ -177,7 +179,7 @@ func (p *Proxy) Update(t *route.Table, endpoints map[string][]netip.AddrPort) {
 func (p *Proxy) Serve(ln net.Listener, tlsOn bool) error {
 	var tcfg *tls.Config
 	if tlsOn {
-		tcfg = p.tlsConfig()
+		tcfg = p.tls
 	}
 	for {
 		c, err := ln.Accept()

@@ -38,6 +38,15 @@ func (p *Proxy) SetCertificates(byName map[string][2]string) error {
 	return errors.Join(errs...)
 }
 
+// SetTicketKeys sets the keys of TLS session tickets (the first encrypts, all decrypt).
+// weft-ingress's workers take their master's, so a client resumes its session on any
+// worker; without keys the proxy keeps Go's own, made per process and rotated daily.
+func (p *Proxy) SetTicketKeys(keys [][32]byte) {
+	if len(keys) > 0 {
+		p.tls.SetSessionTicketKeys(keys)
+	}
+}
+
 func (p *Proxy) tlsConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,

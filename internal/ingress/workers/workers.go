@@ -15,6 +15,7 @@ package workers
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,8 +67,17 @@ type Master struct {
 	workers []*worker // fixed by NewMaster
 	client  http.Client
 	mu      sync.Mutex
-	last    []byte // the last snapshot, one JSON line
+	keys    [][]byte             // session ticket keys, newest first
+	snap    *controller.Snapshot // the last one applied
+	last    []byte               // the same with the keys, one JSON line
 }
+
+// Session ticket keys: a new one a day, each kept for decryption a week (Go's own policy
+// for the keys it makes itself).
+const (
+	ticketKeyEvery = 24 * time.Hour
+	ticketKeysKept = 7
+)
 
 type worker struct {
 	index  int
@@ -89,12 +99,40 @@ func NewMaster(exe string, args []string, listeners [][]*os.File, dir string, lo
 	for i := range listeners {
 		m.workers = append(m.workers, &worker{index: i, socket: filepath.Join(dir, "w"+strconv.Itoa(i)+".sock"), kick: make(chan struct{}, 1)})
 	}
+	m.newTicketKey()
 	return m
+}
+
+// newTicketKey makes the key new tickets are encrypted with; older ones still decrypt.
+func (m *Master) newTicketKey() {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	m.mu.Lock()
+	m.keys = append([][]byte{k}, m.keys[:min(len(m.keys), ticketKeysKept-1)]...)
+	snap := m.snap
+	m.mu.Unlock()
+	if snap != nil {
+		_ = m.Apply(*snap)
+	}
 }
 
 // Run starts the workers and keeps them running until ctx ends, then stops them (SIGTERM,
 // then SIGKILL after a grace period) and returns once all have exited.
 func (m *Master) Run(ctx context.Context) {
+	go func() {
+		tick := time.NewTicker(ticketKeyEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				m.newTicketKey()
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	for _, w := range m.workers {
 		wg.Add(1)
@@ -198,14 +236,17 @@ func (m *Master) runOnce(ctx context.Context, w *worker) error {
 
 // Apply sends s to every worker (and to every worker started later).
 func (m *Master) Apply(s controller.Snapshot) error {
+	m.mu.Lock()
+	m.snap = &s
+	s.TicketKeys = m.keys
 	line, err := json.Marshal(s)
+	if err == nil {
+		m.last = append(line, '\n')
+	}
+	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	line = append(line, '\n')
-	m.mu.Lock()
-	m.last = line
-	m.mu.Unlock()
 	for _, w := range m.workers {
 		select {
 		case w.kick <- struct{}{}:
