@@ -111,23 +111,25 @@ func run(args []string) error {
 	}()
 	var names []string
 	for _, a := range addrs {
-		bound := a.addr
-		if workerCount == 1 {
-			ln, err := net.Listen("tcp", a.addr)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w", a.addr, err)
-			}
-			listeners = append(listeners, ln)
-			bound = ln.Addr().String()
+		ln, err := net.Listen("tcp", a.addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", a.addr, err)
 		}
-		if workerCount > 1 {
+		bound := ln.Addr().String()
+		if workerCount == 1 {
+			listeners = append(listeners, ln)
+		} else {
+			// With SO_REUSEPORT the workers' sockets could join another process's on the
+			// same port (another weft-ingress, say) and share its connections: this plain
+			// bind fails if anything holds the port, and fixes a port 0 for all of them.
+			ln.Close()
 			for i := range files {
 				f, addr, err := workers.ListenFile(bound)
 				if err != nil {
 					return err
 				}
 				files[i] = append(files[i], f)
-				bound = addr // a port 0 is chosen once, for all workers
+				bound = addr
 			}
 		}
 		names = append(names, a.scheme+"://"+bound)

@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -111,6 +112,16 @@ func TestWorkers(t *testing.T) {
 	every("/a", "path /a")
 	t.Log("serving")
 	workers := children(t, master.Process.Pid, 2)
+
+	// A second weft-ingress on the same address is refused, not let into the workers'
+	// SO_REUSEPORT group.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // if it runs: it must not
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(bin, "weft-ingress"), "--store", store, "--workers", "2",
+		"--http", httpAddr, "--https", "", "--metrics-addr", "").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "address already in use") {
+		t.Errorf("a second weft-ingress on %s: %v, %s; want address already in use", httpAddr, err, out)
+	}
 
 	metrics := get(metricsAddr, "/metrics")
 	for _, w := range []string{`worker="0"`, `worker="1"`} {

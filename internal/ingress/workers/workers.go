@@ -357,8 +357,7 @@ func Follow(r io.Reader, apply func(controller.Snapshot) error, log *slog.Logger
 }
 
 // ListenFile makes a listening TCP socket on addr for the workers, with SO_REUSEPORT (one
-// per worker and address; a port 0 is chosen by the first) and returns it with the address
-// it is bound to. It is made with the socket calls themselves and left blocking: a
+// per worker and address) and returns it with the address it is bound to. It is made with the socket calls themselves and left blocking: a
 // net.Listener would sit in the master's poller, which would then wake on every new
 // connection that a worker accepts. Wildcard addresses are dual-stack, as in Go's net.
 func ListenFile(addr string) (*os.File, string, error) {
