@@ -52,7 +52,10 @@ func (l *Lab) startIngress(n *Node) error {
 		"--store", l.State.Store, "--node-name", n.Name,
 		"--http", netip.AddrPortFrom(n.Underlay, IngressHTTPPort).String(),
 		"--https", netip.AddrPortFrom(n.Underlay, IngressHTTPSPort).String(),
-		"--metrics-addr", IngressMetricsAddr)
+		"--metrics-addr", IngressMetricsAddr,
+		// Two workers, whatever the machine: every lab node runs one weft-ingress, and
+		// one worker per CPU of a large host would be hundreds of processes.
+		"--workers", "2")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
