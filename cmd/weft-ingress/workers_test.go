@@ -208,21 +208,12 @@ func children(t *testing.T, pid, want int) []int {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var out []int
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-		for _, f := range strings.Fields(string(b)) {
-			n, _ := strconv.Atoi(f)
-			out = append(out, n)
-		}
-		// Children of the master's other threads too.
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-		for _, task := range tasks {
-			if task.Name() == strconv.Itoa(pid) {
-				continue
-			}
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
-			for _, f := range strings.Fields(string(b)) {
-				n, _ := strconv.Atoi(f)
+		var out []int // the children of every thread of pid
+		files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+		for _, f := range files {
+			b, _ := os.ReadFile(f)
+			for _, field := range strings.Fields(string(b)) {
+				n, _ := strconv.Atoi(field)
 				out = append(out, n)
 			}
 		}

@@ -47,6 +47,8 @@ type Snapshot struct {
 	// TicketKeys are the TLS session ticket keys (32 bytes each, the first encrypts) that
 	// weft-ingress's master gives all its workers; none: the proxy's own.
 	TicketKeys [][]byte `json:"ticketKeys,omitempty"`
+
+	table *route.Table // Ingresses compiled, when the sender has it (not sent to workers)
 }
 
 // Target is where snapshots go: the proxy of this process (Local), or the proxies of
@@ -61,7 +63,10 @@ type Local struct{ Proxy *proxy.Proxy }
 
 // Apply compiles the routes and swaps them, the endpoints and the certificates in.
 func (l Local) Apply(s Snapshot) error {
-	l.Proxy.Update(route.Compile(s.Ingresses), s.Endpoints)
+	if s.table == nil {
+		s.table = route.Compile(s.Ingresses)
+	}
+	l.Proxy.Update(s.table, s.Endpoints)
 	var keys [][32]byte
 	for _, k := range s.TicketKeys {
 		if len(k) == 32 {
@@ -146,7 +151,7 @@ func (c *Controller) sync() error {
 		}
 		byName[name] = [2]string{cert.CertPEM, cert.KeyPEM}
 	}
-	if err := c.Target.Apply(Snapshot{Ingresses: ingresses, Endpoints: eps, Certs: byName}); err != nil {
+	if err := c.Target.Apply(Snapshot{Ingresses: ingresses, Endpoints: eps, Certs: byName, table: table}); err != nil {
 		problems = append(problems, err.Error())
 	}
 
@@ -158,7 +163,7 @@ func (c *Controller) sync() error {
 		}
 		st.Routes = append(st.Routes, rs)
 	}
-	st.Upstreams = c.upstreams(eps)
+	st.Upstreams = upstreams(eps)
 	c.mu.Lock()
 	c.status = st
 	c.mu.Unlock()
@@ -169,12 +174,13 @@ func (c *Controller) sync() error {
 	return nil
 }
 
-func (c *Controller) upstreams(eps map[string][]netip.AddrPort) []v1.IngressUpstream {
-	health := c.Target.Health()
+// upstreams lists the endpoints by backend; Status adds their live health (asking a
+// master's workers for it on every sync would be a round of requests per change).
+func upstreams(eps map[string][]netip.AddrPort) []v1.IngressUpstream {
 	var out []v1.IngressUpstream
 	for key, aps := range eps {
 		for _, ap := range aps {
-			out = append(out, v1.IngressUpstream{Backend: key, Address: ap.String(), Health: health[ap.String()]})
+			out = append(out, v1.IngressUpstream{Backend: key, Address: ap.String()})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {

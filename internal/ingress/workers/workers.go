@@ -91,9 +91,10 @@ func NewMaster(exe string, args []string, listeners [][]*os.File, dir string, lo
 	m.client = http.Client{
 		Timeout: 2 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			host, _, _ := net.SplitHostPort(addr) // "wN"
+			host, _, _ := net.SplitHostPort(addr) // the worker's index (get)
+			i, _ := strconv.Atoi(host)
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", filepath.Join(dir, host+".sock"))
+			return d.DialContext(ctx, "unix", m.workers[i].socket)
 		}},
 	}
 	for i := range listeners {
@@ -297,7 +298,7 @@ func (m *Master) Gather() ([]*dto.MetricFamily, error) {
 }
 
 func (m *Master) get(w *worker, path string, read func(io.Reader) error) error {
-	resp, err := m.client.Get("http://w" + strconv.Itoa(w.index) + path)
+	resp, err := m.client.Get("http://" + strconv.Itoa(w.index) + path)
 	if err != nil {
 		return err
 	}
