@@ -45,6 +45,12 @@ func ipv4From(src string, sport uint16, dst string) []byte {
 	return append(h, udp...)
 }
 
+// withDport sets the destination port of the L4 header at off.
+func withDport(pkt []byte, off int, port uint16) []byte {
+	binary.BigEndian.PutUint16(pkt[off+2:], port)
+	return pkt
+}
+
 // ipv6 is a UDP packet to dst from fd00::9 port 8080.
 func ipv6(dst string) []byte { return ipv6From("fd00::9", 8080, dst) }
 
@@ -132,9 +138,13 @@ func TestProgram(t *testing.T) {
 
 	// Replies from a service endpoint (its address, protocol and port) take the kernel's
 	// path, where conntrack reverses the DNAT; the same pod from another port does not.
+	// Packets to an endpoint's port take it too, so conntrack sees both directions of a
+	// connection straight to it.
 	if err := f.SyncEndpoints(map[EndpointKey]uint32{
 		EndpointKeyOf(netip.MustParseAddr("10.1.0.9"), 17, 8080): 1,
 		EndpointKeyOf(netip.MustParseAddr("fd00::9"), 17, 8080):  1,
+		EndpointKeyOf(netip.MustParseAddr("10.1.0.5"), 17, 8080): 1,
+		EndpointKeyOf(netip.MustParseAddr("fd00::5"), 17, 8080):  1,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +160,9 @@ func TestProgram(t *testing.T) {
 		{"IPv4 with options from an endpoint", frame(0x0800, withOptions(ipv4("10.1.0.5"))), tcActPass},
 		{"IPv4 fragment", frame(0x0800, fragment(ipv4From("10.1.0.9", 9999, "10.1.0.5"))), tcActPass},
 		{"IPv6 extension header", frame(0x86dd, extHeader(ipv6From("fd00::9", 9999, "fd00::5"))), tcActPass},
+		{"IPv4 to an endpoint's port", frame(0x0800, withDport(ipv4From("10.1.0.4", 9999, "10.1.0.5"), 20, 8080)), tcActPass},
+		{"IPv6 to an endpoint's port", frame(0x86dd, withDport(ipv6From("fd00::4", 9999, "fd00::5"), 40, 8080)), tcActPass},
+		{"IPv4 to another port", frame(0x0800, withDport(ipv4From("10.1.0.4", 9999, "10.1.0.5"), 20, 8081)), tcActRedirect},
 	} {
 		if ret, _, _ := runProg(f.prog, c.in); ret != c.want {
 			t.Errorf("%s: returned %d, want %d", c.name, ret, c.want)

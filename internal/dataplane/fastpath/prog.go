@@ -125,33 +125,45 @@ func addrKey(base asm.Register, eth, off4, off6 int16, v4, v6, miss string) asm.
 	}
 }
 
-// endpointSource looks the source of the IP packet behind the Ethernet header at base+eth
-// up in the map of service endpoints (key at r10-88: source address as IPv6, source port,
-// protocol). A hit is the reply of a connection the service proxy DNATed, which must go
-// through this node's conntrack to be translated back: it goes to isEP, and so do IPv4
-// fragments and IPv6 packets with extension headers, whose ports cannot be read here.
-// Anything else continues after the routine. It runs after destKey, which checked the
-// family and the fixed IP header's bounds against R3 (data_end); the first instruction
-// carries the label entry. It clobbers R0-R5.
-func endpointSource(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP string) asm.Instructions {
+// endpointPacket looks the IP packet behind the Ethernet header at base+eth up in the
+// map of service endpoints twice: by its source (key at r10-88: source address as IPv6,
+// source port, protocol) and by its destination (key at r10-112). Either hit goes to
+// isEP, the kernel's path, so that conntrack sees both directions of every connection
+// that involves an endpoint's port: a reply from an endpoint may belong to a connection
+// the service proxy DNATed (conntrack must translate it back), and a connection straight
+// to an endpoint's port must then be tracked from its first packet too (tracking only its
+// replies left conntrack entries that stalled a later connection reusing the same
+// addresses and ports). IPv4 fragments and IPv6 packets with extension headers, whose
+// ports cannot be read here, also go to isEP. Anything else continues after the routine.
+// It runs after destKey, which checked the family and the fixed IP header's bounds
+// against R3 (data_end); the first instruction carries the label entry. It clobbers
+// R0-R5.
+func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP string) asm.Instructions {
 	ip := eth + 14
 	p := entry + "_ep"
 	return asm.Instructions{
 		asm.Mov.Imm(asm.R5, 0).WithSymbol(entry),
+		asm.StoreMem(asm.R10, -112, asm.R5, asm.DWord),
+		asm.StoreMem(asm.R10, -104, asm.R5, asm.DWord),
+		asm.StoreMem(asm.R10, -96, asm.R5, asm.DWord),
 		asm.StoreMem(asm.R10, -88, asm.R5, asm.DWord),
 		asm.StoreMem(asm.R10, -80, asm.R5, asm.DWord),
 		asm.StoreMem(asm.R10, -72, asm.R5, asm.DWord),
 		asm.LoadMem(asm.R5, base, eth+12, asm.Half),
 		asm.JEq.Imm(asm.R5, ethPIPv6LE, p+"_v6"),
 
-		// IPv4: not a fragment; source at 12; the L4 header after IHL*4 bytes.
+		// IPv4: not a fragment; source at 12, destination at 16; the L4 header after
+		// IHL*4 bytes.
 		asm.LoadMem(asm.R5, base, ip+6, asm.Half),
 		asm.And.Imm(asm.R5, 0xff3f), // htons(IP_MF|IP_OFFSET)
 		asm.JNE.Imm(asm.R5, 0, isEP),
 		asm.LoadMem(asm.R5, base, ip+12, asm.Word),
 		asm.StoreMem(asm.R10, -76, asm.R5, asm.Word),
+		asm.LoadMem(asm.R5, base, ip+16, asm.Word),
+		asm.StoreMem(asm.R10, -100, asm.R5, asm.Word),
 		asm.Mov.Imm(asm.R5, 0xffff),
 		asm.StoreMem(asm.R10, -78, asm.R5, asm.Half),
+		asm.StoreMem(asm.R10, -102, asm.R5, asm.Half),
 		asm.LoadMem(asm.R0, base, ip+9, asm.Byte),
 		asm.LoadMem(asm.R5, base, ip, asm.Byte),
 		asm.And.Imm(asm.R5, 0x0f),
@@ -161,8 +173,9 @@ func endpointSource(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP str
 		asm.Add.Reg(asm.R4, asm.R5),
 		asm.Ja.Label(p + "_l4"),
 
-		// IPv6: source at 8; the L4 header right after the fixed header. (The bound is
-		// checked again: the verifier also walks here from destKey's IPv4 branch.)
+		// IPv6: source at 8, destination at 24; the L4 header right after the fixed
+		// header. (The bound is checked again: the verifier also walks here from destKey's
+		// IPv4 branch.)
 		asm.Mov.Reg(asm.R4, base).WithSymbol(p + "_v6"),
 		asm.Add.Imm(asm.R4, int32(ip)+40),
 		asm.JGT.Reg(asm.R4, asm.R3, p+"_done"),
@@ -170,6 +183,10 @@ func endpointSource(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP str
 		asm.StoreMem(asm.R10, -88, asm.R5, asm.DWord),
 		asm.LoadMem(asm.R5, base, ip+16, asm.DWord),
 		asm.StoreMem(asm.R10, -80, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, base, ip+24, asm.DWord),
+		asm.StoreMem(asm.R10, -112, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, base, ip+32, asm.DWord),
+		asm.StoreMem(asm.R10, -104, asm.R5, asm.DWord),
 		asm.LoadMem(asm.R0, base, ip+6, asm.Byte),
 		asm.JEq.Imm(asm.R0, unix.IPPROTO_HOPOPTS, isEP),
 		asm.JEq.Imm(asm.R0, unix.IPPROTO_ROUTING, isEP),
@@ -189,9 +206,17 @@ func endpointSource(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP str
 		asm.LoadMem(asm.R5, asm.R4, 0, asm.Half),
 		asm.StoreMem(asm.R10, -72, asm.R5, asm.Half),
 		asm.StoreMem(asm.R10, -70, asm.R0, asm.Byte),
+		asm.LoadMem(asm.R5, asm.R4, 2, asm.Half),
+		asm.StoreMem(asm.R10, -96, asm.R5, asm.Half),
+		asm.StoreMem(asm.R10, -94, asm.R0, asm.Byte),
 		asm.LoadMapPtr(asm.R1, eps.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -88),
+		asm.FnMapLookupElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, isEP),
+		asm.LoadMapPtr(asm.R1, eps.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -112),
 		asm.FnMapLookupElem.Call(),
 		asm.JNE.Imm(asm.R0, 0, isEP),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol(p + "_done"),
@@ -289,7 +314,7 @@ func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel, pod bool) *ebpf.P
 	}
 	insns = append(insns, ethernet("plain", "pass")...)
 	insns = append(insns, destKey(asm.R2, 0, "lookup", "lookup", "pass")...)
-	insns = append(insns, endpointSource(eps, asm.R2, 0, "lookup", "pass")...)
+	insns = append(insns, endpointPacket(eps, asm.R2, 0, "lookup", "pass")...)
 	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
@@ -470,7 +495,7 @@ func decapPrologue(m, stats, eps *ebpf.Map, tun *Tunnel) asm.Instructions {
 	}...)
 	// A reply of a DNATed connection stays in the tunnel: the kernel's path, where
 	// conntrack reverses the NAT.
-	insns = append(insns, endpointSource(eps, asm.R1, 16, "tunlookup", "plain")...)
+	insns = append(insns, endpointPacket(eps, asm.R1, 16, "tunlookup", "plain")...)
 	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),

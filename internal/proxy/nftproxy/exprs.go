@@ -81,6 +81,22 @@ func endpointSource(is6 bool) []expr.Any {
 	)
 }
 
+// endpointDestination is `ip daddr p ip daddr . meta l4proto . th dport @endpoints`: a
+// packet to a service endpoint's port on a pod.
+func endpointDestination(p netip.Prefix) []expr.Any {
+	is6 := p.Addr().Is6()
+	protoReg, portReg, set := uint32(9), uint32(10), setEndpoints4
+	if is6 {
+		protoReg, portReg, set = 12, 13, setEndpoints6
+	}
+	ex := append(nftexpr.LoadAddr(is6, true), inPrefix(p, expr.CmpOpEq)...)
+	return append(append(ex, nftexpr.LoadAddrSameFamily(is6, true)...),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
+		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: set},
+	)
+}
+
 func markIsSet(bit uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},

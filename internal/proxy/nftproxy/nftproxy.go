@@ -7,8 +7,10 @@
 //     dynamic sets with a timeout), then `dnat to numgen random mod N map {...}`;
 //   - services without endpoints are in a second pair of maps whose verdict rejects new
 //     connections at once (TCP reset, ICMP port unreachable) from the nat chain itself;
-//   - a set of every service endpoint: packets from one are marked at raw priority so
-//     weft-nat's pod-to-pod notrack leaves them to conntrack (their reverse NAT).
+//   - a set of every service endpoint: packets from one, and packets to one on a pod, are
+//     marked at raw priority so weft-nat's pod-to-pod notrack leaves them to conntrack
+//     (the replies' reverse NAT, and both directions of a connection made straight to
+//     an endpoint).
 //
 // The first sync (and any sync after a failure) replaces the whole table in one
 // transaction; later syncs send only the difference, also as one transaction: a change to
@@ -411,6 +413,14 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	b.rule("nat-postrouting", hairpin(true)...)
 	b.rule("raw-prerouting", append(endpointSource(false), nftexpr.SetMark(dataplane.MarkTracked)...)...)
 	b.rule("raw-prerouting", append(endpointSource(true), nftexpr.SetMark(dataplane.MarkTracked)...)...)
+	// Packets to an endpoint's port on a pod stay tracked too, so conntrack sees both
+	// directions of a connection made straight to it (tracking its replies alone left
+	// entries that stalled a later connection reusing the same addresses and ports).
+	// Only pods: the mark also exempts a packet from masquerade, which a connection to an
+	// endpoint outside the cluster needs.
+	for _, c := range b.podNets {
+		b.rule("raw-prerouting", append(endpointDestination(c), nftexpr.SetMark(dataplane.MarkTracked)...)...)
+	}
 
 	b.rule(chainReject,
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
