@@ -178,6 +178,12 @@ procs() { # the proxy's processes: a master and its workers for weft and nginx
     caddy) echo "$caddy_pid" ;;
   esac
 }
+# split: how the proxy's accepted connections on port $1 are spread over its processes
+# (each worker's share decides its queue, so the tail), largest first, e.g. "36/28".
+split() {
+  ss -Htnp state established "( sport = :$1 )" 2>/dev/null | grep -o 'pid=[0-9]*' | sort | uniq -c |
+    awk '{print $1}' | sort -rn | paste -sd/ -
+}
 ticks() { local t=0 p; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 hz=$(getconf CLK_TCK)
 ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else if (v ~ /s$/) printf "%.3f", v*1000; else print v }'; }
@@ -195,7 +201,11 @@ for pass in $(seq "$PASSES"); do
         keepalive)
           wrk -t2 -c"$CONNS" -d"$WARMUP"s "$url" >/dev/null
           before=$(ticks "$(procs $p)")
-          out=$(wrk -t2 -c"$CONNS" -d"$T"s --latency "$url")
+          wrk -t2 -c"$CONNS" -d"$T"s --latency "$url" >"$d/wrk.out" &
+          sleep 1
+          spread=$(split "${PORT[$p]}")
+          wait $!
+          out=$(cat "$d/wrk.out")
           after=$(ticks "$(procs $p)")
           reqs=$(awk '/requests in/{print $1}' <<<"$out")
           rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
@@ -203,7 +213,7 @@ for pass in $(seq "$PASSES"); do
           cpu=$(awk -v a="$before" -v b="$after" -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/n}')
           errs=$(grep -cE "Non-2xx|Socket errors" <<<"$out" || true)
           echo "$pass $test $p rps $rps" >>"$results"; echo "$pass $test $p p99 $p99" >>"$results"; echo "$pass $test $p cpu $cpu" >>"$results"
-          printf '%-5s %-9s %-8s %9.0f req/s  p99 %6.2f ms  %5.1f µs CPU/req%s\n' "$pass" "$test" "$p" "$rps" "$p99" "$cpu" "$([ "$errs" = 0 ] || echo '  (errors!)')"
+          printf '%-5s %-9s %-8s %9.0f req/s  p99 %6.2f ms  %5.1f µs CPU/req  split %s%s\n' "$pass" "$test" "$p" "$rps" "$p99" "$cpu" "$spread" "$([ "$errs" = 0 ] || echo '  (errors!)')"
           ;;
         newconn|tlsnew)
           u=$url; [ $test = tlsnew ] && u=$tls_url

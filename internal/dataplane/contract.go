@@ -34,10 +34,12 @@ const (
 	// (hairpin, NodePort traffic under externalTrafficPolicy Cluster).
 	MarkMasq = 0x00400000
 	// MarkTracked on a packet (set at raw priority - 1 for packets from a service
-	// endpoint) keeps weft-nat's pod-to-pod notrack off it: it may be the reply of a
-	// DNATed connection, which conntrack must translate back. Nor is it masqueraded: on
-	// the backend's node, whose fast path delivered the request past conntrack, the reply
-	// looks like a new connection, and masquerading it would break the client's NAT.
+	// endpoint, and to one on a pod) keeps weft-nat's pod-to-pod notrack off it: it may be
+	// the reply of a DNATed connection, which conntrack must translate back, and a
+	// connection straight to an endpoint's port must be tracked both ways. Nor is it
+	// masqueraded: a reply whose request conntrack did not see (one delivered before this
+	// rule, or by another node's path) looks like a new connection, and masquerading it
+	// would break the client's NAT.
 	MarkTracked = 0x00800000
 
 	// MarkMaglev on a packet to a node port says the node port balancer (tc, on the

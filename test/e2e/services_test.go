@@ -185,6 +185,44 @@ func TestServicesInLab(t *testing.T) {
 				}
 			})
 
+			t.Run("straight to an endpoint", func(t *testing.T) {
+				// A pod connecting to another pod's endpoint port, not through the
+				// service: both directions now take the kernel's path and conntrack (the
+				// fast path and the raw chain treat packets to an endpoint as packets from
+				// one), and every connection must still be answered at once.
+				l.service("echo", "--selector", "app=web", "--port", "8080:8080")
+				l.must("pod", "add", "p4", "--node", "1")
+				var p4 string
+				for _, p := range l.labCLI.status().Pods {
+					if p.Name == "p4" {
+						p4 = p.Netns
+					}
+				}
+				for _, to := range []string{"p1", "p2"} { // the same node, another node
+					addr := netip.AddrPortFrom(l.podIPs[to][0], 8080)
+					err := probe.InNS(p4, func() error {
+						d, buf := net.Dialer{Timeout: time.Second}, make([]byte, 1)
+						for i := range 1000 {
+							c, err := d.Dial("tcp", addr.String())
+							if err == nil {
+								_ = c.SetDeadline(time.Now().Add(time.Second))
+								if _, err = c.Write(buf); err == nil {
+									_, err = io.ReadFull(c, buf)
+								}
+								c.Close()
+							}
+							if err != nil {
+								return fmt.Errorf("connection %d: %w", i, err)
+							}
+						}
+						return nil
+					})
+					if err != nil {
+						t.Errorf("to %s (%s): %v", to, addr, err)
+					}
+				}
+			})
+
 			t.Run("no endpoints", func(t *testing.T) {
 				s := l.service("empty", "--selector", "app=none", "--port", "80")
 				addr := netip.AddrPortFrom(s.ClusterIPs[0], 80)
