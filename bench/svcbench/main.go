@@ -244,6 +244,8 @@ func loadWeft(t *topo, n int) (full, change time.Duration, err error) {
 	}
 	defer nsh.Close()
 	px := nftproxy.NewIn(int(nsh))
+	// The cluster's pod networks, as weftd gives them: the client and the server are pods.
+	px.PodNetworks([]netip.Prefix{netip.MustParsePrefix("10.210.0.0/16")})
 	want, changed := weftState(n, false), weftState(n, true)
 	start := time.Now()
 	if _, err := px.Sync(want); err != nil {
