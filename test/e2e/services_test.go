@@ -192,10 +192,17 @@ func TestServicesInLab(t *testing.T) {
 				// one), and every connection must still be answered at once.
 				l.service("echo", "--selector", "app=web", "--port", "8080:8080")
 				l.must("pod", "add", "p4", "--node", "1")
-				var p4 string
-				for _, p := range l.labCLI.status().Pods {
+				var p4, node1 string
+				var p4IP netip.Addr
+				st := l.labCLI.status()
+				for _, p := range st.Pods {
 					if p.Name == "p4" {
-						p4 = p.Netns
+						p4, p4IP, node1 = p.Netns, p.IPs[0], p.Node
+					}
+				}
+				for _, n := range st.Nodes {
+					if n.Name == node1 {
+						node1 = n.Netns
 					}
 				}
 				for _, to := range []string{"p1", "p2"} { // the same node, another node
@@ -220,6 +227,13 @@ func TestServicesInLab(t *testing.T) {
 					if err != nil {
 						t.Errorf("to %s (%s): %v", to, addr, err)
 					}
+				}
+				// On p4's node conntrack saw both directions: its entries for these
+				// connections are assured (an entry made from the replies alone never is).
+				out, err := testutil.NS{Path: node1}.Command("conntrack", "-L", "-p", "tcp",
+					"--orig-src", p4IP.String(), "--orig-dst", l.podIPs["p1"][0].String(), "--dport", "8080").CombinedOutput()
+				if err != nil || !strings.Contains(string(out), "ASSURED") {
+					t.Errorf("no assured conntrack entry for p4 → p1:8080 on p4's node (%v):\n%s", err, out)
 				}
 			})
 

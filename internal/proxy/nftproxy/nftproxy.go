@@ -414,8 +414,8 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	b.rule("raw-prerouting", append(endpointSource(false), nftexpr.SetMark(dataplane.MarkTracked)...)...)
 	b.rule("raw-prerouting", append(endpointSource(true), nftexpr.SetMark(dataplane.MarkTracked)...)...)
 	// Packets to an endpoint's port on a pod stay tracked too, so conntrack sees both
-	// directions of a connection made straight to it (tracking its replies alone left
-	// entries that stalled a later connection reusing the same addresses and ports).
+	// directions of a connection made straight to it (with its replies alone tracked,
+	// such connections stalled now and then).
 	// Only pods: the mark also exempts a packet from masquerade, which a connection to an
 	// endpoint outside the cluster needs.
 	for _, c := range b.podNets {
