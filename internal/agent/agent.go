@@ -414,6 +414,8 @@ func (a *Agent) startServiceProxy(g *group, cache *resources.Cache) error {
 	if c != nil {
 		sp.local = resources.DNSAddrs(c.cfg.ServiceCIDRs) // startDNS answers them
 		sp.nft.PodNetworks(c.cfg.ClusterCIDRs)
+	} else if len(a.opts.PodCIDRs) > 0 {
+		sp.nft.PodNetworks(a.opts.PodCIDRs) // a single host: its own pod networks
 	}
 	announcesServices := c != nil && c.cfg.Fabric == v1.FabricBGP && c.cfg.BGP.AnnouncesServiceAddrs()
 	if announcesServices {
