@@ -2,6 +2,7 @@
 // shapes kube-proxy loads, on the same namespaces, in one run:
 //
 //   - weft: proxy.State programmed by nftproxy over netlink (table inet weft-svc);
+//   - fastpath: the weft shape plus weftd's eBPF fast path on the node's veths;
 //   - ebpf: weftd's --proxy ebpf, the same table plus the socket load balancer
 //     (internal/proxy/sockproxy) translating the client's connects;
 //   - kube-proxy nftables mode's shape, loaded with `nft -f`;
@@ -31,10 +32,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 
 	"github.com/weftnet/weft/bench/internal/nettopo"
 	"github.com/weftnet/weft/internal/bpffs"
+	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/proxy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
 	"github.com/weftnet/weft/internal/proxy/sockproxy"
@@ -189,6 +192,8 @@ func load(t *topo, shape string, n int) (full, change time.Duration, err error) 
 		return loadWeft(t, n)
 	case "ebpf":
 		return loadEbpf(t, n)
+	case "fastpath":
+		return loadFastpath(t, n)
 	case "nft":
 		return loadNft(t, n)
 	case "iptables-legacy", "iptables-nft":
@@ -324,6 +329,53 @@ func loadEbpf(t *topo, n int) (full, change time.Duration, err error) {
 	// before the table); the table's own change is reported beside it.
 	fmt.Printf("%-16s %-28s %s\n", "ebpf", fmt.Sprintf("table change at %d", n), nftChange.Round(100*time.Microsecond))
 	return sockFull + nftFull, change, nil
+}
+
+// loadFastpath is the weft shape plus weftd's eBPF fast path on the node's two veths, as
+// weftd runs it for its pods: the client and the server in its pod map, every service
+// endpoint in its endpoint map (so the proxy's traffic takes the kernel's path).
+func loadFastpath(t *topo, n int) (full, change time.Duration, err error) {
+	if full, change, err = loadWeft(t, n); err != nil {
+		return 0, 0, err
+	}
+	f, err := fastpath.Load(nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	t.undo = append(t.undo, f.Close)
+	nsh, err := vnetns.GetFromPath(t.Node)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer h.Close()
+	pods := map[fastpath.Key]fastpath.Value{}
+	for _, p := range []struct{ dev, ns, ip string }{{"c0", t.Client, nettopo.ClientIP}, {"s0", t.Server, serverIP}} {
+		host, err := h.LinkByName(p.dev)
+		if err != nil {
+			return 0, 0, err
+		}
+		mac, err := nettopo.MAC(p.ns, "eth0")
+		if err != nil {
+			return 0, 0, err
+		}
+		pods[fastpath.KeyOf(netip.MustParseAddr(p.ip))] = fastpath.ValueOf(host.Attrs().Index, mac)
+		if err := f.Attach(h, host, fastpath.RolePod); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := f.Sync(pods); err != nil {
+		return 0, 0, err
+	}
+	eps := map[fastpath.EndpointKey]uint32{}
+	for _, k := range weftState(n, false).Endpoints {
+		eps[fastpath.EndpointKeyOf(k.IP, k.Proto, k.Port)] = 1
+	}
+	return full, change, f.SyncEndpoints(eps)
 }
 
 // loadNft writes kube-proxy's nftables-mode shape and loads it with `nft -f`; the change

@@ -158,6 +158,20 @@ func ConnectLoop(tg Target, n int) ([]time.Duration, error) {
 	return out, nil
 }
 
+// MAC returns the hardware address of the device name in the namespace at nsPath.
+func MAC(nsPath, name string) (net.HardwareAddr, error) {
+	h, err := handleAt(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	return l.Attrs().HardwareAddr, nil
+}
+
 func link(a, b, aName, bName, aAddr, bAddr string) error {
 	h, err := handleAt(a)
 	if err != nil {
