@@ -131,9 +131,8 @@ func addrKey(base asm.Register, eth, off4, off6 int16, v4, v6, miss string) asm.
 // isEP, the kernel's path, so that conntrack sees both directions of every connection
 // that involves an endpoint's port: a reply from an endpoint may belong to a connection
 // the service proxy DNATed (conntrack must translate it back), and a connection straight
-// to an endpoint's port must then be tracked from its first packet too (tracking only its
-// replies left conntrack entries that stalled a later connection reusing the same
-// addresses and ports). IPv4 fragments and IPv6 packets with extension headers, whose
+// to an endpoint's port must then be tracked from its first packet too (with only its
+// replies tracked, such connections stalled now and then). IPv4 fragments and IPv6 packets with extension headers, whose
 // ports cannot be read here, also go to isEP. Anything else continues after the routine.
 // It runs after destKey, which checked the family and the fixed IP header's bounds
 // against R3 (data_end); the first instruction carries the label entry. It clobbers
@@ -493,8 +492,8 @@ func decapPrologue(m, stats, eps *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.Ja.Label("tunlookup"),
 		asm.Mov.Imm(asm.R8, adjRoomDecapIPv6|adjRoomFixedGSO).WithSymbol("in6"),
 	}...)
-	// A reply of a DNATed connection stays in the tunnel: the kernel's path, where
-	// conntrack reverses the NAT.
+	// A packet from or to a service endpoint's port stays in the tunnel: the kernel's
+	// path, where conntrack sees both directions (and reverses a DNAT).
 	insns = append(insns, endpointPacket(eps, asm.R1, 16, "tunlookup", "plain")...)
 	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()),
