@@ -212,6 +212,11 @@ func TestEqualPathsGiveECMPAndPeerRemovalWithdraws(t *testing.T) {
 	for round := 1; ; round++ {
 		eventually(t, "b's sessions settled and read", func() (bool, string) {
 			now := sessions()
+			// Routes reads GoBGP's table when a session event asked for it (as the
+			// agent's sync does); nothing else here would.
+			if _, err := b.Routes(); err != nil {
+				return false, err.Error()
+			}
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			return !b.reread && strings.Count(now, "established") == 2, now
