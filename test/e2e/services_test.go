@@ -228,12 +228,32 @@ func TestServicesInLab(t *testing.T) {
 						t.Errorf("to %s (%s): %v", to, addr, err)
 					}
 				}
-				// On p4's node conntrack saw both directions: its entries for these
-				// connections are assured (an entry made from the replies alone never is).
+				// On p4's node conntrack saw both directions of a connection made now, long
+				// after p4 joined the fast path (its first connections may predate that):
+				// its entry is assured (an entry made from the replies alone never is).
+				const sport = 40123
+				p1 := netip.AddrPortFrom(l.podIPs["p1"][0], 8080)
+				err := probe.InNS(p4, func() error {
+					d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: p4IP.AsSlice(), Port: sport}}
+					c, err := d.Dial("tcp", p1.String())
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					_ = c.SetDeadline(time.Now().Add(time.Second))
+					if _, err := c.Write([]byte{1}); err != nil {
+						return err
+					}
+					_, err = io.ReadFull(c, make([]byte, 1))
+					return err
+				})
+				if err != nil {
+					t.Fatalf("from port %d to %s: %v", sport, p1, err)
+				}
 				out, err := testutil.NS{Path: node1}.Command("conntrack", "-L", "-p", "tcp",
-					"--orig-src", p4IP.String(), "--orig-dst", l.podIPs["p1"][0].String(), "--dport", "8080").CombinedOutput()
+					"--orig-src", p4IP.String(), "--orig-dst", p1.Addr().String(), "--sport", fmt.Sprint(sport), "--dport", "8080").CombinedOutput()
 				if err != nil || !strings.Contains(string(out), "ASSURED") {
-					t.Errorf("no assured conntrack entry for p4 → p1:8080 on p4's node (%v):\n%s", err, out)
+					t.Errorf("no assured conntrack entry for p4:%d → p1:8080 on p4's node (%v):\n%s", sport, err, out)
 				}
 			})
 
