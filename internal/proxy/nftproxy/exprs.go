@@ -81,20 +81,31 @@ func endpointSource(is6 bool) []expr.Any {
 	)
 }
 
-// endpointDestination is `ip daddr p ip daddr . meta l4proto . th dport @endpoints`: a
-// packet to a service endpoint's port on a pod.
-func endpointDestination(p netip.Prefix) []expr.Any {
-	is6 := p.Addr().Is6()
+// endpointLookup is `ip saddr . meta l4proto . th sport @endpoints` (dst: the
+// destination and its port), the family already known.
+func endpointLookup(is6, dst bool) []expr.Any {
 	protoReg, portReg, set := uint32(9), uint32(10), setEndpoints4
 	if is6 {
 		protoReg, portReg, set = 12, 13, setEndpoints6
 	}
-	ex := append(nftexpr.LoadAddr(is6, true), inPrefix(p, expr.CmpOpEq)...)
-	return append(append(ex, nftexpr.LoadAddrSameFamily(is6, true)...),
+	var portOff uint32
+	if dst {
+		portOff = 2
+	}
+	return append(nftexpr.LoadAddrSameFamily(is6, dst),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
-		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: portOff, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: set},
 	)
+}
+
+// withinPodNet is `ip saddr p ip daddr p`: a packet between two addresses of the pod
+// network p, as weft-nat's notrack matches it.
+func withinPodNet(p netip.Prefix) []expr.Any {
+	is6 := p.Addr().Is6()
+	ex := append(nftexpr.LoadAddr(is6, true), inPrefix(p, expr.CmpOpEq)...)
+	ex = append(ex, nftexpr.LoadAddrSameFamily(is6, false)...)
+	return append(ex, inPrefix(p, expr.CmpOpEq)...)
 }
 
 func markIsSet(bit uint32) []expr.Any {

@@ -267,6 +267,10 @@ const (
 	chainPodLB    = "pod-lb-counts"  // the same for pods' connections to load balancer addresses
 	chainNodePort = "nodeports"      // node ports (after one local-address check)
 	chainReject   = "reject"
+
+	// The raw chain's endpoint lookups, per family, for packets within a pod network.
+	chainRawEndpoints4 = "raw-endpoints4"
+	chainRawEndpoints6 = "raw-endpoints6"
 )
 
 func svcChain(p *proxy.Port) string      { return "svc-" + p.ID }
@@ -411,16 +415,7 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	// is masqueraded, so the answer comes back through the node.
 	b.rule("nat-postrouting", hairpin(false)...)
 	b.rule("nat-postrouting", hairpin(true)...)
-	b.rule("raw-prerouting", append(endpointSource(false), nftexpr.SetMark(dataplane.MarkTracked)...)...)
-	b.rule("raw-prerouting", append(endpointSource(true), nftexpr.SetMark(dataplane.MarkTracked)...)...)
-	// Packets to an endpoint's port on a pod stay tracked too, so conntrack sees both
-	// directions of a connection made straight to it (with its replies alone tracked,
-	// such connections stalled now and then).
-	// Only pods: the mark also exempts a packet from masquerade, which a connection to an
-	// endpoint outside the cluster needs.
-	for _, c := range b.podNets {
-		b.rule("raw-prerouting", append(endpointDestination(c), nftexpr.SetMark(dataplane.MarkTracked)...)...)
-	}
+	b.rawEndpoints()
 
 	b.rule(chainReject,
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -428,6 +423,42 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
 	b.rule(chainReject, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH})
 	return sets
+}
+
+// rawEndpoints fills the raw chain, which keeps weft-nat's pod-to-pod notrack off the
+// packets of connections that involve a service endpoint's port, with MarkTracked: packets
+// from one (the replies of DNATed connections, which conntrack must translate back) and
+// packets to one on a pod (so conntrack sees both directions of a connection made
+// straight to an endpoint; with its replies alone tracked, such connections stalled now
+// and then). The notrack applies only to packets between two addresses of one pod
+// network, so only those are looked up (a connection's packets to a service address, and
+// anything to or from outside, pass with one prefix test); the mark also exempts from
+// masquerade, which a pod's connection to an endpoint outside the cluster needs. Without
+// the pod networks, every packet from an endpoint is marked.
+func (b *batch) rawEndpoints() {
+	if len(b.podNets) == 0 {
+		for _, is6 := range []bool{false, true} {
+			b.rule("raw-prerouting", append(endpointSource(is6), nftexpr.SetMark(dataplane.MarkTracked)...)...)
+		}
+		return
+	}
+	for _, is6 := range []bool{false, true} {
+		ch := chainRawEndpoints4
+		if is6 {
+			ch = chainRawEndpoints6
+		}
+		b.c.AddChain(b.chain(ch))
+		mark := append(nftexpr.SetMark(dataplane.MarkTracked), &expr.Verdict{Kind: expr.VerdictReturn})
+		b.rule(ch, append(endpointLookup(is6, false), mark...)...)
+		b.rule(ch, append(endpointLookup(is6, true), mark...)...)
+	}
+	for _, c := range b.podNets {
+		ch := chainRawEndpoints4
+		if c.Addr().Is6() {
+			ch = chainRawEndpoints6
+		}
+		b.rule("raw-prerouting", append(withinPodNet(c), jump(ch))...)
+	}
 }
 
 func concat(b *batch, types ...nftables.SetDatatype) nftables.SetDatatype {
