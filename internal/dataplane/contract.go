@@ -33,8 +33,8 @@ const (
 	// MarkMasq on a packet asks the service proxy's postrouting chain to masquerade it
 	// (hairpin, NodePort traffic under externalTrafficPolicy Cluster).
 	MarkMasq = 0x00400000
-	// MarkTracked on a packet (set at raw priority - 1 for packets from a service
-	// endpoint, and to one on a pod) keeps weft-nat's pod-to-pod notrack off it: it may be
+	// MarkTracked on a packet (set at raw priority - 1 for packets from or to a service
+	// endpoint's port between two addresses of a pod network) keeps weft-nat's pod-to-pod notrack off it: it may be
 	// the reply of a DNATed connection, which conntrack must translate back, and a
 	// connection straight to an endpoint's port must be tracked both ways. Nor is it
 	// masqueraded: a reply whose request conntrack did not see (one delivered before this
