@@ -68,17 +68,9 @@ func nodePortKeyLookup(m string, is6 bool) []expr.Any {
 	)
 }
 
-// endpointSource is `ip saddr . meta l4proto . th sport @endpoints`.
+// endpointSource is `meta nfproto X ip saddr . meta l4proto . th sport @endpoints`.
 func endpointSource(is6 bool) []expr.Any {
-	protoReg, portReg, set := uint32(9), uint32(10), setEndpoints4
-	if is6 {
-		protoReg, portReg, set = 12, 13, setEndpoints6
-	}
-	return append(nftexpr.LoadAddr(is6, false),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: protoReg},
-		&expr.Payload{DestRegister: portReg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-		&expr.Lookup{SourceRegister: 1, SetName: set},
-	)
+	return append(nftexpr.Family(is6), endpointLookup(is6, false)...)
 }
 
 // endpointLookup is `ip saddr . meta l4proto . th sport @endpoints` (dst: the
