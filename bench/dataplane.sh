@@ -20,6 +20,8 @@ cleanup() {
   for f in "$TMP"/iperf-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
   wait 2>/dev/null || true
   for ns in $(ip netns list | awk '{print $1}' | grep "^$T-" || true); do ip netns del "$ns"; done
+  # weftd leaves its bpffs mounted (its pinned programs outlive a restart): unmount it.
+  for m in "$TMP"/*/run/bpf; do if mountpoint -q "$m"; then umount "$m"; fi; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
