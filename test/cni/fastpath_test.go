@@ -34,9 +34,11 @@ func (n *node) fastpathState(hostVeth string) (uint32, map[netip.Addr]uint32) {
 	if !ok {
 		return 0, nil
 	}
+	// weftd may replace the program between the query and this open (a restart does):
+	// report nothing yet and let the caller poll again.
 	prog, err := ebpf.NewProgramFromID(id)
 	if err != nil {
-		n.t.Fatal(err)
+		return 0, nil
 	}
 	defer prog.Close()
 	info, _ := prog.Info()
@@ -45,7 +47,7 @@ func (n *node) fastpathState(hostVeth string) (uint32, map[netip.Addr]uint32) {
 	for _, mid := range ids {
 		cand, err := ebpf.NewMapFromID(mid)
 		if err != nil {
-			n.t.Fatal(err)
+			return 0, nil // freed with a replaced program
 		}
 		if mi, err := cand.Info(); err == nil && mi.Name == "weft_local_pods" {
 			m = cand
