@@ -3,13 +3,14 @@
 // TCP 8080, one of them the client's), enforced
 //
 //   - by weft: policy.Model.Compile and nftpolicy (table inet weft-policy: verdict map,
-//     interval sets), and
+//     interval sets) beside weft-nat's pod-to-pod notrack, as on a weftd node, and
 //   - in the shape Calico and kube-router use with iptables: one ipset and one chain per
 //     policy, jumped to in turn from the pod's chain (iptables-legacy + ipset),
 //
-// against the same topology with no policy at all. It reports the time to program the N
-// policies and new-connection latency (connect, one byte each way, close) in interleaved
-// rounds. Run by bench/policy.sh; needs root; works only in namespaces it creates.
+// against the same topology with weft and no policy (weft-nat alone), with conntrack only,
+// and with nothing at all. It reports the time to program the N policies and
+// new-connection latency (connect, one byte each way, close) in interleaved rounds. Run by
+// bench/policy.sh; needs root; works only in namespaces it creates.
 package main
 
 import (
@@ -24,8 +25,10 @@ import (
 
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/bench/internal/nettopo"
+	"github.com/weftnet/weft/internal/dataplane/masq"
 	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
+	"github.com/weftnet/weft/internal/probe"
 )
 
 var (
@@ -69,11 +72,27 @@ func policies(n int) []v1.NetworkPolicy {
 	return out
 }
 
+// podNetwork holds the client and the server (bench/internal/nettopo).
+var podNetwork = netip.MustParsePrefix("10.210.0.0/16")
+
 var server = v1.Pod{Name: "server", Namespace: "bench", IPs: []netip.Addr{netip.MustParseAddr(nettopo.ServerIP)},
 	Labels: map[string]string{"app": "server"}, Ready: true}
 
-// loadWeft compiles and programs the policies as weftd does; the time covers both.
+// loadNAT programs weft-nat as weftd does: pod-to-pod traffic untracked unless a policy
+// needs it tracked. Alone, it is a weft node with no policy.
+func loadNAT(t *nettopo.Topo) {
+	if err := probe.InNS(t.Node, func() error {
+		return masq.Apply(masq.Table{PodCIDRs: []netip.Prefix{podNetwork},
+			LocalAddrs: []netip.Addr{netip.MustParseAddr("10.210.1.1"), netip.MustParseAddr("10.210.2.1")}})
+	}); err != nil {
+		fail(err)
+	}
+}
+
+// loadWeft programs the node as weftd does: weft-nat, then the compiled policies; the time
+// covers compiling and programming the policies.
 func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
+	loadNAT(t)
 	f, err := os.Open(t.Node)
 	if err != nil {
 		fail(err)
@@ -81,7 +100,7 @@ func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
 	defer f.Close()
 	start := time.Now()
 	rules := policy.New(ps, nil).Compile(&server, []v1.Pod{server})
-	st := nftpolicy.State{Cluster: []netip.Prefix{netip.MustParsePrefix("10.210.0.0/16")},
+	st := nftpolicy.State{Cluster: []netip.Prefix{podNetwork},
 		Pods: []nftpolicy.Pod{{ID: "server", IPs: server.IPs, Rules: rules}}}
 	if err := nftpolicy.Apply(st, int(f.Fd())); err != nil {
 		fail(err)
@@ -136,13 +155,15 @@ func main() {
 	base := mustTopo(tag + "b")
 	tracked := mustTopo(tag + "t")
 	loadTracked(tracked)
+	weftNAT := mustTopo(tag + "n")
+	loadNAT(weftNAT)
 	defer func() {
 		for _, t := range topos {
 			t.Down()
 		}
 	}()
 	dst := netip.MustParseAddrPort(nettopo.ServerIP + ":8080")
-	fmt.Printf("%-8s %-13s %-13s %-25s %-25s %-25s %s\n", "policies", "weft program", "ipset program", "weft p50/p99 (x none)", "ipset p50/p99 (x none)", "conntrack only (x none)", "none p50/p99")
+	fmt.Printf("%-8s %-13s %-13s %-25s %-25s %-25s %-25s %-16s %s\n", "policies", "weft program", "ipset program", "weft p50/p99 (x none)", "ipset p50/p99 (x none)", "conntrack only (x none)", "weft, no policy (x none)", "weft p50 (x weft, no policy)", "none p50/p99")
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -151,14 +172,15 @@ func main() {
 		ps := policies(n)
 		w, i := mustTopo(fmt.Sprintf("%sw%d", tag, n%1000)), mustTopo(fmt.Sprintf("%si%d", tag, n%1000))
 		wt, it := loadWeft(w, ps), loadIpset(i, ps)
-		res, err := nettopo.Interleaved([]nettopo.Target{{Topo: w, Addr: dst}, {Topo: i, Addr: dst}, {Topo: tracked, Addr: dst}, {Topo: base, Addr: dst}}, *conns)
+		res, err := nettopo.Interleaved([]nettopo.Target{{Topo: w, Addr: dst}, {Topo: i, Addr: dst}, {Topo: tracked, Addr: dst}, {Topo: weftNAT, Addr: dst}, {Topo: base, Addr: dst}}, *conns)
 		if err != nil {
 			fail(err)
 		}
 		r := func(p nettopo.Percentiles) string {
-			return fmt.Sprintf("%v/%v (%.3fx)", p.P50, p.P99, float64(p.P50)/float64(res[3].P50))
+			return fmt.Sprintf("%v/%v (%.3fx)", p.P50, p.P99, float64(p.P50)/float64(res[4].P50))
 		}
-		fmt.Printf("%-8d %-13v %-13v %-25s %-25s %-25s %v/%v\n", n, wt.Round(100*time.Microsecond), it.Round(100*time.Microsecond), r(res[0]), r(res[1]), r(res[2]), res[3].P50, res[3].P99)
+		fmt.Printf("%-8d %-13v %-13v %-25s %-25s %-25s %-25s %-28s %v/%v\n", n, wt.Round(100*time.Microsecond), it.Round(100*time.Microsecond), r(res[0]), r(res[1]), r(res[2]), r(res[3]),
+			fmt.Sprintf("%.3fx", float64(res[0].P50)/float64(res[3].P50)), res[4].P50, res[4].P99)
 		w.Down()
 		i.Down()
 	}

@@ -48,13 +48,20 @@ const (
 	MarkMaglev      = 0x01000000
 	MaglevIndexMask = 0x0000ffff
 
+	// MarkPolicyAccepted on a packet says weft-policy's raw chain found it allowed
+	// without connection state: a TCP packet between two pod addresses that the policies
+	// would allow as a new connection in both its directions. It stays untracked, and the
+	// policy's forward chain accepts it on the mark.
+	MarkPolicyAccepted = 0x00100000
+
 	// MarkPortDNAT on a packet says weft-nat DNATed it to a published port: if it came
 	// from the pod network and goes back into it (hairpin), it is masqueraded.
 	MarkPortDNAT = 0x00200000
 
 	// PriorityServicesRaw runs before weft-nat's raw chain (priority raw, -300).
 	PriorityServicesRaw = -301
-	// PriorityPolicyRaw marks policed pods' traffic tracked, before both.
+	// PriorityPolicyRaw decides, before both, which of policed pods' traffic stays
+	// tracked.
 	PriorityPolicyRaw = -302
 	// PriorityAntiSpoof drops spoofed frames before anything else of weft's sees them.
 	PriorityAntiSpoof = -310

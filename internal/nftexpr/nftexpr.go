@@ -4,6 +4,7 @@ package nftexpr
 
 import (
 	"encoding/binary"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -50,6 +51,39 @@ func SetMarkVia(reg, bit uint32) []expr.Any {
 
 // SetMark is SetMarkVia register 1.
 func SetMark(bit uint32) []expr.Any { return SetMarkVia(1, bit) }
+
+// MarkIsSet is `meta mark & bit != 0`.
+func MarkIsSet(bit uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bit), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+// InPrefix compares the address in register 1 (loaded by LoadAddr) with a prefix: a mask
+// and a compare, cheaper than a set lookup for one prefix.
+func InPrefix(p netip.Prefix, op expr.CmpOp) []expr.Any {
+	n := p.Addr().BitLen() / 8
+	mask := make([]byte, n)
+	for i := 0; i < p.Bits(); i++ {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return []expr.Any{
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)},
+		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+// WithinPrefix is `ip daddr p ip saddr p`: a packet between two addresses of p (a pod
+// network, as weft-nat's notrack matches it).
+func WithinPrefix(p netip.Prefix) []expr.Any {
+	is6 := p.Addr().Is6()
+	ex := append(LoadAddr(is6, true), InPrefix(p, expr.CmpOpEq)...)
+	ex = append(ex, LoadAddrSameFamily(is6, false)...)
+	return append(ex, InPrefix(p, expr.CmpOpEq)...)
+}
 
 // EstablishedAccept is `ct state established,related accept`.
 func EstablishedAccept() []expr.Any {

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/dataplane/masq"
 
 	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
@@ -194,4 +197,86 @@ func TestDropsAreLogged(t *testing.T) {
 		default:
 		}
 	}
+}
+
+// TestUntrackedWhereAllowedBothWays runs the node as weftd does, with weft-nat's pod-to-pod
+// notrack: a TCP connection the policies allow as a new connection in both directions is
+// never tracked; one whose replies need state is; and a packet shaped like the reply of an
+// allowed connection does not get past a policy that denies it as a new one.
+func TestUntrackedWhereAllowedBothWays(t *testing.T) {
+	testutil.RequireRoot(t)
+	tp := build(t)
+	must(t, probe.InNS(tp.node.Path, func() error {
+		return masq.Apply(masq.Table{PodCIDRs: []netip.Prefix{p("10.50.0.0/16")},
+			LocalAddrs: []netip.Addr{netip.MustParseAddr("10.50.1.1"), netip.MustParseAddr("10.50.2.1")}})
+	}))
+	h := tp.node.Handle(t)
+	// tracked: does the node's conntrack hold a connection from a to b's port?
+	tracked := func(port uint16) bool {
+		flows, err := h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range flows {
+			if f.Forward.SrcIP.Equal(ipA.AsSlice()) && f.Forward.DstIP.Equal(ipB.AsSlice()) && f.Forward.DstPort == port {
+				return true
+			}
+		}
+		return false
+	}
+
+	// b takes TCP 80 and 90 from a; a has no policy, so b's replies are allowed as new
+	// connections too: nothing of the connection is tracked.
+	b := nftpolicy.Pod{ID: "b", IPs: []netip.Addr{ipB}, Rules: policy.PodRules{
+		Ingress: &policy.Rules{Ports: []policy.PortRule{{Peer: p("10.50.1.2/32"), Proto: "TCP", First: 80, Last: 80}, {Peer: p("10.50.1.2/32"), Proto: "TCP", First: 90, Last: 90}}}}}
+	tp.apply(t, b)
+	tp.expect(t, "a to b's allowed port", tp.a, ipB, 80, true)
+	if tracked(80) {
+		t.Error("a connection allowed both ways was tracked")
+	}
+	tp.expect(t, "a to b's other port", tp.a, ipB, 81, false)
+
+	// A DNATed connection (a published port on a's gateway, hairpinned as weft-nat does)
+	// gets b's policy statefully: to a's gateway address the packet looked allowed both
+	// ways.
+	dnat := tp.node.Command("nft", "-f", "-")
+	dnat.Stdin = strings.NewReader("table ip ports {\n chain pre { type nat hook prerouting priority dstnat;\n" +
+		" ip daddr 10.50.1.1 tcp dport 8080 dnat to 10.50.2.2:81\n ip daddr 10.50.1.1 tcp dport 8081 dnat to 10.50.2.2:80\n }\n" +
+		" chain post { type nat hook postrouting priority srcnat;\n ct status dnat masquerade\n }\n}\n")
+	if out, err := dnat.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	gw := netip.MustParseAddr("10.50.1.1")
+	tp.expect(t, "a through a DNAT to b's allowed port", tp.a, gw, 8081, true)
+	tp.expect(t, "a through a DNAT to b's other port", tp.a, gw, 8080, false)
+
+	// a now denies every new connection in: b's replies to a pass only as replies, so the
+	// connection is tracked, and works.
+	tp.apply(t, b, nftpolicy.Pod{ID: "a", IPs: []netip.Addr{ipA}, Rules: policy.PodRules{Ingress: &policy.Rules{}}})
+	tp.expect(t, "a to b, replies stateful", tp.a, ipB, 80, true)
+	if !tracked(80) {
+		t.Error("a connection whose replies need state was not tracked")
+	}
+	// b opens a connection from its port 90 to a: shaped like a reply of a connection a
+	// may open (a to b:90), but a new connection a's ingress denies.
+	err := probe.InNS(tp.b.Path, func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ipB.AsSlice(), Port: 90}, Timeout: 400 * time.Millisecond}
+		c, err := d.Dial("tcp", netip.AddrPortFrom(ipA, 81).String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err == nil {
+		t.Error("b reached a from its allowed port 90: a reply-shaped packet passed a's ingress")
+	}
+
+	// Egress: a may reach b:80 only (b's ingress open): untracked, and nothing else.
+	tp.apply(t, nftpolicy.Pod{ID: "a", IPs: []netip.Addr{ipA}, Rules: policy.PodRules{
+		Egress: &policy.Rules{Ports: []policy.PortRule{{Peer: p("10.50.2.2/32"), Proto: "TCP", First: 81, Last: 81}}}}})
+	tp.expect(t, "a to b's port its egress allows", tp.a, ipB, 81, true)
+	if tracked(81) {
+		t.Error("a connection its egress allows both ways was tracked")
+	}
+	tp.expect(t, "a to b's port its egress denies", tp.a, ipB, 80, false)
 }

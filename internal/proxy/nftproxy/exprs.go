@@ -91,24 +91,6 @@ func endpointLookup(is6, dst bool) []expr.Any {
 	)
 }
 
-// withinPodNet is `ip saddr p ip daddr p`: a packet between two addresses of the pod
-// network p, as weft-nat's notrack matches it.
-func withinPodNet(p netip.Prefix) []expr.Any {
-	is6 := p.Addr().Is6()
-	ex := append(nftexpr.LoadAddr(is6, true), inPrefix(p, expr.CmpOpEq)...)
-	ex = append(ex, nftexpr.LoadAddrSameFamily(is6, false)...)
-	return append(ex, inPrefix(p, expr.CmpOpEq)...)
-}
-
-func markIsSet(bit uint32) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(bit), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	}
-}
-
 func jump(chain string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }
 
 // concatKey lays out a concatenation as nftables does: each part padded to 4 bytes.
@@ -139,28 +121,15 @@ func localNotLoopback(is6 bool) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}})
 }
 
-// inPrefix compares the address in register 1 (loaded by loadAddr) with a prefix.
-func inPrefix(p netip.Prefix, op expr.CmpOp) []expr.Any {
-	n := p.Addr().BitLen() / 8
-	mask := make([]byte, n)
-	for i := 0; i < p.Bits(); i++ {
-		mask[i/8] |= 0x80 >> (i % 8)
-	}
-	return []expr.Any{
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(n), Mask: mask, Xor: make([]byte, n)},
-		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
-	}
-}
-
 // externalToService is `daddr in svc, saddr in none of cluster, saddr not local: mark
 // for masquerade`.
 func externalToService(svc netip.Prefix, cluster []netip.Prefix) []expr.Any {
 	is6 := svc.Addr().Is6()
-	ex := append(nftexpr.LoadAddr(is6, true), inPrefix(svc, expr.CmpOpEq)...)
+	ex := append(nftexpr.LoadAddr(is6, true), nftexpr.InPrefix(svc, expr.CmpOpEq)...)
 	for _, c := range cluster {
 		if c.Addr().Is6() == is6 {
 			ex = append(ex, nftexpr.LoadAddrSameFamily(is6, false)...)
-			ex = append(ex, inPrefix(c, expr.CmpOpNeq)...)
+			ex = append(ex, nftexpr.InPrefix(c, expr.CmpOpNeq)...)
 		}
 	}
 	ex = append(ex,

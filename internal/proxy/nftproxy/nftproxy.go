@@ -397,7 +397,7 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	}
 	for _, c := range b.podNets {
 		// From a pod: its load balancer addresses first (pod-lb-counts returns on a miss).
-		b.rule(chainServices, append(append(nftexpr.LoadAddr(c.Addr().Is6(), false), inPrefix(c, expr.CmpOpEq)...), jump(chainPodLB))...)
+		b.rule(chainServices, append(append(nftexpr.LoadAddr(c.Addr().Is6(), false), nftexpr.InPrefix(c, expr.CmpOpEq)...), jump(chainPodLB))...)
 	}
 	b.rule(chainServices, jump(chainCounts))
 	b.rule(chainServices, vipLookup(false, mapAffinity4)...)
@@ -410,7 +410,7 @@ func (b *batch) staticObjects(ext *externalNets) map[string]*nftables.Set {
 	b.rule(chainNodePort, nodePortKeyLookup(mapNPVerdict6, true)...)
 	b.rule(chainNodePort, nodePortKeyLookup(mapNoEPNP4, false)...)
 	b.rule(chainNodePort, nodePortKeyLookup(mapNoEPNP6, true)...)
-	b.rule("nat-postrouting", append(markIsSet(dataplane.MarkMasq), &expr.Masq{})...)
+	b.rule("nat-postrouting", append(nftexpr.MarkIsSet(dataplane.MarkMasq), &expr.Masq{})...)
 	// Hairpin: a DNATed connection whose backend is its own client (source = destination)
 	// is masqueraded, so the answer comes back through the node.
 	b.rule("nat-postrouting", hairpin(false)...)
@@ -457,7 +457,7 @@ func (b *batch) rawEndpoints() {
 		if c.Addr().Is6() {
 			ch = chainRawEndpoints6
 		}
-		b.rule("raw-prerouting", append(withinPodNet(c), jump(ch))...)
+		b.rule("raw-prerouting", append(nftexpr.WithinPrefix(c), jump(ch))...)
 	}
 }
 
