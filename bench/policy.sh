@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Network policy benchmark, side by side in one run (bench/policybench): a server pod
-# selected by N policies (1, 100, 1,000), enforced by weft (compiled rules in nftables:
-# verdict map and interval sets) and in the iptables + ipset shape of Calico and
-# kube-router (a set and a chain per policy, jumped to in turn), against the same topology
+# selected by N policies (1, 100, 1,000; and 0: 1,000 policies selecting a neighbour of the
+# server instead), enforced by weft (compiled rules in nftables: verdict maps and interval
+# sets) and in the iptables + ipset shape of Calico and kube-router (a set and a chain per
+# policy, jumped to in turn), against the same topology
 # with weft and no policy, with conntrack only and with nothing. Prints the time to
 # program the N policies and new-connection p50/p99 (connect, one byte each way, close),
 # taken in interleaved rounds.
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CPU=${CPU:-1}
-SIZES=${SIZES:-1,100,1000}
+SIZES=${SIZES:-0,1,100,1000}
 CONNS=${CONNS:-2000}
 missing=()
 command -v ipset >/dev/null || missing+=(ipset)

@@ -32,7 +32,7 @@ import (
 )
 
 var (
-	sizes = flag.String("sizes", "1,100,1000", "policy counts")
+	sizes = flag.String("sizes", "0,1,100,1000", "policy counts (0: 1,000 policies selecting another pod of the node)")
 	conns = flag.Int("conns", 2000, "connections per latency sample")
 )
 
@@ -57,7 +57,7 @@ func mustTopo(tag string) *nettopo.Topo {
 
 // policies are n policies in namespace bench selecting app=server, policy i allowing the
 // block 10.(100+i/256).(i%256).0/24 on TCP 8080; the last one allows the client instead.
-func policies(n int) []v1.NetworkPolicy {
+func policies(n int, app string) []v1.NetworkPolicy {
 	out := make([]v1.NetworkPolicy, n)
 	for i := range out {
 		block := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i/256), byte(i % 256), 0}), 24)
@@ -65,7 +65,7 @@ func policies(n int) []v1.NetworkPolicy {
 			block = netip.MustParsePrefix(nettopo.ClientIP + "/32")
 		}
 		out[i] = v1.NetworkPolicy{Name: fmt.Sprintf("p%d", i), Namespace: "bench",
-			PodSelector: v1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			PodSelector: v1.LabelSelector{MatchLabels: map[string]string{"app": app}},
 			Ingress: []v1.IngressRule{{From: []v1.PolicyPeer{{IPBlock: &v1.IPBlock{CIDR: block}}},
 				Ports: []v1.PolicyPort{{Protocol: v1.ProtocolTCP, Port: 8080}}}}}
 	}
@@ -77,6 +77,21 @@ var podNetwork = netip.MustParsePrefix("10.210.0.0/16")
 
 var server = v1.Pod{Name: "server", Namespace: "bench", IPs: []netip.Addr{netip.MustParseAddr(nettopo.ServerIP)},
 	Labels: map[string]string{"app": "server"}, Ready: true}
+
+// neighbour is another pod of the node (an address only: no traffic goes to it), which the
+// policies of size 0 select instead of the server.
+var neighbour = v1.Pod{Name: "neighbour", Namespace: "bench", IPs: []netip.Addr{netip.MustParseAddr("10.210.2.3")},
+	Labels: map[string]string{"app": "neighbour"}, Ready: true}
+
+// setup is N policies selecting the server; N = 0 stands for 1,000 policies that select a
+// neighbour of the server on the node instead (the policy machinery present, the server
+// open).
+func setup(n int) ([]v1.NetworkPolicy, v1.Pod) {
+	if n == 0 {
+		return policies(1000, "neighbour"), neighbour
+	}
+	return policies(n, "server"), server
+}
 
 // loadNAT programs weft-nat as weftd does: pod-to-pod traffic untracked unless a policy
 // needs it tracked. Alone, it is a weft node with no policy.
@@ -91,7 +106,7 @@ func loadNAT(t *nettopo.Topo) {
 
 // loadWeft programs the node as weftd does: weft-nat, then the compiled policies; the time
 // covers compiling and programming the policies.
-func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
+func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy, pod v1.Pod) time.Duration {
 	loadNAT(t)
 	f, err := os.Open(t.Node)
 	if err != nil {
@@ -99,9 +114,9 @@ func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
 	}
 	defer f.Close()
 	start := time.Now()
-	rules := policy.New(ps, nil).Compile(&server, []v1.Pod{server})
+	rules := policy.New(ps, nil).Compile(&pod, []v1.Pod{server, neighbour})
 	st := nftpolicy.State{Cluster: []netip.Prefix{podNetwork},
-		Pods: []nftpolicy.Pod{{ID: "server", IPs: server.IPs, Rules: rules}}}
+		Pods: []nftpolicy.Pod{{ID: pod.Name, IPs: pod.IPs, Rules: rules}}}
 	if err := nftpolicy.Apply(st, int(f.Fd())); err != nil {
 		fail(err)
 	}
@@ -110,7 +125,7 @@ func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
 
 // loadIpset programs the iptables + ipset shape: per policy a hash:net set and a chain that
 // accepts its members on TCP 8080; the pod's chain jumps to every policy chain in order.
-func loadIpset(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
+func loadIpset(t *nettopo.Topo, ps []v1.NetworkPolicy, pod v1.Pod) time.Duration {
 	var sets, rules strings.Builder
 	rules.WriteString("*filter\n:FORWARD ACCEPT [0:0]\n:pod-in - [0:0]\n")
 	for i, p := range ps {
@@ -118,7 +133,7 @@ func loadIpset(t *nettopo.Topo, ps []v1.NetworkPolicy) time.Duration {
 		fmt.Fprintf(&rules, ":pol-%d - [0:0]\n", i)
 	}
 	rules.WriteString("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n")
-	fmt.Fprintf(&rules, "-A FORWARD -d %s/32 -j pod-in\n", nettopo.ServerIP)
+	fmt.Fprintf(&rules, "-A FORWARD -d %s/32 -j pod-in\n", pod.IPs[0])
 	for i := range ps {
 		fmt.Fprintf(&rules, "-A pod-in -j pol-%d\n", i)
 		fmt.Fprintf(&rules, "-A pol-%d -p tcp -m set --match-set pol-%d src -m tcp --dport 8080 -j ACCEPT\n", i, i)
@@ -166,12 +181,12 @@ func main() {
 	fmt.Printf("%-8s %-13s %-13s %-25s %-25s %-25s %-25s %-16s %s\n", "policies", "weft program", "ipset program", "weft p50/p99 (x none)", "ipset p50/p99 (x none)", "conntrack only (x none)", "weft, no policy (x none)", "weft p50 (x weft, no policy)", "none p50/p99")
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
+		if err != nil || n < 0 {
 			fail(fmt.Errorf("-sizes: %q", s))
 		}
-		ps := policies(n)
+		ps, pod := setup(n)
 		w, i := mustTopo(fmt.Sprintf("%sw%d", tag, n%1000)), mustTopo(fmt.Sprintf("%si%d", tag, n%1000))
-		wt, it := loadWeft(w, ps), loadIpset(i, ps)
+		wt, it := loadWeft(w, ps, pod), loadIpset(i, ps, pod)
 		res, err := nettopo.Interleaved([]nettopo.Target{{Topo: w, Addr: dst}, {Topo: i, Addr: dst}, {Topo: tracked, Addr: dst}, {Topo: weftNAT, Addr: dst}, {Topo: base, Addr: dst}}, *conns)
 		if err != nil {
 			fail(err)
