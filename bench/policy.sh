@@ -3,10 +3,9 @@
 # selected by N policies (1, 100, 1,000; and 0: 1,000 policies selecting a neighbour of the
 # server instead), enforced by weft (compiled rules in nftables: verdict maps and interval
 # sets) and in the iptables + ipset shape of Calico and kube-router (a set and a chain per
-# policy, jumped to in turn), against the same topology
-# with weft and no policy, with conntrack only and with nothing. Prints the time to
-# program the N policies and new-connection p50/p99 (connect, one byte each way, close),
-# taken in interleaved rounds.
+# policy, jumped to in turn), against the same topology with weft and no policy, with
+# conntrack only and with nothing. Prints the time to program the N policies and
+# new-connection p50/p99 (connect, one byte each way, close), taken in interleaved rounds.
 # The whole run is pinned to one CPU (CPU). Needs root; installs ipset and iptables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
