@@ -23,8 +23,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+
 	v1 "github.com/weftnet/weft/api/v1"
 	"github.com/weftnet/weft/bench/internal/nettopo"
+	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/dataplane/masq"
 	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
@@ -41,6 +45,9 @@ var topos []*nettopo.Topo
 func fail(err error) {
 	for _, t := range topos {
 		t.Down()
+	}
+	for _, c := range closers {
+		c()
 	}
 	fmt.Fprintln(os.Stderr, "policybench:", err)
 	os.Exit(1)
@@ -154,6 +161,52 @@ func loadIpset(t *nettopo.Topo, ps []v1.NetworkPolicy, pod v1.Pod) time.Duration
 	return time.Since(start)
 }
 
+// loadFastpath puts weftd's eBPF fast path on the node's host veths of the given pods
+// (client, server), with them in its map, as weftd runs it: a policed pod stays off it, so
+// traffic to it takes the kernel's path from the client's veth on.
+func loadFastpath(t *nettopo.Topo, pods ...string) {
+	f, err := fastpath.Load(nil)
+	if err != nil {
+		fail(err)
+	}
+	closers = append(closers, f.Close)
+	nsh, err := vnetns.GetFromPath(t.Node)
+	if err != nil {
+		fail(err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		fail(err)
+	}
+	defer h.Close()
+	entries := map[fastpath.Key]fastpath.Value{}
+	for _, name := range pods {
+		dev, ns, ip := "c0", t.Client, nettopo.ClientIP
+		if name == "server" {
+			dev, ns, ip = "s0", t.Server, nettopo.ServerIP
+		}
+		host, err := h.LinkByName(dev)
+		if err != nil {
+			fail(err)
+		}
+		mac, err := nettopo.MAC(ns, "eth0")
+		if err != nil {
+			fail(err)
+		}
+		entries[fastpath.KeyOf(netip.MustParseAddr(ip))] = fastpath.ValueOf(host.Attrs().Index, mac)
+		if err := f.Attach(h, host, fastpath.RolePod); err != nil {
+			fail(err)
+		}
+	}
+	if err := f.Sync(entries); err != nil {
+		fail(err)
+	}
+}
+
+// closers release the fast paths' programs and maps (their filters go with the namespaces).
+var closers []func()
+
 // loadTracked turns conntrack on in the node and nothing else (one forward chain passing
 // established traffic): the share of the cost that any stateful enforcement pays.
 func loadTracked(t *nettopo.Topo) {
@@ -172,9 +225,16 @@ func main() {
 	loadTracked(tracked)
 	weftNAT := mustTopo(tag + "n")
 	loadNAT(weftNAT)
+	// As weftd runs by default: the fast path carries unpoliced pods' traffic.
+	weftNATFast := mustTopo(tag + "f")
+	loadNAT(weftNATFast)
+	loadFastpath(weftNATFast, "client", "server")
 	defer func() {
 		for _, t := range topos {
 			t.Down()
+		}
+		for _, c := range closers {
+			c()
 		}
 	}()
 	dst := netip.MustParseAddrPort(nettopo.ServerIP + ":8080")
@@ -186,8 +246,16 @@ func main() {
 		}
 		ps, pod := setup(n)
 		w, i := mustTopo(fmt.Sprintf("%sw%d", tag, n%1000)), mustTopo(fmt.Sprintf("%si%d", tag, n%1000))
+		wf := mustTopo(fmt.Sprintf("%sx%d", tag, n%1000))
 		wt, it := loadWeft(w, ps, pod), loadIpset(i, ps, pod)
-		res, err := nettopo.Interleaved([]nettopo.Target{{Topo: w, Addr: dst}, {Topo: i, Addr: dst}, {Topo: tracked, Addr: dst}, {Topo: weftNAT, Addr: dst}, {Topo: base, Addr: dst}}, *conns)
+		loadWeft(wf, ps, pod)
+		if pod.Name == "server" {
+			loadFastpath(wf, "client")
+		} else {
+			loadFastpath(wf, "client", "server")
+		}
+		res, err := nettopo.Interleaved([]nettopo.Target{{Topo: w, Addr: dst}, {Topo: i, Addr: dst}, {Topo: tracked, Addr: dst}, {Topo: weftNAT, Addr: dst}, {Topo: base, Addr: dst},
+			{Topo: wf, Addr: dst}, {Topo: weftNATFast, Addr: dst}}, *conns)
 		if err != nil {
 			fail(err)
 		}
@@ -196,7 +264,10 @@ func main() {
 		}
 		fmt.Printf("%-8d %-13v %-13v %-25s %-25s %-25s %-25s %-28s %v/%v\n", n, wt.Round(100*time.Microsecond), it.Round(100*time.Microsecond), r(res[0]), r(res[1]), r(res[2]), r(res[3]),
 			fmt.Sprintf("%.3fx", float64(res[0].P50)/float64(res[3].P50)), res[4].P50, res[4].P99)
+		fmt.Printf("%-8s with the fast path (weftd's default): weft %s, weft with no policy %s, weft p50 (x weft, no policy) %.3fx\n", "", r(res[5]), r(res[6]),
+			float64(res[5].P50)/float64(res[6].P50))
 		w.Down()
 		i.Down()
+		wf.Down()
 	}
 }
