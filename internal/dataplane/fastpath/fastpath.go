@@ -20,6 +20,7 @@ type Fastpath struct {
 	remote *ebpf.Map
 	stats  *ebpf.Map
 	eps    *ebpf.Map // service endpoints: packets from them take the kernel's path
+	policy *ebpf.Map // policed pods' rules (policy.go)
 	// epsWritten mirrors eps as last synced, so a sync writes only the difference: with
 	// 10,000 endpoints, reading and rewriting the whole map cost a syscall per entry
 	// twice on every service change. epsSyncs counts syncs; every verifyEvery-th one
@@ -65,18 +66,26 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 		st.Close()
 		return nil, fmt.Errorf("create service endpoint map: %w", err)
 	}
-	f := &Fastpath{pods: m, remote: r, stats: st, eps: eps}
-	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, eps, nil, false)); err != nil {
+	pol, err := ebpf.NewMap(newPolicyMapSpec())
+	if err != nil {
+		m.Close()
+		r.Close()
+		st.Close()
+		eps.Close()
+		return nil, fmt.Errorf("create policy map: %w", err)
+	}
+	f := &Fastpath{pods: m, remote: r, stats: st, eps: eps, policy: pol}
+	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, eps, pol, nil, false)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("load fast path program: %w", err)
 	}
-	if f.pod, err = ebpf.NewProgram(programSpec(m, r, st, eps, nil, true)); err != nil {
+	if f.pod, err = ebpf.NewProgram(programSpec(m, r, st, eps, pol, nil, true)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("load fast path pod program: %w", err)
 	}
 	f.uplink = f.prog
 	if tun != nil {
-		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, eps, tun, false)); err != nil {
+		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, eps, pol, tun, false)); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("load fast path uplink program: %w", err)
 		}
@@ -99,6 +108,12 @@ func (f *Fastpath) Close() {
 	f.remote.Close()
 	f.stats.Close()
 	f.eps.Close()
+	f.policy.Close()
+}
+
+// SyncPolicy makes the policy trie hold exactly want (PolicyEntries).
+func (f *Fastpath) SyncPolicy(want map[PolicyKey]PolicyValue) error {
+	return syncMap(f.policy, want)
 }
 
 // EndpointKeyOf builds an endpoint map key.
@@ -174,7 +189,7 @@ func (f *Fastpath) Counters() (Counters, error) {
 // KeyOf converts an address to a map key.
 func KeyOf(a netip.Addr) Key { return Key(a.As16()) }
 
-// ValueOf builds a map value.
+// ValueOf builds a map value for an unpoliced pod (set Flags for a policed one).
 func ValueOf(hostIfindex int, podMAC net.HardwareAddr) Value {
 	v := Value{HostIfindex: uint32(hostIfindex)}
 	copy(v.PodMAC[:], podMAC)

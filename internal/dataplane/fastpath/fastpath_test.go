@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -435,5 +436,126 @@ func TestSyncEndpointsWritesTheDifference(t *testing.T) {
 	}
 	if got := holds(); !maps.Equal(got, a) {
 		t.Errorf("after a verifying pass the map holds %v, want %v", got, a)
+	}
+}
+
+// tcp4 is a TCP packet (a bare ACK) from src:sport to dst:dport.
+func tcp4(src string, sport uint16, dst string, dport uint16) []byte {
+	h := make([]byte, 20)
+	h[0], h[9] = 0x45, 6
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(h[12:16], s[:])
+	copy(h[16:20], d[:])
+	tcp := make([]byte, 20)
+	binary.BigEndian.PutUint16(tcp, sport)
+	binary.BigEndian.PutUint16(tcp[2:], dport)
+	tcp[12], tcp[13] = 5<<4, 0x10
+	return append(h, tcp...)
+}
+
+// TestProgramPolicy runs the host veth program on TCP between two local pods, one or both
+// policed: redirected only when the packet and its reply would both be allowed as new
+// connections, to the kernel's path otherwise.
+func TestProgramPolicy(t *testing.T) {
+	testutil.RequireRoot(t)
+	f, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sender := net.HardwareAddr{2, 0, 0, 0, 0, 0xbb} // frame()'s source MAC
+	podMAC := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
+	a, b := netip.MustParseAddr("10.1.0.9"), netip.MustParseAddr("10.1.0.5")
+	// setFrom puts the sender (behind loopback: BPF_PROG_TEST_RUN's device) and the other
+	// of a and b in the map with the rules given, and the rules in the trie.
+	setFrom := func(from netip.Addr, rules map[netip.Addr]policy.PodRules) {
+		t.Helper()
+		to := a
+		if from == a {
+			to = b
+		}
+		vf, vt := ValueOf(1, sender), ValueOf(42, podMAC)
+		vf.Flags, vt.Flags = FlagsOf(rules[from]), FlagsOf(rules[to])
+		if err := f.Sync(map[Key]Value{KeyOf(from): vf, KeyOf(to): vt}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.SyncPolicy(PolicyEntries(rules)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set := func(rules map[netip.Addr]policy.PodRules) { t.Helper(); setFrom(a, rules) }
+	expect := func(what string, pkt []byte, want uint32) {
+		t.Helper()
+		if ret, _, err := runProg(f.pod, frame(0x0800, pkt)); err != nil || ret != want {
+			t.Errorf("%s: returned %d (%v), want %d", what, ret, err, want)
+		}
+	}
+	p := netip.MustParsePrefix
+	ingress := func(prs ...policy.PortRule) *policy.Rules { return &policy.Rules{Ports: prs} }
+
+	set(nil)
+	expect("no policy", tcp4("10.1.0.9", 40000, "10.1.0.5", 8080), tcActRedirect)
+
+	// b takes TCP 8080 from a; a has no policy.
+	set(map[netip.Addr]policy.PodRules{b: {Ingress: ingress(policy.PortRule{Peer: p("10.1.0.9/32"), Proto: "TCP", First: 8080, Last: 8080})}})
+	expect("to b's allowed port", tcp4("10.1.0.9", 40000, "10.1.0.5", 8080), tcActRedirect)
+	expect("to b's other port", tcp4("10.1.0.9", 40000, "10.1.0.5", 81), tcActPass)
+	expect("UDP to b's allowed port", ipv4From("10.1.0.9", 40000, "10.1.0.5"), tcActPass)
+	// b's replies: allowed as new connections from b (its egress is open, a's ingress too),
+	// and their replies are a's requests.
+	setFrom(b, map[netip.Addr]policy.PodRules{b: {Ingress: ingress(policy.PortRule{Peer: p("10.1.0.9/32"), Proto: "TCP", First: 8080, Last: 8080})}})
+	expect("b's reply", tcp4("10.1.0.5", 8080, "10.1.0.9", 40000), tcActRedirect)
+	expect("b from another port", tcp4("10.1.0.5", 8081, "10.1.0.9", 40000), tcActPass)
+
+	// Prefixes: a /16 on 443 inside a /8 on 80; a's address matches the /16 entry, which
+	// carries the /8's port too.
+	set(map[netip.Addr]policy.PodRules{b: {Ingress: ingress(
+		policy.PortRule{Peer: p("10.0.0.0/8"), Proto: "TCP", First: 80, Last: 80},
+		policy.PortRule{Peer: p("10.1.0.0/16"), Proto: "TCP", First: 443, Last: 443})}})
+	expect("port of the covering /8", tcp4("10.1.0.9", 40000, "10.1.0.5", 80), tcActRedirect)
+	expect("port of the /16", tcp4("10.1.0.9", 40000, "10.1.0.5", 443), tcActRedirect)
+	expect("neither", tcp4("10.1.0.9", 40000, "10.1.0.5", 8080), tcActPass)
+
+	// a denies everything in: b's replies to it need state, so the connection is the
+	// kernel's even though b's ingress allows it.
+	set(map[netip.Addr]policy.PodRules{
+		b: {Ingress: ingress(policy.PortRule{Peer: p("10.1.0.9/32"), Proto: "TCP", First: 8080, Last: 8080})},
+		a: {Ingress: &policy.Rules{}}})
+	expect("replies need state", tcp4("10.1.0.9", 40000, "10.1.0.5", 8080), tcActPass)
+
+	// Egress: a may reach b on TCP 8000-9000 (and b's ingress is open).
+	set(map[netip.Addr]policy.PodRules{a: {Egress: ingress(policy.PortRule{Peer: p("10.1.0.5/32"), Proto: "TCP", First: 8000, Last: 9000})}})
+	expect("in a's egress range", tcp4("10.1.0.9", 40000, "10.1.0.5", 8500), tcActRedirect)
+	expect("outside a's egress range", tcp4("10.1.0.9", 40000, "10.1.0.5", 9001), tcActPass)
+	// Every port: Any.
+	set(map[netip.Addr]policy.PodRules{a: {Egress: &policy.Rules{Any: []netip.Prefix{p("0.0.0.0/0")}}}})
+	expect("a's egress allows all", tcp4("10.1.0.9", 40000, "10.1.0.5", 1), tcActRedirect)
+
+	// A policed pod's traffic to another node is the kernel's.
+	if err := f.SyncRemote(map[RemoteKey]RemoteValue{RemoteKeyOf(p("10.2.0.0/24")): RemoteValueOf(42, netip.MustParseAddr("192.168.1.2"))}); err != nil {
+		t.Fatal(err)
+	}
+	expect("policed a to another node", tcp4("10.1.0.9", 40000, "10.2.0.9", 8080), tcActPass)
+	set(nil)
+	expect("unpoliced a to another node", tcp4("10.1.0.9", 40000, "10.2.0.9", 8080), tcActRedirect)
+}
+
+func TestPolicyEntries(t *testing.T) {
+	pod := netip.MustParseAddr("10.1.0.5")
+	many := &policy.Rules{}
+	for i := range maxPolicyRanges + 1 {
+		many.Ports = append(many.Ports, policy.PortRule{Peer: netip.MustParsePrefix("10.9.0.0/16"), Proto: "TCP", First: 100 * (i + 1), Last: 100 * (i + 1)})
+	}
+	many.Ports = append(many.Ports,
+		policy.PortRule{Peer: netip.MustParsePrefix("10.8.0.0/16"), Proto: "UDP", First: 53, Last: 53},
+		policy.PortRule{Peer: netip.MustParsePrefix("10.7.0.0/16"), Proto: "TCP", First: 10, Last: 20},
+		policy.PortRule{Peer: netip.MustParsePrefix("10.7.0.0/16"), Proto: "TCP", First: 21, Last: 30})
+	got := PolicyEntries(map[netip.Addr]policy.PodRules{pod: {Ingress: many}})
+	want := map[PolicyKey]PolicyValue{
+		// 10.9/16 needs 9 ranges: left out. 10.8/16 is UDP only: left out.
+		policyKey(DirIngress, pod, netip.MustParsePrefix("10.7.0.0/16")): {N: 1, Ranges: [maxPolicyRanges]PortRange{{10, 30}}},
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("entries %v, want %v", got, want)
 	}
 }

@@ -29,7 +29,8 @@ type Key [16]byte
 type Value struct {
 	HostIfindex uint32  // the pod's host-side veth; redirect_peer delivers to its peer
 	PodMAC      [6]byte // written as the frame's destination
-	_           [2]byte
+	Flags       uint8   // FlagIngressPoliced, FlagEgressPoliced (policy.go)
+	_           uint8
 }
 
 // __sk_buff offsets of data and data_end.
@@ -260,6 +261,10 @@ func sourceCheck(m *ebpf.Map) asm.Instructions {
 		asm.LoadMem(asm.R5, asm.R2, 10, asm.Half),
 		asm.LoadMem(asm.R4, asm.R0, 8, asm.Half),
 		asm.JNE.Reg(asm.R5, asm.R4, "pass"),
+		// The source is this veth's pod: note its policy flags for policyCheck.
+		asm.LoadMem(asm.R5, asm.R0, 10, asm.Byte),
+		asm.StoreMem(asm.R10, stackSrcFlags, asm.R5, asm.Byte),
+		asm.StoreImm(asm.R10, stackSrcLocal, 1, asm.Byte),
 	}...)
 }
 
@@ -303,8 +308,11 @@ func newRemoteMapSpec() *ebpf.MapSpec {
 // for a local pod are decapsulated in place first (see decapPrologue). With pod set it is
 // the host veth variant: only what the pod sends from its own address and MAC is taken
 // (see sourceCheck).
-func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel, pod bool) *ebpf.ProgramSpec {
-	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
+func programSpec(m, remote, stats, eps, pol *ebpf.Map, tun *Tunnel, pod bool) *ebpf.ProgramSpec {
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.R10, stackSrcFlags, 0, asm.Half), // and stackSrcLocal: not known
+	}
 	if tun != nil {
 		insns = append(insns, decapPrologue(m, stats, eps, tun)...)
 	}
@@ -322,6 +330,7 @@ func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel, pod bool) *ebpf.P
 		asm.JEq.Imm(asm.R0, 0, "remote"),
 		asm.Mov.Reg(asm.R7, asm.R0),
 	}...)
+	insns = append(insns, policyCheck(pol, "pass")...)
 	insns = append(insns, count(stats, statLocal, "counted_local")...)
 	// The helper calls clobbered the packet pointers: load and bound them again.
 	insns = append(insns, ethernet("counted_local", "pass")...)
@@ -350,8 +359,11 @@ func programSpec(m, remote, stats, eps *ebpf.Map, tun *Tunnel, pod bool) *ebpf.P
 		asm.Return(),
 
 		// Another node's pod: send it out of the underlay (or VXLAN) device to the next hop
-		// with bpf_redirect_neigh, past this node's routing and netfilter.
-		asm.Mov.Imm(asm.R5, 128).WithSymbol("remote"),
+		// with bpf_redirect_neigh, past this node's routing and netfilter; not from a
+		// policed pod (the kernel's path decides on its traffic with other nodes).
+		asm.LoadMem(asm.R5, asm.R10, stackSrcFlags, asm.Byte).WithSymbol("remote"),
+		asm.JNE.Imm(asm.R5, 0, "pass"),
+		asm.Mov.Imm(asm.R5, 128),
 		asm.StoreMem(asm.R10, -36, asm.R5, asm.Word),
 		asm.LoadMem(asm.R5, asm.R10, -16, asm.DWord),
 		asm.StoreMem(asm.R10, -32, asm.R5, asm.DWord),
@@ -501,6 +513,8 @@ func decapPrologue(m, stats, eps *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.Add.Imm(asm.R2, -16),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "plain"), // not a local pod: the VXLAN device takes it
+		asm.LoadMem(asm.R5, asm.R0, 10, asm.Byte),
+		asm.JNE.Imm(asm.R5, 0, "plain"), // a policed pod: so does it (policy.go)
 		asm.Mov.Reg(asm.R7, asm.R0),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.Mov.Imm(asm.R2, 0),
