@@ -113,7 +113,7 @@ func loadNAT(t *nettopo.Topo) {
 
 // loadWeft programs the node as weftd does: weft-nat, then the compiled policies; the time
 // covers compiling and programming the policies.
-func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy, pod v1.Pod) time.Duration {
+func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy, pod v1.Pod) (time.Duration, map[netip.Addr]policy.PodRules) {
 	loadNAT(t)
 	f, err := os.Open(t.Node)
 	if err != nil {
@@ -127,7 +127,7 @@ func loadWeft(t *nettopo.Topo, ps []v1.NetworkPolicy, pod v1.Pod) time.Duration 
 	if err := nftpolicy.Apply(st, int(f.Fd())); err != nil {
 		fail(err)
 	}
-	return time.Since(start)
+	return time.Since(start), map[netip.Addr]policy.PodRules{pod.IPs[0]: rules}
 }
 
 // loadIpset programs the iptables + ipset shape: per policy a hash:net set and a chain that
@@ -161,10 +161,10 @@ func loadIpset(t *nettopo.Topo, ps []v1.NetworkPolicy, pod v1.Pod) time.Duration
 	return time.Since(start)
 }
 
-// loadFastpath puts weftd's eBPF fast path on the node's host veths of the given pods
-// (client, server), with them in its map, as weftd runs it: a policed pod stays off it, so
-// traffic to it takes the kernel's path from the client's veth on.
-func loadFastpath(t *nettopo.Topo, pods ...string) {
+// loadFastpath puts weftd's eBPF fast path on the node's host veths of the client and the
+// server, with them in its map, as weftd runs it: a policed pod is in it with its rules
+// (rules by address; none: no policy).
+func loadFastpath(t *nettopo.Topo, rules map[netip.Addr]policy.PodRules) {
 	f, err := fastpath.Load(nil)
 	if err != nil {
 		fail(err)
@@ -181,11 +181,8 @@ func loadFastpath(t *nettopo.Topo, pods ...string) {
 	}
 	defer h.Close()
 	entries := map[fastpath.Key]fastpath.Value{}
-	for _, name := range pods {
-		dev, ns, ip := "c0", t.Client, nettopo.ClientIP
-		if name == "server" {
-			dev, ns, ip = "s0", t.Server, nettopo.ServerIP
-		}
+	for _, p := range []struct{ dev, ns, ip string }{{"c0", t.Client, nettopo.ClientIP}, {"s0", t.Server, nettopo.ServerIP}} {
+		dev, ns, ip := p.dev, p.ns, p.ip
 		host, err := h.LinkByName(dev)
 		if err != nil {
 			fail(err)
@@ -194,10 +191,15 @@ func loadFastpath(t *nettopo.Topo, pods ...string) {
 		if err != nil {
 			fail(err)
 		}
-		entries[fastpath.KeyOf(netip.MustParseAddr(ip))] = fastpath.ValueOf(host.Attrs().Index, mac)
+		v := fastpath.ValueOf(host.Attrs().Index, mac)
+		v.Flags = fastpath.FlagsOf(rules[netip.MustParseAddr(ip)])
+		entries[fastpath.KeyOf(netip.MustParseAddr(ip))] = v
 		if err := f.Attach(h, host, fastpath.RolePod); err != nil {
 			fail(err)
 		}
+	}
+	if err := f.SyncPolicy(fastpath.PolicyEntries(rules)); err != nil {
+		fail(err)
 	}
 	if err := f.Sync(entries); err != nil {
 		fail(err)
@@ -228,7 +230,7 @@ func main() {
 	// As weftd runs by default: the fast path carries unpoliced pods' traffic.
 	weftNATFast := mustTopo(tag + "f")
 	loadNAT(weftNATFast)
-	loadFastpath(weftNATFast, "client", "server")
+	loadFastpath(weftNATFast, nil)
 	defer func() {
 		for _, t := range topos {
 			t.Down()
@@ -247,13 +249,10 @@ func main() {
 		ps, pod := setup(n)
 		w, i := mustTopo(fmt.Sprintf("%sw%d", tag, n%1000)), mustTopo(fmt.Sprintf("%si%d", tag, n%1000))
 		wf := mustTopo(fmt.Sprintf("%sx%d", tag, n%1000))
-		wt, it := loadWeft(w, ps, pod), loadIpset(i, ps, pod)
-		loadWeft(wf, ps, pod)
-		if pod.Name == "server" {
-			loadFastpath(wf, "client")
-		} else {
-			loadFastpath(wf, "client", "server")
-		}
+		wt, _ := loadWeft(w, ps, pod)
+		it := loadIpset(i, ps, pod)
+		_, rules := loadWeft(wf, ps, pod)
+		loadFastpath(wf, rules)
 		res, err := nettopo.Interleaved([]nettopo.Target{{Topo: w, Addr: dst}, {Topo: i, Addr: dst}, {Topo: tracked, Addr: dst}, {Topo: weftNAT, Addr: dst}, {Topo: base, Addr: dst},
 			{Topo: wf, Addr: dst}, {Topo: weftNATFast, Addr: dst}}, *conns)
 		if err != nil {

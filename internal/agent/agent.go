@@ -29,6 +29,7 @@ import (
 	"github.com/weftnet/weft/internal/lease"
 	"github.com/weftnet/weft/internal/netcalc"
 	"github.com/weftnet/weft/internal/podnet"
+	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
 	"github.com/weftnet/weft/internal/proxy/nodeportlb"
@@ -84,9 +85,9 @@ type Agent struct {
 	mu       sync.Mutex
 	problems map[string]string // component → what is wrong, for STATUS
 
-	// policedPods are the addresses of the node's pods a network policy selects (they
-	// stay off the fast path); nil until the policy enforcer's first sync.
-	policedPods atomic.Pointer[map[netip.Addr]bool]
+	// policedPods are the rules of the node's pods a network policy selects, by address
+	// (the fast path enforces them too); nil until the policy enforcer's first sync.
+	policedPods atomic.Pointer[map[netip.Addr]policy.PodRules]
 	// drops are the recent packets dropped by policy or anti-spoofing (weft policy log);
 	// nil while neither runs.
 	drops *dropLog
@@ -353,11 +354,16 @@ func (a *Agent) startFastpath(g *group) {
 			a.opts.Log.Warn("fast path sync failed", "err", err)
 		}
 	})
-	a.fast.policed = a.policedAddr
-	// Until the policy component's first sync, the pods the kernel's table polices stay
-	// off the fast path (the table survived a restart; its pods must not be bypassed).
+	a.fast.policed = a.policedRules
+	// Until the policy component's first sync, the pods the kernel's table polices are
+	// policed on the fast path with no rule, which sends all their traffic to the table
+	// (it survived a restart; its pods must not be bypassed).
 	if m, err := nftpolicy.Policed(-1); err == nil && len(m) > 0 {
-		a.policedPods.Store(&m)
+		seed := map[netip.Addr]policy.PodRules{}
+		for ip := range m {
+			seed[ip] = policy.PodRules{Ingress: &policy.Rules{}, Egress: &policy.Rules{}}
+		}
+		a.policedPods.Store(&seed)
 	}
 	// Likewise the service endpoints: until the proxy's first sync (which waits for the
 	// cluster's view), replies from the backends the kernel's table still DNATs to must

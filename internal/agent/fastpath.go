@@ -16,6 +16,7 @@ import (
 	"github.com/weftnet/weft/internal/ipam"
 	"github.com/weftnet/weft/internal/netlinkx"
 	"github.com/weftnet/weft/internal/podnet"
+	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/reconcile"
 )
 
@@ -37,9 +38,10 @@ type fastpathSync struct {
 	uplink, tunnel string
 	passes         int
 	fail           func(error)
-	// policed says a pod address is selected by a network policy: such a pod leaves the
-	// fast path (its traffic must meet the policy table in the forward hook).
-	policed func(netip.Addr) bool
+	// policed gives a pod address's rules when a network policy selects it: the pod's
+	// entry in the map carries the directions, and the program leaves to the kernel's path
+	// whatever the policy trie does not allow both ways.
+	policed func(netip.Addr) (policy.PodRules, bool)
 }
 
 // fastpathDelay batches the link events of a burst of ADDs into one pass; until a new
@@ -54,16 +56,18 @@ func newFastpathSync(fp *fastpath.Fastpath, alloc *ipam.Allocator, fail func(err
 
 func (s *fastpathSync) Trigger() { s.loop.Trigger() }
 
-func (s *fastpathSync) isPoliced(al ipam.Allocation) bool {
+// policyFlags are the directions a policy selects the pod of al in (Value.Flags).
+func (s *fastpathSync) policyFlags(al ipam.Allocation) uint8 {
+	var flags uint8
 	if s.policed == nil {
-		return false
+		return 0
 	}
 	for _, ip := range al.IPs {
-		if s.policed(ip.Address.Addr()) {
-			return true
+		if r, ok := s.policed(ip.Address.Addr()); ok {
+			flags |= fastpath.FlagsOf(r)
 		}
 	}
-	return false
+	return flags
 }
 
 func (s *fastpathSync) run(ctx context.Context) {
@@ -216,9 +220,8 @@ func (s *fastpathSync) sync() error {
 			continue // allocation not committed yet, or already released
 		}
 		cacheKey := fmt.Sprintf("%d/%s", attrs.Index, attrs.Alias)
-		if foreign[attrs.Index] || s.isPoliced(al) {
-			// Shaped or filtered by another plugin, or policed: neither redirected into
-			// nor out of.
+		if foreign[attrs.Index] {
+			// Shaped or filtered by another plugin: neither redirected into nor out of.
 			yielded++
 			if s.attached[cacheKey] || verify || !s.yielded[cacheKey] {
 				toDetach = append(toDetach, l)
@@ -228,8 +231,11 @@ func (s *fastpathSync) sync() error {
 		seen[cacheKey] = true
 		keepPins[attrs.Index] = true
 		mac := owner.PodMAC
+		flags := s.policyFlags(al)
 		for _, ip := range al.IPs {
-			want[fastpath.KeyOf(ip.Address.Addr())] = fastpath.ValueOf(attrs.Index, mac)
+			v := fastpath.ValueOf(attrs.Index, mac)
+			v.Flags = flags
+			want[fastpath.KeyOf(ip.Address.Addr())] = v
 		}
 		if !s.attached[cacheKey] || (verify && !s.fp.Attached(h, l, fastpath.RolePod)) {
 			toAttach = append(toAttach, l)

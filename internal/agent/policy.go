@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	v1 "github.com/weftnet/weft/api/v1"
+	"github.com/weftnet/weft/internal/dataplane/fastpath"
 	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/policy/nftpolicy"
 	"github.com/weftnet/weft/internal/proxy/nftproxy"
@@ -24,9 +26,10 @@ import (
 
 // policyEnforcer keeps the node's policy table equal to what the cluster's policies say
 // for the node's pods: on every change of a pod, policy or namespace anywhere, it compiles
-// each local pod's selecting policies (policy.Model.Compile) and replaces the table. Policed
-// pods leave the eBPF fast path, whose redirects would carry their traffic around the
-// forward hook.
+// each local pod's selecting policies (policy.Model.Compile) and replaces the table. The
+// eBPF fast path gets the same rules: it carries a policed pod's TCP with other local pods
+// only where the policies allow it both ways without state (fastpath/policy.go), and
+// leaves the rest to the kernel's path and the table.
 type policyEnforcer struct {
 	node    string
 	dns     []netip.Addr // the node's DNS addresses (a peer as policy.NodeDNS)
@@ -35,9 +38,9 @@ type policyEnforcer struct {
 	cache   *resources.Cache
 	fast    *fastpathSync // nil: no fast path
 	loop    *reconcile.Loop
-	// policed are the addresses of the node's policed pods (the agent's, read by the
+	// policed are the node's policed pods' rules by address (the agent's, read by the
 	// fast path).
-	policed *atomic.Pointer[map[netip.Addr]bool]
+	policed *atomic.Pointer[map[netip.Addr]policy.PodRules]
 	pods    prometheus.Gauge
 
 	// Drops: each sync rewrites the table (and its counters), so what the chains counted
@@ -85,10 +88,14 @@ func (e *policyEnforcer) chainOwner(chain string) string {
 	return e.chains[chain]
 }
 
-// policedAddr reports whether an address is a policed pod's, as the enforcer last said.
-func (a *Agent) policedAddr(ip netip.Addr) bool {
+// policedRules are a policed pod address's rules, as the enforcer last said.
+func (a *Agent) policedRules(ip netip.Addr) (policy.PodRules, bool) {
 	m := a.policedPods.Load()
-	return m != nil && (*m)[ip]
+	if m == nil {
+		return policy.PodRules{}, false
+	}
+	r, ok := (*m)[ip]
+	return r, ok
 }
 
 func (e *policyEnforcer) sync() error {
@@ -102,7 +109,7 @@ func (e *policyEnforcer) sync() error {
 		peers = append(append([]v1.Pod(nil), all...), policy.NodeDNS(e.dns))
 	}
 	st := nftpolicy.State{Cluster: e.cluster, DNS: e.dns}
-	policed := map[netip.Addr]bool{}
+	policed := map[netip.Addr]policy.PodRules{}
 	chains := map[string]string{}
 	for i := range all {
 		p := &all[i]
@@ -119,14 +126,19 @@ func (e *policyEnforcer) sync() error {
 		chains["i-"+id] = p.Namespace + "/" + p.Name + " ingress " + strings.Join(ing, ",")
 		chains["e-"+id] = p.Namespace + "/" + p.Name + " egress " + strings.Join(eg, ",")
 		for _, ip := range p.IPs {
-			policed[ip] = true
+			policed[ip] = rules
 		}
 	}
 	old := e.policed.Load()
-	if changed := old == nil || !sameAddrs(*old, policed); changed {
+	if old == nil || !reflect.DeepEqual(*old, policed) {
 		e.policed.Store(&policed)
 		if e.fast != nil {
-			e.fast.Trigger() // policed pods off the fast path, the others back on it
+			// The rules at once (a stricter rule must not wait for the fast path's next
+			// pass), then the pods' flags in the fast path's map.
+			if err := e.fast.fp.SyncPolicy(fastpath.PolicyEntries(policed)); err != nil {
+				return fmt.Errorf("fast path policy: %w", err)
+			}
+			e.fast.Trigger()
 		}
 	}
 	e.pods.Set(float64(len(st.Pods)))
@@ -182,18 +194,6 @@ func (d policyDrops) Collect(ch chan<- prometheus.Metric) {
 		dir, policies, _ := strings.Cut(rest, " ")
 		ch <- prometheus.MustNewConstMetric(policyDropsDesc, prometheus.CounterValue, float64(n), pod, dir, policies)
 	}
-}
-
-func sameAddrs(a, b map[netip.Addr]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if !b[k] {
-			return false
-		}
-	}
-	return true
 }
 
 var podIDEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -269,6 +270,26 @@ spec:
 	cells("blue not labelled yet", map[[2]string]bool{{"other", "web"}: false})
 	weft("namespace", "label", "default", "team=blue")
 	cells("default labelled team=blue", map[[2]string]bool{{"other", "web"}: true, {"client", "web"}: true})
+	// other and web share node1 and the policies now allow other's connections to web both
+	// ways without state: the fast path carries them though web is policed.
+	localShortCuts := func() int {
+		t.Helper()
+		m := regexp.MustCompile(`weft_fastpath_packets_total\{path="local"\} (\d+)`).FindSubmatch(node1Metrics())
+		if m == nil {
+			t.Fatal("node1 reports no fast path counter")
+		}
+		n, _ := strconv.Atoi(string(m[1]))
+		return n
+	}
+	before := localShortCuts()
+	for range 5 {
+		if !reach("other", "web") {
+			t.Fatal("other cannot reach web")
+		}
+	}
+	if got := localShortCuts() - before; got < 5*4 {
+		t.Errorf("5 connections from other to web took the fast path for %d packets, want at least 20", got)
+	}
 
 	weft("policy", "rm", "web-from-clients")
 	weft("policy", "rm", "web-from-blue")
