@@ -166,7 +166,7 @@ const (
 // when it read no ports) on the stack. It clobbers R0-R5, R8 and R9.
 func policyCheck(pol *ebpf.Map, fail string) asm.Instructions {
 	insns := asm.Instructions{
-		asm.LoadMem(asm.R8, asm.R7, 10, asm.Byte),            // the destination's flags
+		asm.LoadMem(asm.R8, asm.R7, 10, asm.Byte),             // the destination's flags
 		asm.LoadMem(asm.R9, asm.R10, stackSrcFlags, asm.Byte), // the source's
 		asm.Mov.Reg(asm.R5, asm.R8),
 		asm.Or.Reg(asm.R5, asm.R9),
