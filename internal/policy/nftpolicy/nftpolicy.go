@@ -510,8 +510,8 @@ func Drops(nsFd int) (map[string]uint64, error) {
 }
 
 // Policed reads the addresses the table polices now (the keys of its verdict maps), so a
-// restarted weftd keeps those pods off the fast path until its first sync: the table
-// outlives weftd, and so must what it needs.
+// restarted weftd sends all those pods' traffic to the table until its first sync: the
+// table outlives weftd, and so must what it needs.
 func Policed(nsFd int) (map[netip.Addr]bool, error) {
 	c, err := nftexpr.Conn(nsFd)
 	if err != nil {
