@@ -21,6 +21,9 @@ type Fastpath struct {
 	stats  *ebpf.Map
 	eps    *ebpf.Map // service endpoints: packets from them take the kernel's path
 	policy *ebpf.Map // policed pods' rules (policy.go)
+	// policyWritten and policySyncs are epsWritten and epsSyncs for the policy trie.
+	policyWritten map[PolicyKey]PolicyValue
+	policySyncs   int
 	// epsWritten mirrors eps as last synced, so a sync writes only the difference: with
 	// 10,000 endpoints, reading and rewriting the whole map cost a syscall per entry
 	// twice on every service change. epsSyncs counts syncs; every verifyEvery-th one
@@ -111,9 +114,23 @@ func (f *Fastpath) Close() {
 	f.policy.Close()
 }
 
-// SyncPolicy makes the policy trie hold exactly want (PolicyEntries).
+// SyncPolicy makes the policy trie hold exactly want (PolicyEntries), writing only what
+// changed since the last sync (a thousand entries take a system call each), and reading
+// the kernel's trie back every verifyEvery-th sync.
 func (f *Fastpath) SyncPolicy(want map[PolicyKey]PolicyValue) error {
-	return syncMap(f.policy, want)
+	f.policySyncs++
+	var err error
+	if f.policyWritten == nil || f.policySyncs%verifyEvery == 0 {
+		err = syncMap(f.policy, want)
+	} else {
+		err = syncDiff(f.policy, f.policyWritten, want)
+	}
+	if err != nil {
+		f.policyWritten = nil
+		return err
+	}
+	f.policyWritten = maps.Clone(want)
+	return nil
 }
 
 // EndpointKeyOf builds an endpoint map key.
