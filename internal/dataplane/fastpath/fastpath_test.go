@@ -446,11 +446,25 @@ func tcp4(src string, sport uint16, dst string, dport uint16) []byte {
 	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
 	copy(h[12:16], s[:])
 	copy(h[16:20], d[:])
+	return append(h, tcpHeader(sport, dport)...)
+}
+
+// tcp6 is tcp4 over IPv6.
+func tcp6(src string, sport uint16, dst string, dport uint16) []byte {
+	h := make([]byte, 40)
+	h[0], h[6] = 0x60, 6
+	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
+	copy(h[8:24], s[:])
+	copy(h[24:40], d[:])
+	return append(h, tcpHeader(sport, dport)...)
+}
+
+func tcpHeader(sport, dport uint16) []byte {
 	tcp := make([]byte, 20)
 	binary.BigEndian.PutUint16(tcp, sport)
 	binary.BigEndian.PutUint16(tcp[2:], dport)
 	tcp[12], tcp[13] = 5<<4, 0x10
-	return append(h, tcp...)
+	return tcp
 }
 
 // TestProgramPolicy runs the host veth program on TCP between two local pods, one or both
@@ -530,6 +544,26 @@ func TestProgramPolicy(t *testing.T) {
 	// Every port: Any.
 	set(map[netip.Addr]policy.PodRules{a: {Egress: &policy.Rules{Any: []netip.Prefix{p("0.0.0.0/0")}}}})
 	expect("a's egress allows all", tcp4("10.1.0.9", 40000, "10.1.0.5", 1), tcActRedirect)
+
+	// IPv6: b (fd00::5) takes TCP 8080 from fd00::/64.
+	a6, b6 := netip.MustParseAddr("fd00::9"), netip.MustParseAddr("fd00::5")
+	va, vb := ValueOf(1, sender), ValueOf(42, podMAC)
+	vb.Flags = FlagIngressPoliced
+	rules6 := map[netip.Addr]policy.PodRules{b6: {Ingress: ingress(policy.PortRule{Peer: p("fd00::/64"), Proto: "TCP", First: 8080, Last: 8080})}}
+	if err := f.Sync(map[Key]Value{KeyOf(a6): va, KeyOf(b6): vb}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SyncPolicy(PolicyEntries(rules6)); err != nil {
+		t.Fatal(err)
+	}
+	expect6 := func(what string, pkt []byte, want uint32) {
+		t.Helper()
+		if ret, _, err := runProg(f.pod, frame(0x86dd, pkt)); err != nil || ret != want {
+			t.Errorf("%s: returned %d (%v), want %d", what, ret, err, want)
+		}
+	}
+	expect6("IPv6 to b's allowed port", tcp6("fd00::9", 40000, "fd00::5", 8080), tcActRedirect)
+	expect6("IPv6 to b's other port", tcp6("fd00::9", 40000, "fd00::5", 8081), tcActPass)
 
 	// A policed pod's traffic to another node is the kernel's.
 	if err := f.SyncRemote(map[RemoteKey]RemoteValue{RemoteKeyOf(p("10.2.0.0/24")): RemoteValueOf(42, netip.MustParseAddr("192.168.1.2"))}); err != nil {
