@@ -21,18 +21,12 @@ type Fastpath struct {
 	stats  *ebpf.Map
 	eps    *ebpf.Map // service endpoints: packets from them take the kernel's path
 	policy *ebpf.Map // policed pods' rules (policy.go)
-	// policyWritten and policySyncs are epsWritten and epsSyncs for the policy trie.
-	policyWritten map[PolicyKey]PolicyValue
-	policySyncs   int
-	// epsWritten mirrors eps as last synced, so a sync writes only the difference: with
-	// 10,000 endpoints, reading and rewriting the whole map cost a syscall per entry
-	// twice on every service change. epsSyncs counts syncs; every verifyEvery-th one
-	// reads the kernel's map again (someone may have changed it).
-	epsWritten map[EndpointKey]uint32
-	epsSyncs   int
-	pod        *ebpf.Program // on host veths: prog, after checking the pod's source address and MAC
-	prog       *ebpf.Program // on the VXLAN device
-	uplink     *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
+	// What eps and policy were last synced to.
+	epsMirror    mirror[EndpointKey, uint32]
+	policyMirror mirror[PolicyKey, PolicyValue]
+	pod          *ebpf.Program // on host veths: prog, after checking the pod's source address and MAC
+	prog         *ebpf.Program // on the VXLAN device
+	uplink       *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
 
 	// pinDir is a bpffs instance of this weftd's own where tcx links are pinned, so the
 	// programs stay attached across a weftd restart. Empty: tcx is not used.
@@ -114,22 +108,32 @@ func (f *Fastpath) Close() {
 	f.policy.Close()
 }
 
-// SyncPolicy makes the policy trie hold exactly want (PolicyEntries), writing only what
-// changed since the last sync (a thousand entries take a system call each), and reading
-// the kernel's trie back every verifyEvery-th sync.
+// SyncPolicy makes the policy trie hold exactly want (PolicyEntries); a thousand entries
+// take a system call each, so only what changed is written.
 func (f *Fastpath) SyncPolicy(want map[PolicyKey]PolicyValue) error {
-	f.policySyncs++
+	return f.policyMirror.sync(f.policy, want)
+}
+
+// mirror remembers what a map was last synced to, so a sync writes only the difference;
+// every verifyEvery-th sync reads the kernel's map again (someone may have changed it).
+type mirror[K, V comparable] struct {
+	written map[K]V
+	syncs   int
+}
+
+func (mr *mirror[K, V]) sync(m *ebpf.Map, want map[K]V) error {
+	mr.syncs++
 	var err error
-	if f.policyWritten == nil || f.policySyncs%verifyEvery == 0 {
-		err = syncMap(f.policy, want)
+	if mr.written == nil || mr.syncs%verifyEvery == 0 {
+		err = syncMap(m, want)
 	} else {
-		err = syncDiff(f.policy, f.policyWritten, want)
+		err = syncDiff(m, mr.written, want)
 	}
 	if err != nil {
-		f.policyWritten = nil
+		mr.written = nil // the next sync reads the map again
 		return err
 	}
-	f.policyWritten = maps.Clone(want)
+	mr.written = maps.Clone(want)
 	return nil
 }
 
@@ -141,24 +145,13 @@ func EndpointKeyOf(ip netip.Addr, proto uint8, port uint16) EndpointKey {
 }
 
 // SyncEndpoints makes the service endpoint map hold exactly want. The service proxy calls
-// it before it programs a DNAT to them, so no reply ever takes the short cut.
+// it before it programs a DNAT to them, so no reply ever takes the short cut. With 10,000
+// endpoints, rewriting the whole map cost a system call per entry on every service change.
 func (f *Fastpath) SyncEndpoints(want map[EndpointKey]uint32) error {
-	f.epsSyncs++
-	var err error
-	if f.epsWritten == nil || f.epsSyncs%verifyEvery == 0 {
-		err = syncMap(f.eps, want)
-	} else {
-		err = syncDiff(f.eps, f.epsWritten, want)
-	}
-	if err != nil {
-		f.epsWritten = nil // the next sync reads the map again
-		return err
-	}
-	f.epsWritten = maps.Clone(want)
-	return nil
+	return f.epsMirror.sync(f.eps, want)
 }
 
-// verifyEvery is how often SyncEndpoints compares with the kernel's map instead of its
+// verifyEvery is how often a mirrored sync compares with the kernel's map instead of its
 // own record.
 const verifyEvery = 64
 

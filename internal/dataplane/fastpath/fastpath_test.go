@@ -428,7 +428,7 @@ func TestSyncEndpointsWritesTheDifference(t *testing.T) {
 	if err := f.eps.Delete(key(1)); err != nil {
 		t.Fatal(err)
 	}
-	for f.epsSyncs%verifyEvery != verifyEvery-1 {
+	for f.epsMirror.syncs%verifyEvery != verifyEvery-1 {
 		_ = f.SyncEndpoints(a)
 	}
 	if err := f.SyncEndpoints(a); err != nil {
