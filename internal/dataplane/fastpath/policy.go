@@ -126,11 +126,12 @@ func coveredRanges(r *policy.Rules) map[netip.Prefix][]PortRange {
 	}
 	out := make(map[netip.Prefix][]PortRange, len(own))
 	for p := range own {
+		// The prefixes covering p are its own shorter versions: at most 33 (129) lookups,
+		// whatever the number of peers.
 		var all []PortRange
-		for q, rs := range own {
-			if q.Addr().Is4() == p.Addr().Is4() && q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
-				all = append(all, rs...)
-			}
+		for bits := p.Bits(); bits >= 0; bits-- {
+			q, _ := p.Addr().Prefix(bits)
+			all = append(all, own[q]...)
 		}
 		out[p] = mergeRanges(all)
 	}
