@@ -131,13 +131,16 @@ func (e *policyEnforcer) sync() error {
 	}
 	old := e.policed.Load()
 	if old == nil || !reflect.DeepEqual(*old, policed) {
-		e.policed.Store(&policed)
 		if e.fast != nil {
 			// The rules at once (a stricter rule must not wait for the fast path's next
-			// pass), then the pods' flags in the fast path's map.
+			// pass), then the pods' flags in the fast path's map. Stored only once
+			// written, so a failed write is retried.
 			if err := e.fast.fp.SyncPolicy(fastpath.PolicyEntries(policed)); err != nil {
 				return fmt.Errorf("fast path policy: %w", err)
 			}
+		}
+		e.policed.Store(&policed)
+		if e.fast != nil {
 			e.fast.Trigger()
 		}
 	}

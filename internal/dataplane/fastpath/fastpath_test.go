@@ -36,14 +36,29 @@ func addressed(f []byte, mac net.HardwareAddr) []byte {
 func ipv4(dst string) []byte { return ipv4From("10.1.0.9", 8080, dst) }
 
 func ipv4From(src string, sport uint16, dst string) []byte {
+	udp := make([]byte, 26)
+	binary.BigEndian.PutUint16(udp, sport)
+	return ip4(17, src, dst, udp)
+}
+
+// ip4 is an IPv4 packet (no options) of protocol proto carrying l4.
+func ip4(proto byte, src, dst string, l4 []byte) []byte {
 	h := make([]byte, 20)
-	h[0], h[9] = 0x45, 17
+	h[0], h[9] = 0x45, proto
 	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
 	copy(h[12:16], s[:])
 	copy(h[16:20], d[:])
-	udp := make([]byte, 26)
-	binary.BigEndian.PutUint16(udp, sport)
-	return append(h, udp...)
+	return append(h, l4...)
+}
+
+// ip6 is an IPv6 packet (no extension headers) of protocol proto carrying l4.
+func ip6(proto byte, src, dst string, l4 []byte) []byte {
+	h := make([]byte, 40)
+	h[0], h[6] = 0x60, proto
+	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
+	copy(h[8:24], s[:])
+	copy(h[24:40], d[:])
+	return append(h, l4...)
 }
 
 // withDport sets the destination port of the L4 header at off.
@@ -56,14 +71,9 @@ func withDport(pkt []byte, off int, port uint16) []byte {
 func ipv6(dst string) []byte { return ipv6From("fd00::9", 8080, dst) }
 
 func ipv6From(src string, sport uint16, dst string) []byte {
-	h := make([]byte, 40)
-	h[0], h[6] = 0x60, 17
-	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
-	copy(h[8:24], s[:])
-	copy(h[24:40], d[:])
 	udp := make([]byte, 20)
 	binary.BigEndian.PutUint16(udp, sport)
-	return append(h, udp...)
+	return ip6(17, src, dst, udp)
 }
 
 // TestProgram runs the program on crafted frames (BPF_PROG_TEST_RUN): local pods are
@@ -441,22 +451,12 @@ func TestSyncEndpointsWritesTheDifference(t *testing.T) {
 
 // tcp4 is a TCP packet (a bare ACK) from src:sport to dst:dport.
 func tcp4(src string, sport uint16, dst string, dport uint16) []byte {
-	h := make([]byte, 20)
-	h[0], h[9] = 0x45, 6
-	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
-	copy(h[12:16], s[:])
-	copy(h[16:20], d[:])
-	return append(h, tcpHeader(sport, dport)...)
+	return ip4(6, src, dst, tcpHeader(sport, dport))
 }
 
 // tcp6 is tcp4 over IPv6.
 func tcp6(src string, sport uint16, dst string, dport uint16) []byte {
-	h := make([]byte, 40)
-	h[0], h[6] = 0x60, 6
-	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
-	copy(h[8:24], s[:])
-	copy(h[24:40], d[:])
-	return append(h, tcpHeader(sport, dport)...)
+	return ip6(6, src, dst, tcpHeader(sport, dport))
 }
 
 func tcpHeader(sport, dport uint16) []byte {

@@ -133,8 +133,9 @@ func addrKey(base asm.Register, eth, off4, off6 int16, v4, v6, miss string) asm.
 // that involves an endpoint's port: a reply from an endpoint may belong to a connection
 // the service proxy DNATed (conntrack must translate it back), and a connection straight
 // to an endpoint's port must then be tracked from its first packet too (with only its
-// replies tracked, such connections stalled now and then). IPv4 fragments and IPv6 packets with extension headers, whose
-// ports cannot be read here, also go to isEP. Anything else continues after the routine.
+// replies tracked, such connections stalled now and then). IPv4 fragments and IPv6
+// packets with extension headers, whose ports cannot be read here, also go to isEP.
+// Anything else continues after the routine.
 // It runs after destKey, which checked the family and the fixed IP header's bounds
 // against R3 (data_end); the first instruction carries the label entry. It clobbers
 // R0-R5.

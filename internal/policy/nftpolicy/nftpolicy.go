@@ -66,7 +66,7 @@ func Apply(st State, nsFd int) error {
 		return c.Flush()
 	}
 	c.AddTable(table)
-	b := &builder{c: c, t: table, chains: map[string]bool{}}
+	b := &builder{c: c, t: table, sets: map[string]*nftables.Set{}, chains: map[string]bool{}}
 	b.build(st)
 	if b.err != nil {
 		return b.err
@@ -132,10 +132,7 @@ func (b *builder) build(st State) {
 			&expr.Verdict{Kind: expr.VerdictJump, Chain: statelessChain(is6)})...)
 		// Other protocols between a policed pod and the pod networks stay tracked.
 		for _, dir := range [][2]*nftables.Set{{pol, clu}, {clu, pol}} {
-			ex := append(nftexpr.LoadAddr(is6, false), &expr.Lookup{SourceRegister: 1, SetName: dir[0].Name, SetID: dir[0].ID})
-			ex = append(ex, nftexpr.LoadAddrSameFamily(is6, true)...)
-			ex = append(ex, &expr.Lookup{SourceRegister: 1, SetName: dir[1].Name, SetID: dir[1].ID})
-			b.rule("raw-prerouting", append(ex, nftexpr.SetMark(dataplane.MarkTracked)...)...)
+			b.rule("raw-prerouting", append(addrsIn(is6, dir[0], dir[1]), nftexpr.SetMark(dataplane.MarkTracked)...)...)
 		}
 		// track, where a raw pod chain sends what it does not allow: between pod
 		// addresses (where weft-nat's notrack applies), keep it tracked. Elsewhere it is
@@ -144,9 +141,7 @@ func (b *builder) build(st State) {
 		if len(cluster[f]) == 1 { // the usual case: a mask beats a set lookup
 			within = nftexpr.WithinPrefix(cluster[f][0])
 		} else {
-			within = append(nftexpr.LoadAddr(is6, false), &expr.Lookup{SourceRegister: 1, SetName: clu.Name, SetID: clu.ID})
-			within = append(within, nftexpr.LoadAddrSameFamily(is6, true)...)
-			within = append(within, &expr.Lookup{SourceRegister: 1, SetName: clu.Name, SetID: clu.ID})
+			within = addrsIn(is6, clu, clu)
 		}
 		b.rule("track", append(append(within, nftexpr.SetMark(dataplane.MarkTracked)...), &expr.Verdict{Kind: expr.VerdictAccept})...)
 	}
@@ -239,6 +234,13 @@ func (b *builder) build(st State) {
 			b.rule(statelessChain(f == 1), append(nftexpr.SetMark(dataplane.MarkPolicyAccepted), &expr.Verdict{Kind: expr.VerdictAccept})...)
 		}
 	}
+}
+
+// addrsIn is `ip saddr @src ip daddr @dst`.
+func addrsIn(is6 bool, src, dst *nftables.Set) []expr.Any {
+	ex := append(nftexpr.LoadAddr(is6, false), &expr.Lookup{SourceRegister: 1, SetName: src.Name, SetID: src.ID})
+	ex = append(ex, nftexpr.LoadAddrSameFamily(is6, true)...)
+	return append(ex, &expr.Lookup{SourceRegister: 1, SetName: dst.Name, SetID: dst.ID})
 }
 
 func statelessChain(is6 bool) string {
@@ -401,9 +403,6 @@ func (b *builder) addrSet(is6 bool, ps []netip.Prefix) *nftables.Set {
 	key := fmt.Sprint(is6, ps)
 	if s, ok := b.sets[key]; ok {
 		return s
-	}
-	if b.sets == nil {
-		b.sets = map[string]*nftables.Set{}
 	}
 	b.n++
 	s := &nftables.Set{Table: b.t, Name: fmt.Sprintf("a%d", b.n), KeyType: addrType(is6), Interval: true, Constant: true}
