@@ -28,6 +28,11 @@ type Fastpath struct {
 	prog         *ebpf.Program // on the VXLAN device
 	uplink       *ebpf.Program // on the underlay device: prog, plus VXLAN decapsulation
 
+	// NoConntrack says why the programs cannot ask conntrack whether a packet to or from
+	// an endpoint's port belongs to a translated flow (conntrack.go); nil when they can.
+	// Without it all such packets take the kernel's path.
+	NoConntrack error
+
 	// pinDir is a bpffs instance of this weftd's own where tcx links are pinned, so the
 	// programs stay attached across a weftd restart. Empty: tcx is not used.
 	pinDir string
@@ -72,26 +77,40 @@ func Load(tun *Tunnel) (*Fastpath, error) {
 		return nil, fmt.Errorf("create policy map: %w", err)
 	}
 	f := &Fastpath{pods: m, remote: r, stats: st, eps: eps, policy: pol}
-	if f.prog, err = ebpf.NewProgram(programSpec(m, r, st, eps, pol, nil, false)); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("load fast path program: %w", err)
+	ct, err := findCtKfuncs()
+	if err == nil {
+		err = f.loadPrograms(ct, tun)
+		ct.close()
 	}
-	if f.pod, err = ebpf.NewProgram(programSpec(m, r, st, eps, pol, nil, true)); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("load fast path pod program: %w", err)
-	}
-	f.uplink = f.prog
-	if tun != nil {
-		if f.uplink, err = ebpf.NewProgram(programSpec(m, r, st, eps, pol, tun, false)); err != nil {
+	if err != nil {
+		// Without the conntrack lookup every endpoint packet takes the kernel's path.
+		f.NoConntrack = err
+		f.closePrograms()
+		if err := f.loadPrograms(nil, tun); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("load fast path uplink program: %w", err)
+			return nil, err
 		}
 	}
 	return f, nil
 }
 
-// Close releases weftd's handles; attached filters keep the programs (and maps) alive.
-func (f *Fastpath) Close() {
+func (f *Fastpath) loadPrograms(ct *ctKfuncs, tun *Tunnel) (err error) {
+	if f.prog, err = loadProgram(programSpec(f.pods, f.remote, f.stats, f.eps, f.policy, ct, nil, false), ct); err != nil {
+		return fmt.Errorf("load fast path program: %w", err)
+	}
+	if f.pod, err = loadProgram(programSpec(f.pods, f.remote, f.stats, f.eps, f.policy, ct, nil, true), ct); err != nil {
+		return fmt.Errorf("load fast path pod program: %w", err)
+	}
+	f.uplink = f.prog
+	if tun != nil {
+		if f.uplink, err = loadProgram(programSpec(f.pods, f.remote, f.stats, f.eps, f.policy, ct, tun, false), ct); err != nil {
+			return fmt.Errorf("load fast path uplink program: %w", err)
+		}
+	}
+	return nil
+}
+
+func (f *Fastpath) closePrograms() {
 	if f.uplink != nil && f.uplink != f.prog {
 		f.uplink.Close()
 	}
@@ -101,6 +120,12 @@ func (f *Fastpath) Close() {
 	if f.prog != nil {
 		f.prog.Close()
 	}
+	f.uplink, f.pod, f.prog = nil, nil, nil
+}
+
+// Close releases weftd's handles; attached filters keep the programs (and maps) alive.
+func (f *Fastpath) Close() {
+	f.closePrograms()
 	f.pods.Close()
 	f.remote.Close()
 	f.stats.Close()

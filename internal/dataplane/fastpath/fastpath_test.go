@@ -3,12 +3,17 @@ package fastpath
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/policy"
 	"github.com/weftnet/weft/internal/testutil"
@@ -147,38 +152,7 @@ func TestProgram(t *testing.T) {
 		t.Errorf("counters %+v (%v), want 3 local and 1 remote", c, err)
 	}
 
-	// Replies from a service endpoint (its address, protocol and port) take the kernel's
-	// path, where conntrack reverses the DNAT; the same pod from another port does not.
-	// Packets to an endpoint's port take it too, so conntrack sees both directions of a
-	// connection straight to it.
-	if err := f.SyncEndpoints(map[EndpointKey]uint32{
-		EndpointKeyOf(netip.MustParseAddr("10.1.0.9"), 17, 8080): 1,
-		EndpointKeyOf(netip.MustParseAddr("fd00::9"), 17, 8080):  1,
-		EndpointKeyOf(netip.MustParseAddr("10.1.0.5"), 17, 8080): 1,
-		EndpointKeyOf(netip.MustParseAddr("fd00::5"), 17, 8080):  1,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		name string
-		in   []byte
-		want uint32
-	}{
-		{"IPv4 reply from an endpoint", frame(0x0800, ipv4("10.1.0.5")), tcActPass},
-		{"IPv6 reply from an endpoint", frame(0x86dd, ipv6("fd00::5")), tcActPass},
-		{"IPv4 from another port", frame(0x0800, ipv4From("10.1.0.9", 9999, "10.1.0.5")), tcActRedirect},
-		{"IPv6 from another port", frame(0x86dd, ipv6From("fd00::9", 9999, "fd00::5")), tcActRedirect},
-		{"IPv4 with options from an endpoint", frame(0x0800, withOptions(ipv4("10.1.0.5"))), tcActPass},
-		{"IPv4 fragment", frame(0x0800, fragment(ipv4From("10.1.0.9", 9999, "10.1.0.5"))), tcActPass},
-		{"IPv6 extension header", frame(0x86dd, extHeader(ipv6From("fd00::9", 9999, "fd00::5"))), tcActPass},
-		{"IPv4 to an endpoint's port", frame(0x0800, withDport(ipv4From("10.1.0.4", 9999, "10.1.0.5"), 20, 8080)), tcActPass},
-		{"IPv6 to an endpoint's port", frame(0x86dd, withDport(ipv6From("fd00::4", 9999, "fd00::5"), 40, 8080)), tcActPass},
-		{"IPv4 to another port", frame(0x0800, withDport(ipv4From("10.1.0.4", 9999, "10.1.0.5"), 20, 8081)), tcActRedirect},
-	} {
-		if ret, _, _ := runProg(f.prog, c.in); ret != c.want {
-			t.Errorf("%s: returned %d, want %d", c.name, ret, c.want)
-		}
-	}
+	testEndpointPackets(t, f, podMAC)
 	_ = f.SyncEndpoints(map[EndpointKey]uint32{})
 	_ = f.Sync(map[Key]Value{
 		KeyOf(netip.MustParseAddr("10.1.0.5")): ValueOf(42, podMAC),
@@ -192,6 +166,121 @@ func TestProgram(t *testing.T) {
 	if ret, _, _ := runProg(f.prog, frame(0x0800, ipv4("10.1.0.5"))); ret != tcActPass {
 		t.Errorf("after the pod left, returned %d", ret)
 	}
+}
+
+// testEndpointPackets: a packet from or to a service endpoint (its address, protocol and
+// port) takes the kernel's path when conntrack holds its flow, in either direction (a
+// reply to be un-DNATed, a connection tracked from its start, a new connection whose
+// replies would look like an older translated one's), or when its ports cannot be read;
+// otherwise it takes the short cut like any other. Run in a namespace of its own, whose
+// conntrack table holds only this test's flows.
+func testEndpointPackets(t *testing.T, f *Fastpath, podMAC net.HardwareAddr) {
+	if f.NoConntrack != nil {
+		t.Fatalf("the programs cannot ask conntrack: %v", f.NoConntrack)
+	}
+	pods := map[Key]Value{}
+	for _, a := range []string{"10.1.0.4", "10.1.0.5", "10.1.0.9", "fd00::4", "fd00::5", "fd00::9"} {
+		pods[KeyOf(netip.MustParseAddr(a))] = ValueOf(42, podMAC)
+	}
+	if err := f.Sync(pods); err != nil {
+		t.Fatal(err)
+	}
+	eps := map[EndpointKey]uint32{}
+	for _, a := range []string{"10.1.0.9", "10.1.0.5", "fd00::9", "fd00::5"} {
+		for _, proto := range []uint8{6, 17, 132} {
+			eps[EndpointKeyOf(netip.MustParseAddr(a), proto, 8080)] = 1
+		}
+	}
+	if err := f.SyncEndpoints(eps); err != nil {
+		t.Fatal(err)
+	}
+	ns := testutil.NewNS(t, "fpct")
+	err := testutil.RunIn(ns.Path, func() error {
+		for _, fl := range []struct{ orig, reply [2]string }{
+			// A connection to a service address, DNATed to 10.1.0.9:8080.
+			{[2]string{"10.1.0.5:4000", "10.96.0.1:80"}, [2]string{"10.1.0.9:8080", "10.1.0.5:4000"}},
+			{[2]string{"[fd00::5]:4000", "[fd00:96::1]:80"}, [2]string{"[fd00::9]:8080", "[fd00::5]:4000"}},
+			// A connection straight to the endpoint that the kernel's path tracked.
+			{[2]string{"10.1.0.4:5000", "10.1.0.5:8080"}, [2]string{"10.1.0.5:8080", "10.1.0.4:5000"}},
+			// A closed connection through a service to 10.1.0.5:8080 from 10.1.0.4:6000.
+			{[2]string{"10.1.0.4:6000", "10.96.0.1:80"}, [2]string{"10.1.0.5:8080", "10.1.0.4:6000"}},
+		} {
+			if err := createFlow(fl.orig, fl.reply); err != nil {
+				return err
+			}
+		}
+		for _, c := range []struct {
+			name string
+			in   []byte
+			want uint32
+		}{
+			{"IPv4 reply through a service", frame(0x0800, udp("10.1.0.9:8080", "10.1.0.5:4000")), tcActPass},
+			{"IPv6 reply through a service", frame(0x86dd, udp("[fd00::9]:8080", "[fd00::5]:4000")), tcActPass},
+			{"IPv4 reply with options", frame(0x0800, withOptions(udp("10.1.0.9:8080", "10.1.0.5:4000"))), tcActPass},
+			{"IPv4 to an endpoint, tracked", frame(0x0800, udp("10.1.0.4:5000", "10.1.0.5:8080")), tcActPass},
+			{"IPv4 reply of a tracked connection", frame(0x0800, udp("10.1.0.5:8080", "10.1.0.4:5000")), tcActPass},
+			{"IPv4 whose reply is a translated flow's", frame(0x0800, udp("10.1.0.4:6000", "10.1.0.5:8080")), tcActPass},
+			{"IPv4 from an endpoint, untracked", frame(0x0800, udp("10.1.0.9:8080", "10.1.0.5:4001")), tcActRedirect},
+			{"IPv6 from an endpoint, untracked", frame(0x86dd, udp("[fd00::9]:8080", "[fd00::5]:4001")), tcActRedirect},
+			{"IPv4 to an endpoint, untracked", frame(0x0800, udp("10.1.0.4:5001", "10.1.0.5:8080")), tcActRedirect},
+			{"IPv6 to an endpoint, untracked", frame(0x86dd, udp("[fd00::4]:5001", "[fd00::5]:8080")), tcActRedirect},
+			{"IPv4 TCP to an endpoint, untracked", frame(0x0800, tcp4("10.1.0.4", 5001, "10.1.0.5", 8080)), tcActRedirect},
+			{"IPv4 SCTP to an endpoint", frame(0x0800, ip4(132, "10.1.0.4", "10.1.0.5", ports(5001, 8080, 12))), tcActPass},
+			{"IPv4 fragment", frame(0x0800, fragment(udp("10.1.0.4:5001", "10.1.0.5:8080"))), tcActPass},
+			{"IPv6 extension header", frame(0x86dd, extHeader(udp("[fd00::4]:5001", "[fd00::5]:8080"))), tcActPass},
+			{"IPv4 between other ports", frame(0x0800, udp("10.1.0.4:5000", "10.1.0.5:8081")), tcActRedirect},
+		} {
+			ret, _, err := runProg(f.prog, c.in)
+			if err != nil {
+				return err
+			}
+			if ret != c.want {
+				t.Errorf("%s: returned %d, want %d", c.name, ret, c.want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// createFlow adds a UDP conntrack entry with the given original and reply directions
+// ("address:port" each) to the current namespace.
+func createFlow(orig, reply [2]string) error {
+	tuple := func(src, dst string) netlink.IPTuple {
+		s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
+		return netlink.IPTuple{Protocol: 17, SrcIP: s.Addr().AsSlice(), SrcPort: s.Port(), DstIP: d.Addr().AsSlice(), DstPort: d.Port()}
+	}
+	family := netlink.InetFamily(unix.AF_INET)
+	if netip.MustParseAddrPort(orig[0]).Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	fl := &netlink.ConntrackFlow{FamilyType: uint8(family), Forward: tuple(orig[0], orig[1]), Reverse: tuple(reply[0], reply[1]), TimeOut: 120}
+	if err := netlink.ConntrackCreate(netlink.ConntrackTable, family, fl); err != nil {
+		return fmt.Errorf("create conntrack entry %v: %w", orig, err)
+	}
+	return nil
+}
+
+// ports is an L4 header of n bytes that starts with the two ports.
+func ports(sport, dport uint16, n int) []byte {
+	b := make([]byte, n)
+	binary.BigEndian.PutUint16(b, sport)
+	binary.BigEndian.PutUint16(b[2:], dport)
+	return b
+}
+
+// udp is a UDP packet between two "address:port"s.
+func udp(src, dst string) []byte { return l4packet(17, 8, src, dst) }
+
+func l4packet(proto byte, n int, src, dst string) []byte {
+	s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
+	l4 := ports(s.Port(), d.Port(), n)
+	if s.Addr().Is4() {
+		return ip4(proto, s.Addr().String(), d.Addr().String(), l4)
+	}
+	return ip6(proto, s.Addr().String(), d.Addr().String(), l4)
 }
 
 func runProg(p *ebpf.Program, in []byte) (uint32, []byte, error) {
@@ -259,6 +348,7 @@ func TestUplinkDecap(t *testing.T) {
 		t.Fatal(err)
 	}
 	in4, in6 := ipv4("10.1.0.5"), ipv6("fd00::5")
+	epUntracked := udp("10.2.0.7:53", "10.1.0.5:4001")
 	decapped := []struct {
 		name      string
 		in        []byte
@@ -269,6 +359,17 @@ func TestUplinkDecap(t *testing.T) {
 		{"IPv6 in IPv4", vxlanFrame(false, port, vni, vtep, in6, 0x86dd), in6, 0x86dd},
 		{"IPv4 in IPv6", vxlanFrame(true, port, vni, vtep, in4, 0x0800), in4, 0x0800},
 		{"IPv6 in IPv6", vxlanFrame(true, port, vni, vtep, in6, 0x86dd), in6, 0x86dd},
+		{"untracked, from a service endpoint", vxlanFrame(false, port, vni, vtep, epUntracked, 0x0800), epUntracked, 0x0800},
+	}
+	// The test's conntrack flows are in a namespace of its own; so are its runs.
+	ns := testutil.NewNS(t, "fpdecap")
+	restore := enter(t, ns)
+	defer restore()
+	if err := createFlow([2]string{"10.1.0.5:4000", "10.96.0.10:53"}, [2]string{"10.2.0.7:53", "10.1.0.5:4000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SyncEndpoints(map[EndpointKey]uint32{EndpointKeyOf(netip.MustParseAddr("10.2.0.7"), 17, 53): 1}); err != nil {
+		t.Fatal(err)
 	}
 	for _, c := range decapped {
 		ret, out, err := runProg(f.uplink, c.in)
@@ -299,10 +400,7 @@ func TestUplinkDecap(t *testing.T) {
 		{"ARP inside", vxlanFrame(false, port, vni, vtep, make([]byte, 28), 0x0806)},
 		{"an outer fragment", fragment},
 		{"a frame for another host", otherHost},
-		{"a reply from a service endpoint", vxlanFrame(false, port, vni, vtep, ipv4From("10.2.0.7", 53, "10.1.0.5"), 0x0800)},
-	}
-	if err := f.SyncEndpoints(map[EndpointKey]uint32{EndpointKeyOf(netip.MustParseAddr("10.2.0.7"), 17, 53): 1}); err != nil {
-		t.Fatal(err)
+		{"a reply through a service", vxlanFrame(false, port, vni, vtep, udp("10.2.0.7:53", "10.1.0.5:4000"), 0x0800)},
 	}
 	for _, c := range passed {
 		ret, out, err := runProg(f.uplink, c.in)
@@ -591,5 +689,35 @@ func TestPolicyEntries(t *testing.T) {
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("entries %v, want %v", got, want)
+	}
+}
+
+// enter moves the calling goroutine, on a thread locked to it, into ns; restore moves it
+// back (if that fails, the thread is left locked, so Go retires it with the goroutine).
+func enter(t *testing.T, ns testutil.NS) (restore func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	target, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	return func() {
+		defer orig.Close()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
 	}
 }

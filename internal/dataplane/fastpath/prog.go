@@ -135,11 +135,12 @@ func addrKey(base asm.Register, eth, off4, off6 int16, v4, v6, miss string) asm.
 // to an endpoint's port must then be tracked from its first packet too (with only its
 // replies tracked, such connections stalled now and then). IPv4 fragments and IPv6
 // packets with extension headers, whose ports cannot be read here, also go to isEP.
-// Anything else continues after the routine.
+// Anything else continues after the routine. With the conntrack lookup (conntrack.go),
+// isEP is ctCheck, and only IPv4 fragments and IPv6 extension headers go to noPorts.
 // It runs after destKey, which checked the family and the fixed IP header's bounds
 // against R3 (data_end); the first instruction carries the label entry. It clobbers
 // R0-R5.
-func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP string) asm.Instructions {
+func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, noPorts, isEP string) asm.Instructions {
 	ip := eth + 14
 	p := entry + "_ep"
 	return asm.Instructions{
@@ -155,9 +156,10 @@ func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP str
 
 		// IPv4: not a fragment; source at 12, destination at 16; the L4 header after
 		// IHL*4 bytes.
+		asm.StoreImm(asm.R10, stackFamily, 4, asm.Byte),
 		asm.LoadMem(asm.R5, base, ip+6, asm.Half),
 		asm.And.Imm(asm.R5, 0xff3f), // htons(IP_MF|IP_OFFSET)
-		asm.JNE.Imm(asm.R5, 0, isEP),
+		asm.JNE.Imm(asm.R5, 0, noPorts),
 		asm.LoadMem(asm.R5, base, ip+12, asm.Word),
 		asm.StoreMem(asm.R10, -76, asm.R5, asm.Word),
 		asm.LoadMem(asm.R5, base, ip+16, asm.Word),
@@ -177,7 +179,8 @@ func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP str
 		// IPv6: source at 8, destination at 24; the L4 header right after the fixed
 		// header. (The bound is checked again: the verifier also walks here from destKey's
 		// IPv4 branch.)
-		asm.Mov.Reg(asm.R4, base).WithSymbol(p + "_v6"),
+		asm.StoreImm(asm.R10, stackFamily, 6, asm.Byte).WithSymbol(p + "_v6"),
+		asm.Mov.Reg(asm.R4, base),
 		asm.Add.Imm(asm.R4, int32(ip)+40),
 		asm.JGT.Reg(asm.R4, asm.R3, p+"_done"),
 		asm.LoadMem(asm.R5, base, ip+8, asm.DWord),
@@ -189,10 +192,10 @@ func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP str
 		asm.LoadMem(asm.R5, base, ip+32, asm.DWord),
 		asm.StoreMem(asm.R10, -104, asm.R5, asm.DWord),
 		asm.LoadMem(asm.R0, base, ip+6, asm.Byte),
-		asm.JEq.Imm(asm.R0, unix.IPPROTO_HOPOPTS, isEP),
-		asm.JEq.Imm(asm.R0, unix.IPPROTO_ROUTING, isEP),
-		asm.JEq.Imm(asm.R0, unix.IPPROTO_FRAGMENT, isEP),
-		asm.JEq.Imm(asm.R0, unix.IPPROTO_DSTOPTS, isEP),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_HOPOPTS, noPorts),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_ROUTING, noPorts),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_FRAGMENT, noPorts),
+		asm.JEq.Imm(asm.R0, unix.IPPROTO_DSTOPTS, noPorts),
 		asm.Mov.Reg(asm.R4, base),
 		asm.Add.Imm(asm.R4, int32(ip)+40),
 
@@ -222,6 +225,19 @@ func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, isEP str
 		asm.JNE.Imm(asm.R0, 0, isEP),
 		asm.Mov.Imm(asm.R0, 0).WithSymbol(p + "_done"),
 	}
+}
+
+// endpointGate is endpointPacket followed, with ct, by ctCheck: a packet from or to an
+// endpoint's port goes to kernel unless conntrack holds no flow for it. What may take the
+// short cut continues after the last instruction.
+func endpointGate(eps *ebpf.Map, ct *ctKfuncs, base asm.Register, eth int16, entry, kernel string) asm.Instructions {
+	if ct == nil {
+		return endpointPacket(eps, base, eth, entry, kernel, kernel)
+	}
+	insns := endpointPacket(eps, base, eth, entry, kernel, entry+"_hit")
+	insns = append(insns, asm.Ja.Label(entry+"_checked"))
+	insns = append(insns, ctCheck(ct, entry+"_hit", kernel)...)
+	return append(insns, asm.Mov.Imm(asm.R0, 0).WithSymbol(entry+"_checked"))
 }
 
 // EndpointKey is a service endpoint as a packet from it shows it: source address (IPv4
@@ -309,20 +325,20 @@ func newRemoteMapSpec() *ebpf.MapSpec {
 // for a local pod are decapsulated in place first (see decapPrologue). With pod set it is
 // the host veth variant: only what the pod sends from its own address and MAC is taken
 // (see sourceCheck).
-func programSpec(m, remote, stats, eps, pol *ebpf.Map, tun *Tunnel, pod bool) *ebpf.ProgramSpec {
+func programSpec(m, remote, stats, eps, pol *ebpf.Map, ct *ctKfuncs, tun *Tunnel, pod bool) *ebpf.ProgramSpec {
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.StoreImm(asm.R10, stackSrcFlags, 0, asm.Half), // and stackSrcLocal: not known
 	}
 	if tun != nil {
-		insns = append(insns, decapPrologue(m, stats, eps, tun)...)
+		insns = append(insns, decapPrologue(m, stats, eps, ct, tun)...)
 	}
 	if pod {
 		insns = append(insns, sourceCheck(m)...)
 	}
 	insns = append(insns, ethernet("plain", "pass")...)
 	insns = append(insns, destKey(asm.R2, 0, "lookup", "lookup", "pass")...)
-	insns = append(insns, endpointPacket(eps, asm.R2, 0, "lookup", "pass")...)
+	insns = append(insns, endpointGate(eps, ct, asm.R2, 0, "lookup", "pass")...)
 	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
@@ -397,7 +413,7 @@ func programSpec(m, remote, stats, eps, pol *ebpf.Map, tun *Tunnel, pod bool) *e
 		asm.Mov.Imm(asm.R0, tcActUnspec).WithSymbol("pass"),
 		asm.Return(),
 	}...)
-	return &ebpf.ProgramSpec{Name: "weft_fastpath", Type: ebpf.SchedCLS, License: "Apache-2.0", Instructions: insns}
+	return &ebpf.ProgramSpec{Name: "weft_fastpath", Type: ebpf.SchedCLS, License: programLicense, Instructions: insns}
 }
 
 // Tunnel describes this node's VXLAN endpoint, for the uplink program to recognise the
@@ -436,7 +452,7 @@ const (
 //
 // Registers kept across helper calls: R6 the context, R7 the pod's map value, R8 the
 // decap flags (naming the inner family), R9 the number of bytes to strip.
-func decapPrologue(m, stats, eps *ebpf.Map, tun *Tunnel) asm.Instructions {
+func decapPrologue(m, stats, eps *ebpf.Map, ct *ctKfuncs, tun *Tunnel) asm.Instructions {
 	le16 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
 	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
 	var port [2]byte
@@ -505,9 +521,10 @@ func decapPrologue(m, stats, eps *ebpf.Map, tun *Tunnel) asm.Instructions {
 		asm.Ja.Label("tunlookup"),
 		asm.Mov.Imm(asm.R8, adjRoomDecapIPv6|adjRoomFixedGSO).WithSymbol("in6"),
 	}...)
-	// A packet from or to a service endpoint's port stays in the tunnel: the kernel's
-	// path, where conntrack sees both directions (and reverses a DNAT).
-	insns = append(insns, endpointPacket(eps, asm.R1, 16, "tunlookup", "plain")...)
+	// A packet from or to a service endpoint's port stays in the tunnel if conntrack
+	// holds its flow (or cannot be asked): the kernel's path, where conntrack sees both
+	// directions (and reverses a DNAT).
+	insns = append(insns, endpointGate(eps, ct, asm.R1, 16, "tunlookup", "plain")...)
 	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
