@@ -5,6 +5,7 @@
 //   - fastpath: the weft shape plus weftd's eBPF fast path on the node's veths;
 //   - ebpf: weftd's --proxy ebpf, the same table plus the socket load balancer
 //     (internal/proxy/sockproxy) translating the client's connects;
+//   - ebpf-fastpath: ebpf plus the fast path;
 //   - kube-proxy nftables mode's shape, loaded with `nft -f`;
 //   - kube-proxy iptables mode's shape, loaded with iptables-restore, legacy and nf_tables
 //     backends.
@@ -32,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	cnins "github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 
@@ -193,7 +195,9 @@ func load(t *topo, shape string, n int) (full, change time.Duration, err error) 
 	case "ebpf":
 		return loadEbpf(t, n)
 	case "fastpath":
-		return loadFastpath(t, n)
+		return loadFastpath(t, n, loadWeft)
+	case "ebpf-fastpath":
+		return loadFastpath(t, n, loadEbpf)
 	case "nft":
 		return loadNft(t, n)
 	case "iptables-legacy", "iptables-nft":
@@ -331,11 +335,12 @@ func loadEbpf(t *topo, n int) (full, change time.Duration, err error) {
 	return sockFull + nftFull, change, nil
 }
 
-// loadFastpath is the weft shape plus weftd's eBPF fast path on the node's two veths, as
-// weftd runs it for its pods: the client and the server in its pod map, every service
-// endpoint in its endpoint map (so the proxy's traffic takes the kernel's path).
-func loadFastpath(t *topo, n int) (full, change time.Duration, err error) {
-	if full, change, err = loadWeft(t, n); err != nil {
+// loadFastpath is a proxy shape (weft, or ebpf) plus weftd's eBPF fast path on the node's
+// two veths, as weftd runs it for its pods: the client and the server in its pod map,
+// every service endpoint in its endpoint map (so the proxy's translated flows take the
+// kernel's path).
+func loadFastpath(t *topo, n int, proxyShape func(*topo, int) (time.Duration, time.Duration, error)) (full, change time.Duration, err error) {
+	if full, change, err = proxyShape(t, n); err != nil {
 		return 0, 0, err
 	}
 	f, err := fastpath.Load(nil)
@@ -343,6 +348,15 @@ func loadFastpath(t *topo, n int) (full, change time.Duration, err error) {
 		return 0, 0, err
 	}
 	t.undo = append(t.undo, f.Close)
+	// Attached with tcx, its links pinned in a bpffs of the run's own, as weftd does.
+	dir, err := os.MkdirTemp("", "svcbench-fp")
+	if err != nil {
+		return 0, 0, err
+	}
+	t.undo = append(t.undo, func() { _ = bpffs.Unmount(dir); _ = os.RemoveAll(dir) })
+	if err := f.UseTCX(dir); err != nil {
+		return 0, 0, err
+	}
 	nsh, err := vnetns.GetFromPath(t.Node)
 	if err != nil {
 		return 0, 0, err
@@ -364,7 +378,8 @@ func loadFastpath(t *topo, n int) (full, change time.Duration, err error) {
 			return 0, 0, err
 		}
 		pods[fastpath.KeyOf(netip.MustParseAddr(p.ip))] = fastpath.ValueOf(host.Attrs().Index, mac)
-		if err := f.Attach(h, host, fastpath.RolePod); err != nil {
+		// tcx names the device by its index: attach from inside the node's namespace.
+		if err := cnins.WithNetNSPath(t.Node, func(cnins.NetNS) error { return f.Attach(h, host, fastpath.RolePod) }); err != nil {
 			return 0, 0, err
 		}
 	}

