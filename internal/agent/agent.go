@@ -349,6 +349,9 @@ func (a *Agent) startFastpath(g *group) {
 	if err := fp.UseTCX(a.bpfDir()); err != nil {
 		a.opts.Log.Warn("no bpffs for tcx links; the fast path attaches with clsact filters", "err", err)
 	}
+	if fp.NoConntrack != nil {
+		a.opts.Log.Info("the fast path cannot ask conntrack; connections to service endpoints' ports take the kernel's path", "err", fp.NoConntrack)
+	}
 	a.fast = newFastpathSync(fp, a.alloc, func(err error) {
 		if err != nil {
 			a.opts.Log.Warn("fast path sync failed", "err", err)

@@ -208,7 +208,7 @@ func loadProgram(spec *ebpf.ProgramSpec, k *ctKfuncs) (*ebpf.Program, error) {
 // loadRaw loads spec with the BPF_PROG_LOAD system call itself, with fdArray.
 func loadRaw(spec *ebpf.ProgramSpec, fdArray []int32) (*ebpf.Program, error) {
 	var code bytes.Buffer
-	if err := spec.Instructions.Marshal(&code, binary.NativeEndian); err != nil {
+	if err := spec.Instructions.Marshal(&code, nativeOrder()); err != nil {
 		return nil, err
 	}
 	license := append([]byte(spec.License), 0)
@@ -243,6 +243,16 @@ func loadRaw(spec *ebpf.ProgramSpec, fdArray []int32) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("load program %s: %w", spec.Name, err)
 	}
 	return ebpf.NewProgramFromFD(fd)
+}
+
+// nativeOrder is the host's byte order, as cilium/ebpf's asm names it (it does not take
+// binary.NativeEndian).
+func nativeOrder() binary.ByteOrder {
+	x := uint16(1)
+	if *(*byte)(unsafe.Pointer(&x)) == 1 {
+		return binary.LittleEndian
+	}
+	return binary.BigEndian
 }
 
 // progLoadAttr is union bpf_attr's BPF_PROG_LOAD part, up to fd_array.

@@ -8,9 +8,11 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -194,54 +196,49 @@ func testEndpointPackets(t *testing.T, f *Fastpath, podMAC net.HardwareAddr) {
 	if err := f.SyncEndpoints(eps); err != nil {
 		t.Fatal(err)
 	}
-	ns := testutil.NewNS(t, "fpct")
-	err := testutil.RunIn(ns.Path, func() error {
-		for _, fl := range []struct{ orig, reply [2]string }{
-			// A connection to a service address, DNATed to 10.1.0.9:8080.
-			{[2]string{"10.1.0.5:4000", "10.96.0.1:80"}, [2]string{"10.1.0.9:8080", "10.1.0.5:4000"}},
-			{[2]string{"[fd00::5]:4000", "[fd00:96::1]:80"}, [2]string{"[fd00::9]:8080", "[fd00::5]:4000"}},
-			// A connection straight to the endpoint that the kernel's path tracked.
-			{[2]string{"10.1.0.4:5000", "10.1.0.5:8080"}, [2]string{"10.1.0.5:8080", "10.1.0.4:5000"}},
-			// A closed connection through a service to 10.1.0.5:8080 from 10.1.0.4:6000.
-			{[2]string{"10.1.0.4:6000", "10.96.0.1:80"}, [2]string{"10.1.0.5:8080", "10.1.0.4:6000"}},
-		} {
-			if err := createFlow(fl.orig, fl.reply); err != nil {
-				return err
-			}
+	restore := enter(t, testutil.NewNS(t, "fpct"))
+	defer restore()
+	for _, fl := range []struct{ orig, reply [2]string }{
+		// A connection to a service address, DNATed to 10.1.0.9:8080.
+		{[2]string{"10.1.0.5:4000", "10.96.0.1:80"}, [2]string{"10.1.0.9:8080", "10.1.0.5:4000"}},
+		{[2]string{"[fd00::5]:4000", "[fd00:96::1]:80"}, [2]string{"[fd00::9]:8080", "[fd00::5]:4000"}},
+		// A connection straight to the endpoint that the kernel's path tracked.
+		{[2]string{"10.1.0.4:5000", "10.1.0.5:8080"}, [2]string{"10.1.0.5:8080", "10.1.0.4:5000"}},
+		// A closed connection through a service to 10.1.0.5:8080 from 10.1.0.4:6000.
+		{[2]string{"10.1.0.4:6000", "10.96.0.1:80"}, [2]string{"10.1.0.5:8080", "10.1.0.4:6000"}},
+	} {
+		if err := createFlow(fl.orig, fl.reply); err != nil {
+			t.Fatal(err)
 		}
-		for _, c := range []struct {
-			name string
-			in   []byte
-			want uint32
-		}{
-			{"IPv4 reply through a service", frame(0x0800, udp("10.1.0.9:8080", "10.1.0.5:4000")), tcActPass},
-			{"IPv6 reply through a service", frame(0x86dd, udp("[fd00::9]:8080", "[fd00::5]:4000")), tcActPass},
-			{"IPv4 reply with options", frame(0x0800, withOptions(udp("10.1.0.9:8080", "10.1.0.5:4000"))), tcActPass},
-			{"IPv4 to an endpoint, tracked", frame(0x0800, udp("10.1.0.4:5000", "10.1.0.5:8080")), tcActPass},
-			{"IPv4 reply of a tracked connection", frame(0x0800, udp("10.1.0.5:8080", "10.1.0.4:5000")), tcActPass},
-			{"IPv4 whose reply is a translated flow's", frame(0x0800, udp("10.1.0.4:6000", "10.1.0.5:8080")), tcActPass},
-			{"IPv4 from an endpoint, untracked", frame(0x0800, udp("10.1.0.9:8080", "10.1.0.5:4001")), tcActRedirect},
-			{"IPv6 from an endpoint, untracked", frame(0x86dd, udp("[fd00::9]:8080", "[fd00::5]:4001")), tcActRedirect},
-			{"IPv4 to an endpoint, untracked", frame(0x0800, udp("10.1.0.4:5001", "10.1.0.5:8080")), tcActRedirect},
-			{"IPv6 to an endpoint, untracked", frame(0x86dd, udp("[fd00::4]:5001", "[fd00::5]:8080")), tcActRedirect},
-			{"IPv4 TCP to an endpoint, untracked", frame(0x0800, tcp4("10.1.0.4", 5001, "10.1.0.5", 8080)), tcActRedirect},
-			{"IPv4 SCTP to an endpoint", frame(0x0800, ip4(132, "10.1.0.4", "10.1.0.5", ports(5001, 8080, 12))), tcActPass},
-			{"IPv4 fragment", frame(0x0800, fragment(udp("10.1.0.4:5001", "10.1.0.5:8080"))), tcActPass},
-			{"IPv6 extension header", frame(0x86dd, extHeader(udp("[fd00::4]:5001", "[fd00::5]:8080"))), tcActPass},
-			{"IPv4 between other ports", frame(0x0800, udp("10.1.0.4:5000", "10.1.0.5:8081")), tcActRedirect},
-		} {
-			ret, _, err := runProg(f.prog, c.in)
-			if err != nil {
-				return err
-			}
-			if ret != c.want {
-				t.Errorf("%s: returned %d, want %d", c.name, ret, c.want)
-			}
+	}
+	for _, c := range []struct {
+		name string
+		in   []byte
+		want uint32
+	}{
+		{"IPv4 reply through a service", frame(0x0800, udp("10.1.0.9:8080", "10.1.0.5:4000")), tcActPass},
+		{"IPv6 reply through a service", frame(0x86dd, udp("[fd00::9]:8080", "[fd00::5]:4000")), tcActPass},
+		{"IPv4 reply with options", frame(0x0800, withOptions(udp("10.1.0.9:8080", "10.1.0.5:4000"))), tcActPass},
+		{"IPv4 to an endpoint, tracked", frame(0x0800, udp("10.1.0.4:5000", "10.1.0.5:8080")), tcActPass},
+		{"IPv4 reply of a tracked connection", frame(0x0800, udp("10.1.0.5:8080", "10.1.0.4:5000")), tcActPass},
+		{"IPv4 whose reply is a translated flow's", frame(0x0800, udp("10.1.0.4:6000", "10.1.0.5:8080")), tcActPass},
+		{"IPv4 from an endpoint, untracked", frame(0x0800, udp("10.1.0.9:8080", "10.1.0.5:4001")), tcActRedirect},
+		{"IPv6 from an endpoint, untracked", frame(0x86dd, udp("[fd00::9]:8080", "[fd00::5]:4001")), tcActRedirect},
+		{"IPv4 to an endpoint, untracked", frame(0x0800, udp("10.1.0.4:5001", "10.1.0.5:8080")), tcActRedirect},
+		{"IPv6 to an endpoint, untracked", frame(0x86dd, udp("[fd00::4]:5001", "[fd00::5]:8080")), tcActRedirect},
+		{"IPv4 TCP to an endpoint, untracked", frame(0x0800, tcp4("10.1.0.4", 5001, "10.1.0.5", 8080)), tcActRedirect},
+		{"IPv4 SCTP to an endpoint", frame(0x0800, ip4(132, "10.1.0.4", "10.1.0.5", ports(5001, 8080, 12))), tcActPass},
+		{"IPv4 fragment", frame(0x0800, fragment(udp("10.1.0.4:5001", "10.1.0.5:8080"))), tcActPass},
+		{"IPv6 extension header", frame(0x86dd, extHeader(udp("[fd00::4]:5001", "[fd00::5]:8080"))), tcActPass},
+		{"IPv4 between other ports", frame(0x0800, udp("10.1.0.4:5000", "10.1.0.5:8081")), tcActRedirect},
+	} {
+		ret, _, err := runProg(f.prog, c.in)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+		if ret != c.want {
+			t.Errorf("%s: returned %d, want %d", c.name, ret, c.want)
+		}
 	}
 }
 
@@ -719,5 +716,41 @@ func enter(t *testing.T, ns testutil.NS) (restore func()) {
 		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread()
 		}
+	}
+}
+
+// TestLoadRaw: the system call weft makes itself for a conntrack in a module (which this
+// kernel may not have) loads a program that calls the kfuncs and works like one loaded by
+// cilium/ebpf; a program the verifier refuses comes back with the verifier's reason.
+func TestLoadRaw(t *testing.T) {
+	testutil.RequireRoot(t)
+	f, err := Load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ct, err := findCtKfuncs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.close()
+	if ct.module != nil {
+		t.Skip("conntrack is a module here: Load already took this path")
+	}
+	p, err := loadRaw(programSpec(f.pods, f.remote, f.stats, f.eps, f.policy, ct, nil, false), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	mac := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
+	if err := f.Sync(map[Key]Value{KeyOf(netip.MustParseAddr("10.1.0.5")): ValueOf(42, mac)}); err != nil {
+		t.Fatal(err)
+	}
+	if ret, out, err := runProg(p, frame(0x0800, ipv4("10.1.0.5"))); err != nil || ret != tcActRedirect || !bytes.Equal(out[0:6], mac) {
+		t.Errorf("returned %d (%v), want a redirect to the pod", ret, err)
+	}
+	bad := &ebpf.ProgramSpec{Name: "weft_bad", Type: ebpf.SchedCLS, License: programLicense, Instructions: asm.Instructions{asm.Return()}}
+	if _, err := loadRaw(bad, nil); err == nil || !strings.Contains(err.Error(), "R0") {
+		t.Errorf("a program returning nothing loaded, or without the verifier's reason: %v", err)
 	}
 }
