@@ -68,12 +68,6 @@ func ip6(proto byte, src, dst string, l4 []byte) []byte {
 	return append(h, l4...)
 }
 
-// withDport sets the destination port of the L4 header at off.
-func withDport(pkt []byte, off int, port uint16) []byte {
-	binary.BigEndian.PutUint16(pkt[off+2:], port)
-	return pkt
-}
-
 // ipv6 is a UDP packet to dst from fd00::9 port 8080.
 func ipv6(dst string) []byte { return ipv6From("fd00::9", 8080, dst) }
 
@@ -269,15 +263,13 @@ func ports(sport, dport uint16, n int) []byte {
 }
 
 // udp is a UDP packet between two "address:port"s.
-func udp(src, dst string) []byte { return l4packet(17, 8, src, dst) }
-
-func l4packet(proto byte, n int, src, dst string) []byte {
+func udp(src, dst string) []byte {
 	s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
-	l4 := ports(s.Port(), d.Port(), n)
+	l4 := ports(s.Port(), d.Port(), 8)
 	if s.Addr().Is4() {
-		return ip4(proto, s.Addr().String(), d.Addr().String(), l4)
+		return ip4(17, s.Addr().String(), d.Addr().String(), l4)
 	}
-	return ip6(proto, s.Addr().String(), d.Addr().String(), l4)
+	return ip6(17, s.Addr().String(), d.Addr().String(), l4)
 }
 
 func runProg(p *ebpf.Program, in []byte) (uint32, []byte, error) {
