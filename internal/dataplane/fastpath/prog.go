@@ -16,7 +16,6 @@ package fastpath
 import (
 	"encoding/binary"
 	"net"
-	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -414,9 +413,6 @@ func programSpec(m, remote, stats, eps, pol *ebpf.Map, ct *ctKfuncs, tun *Tunnel
 		asm.Mov.Imm(asm.R0, tcActUnspec).WithSymbol("pass"),
 		asm.Return(),
 	}...)
-	if os.Getenv("WEFT_FP_NOOP") != "" {
-		insns = asm.Instructions{asm.Mov.Imm(asm.R0, tcActUnspec), asm.Return()}
-	}
 	return &ebpf.ProgramSpec{Name: "weft_fastpath", Type: ebpf.SchedCLS, License: programLicense, Instructions: insns}
 }
 
