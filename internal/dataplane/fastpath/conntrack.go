@@ -23,11 +23,14 @@ import (
 // from its first packet or never: the short cut never creates an entry, and an entry only
 // appears through the kernel's path.
 //
-// The second lookup, with the tuple reversed, keeps a new connection off the short cut
+// A second lookup, with the tuple reversed, keeps a new connection off the short cut
 // while conntrack holds an older one whose reply looks the same: a closed connection
 // through a service, in TIME_WAIT, from the same client port to the same backend. The
 // kernel's path then gives the new connection another source port (nf_nat's clash
-// handling), where the short cut would send its replies into the old entry's DNAT.
+// handling), where the short cut would send its replies into the old entry's DNAT. Only a
+// connection's first packet needs it (a TCP SYN; every UDP datagram, which has no first):
+// once the SYN is on the kernel's path, the flow is tracked and the first lookup answers
+// for the rest.
 //
 // The kfuncs are callable only from programs with a GPL-compatible license: the fast
 // path's programs are dual-licensed BSD/GPL, like weft's other kernel programs (sockproxy,
@@ -40,9 +43,10 @@ const programLicense = "Dual BSD/GPL"
 
 // Stack slots of the lookup (below policy.go's).
 const (
-	stackFamily  = -168 // byte: 4 or 6, written by endpointPacket
-	stackCtOpts  = -184 // struct bpf_ct_opts, 16 bytes
-	stackCtTuple = -224 // struct bpf_sock_tuple, 12 (IPv4) or 36 (IPv6) bytes
+	stackFamily   = -168 // byte: 4 or 6, written by endpointPacket
+	stackTCPFlags = -167 // byte: a TCP packet's flags, 0xff for others, from endpointPacket
+	stackCtOpts   = -184 // struct bpf_ct_opts, 16 bytes
+	stackCtTuple  = -224 // struct bpf_sock_tuple, 12 (IPv4) or 36 (IPv6) bytes
 )
 
 // enoent is -ENOENT as bpf_ct_opts.error holds it: the lookup ran and found nothing.
@@ -116,12 +120,12 @@ func (k *ctKfuncs) call(id btf.TypeID) asm.Instruction {
 	return ins
 }
 
-// ctCheck continues after its last instruction only if conntrack holds no flow for the
-// packet endpointPacket read (TCP or UDP; addresses, ports and protocol on the stack),
-// looked up as it is and reversed; anything else (a flow it holds, another protocol, a
-// failed lookup) goes to tracked. The first instruction carries label entry. R6 is the
-// context; it clobbers R0-R5.
-func ctCheck(k *ctKfuncs, entry, tracked string) asm.Instructions {
+// ctCheck goes on to untracked only if conntrack holds no flow for the packet
+// endpointPacket read (TCP or UDP; addresses, ports, protocol and TCP flags on the stack),
+// looked up as it is and, for a connection's first packet, reversed; anything else (a flow
+// it holds, another protocol, a failed lookup) goes to tracked. The first instruction
+// carries label entry. R6 is the context; it clobbers R0-R5.
+func ctCheck(k *ctKfuncs, entry, tracked, untracked string) asm.Instructions {
 	p := entry + "_ct"
 	insns := asm.Instructions{
 		asm.LoadMem(asm.R5, asm.R10, -70, asm.Byte).WithSymbol(entry), // the protocol
@@ -129,8 +133,15 @@ func ctCheck(k *ctKfuncs, entry, tracked string) asm.Instructions {
 		asm.JNE.Imm(asm.R5, unix.IPPROTO_UDP, tracked),
 	}
 	insns = append(insns, ctLookup(k, p+"_fwd", false, tracked)...)
+	insns = append(insns,
+		asm.LoadMem(asm.R5, asm.R10, -70, asm.Byte),
+		asm.JNE.Imm(asm.R5, unix.IPPROTO_TCP, p+"_rev"),
+		asm.LoadMem(asm.R5, asm.R10, stackTCPFlags, asm.Byte),
+		asm.And.Imm(asm.R5, 0x12),            // SYN|ACK
+		asm.JNE.Imm(asm.R5, 0x02, untracked), // not a SYN: the first lookup answered
+	)
 	insns = append(insns, ctLookup(k, p+"_rev", true, tracked)...)
-	return insns
+	return append(insns, asm.Ja.Label(untracked))
 }
 
 // ctLookup asks conntrack for the packet's flow (reversed: for the flow its reply would

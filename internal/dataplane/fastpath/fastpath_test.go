@@ -201,15 +201,29 @@ func testEndpointPackets(t *testing.T, f *Fastpath, podMAC net.HardwareAddr) {
 		// A closed connection through a service to 10.1.0.5:8080 from 10.1.0.4:6000.
 		{[2]string{"10.1.0.4:6000", "10.96.0.1:80"}, [2]string{"10.1.0.5:8080", "10.1.0.4:6000"}},
 	} {
-		if err := createFlow(fl.orig, fl.reply); err != nil {
+		if err := createFlow(17, fl.orig, fl.reply); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// The same over TCP: an established connection through a service, a closed one.
+	if err := createFlow(6, [2]string{"10.1.0.5:4000", "10.96.0.1:80"}, [2]string{"10.1.0.9:8080", "10.1.0.5:4000"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := createFlow(6, [2]string{"10.1.0.4:6000", "10.96.0.1:80"}, [2]string{"10.1.0.5:8080", "10.1.0.4:6000"}); err != nil {
+		t.Fatal(err)
+	}
+	syn := frame(0x0800, tcp4("10.1.0.4", 6000, "10.1.0.5", 8080))
+	syn[14+20+13] = 0x02
 	for _, c := range []struct {
 		name string
 		in   []byte
 		want uint32
 	}{
+		{"TCP reply through a service", frame(0x0800, tcp4("10.1.0.9", 8080, "10.1.0.5", 4000)), tcActPass},
+		{"TCP SYN whose reply is a closed translated flow's", syn, tcActPass},
+		// Past the SYN only the packet's own flow is looked up: a SYN that took the short
+		// cut had no such older flow.
+		{"TCP ACK whose reply is a closed translated flow's", frame(0x0800, tcp4("10.1.0.4", 6000, "10.1.0.5", 8080)), tcActRedirect},
 		{"IPv4 reply through a service", frame(0x0800, udp("10.1.0.9:8080", "10.1.0.5:4000")), tcActPass},
 		{"IPv6 reply through a service", frame(0x86dd, udp("[fd00::9]:8080", "[fd00::5]:4000")), tcActPass},
 		{"IPv4 reply with options", frame(0x0800, withOptions(udp("10.1.0.9:8080", "10.1.0.5:4000"))), tcActPass},
@@ -236,18 +250,21 @@ func testEndpointPackets(t *testing.T, f *Fastpath, podMAC net.HardwareAddr) {
 	}
 }
 
-// createFlow adds a UDP conntrack entry with the given original and reply directions
-// ("address:port" each) to the current namespace.
-func createFlow(orig, reply [2]string) error {
+// createFlow adds a conntrack entry (UDP, or TCP established) with the given original and
+// reply directions ("address:port" each) to the current namespace.
+func createFlow(proto uint8, orig, reply [2]string) error {
 	tuple := func(src, dst string) netlink.IPTuple {
 		s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
-		return netlink.IPTuple{Protocol: 17, SrcIP: s.Addr().AsSlice(), SrcPort: s.Port(), DstIP: d.Addr().AsSlice(), DstPort: d.Port()}
+		return netlink.IPTuple{Protocol: proto, SrcIP: s.Addr().AsSlice(), SrcPort: s.Port(), DstIP: d.Addr().AsSlice(), DstPort: d.Port()}
 	}
 	family := netlink.InetFamily(unix.AF_INET)
 	if netip.MustParseAddrPort(orig[0]).Addr().Is6() {
 		family = unix.AF_INET6
 	}
 	fl := &netlink.ConntrackFlow{FamilyType: uint8(family), Forward: tuple(orig[0], orig[1]), Reverse: tuple(reply[0], reply[1]), TimeOut: 120}
+	if proto == unix.IPPROTO_TCP {
+		fl.ProtoInfo = &netlink.ProtoInfoTCP{State: 3} // TCP_CONNTRACK_ESTABLISHED
+	}
 	if err := netlink.ConntrackCreate(netlink.ConntrackTable, family, fl); err != nil {
 		return fmt.Errorf("create conntrack entry %v: %w", orig, err)
 	}
@@ -354,7 +371,7 @@ func TestUplinkDecap(t *testing.T) {
 	ns := testutil.NewNS(t, "fpdecap")
 	restore := enter(t, ns)
 	defer restore()
-	if err := createFlow([2]string{"10.1.0.5:4000", "10.96.0.10:53"}, [2]string{"10.2.0.7:53", "10.1.0.5:4000"}); err != nil {
+	if err := createFlow(17, [2]string{"10.1.0.5:4000", "10.96.0.10:53"}, [2]string{"10.2.0.7:53", "10.1.0.5:4000"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.SyncEndpoints(map[EndpointKey]uint32{EndpointKeyOf(netip.MustParseAddr("10.2.0.7"), 17, 53): 1}); err != nil {

@@ -213,7 +213,15 @@ func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, noPorts,
 		asm.LoadMem(asm.R5, asm.R4, 2, asm.Half),
 		asm.StoreMem(asm.R10, -96, asm.R5, asm.Half),
 		asm.StoreMem(asm.R10, -94, asm.R0, asm.Byte),
-		asm.LoadMapPtr(asm.R1, eps.FD()),
+		// TCP flags for ctCheck (0xff: not read).
+		asm.StoreImm(asm.R10, stackTCPFlags, 0xff, asm.Byte),
+		asm.JNE.Imm(asm.R0, unix.IPPROTO_TCP, p+"_lookup"),
+		asm.Mov.Reg(asm.R5, asm.R4),
+		asm.Add.Imm(asm.R5, 14),
+		asm.JGT.Reg(asm.R5, asm.R3, p+"_lookup"),
+		asm.LoadMem(asm.R5, asm.R4, 13, asm.Byte),
+		asm.StoreMem(asm.R10, stackTCPFlags, asm.R5, asm.Byte),
+		asm.LoadMapPtr(asm.R1, eps.FD()).WithSymbol(p + "_lookup"),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, -88),
 		asm.FnMapLookupElem.Call(),
@@ -236,7 +244,7 @@ func endpointGate(eps *ebpf.Map, ct *ctKfuncs, base asm.Register, eth int16, ent
 	}
 	insns := endpointPacket(eps, base, eth, entry, kernel, entry+"_hit")
 	insns = append(insns, asm.Ja.Label(entry+"_checked"))
-	insns = append(insns, ctCheck(ct, entry+"_hit", kernel)...)
+	insns = append(insns, ctCheck(ct, entry+"_hit", kernel, entry+"_checked")...)
 	return append(insns, asm.Mov.Imm(asm.R0, 0).WithSymbol(entry+"_checked"))
 }
 
