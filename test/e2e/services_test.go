@@ -265,7 +265,7 @@ func TestServicesInLab(t *testing.T) {
 					}
 				}
 				for i, to := range []string{"p1", "p2"} {
-					sport := 40123 + i
+					sport := 31123 + i // below the ephemeral range: no earlier connection holds it
 					if err := echoFrom(p4, netip.AddrPortFrom(p4IP, uint16(sport)), netip.AddrPortFrom(l.podIPs[to][0], 8080)); err != nil {
 						t.Fatalf("from port %d to %s: %v", sport, to, err)
 					}
@@ -288,7 +288,7 @@ func TestServicesInLab(t *testing.T) {
 				one := l.service("one", "--port", "8080:8080", "--endpoint", netip.AddrPortFrom(l.podIPs["p1"][0], 8080).String())
 				l.pod["p4"] = testutil.NS{Path: p4}
 				l.settle("p4", netip.AddrPortFrom(one.ClusterIPs[0], 8080))
-				from := netip.AddrPortFrom(p4IP, 40200)
+				from := netip.AddrPortFrom(p4IP, 31200)
 				if err := echoFrom(p4, from, netip.AddrPortFrom(one.ClusterIPs[0], 8080)); err != nil {
 					t.Fatalf("through the service from %s: %v", from, err)
 				}
