@@ -59,7 +59,7 @@ func run(args []string) error {
 	fs.StringVar(&f.configFile, "config", "", "JSON configuration file; flags given here override it")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/weft", "directory of the node store")
 	fs.StringVar(&f.runDir, "run-dir", "/run/weft", "directory of the socket and node contract")
-	fs.StringVar(&f.proxy, "proxy", "nftables", "cluster mode: the service proxy: nftables, ebpf (connect-time translation for pods, in front of nftables), auto (ebpf where the kernel allows, else nftables) or none")
+	fs.StringVar(&f.proxy, "proxy", "auto", "cluster mode: the service proxy: auto (ebpf where the kernel allows, else nftables), nftables, ebpf (connect-time translation for pods, in front of nftables) or none")
 	fs.StringVar(&f.dnsUpstream, "dns-upstream", "", "cluster mode: where the node's DNS forwards other names, HOST:PORT,... (default: the nameservers of /etc/resolv.conf; none: do not forward)")
 	fs.StringVar(&f.bpfDir, "bpf-dir", "", "bpffs where the fast path pins its tcx links (mounted if needed; default RUN_DIR/bpf)")
 	fs.StringVar(&f.podCIDR, "pod-cidr", "", "the node's pod CIDR(s), comma separated (one IPv4 and/or one IPv6)")

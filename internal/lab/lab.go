@@ -42,7 +42,7 @@ type Options struct {
 	Fabric string // vxlan, direct or bgp
 	Racks  int    // fabric bgp: L2 segments joined only by a router running TOR (0, 1: one segment)
 	TOR    string // the racks' router: bird (default), gobgpd, frr, or none (it only forwards)
-	Proxy  string // every weftd's --proxy: nftables (default), ebpf or auto
+	Proxy  string // every weftd's --proxy: auto (weftd's default), nftables or ebpf
 	// Kubernetes runs kube-apiserver and kube-controller-manager in the underlay; weftds
 	// read the cluster from it and every pod gets a Pod object.
 	Kubernetes bool
