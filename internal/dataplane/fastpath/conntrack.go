@@ -43,10 +43,11 @@ const programLicense = "Dual BSD/GPL"
 
 // Stack slots of the lookup (below policy.go's).
 const (
-	stackFamily   = -168 // byte: 4 or 6, written by endpointPacket
-	stackTCPFlags = -167 // byte: a TCP packet's flags, 0xff for others, from endpointPacket
-	stackCtOpts   = -184 // struct bpf_ct_opts, 16 bytes
-	stackCtTuple  = -224 // struct bpf_sock_tuple, 12 (IPv4) or 36 (IPv6) bytes
+	stackFamily     = -168 // byte: 4 or 6, written by endpointPacket
+	stackTCPFlags   = -167 // byte: a TCP packet's flags, 0xff for others, from endpointPacket
+	stackCtOpts     = -184 // struct bpf_ct_opts, 16 bytes
+	stackCtTuple    = -224 // struct bpf_sock_tuple, 12 (IPv4) or 36 (IPv6) bytes
+	stackSrcTrieKey = -252 // RemoteKey of the source, 20 bytes, its address 8-aligned (endpointGate)
 )
 
 // enoent is -ENOENT as bpf_ct_opts.error holds it: the lookup ran and found nothing.

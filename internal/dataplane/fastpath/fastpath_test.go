@@ -190,6 +190,15 @@ func testEndpointPackets(t *testing.T, f *Fastpath, podMAC net.HardwareAddr) {
 	if err := f.SyncEndpoints(eps); err != nil {
 		t.Fatal(err)
 	}
+	// f.prog (on the uplink and the VXLAN device) also wants the source in a pod block;
+	// for the host veths' program, sourceCheck has made sure it is the veth's pod.
+	if err := f.SyncRemote(map[RemoteKey]RemoteValue{
+		RemoteKeyOf(netip.MustParsePrefix("10.1.0.0/24")): RemoteValueOf(42, netip.MustParseAddr("192.168.1.2")),
+		RemoteKeyOf(netip.MustParsePrefix("fd00::/64")):   RemoteValueOf(42, netip.MustParseAddr("fd00:255::2")),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = f.SyncRemote(map[RemoteKey]RemoteValue{}) }()
 	restore := enter(t, testutil.NewNS(t, "fpct"))
 	defer restore()
 	for _, fl := range []struct{ orig, reply [2]string }{
@@ -239,6 +248,7 @@ func testEndpointPackets(t *testing.T, f *Fastpath, podMAC net.HardwareAddr) {
 		{"IPv4 fragment", frame(0x0800, fragment(udp("10.1.0.4:5001", "10.1.0.5:8080"))), tcActPass},
 		{"IPv6 extension header", frame(0x86dd, extHeader(udp("[fd00::4]:5001", "[fd00::5]:8080"))), tcActPass},
 		{"IPv4 between other ports", frame(0x0800, udp("10.1.0.4:5000", "10.1.0.5:8081")), tcActRedirect},
+		{"IPv4 to an endpoint from outside the pod blocks", frame(0x0800, udp("10.7.0.4:5001", "10.1.0.5:8080")), tcActPass},
 	} {
 		ret, _, err := runProg(f.prog, c.in)
 		if err != nil {
@@ -365,7 +375,7 @@ func TestUplinkDecap(t *testing.T) {
 		{"IPv6 in IPv4", vxlanFrame(false, port, vni, vtep, in6, 0x86dd), in6, 0x86dd},
 		{"IPv4 in IPv6", vxlanFrame(true, port, vni, vtep, in4, 0x0800), in4, 0x0800},
 		{"IPv6 in IPv6", vxlanFrame(true, port, vni, vtep, in6, 0x86dd), in6, 0x86dd},
-		{"untracked, from a service endpoint", vxlanFrame(false, port, vni, vtep, epUntracked, 0x0800), epUntracked, 0x0800},
+		{"untracked, from a service endpoint in a pod block", vxlanFrame(false, port, vni, vtep, epUntracked, 0x0800), epUntracked, 0x0800},
 	}
 	// The test's conntrack flows are in a namespace of its own; so are its runs.
 	ns := testutil.NewNS(t, "fpdecap")
@@ -374,7 +384,16 @@ func TestUplinkDecap(t *testing.T) {
 	if err := createFlow(17, [2]string{"10.1.0.5:4000", "10.96.0.10:53"}, [2]string{"10.2.0.7:53", "10.1.0.5:4000"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.SyncEndpoints(map[EndpointKey]uint32{EndpointKeyOf(netip.MustParseAddr("10.2.0.7"), 17, 53): 1}); err != nil {
+	if err := f.SyncEndpoints(map[EndpointKey]uint32{
+		EndpointKeyOf(netip.MustParseAddr("10.2.0.7"), 17, 53): 1,
+		EndpointKeyOf(netip.MustParseAddr("10.3.0.7"), 17, 53): 1,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// 10.2.0.0/24 is another node's pod block; 10.3.0.7 is outside every pod block.
+	if err := f.SyncRemote(map[RemoteKey]RemoteValue{
+		RemoteKeyOf(netip.MustParsePrefix("10.2.0.0/24")): RemoteValueOf(42, netip.MustParseAddr("192.168.1.2")),
+	}); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range decapped {
@@ -407,6 +426,8 @@ func TestUplinkDecap(t *testing.T) {
 		{"an outer fragment", fragment},
 		{"a frame for another host", otherHost},
 		{"a reply through a service", vxlanFrame(false, port, vni, vtep, udp("10.2.0.7:53", "10.1.0.5:4000"), 0x0800)},
+		// Its reply would take the kernel's path: so must it.
+		{"untracked, from a service endpoint outside the pod blocks", vxlanFrame(false, port, vni, vtep, udp("10.3.0.7:53", "10.1.0.5:4001"), 0x0800)},
 	}
 	for _, c := range passed {
 		ret, out, err := runProg(f.uplink, c.in)

@@ -237,15 +237,42 @@ func endpointPacket(eps *ebpf.Map, base asm.Register, eth int16, entry, noPorts,
 
 // endpointGate is endpointPacket followed, with ct, by ctCheck: a packet from or to an
 // endpoint's port goes to kernel unless conntrack holds no flow for it. What may take the
-// short cut continues after the last instruction.
-func endpointGate(eps *ebpf.Map, ct *ctKfuncs, base asm.Register, eth int16, entry, kernel string) asm.Instructions {
+// short cut continues after the last instruction. With podsOf set (every program but the
+// host veths', whose source is their pod), the packet's source must also be in that trie
+// of other nodes' pod blocks: only then does the flow's other direction take a short cut
+// too (from a local pod to a remote block); a reply to a node or an outside client takes
+// the kernel's path, so its request must as well, or conntrack would see the replies alone.
+func endpointGate(eps *ebpf.Map, ct *ctKfuncs, podsOf *ebpf.Map, base asm.Register, eth int16, entry, kernel string) asm.Instructions {
 	if ct == nil {
 		return endpointPacket(eps, base, eth, entry, kernel, kernel)
 	}
 	insns := endpointPacket(eps, base, eth, entry, kernel, entry+"_hit")
 	insns = append(insns, asm.Ja.Label(entry+"_checked"))
-	insns = append(insns, ctCheck(ct, entry+"_hit", kernel, entry+"_checked")...)
+	check := entry + "_hit"
+	if podsOf != nil {
+		check = entry + "_srcpod"
+		insns = append(insns, sourceInTrie(podsOf, entry+"_hit", kernel)...)
+	}
+	insns = append(insns, ctCheck(ct, check, kernel, entry+"_checked")...)
 	return append(insns, asm.Mov.Imm(asm.R0, 0).WithSymbol(entry+"_checked"))
+}
+
+// sourceInTrie goes on after its last instruction (label entry+"_srcpod" follows) only if
+// the source address endpointPacket put on the stack is in the LPM trie m; else to miss.
+// The first instruction carries label entry. It clobbers R0-R5.
+func sourceInTrie(m *ebpf.Map, entry, miss string) asm.Instructions {
+	return asm.Instructions{
+		asm.StoreImm(asm.R10, stackSrcTrieKey, 128, asm.Word).WithSymbol(entry),
+		asm.LoadMem(asm.R5, asm.R10, -88, asm.DWord),
+		asm.StoreMem(asm.R10, stackSrcTrieKey+4, asm.R5, asm.DWord),
+		asm.LoadMem(asm.R5, asm.R10, -80, asm.DWord),
+		asm.StoreMem(asm.R10, stackSrcTrieKey+12, asm.R5, asm.DWord),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, stackSrcTrieKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, miss),
+	}
 }
 
 // EndpointKey is a service endpoint as a packet from it shows it: source address (IPv4
@@ -339,14 +366,18 @@ func programSpec(m, remote, stats, eps, pol *ebpf.Map, ct *ctKfuncs, tun *Tunnel
 		asm.StoreImm(asm.R10, stackSrcFlags, 0, asm.Half), // and stackSrcLocal: not known
 	}
 	if tun != nil {
-		insns = append(insns, decapPrologue(m, stats, eps, ct, tun)...)
+		insns = append(insns, decapPrologue(m, remote, stats, eps, ct, tun)...)
 	}
 	if pod {
 		insns = append(insns, sourceCheck(m)...)
 	}
 	insns = append(insns, ethernet("plain", "pass")...)
 	insns = append(insns, destKey(asm.R2, 0, "lookup", "lookup", "pass")...)
-	insns = append(insns, endpointGate(eps, ct, asm.R2, 0, "lookup", "pass")...)
+	podsOf := remote
+	if pod {
+		podsOf = nil // sourceCheck made sure the source is this veth's pod
+	}
+	insns = append(insns, endpointGate(eps, ct, podsOf, asm.R2, 0, "lookup", "pass")...)
 	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
@@ -460,7 +491,7 @@ const (
 //
 // Registers kept across helper calls: R6 the context, R7 the pod's map value, R8 the
 // decap flags (naming the inner family), R9 the number of bytes to strip.
-func decapPrologue(m, stats, eps *ebpf.Map, ct *ctKfuncs, tun *Tunnel) asm.Instructions {
+func decapPrologue(m, remote, stats, eps *ebpf.Map, ct *ctKfuncs, tun *Tunnel) asm.Instructions {
 	le16 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint16(b)) }
 	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
 	var port [2]byte
@@ -532,7 +563,7 @@ func decapPrologue(m, stats, eps *ebpf.Map, ct *ctKfuncs, tun *Tunnel) asm.Instr
 	// A packet from or to a service endpoint's port stays in the tunnel if conntrack
 	// holds its flow (or cannot be asked): the kernel's path, where conntrack sees both
 	// directions (and reverses a DNAT).
-	insns = append(insns, endpointGate(eps, ct, asm.R1, 16, "tunlookup", "plain")...)
+	insns = append(insns, endpointGate(eps, ct, remote, asm.R1, 16, "tunlookup", "plain")...)
 	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
