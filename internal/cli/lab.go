@@ -55,7 +55,7 @@ func newLabCmd() *cobra.Command {
 	up.Flags().StringVar(&opts.TOR, "tor", "", "with --racks: the router's BGP daemon, bird (default), gobgpd or frr; none: it only forwards, and pod traffic between racks goes in VXLAN")
 	up.Flags().StringVar(&opts.Mode, "mode", "bridge", "pod attachment: bridge or ptp")
 	up.Flags().BoolVar(&opts.Kubernetes, "kubernetes", false, "run kube-apiserver and kube-controller-manager ($WEFT_KUBE_DIR or PATH) in the lab: weftds read it, pods get Pod objects")
-	up.Flags().StringVar(&opts.Proxy, "proxy", "nftables", "every weftd's service proxy: nftables, ebpf (socket load balancing in front of nftables) or auto")
+	up.Flags().StringVar(&opts.Proxy, "proxy", "auto", "every weftd's service proxy: auto (weftd's default: ebpf where the kernel allows, else nftables), nftables or ebpf (socket load balancing in front of nftables)")
 	up.Flags().BoolVarP(&detach, "detach", "d", false, "leave the lab running and return")
 
 	pod := &cobra.Command{Use: "pod", Short: "Pods of a lab"}
@@ -287,7 +287,7 @@ func printStatus(w io.Writer, l *lab.Lab) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	proxy := l.State.Proxy
 	if proxy == "" {
-		proxy = "nftables"
+		proxy = "auto"
 	}
 	source := "store " + l.State.Store
 	if l.State.Kubernetes {
