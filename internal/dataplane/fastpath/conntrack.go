@@ -155,7 +155,7 @@ func ctLookup(k *ctKfuncs, label string, reversed bool, tracked string) asm.Inst
 		src4, src6, sport, dst4, dst6, dport = dst4, dst6, dport, src4, src6, sport
 	}
 	t := int16(stackCtTuple)
-	return asm.Instructions{
+	insns := asm.Instructions{
 		// struct bpf_ct_opts: netns_id BPF_F_CURRENT_NETNS, error out, l4proto, the rest 0.
 		asm.Mov.Imm(asm.R5, 0).WithSymbol(label),
 		asm.StoreMem(asm.R10, stackCtOpts, asm.R5, asm.DWord),
@@ -177,14 +177,11 @@ func ctLookup(k *ctKfuncs, label string, reversed bool, tracked string) asm.Inst
 		asm.StoreMem(asm.R10, t+10, asm.R5, asm.Half),
 		asm.Mov.Imm(asm.R3, 12),
 		asm.Ja.Label(label + "_call"),
-		asm.LoadMem(asm.R5, asm.R10, src6, asm.DWord).WithSymbol(label + "_6"),
-		asm.StoreMem(asm.R10, t, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R10, src6+8, asm.DWord),
-		asm.StoreMem(asm.R10, t+8, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R10, dst6, asm.DWord),
-		asm.StoreMem(asm.R10, t+16, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R10, dst6+8, asm.DWord),
-		asm.StoreMem(asm.R10, t+24, asm.R5, asm.DWord),
+	}
+	v6 := append(stackCopy(t, src6, 16), stackCopy(t+16, dst6, 16)...)
+	v6[0] = v6[0].WithSymbol(label + "_6")
+	insns = append(insns, v6...)
+	return append(insns, asm.Instructions{
 		asm.LoadMem(asm.R5, asm.R10, sport, asm.Half),
 		asm.StoreMem(asm.R10, t+32, asm.R5, asm.Half),
 		asm.LoadMem(asm.R5, asm.R10, dport, asm.Half),
@@ -204,7 +201,7 @@ func ctLookup(k *ctKfuncs, label string, reversed bool, tracked string) asm.Inst
 		asm.Ja.Label(tracked),
 		asm.LoadMem(asm.R5, asm.R10, stackCtOpts+4, asm.Word).WithSymbol(label + "_none"),
 		asm.JNE.Imm32(asm.R5, enoent, tracked),
-	}
+	}...)
 }
 
 // loadProgram loads spec. A program that calls the conntrack kfuncs in a module is loaded

@@ -200,14 +200,10 @@ func policyTest(pol *ebpf.Map, name string, flags asm.Register, flag int32, dir 
 		asm.JEq.Imm(asm.R5, 0, done),
 		asm.StoreImm(asm.R10, stackPolicy, policyKeyBits, asm.Word),
 		asm.StoreImm(asm.R10, stackPolicy+4, int64(dir), asm.Word),
-		asm.LoadMem(asm.R5, asm.R10, pod, asm.DWord),
-		asm.StoreMem(asm.R10, stackPolicy+8, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R10, pod+8, asm.DWord),
-		asm.StoreMem(asm.R10, stackPolicy+16, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R10, peer, asm.DWord),
-		asm.StoreMem(asm.R10, stackPolicy+24, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R10, peer+8, asm.DWord),
-		asm.StoreMem(asm.R10, stackPolicy+32, asm.R5, asm.DWord),
+	}
+	insns = append(insns, stackCopy(stackPolicy+8, pod, 16)...)
+	insns = append(insns, stackCopy(stackPolicy+24, peer, 16)...)
+	insns = append(insns, asm.Instructions{
 		asm.LoadMapPtr(asm.R1, pol.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, stackPolicy),
@@ -216,7 +212,7 @@ func policyTest(pol *ebpf.Map, name string, flags asm.Register, flag int32, dir 
 		asm.LoadMem(asm.R4, asm.R10, port, asm.Half),
 		asm.HostTo(asm.BE, asm.R4, asm.Half), // network to host order (a swap either way)
 		asm.LoadMem(asm.R3, asm.R0, 0, asm.Word),
-	}
+	}...)
 	for i := range maxPolicyRanges {
 		next := name + "_r" + string(rune('0'+i+1))
 		first := asm.JLE.Imm(asm.R3, int32(i), fail) // no range left

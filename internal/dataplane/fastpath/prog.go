@@ -261,18 +261,28 @@ func endpointGate(eps *ebpf.Map, ct *ctKfuncs, podsOf *ebpf.Map, base asm.Regist
 // the source address endpointPacket put on the stack is in the LPM trie m; else to miss.
 // The first instruction carries label entry. It clobbers R0-R5.
 func sourceInTrie(m *ebpf.Map, entry, miss string) asm.Instructions {
-	return asm.Instructions{
+	insns := asm.Instructions{
 		asm.StoreImm(asm.R10, stackSrcTrieKey, 128, asm.Word).WithSymbol(entry),
-		asm.LoadMem(asm.R5, asm.R10, -88, asm.DWord),
-		asm.StoreMem(asm.R10, stackSrcTrieKey+4, asm.R5, asm.DWord),
-		asm.LoadMem(asm.R5, asm.R10, -80, asm.DWord),
-		asm.StoreMem(asm.R10, stackSrcTrieKey+12, asm.R5, asm.DWord),
+	}
+	insns = append(insns, stackCopy(stackSrcTrieKey+4, -88, 16)...)
+	return append(insns,
 		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.R10),
 		asm.Add.Imm(asm.R2, stackSrcTrieKey),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, miss),
+	)
+}
+
+// stackCopy copies n bytes (a multiple of 8) from the stack at src to dst, through R5.
+func stackCopy(dst, src int16, n int16) asm.Instructions {
+	var insns asm.Instructions
+	for off := int16(0); off < n; off += 8 {
+		insns = append(insns,
+			asm.LoadMem(asm.R5, asm.R10, src+off, asm.DWord),
+			asm.StoreMem(asm.R10, dst+off, asm.R5, asm.DWord))
 	}
+	return insns
 }
 
 // EndpointKey is a service endpoint as a packet from it shows it: source address (IPv4
