@@ -44,7 +44,7 @@ const programLicense = "Dual BSD/GPL"
 // Stack slots of the lookup (below policy.go's).
 const (
 	stackFamily     = -168 // byte: 4 or 6, written by endpointPacket
-	stackTCPFlags   = -167 // byte: a TCP packet's flags, 0xff for others, from endpointPacket
+	stackTCPFlags   = -167 // byte: a TCP packet's flags (0xff: not read), from endpointPacket
 	stackCtOpts     = -184 // struct bpf_ct_opts, 16 bytes
 	stackCtTuple    = -224 // struct bpf_sock_tuple, 12 (IPv4) or 36 (IPv6) bytes
 	stackSrcTrieKey = -252 // RemoteKey of the source, 20 bytes, its address 8-aligned (endpointGate)
@@ -138,6 +138,7 @@ func ctCheck(k *ctKfuncs, entry, tracked, untracked string) asm.Instructions {
 		asm.LoadMem(asm.R5, asm.R10, -70, asm.Byte),
 		asm.JNE.Imm(asm.R5, unix.IPPROTO_TCP, p+"_rev"),
 		asm.LoadMem(asm.R5, asm.R10, stackTCPFlags, asm.Byte),
+		asm.JEq.Imm(asm.R5, 0xff, p+"_rev"),  // flags not read: ask as for a SYN
 		asm.And.Imm(asm.R5, 0x12),            // SYN|ACK
 		asm.JNE.Imm(asm.R5, 0x02, untracked), // not a SYN: the first lookup answered
 	)
