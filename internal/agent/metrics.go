@@ -76,9 +76,13 @@ var fastpathPackets = prometheus.NewDesc("weft_fastpath_packets_total",
 	"Packets that took an eBPF short cut, by path: local (into a pod on this node), remote (straight to another node), decap (from the VXLAN tunnel into a pod).",
 	[]string{"path"}, nil)
 
+var fastpathAsksConntrack = prometheus.NewDesc("weft_fastpath_asks_conntrack",
+	"1 when the eBPF programs ask conntrack about packets to and from service endpoints' ports (untracked flows take the short cut); 0 when the kernel lacks the kfunc and all such packets take the kernel's path.", nil, nil)
+
 func (c fastpathCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- fastpathPackets
 	ch <- fastpathYielded
+	ch <- fastpathAsksConntrack
 }
 
 func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
@@ -91,6 +95,11 @@ func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Remote), "remote")
 	ch <- prometheus.MustNewConstMetric(fastpathPackets, prometheus.CounterValue, float64(n.Decap), "decap")
 	ch <- prometheus.MustNewConstMetric(fastpathYielded, prometheus.GaugeValue, float64(c.yielded()))
+	asks := 0.0
+	if c.fp.NoConntrack == nil {
+		asks = 1
+	}
+	ch <- prometheus.MustNewConstMetric(fastpathAsksConntrack, prometheus.GaugeValue, asks)
 }
 
 func (m *metrics) observe(op, result string, d time.Duration) {

@@ -40,6 +40,7 @@ func TestMetricsAndHealthz(t *testing.T) {
 		`weft_ipam_addresses{pool="10.92.0.0/24",state="free"} 252`,
 		`weft_fastpath_packets_total{path="local"}`,
 		`weft_fastpath_packets_total{path="decap"}`,
+		`weft_fastpath_asks_conntrack 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
