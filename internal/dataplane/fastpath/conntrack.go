@@ -34,9 +34,11 @@ import (
 //
 // The kfuncs are callable only from programs with a GPL-compatible license: the fast
 // path's programs are dual-licensed BSD/GPL, like weft's other kernel programs (sockproxy,
-// nodeportlb). Where the kernel has no such kfunc (before 6.0, no BTF, conntrack not
+// nodeportlb). Where the kernel has no such kfunc (before 5.18, no BTF, conntrack not
 // loaded), the programs are built without the lookup and every endpoint packet takes the
-// kernel's path, as before.
+// kernel's path, as before. Only "no such flow" (-ENOENT) counts as untracked: a kernel
+// that refuses the call (an older bpf_ct_opts size, say) returns NULL with another error,
+// or none, and the packet takes the kernel's path.
 
 // programLicense is the license the kernel sees for the fast path's programs.
 const programLicense = "Dual BSD/GPL"
