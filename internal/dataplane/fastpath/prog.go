@@ -129,14 +129,13 @@ func addrKey(base asm.Register, eth, off4, off6 int16, v4, v6, miss string) asm.
 // endpointPacket looks the IP packet behind the Ethernet header at base+eth up in the
 // map of service endpoints twice: by its source (key at r10-88: source address as IPv6,
 // source port, protocol) and by its destination (key at r10-112). Either hit goes to
-// isEP, the kernel's path, so that conntrack sees both directions of every connection
-// that involves an endpoint's port: a reply from an endpoint may belong to a connection
-// the service proxy DNATed (conntrack must translate it back), and a connection straight
-// to an endpoint's port must then be tracked from its first packet too (with only its
-// replies tracked, such connections stalled now and then). IPv4 fragments and IPv6
-// packets with extension headers, whose ports cannot be read here, also go to isEP.
-// Anything else continues after the routine. With the conntrack lookup (conntrack.go),
-// isEP is ctCheck, and only IPv4 fragments and IPv6 extension headers go to noPorts.
+// isEP: a reply from an endpoint may belong to a connection the service proxy DNATed
+// (conntrack must translate it back), and then both directions of the connection must
+// take the same path (with only its replies tracked, a connection stalled now and then).
+// isEP is ctCheck (conntrack.go), which asks conntrack, or the kernel's path where the
+// kernel cannot be asked. IPv4 fragments and IPv6 packets with extension headers, whose
+// ports cannot be read here, go to noPorts (the kernel's path). Anything else continues
+// after the routine. Protocol, family and TCP flags are left on the stack for ctCheck.
 // It runs after destKey, which checked the family and the fixed IP header's bounds
 // against R3 (data_end); the first instruction carries the label entry. It clobbers
 // R0-R5.
@@ -257,8 +256,8 @@ func endpointGate(eps *ebpf.Map, ct *ctKfuncs, podsOf *ebpf.Map, base asm.Regist
 	return append(insns, asm.Mov.Imm(asm.R0, 0).WithSymbol(entry+"_checked"))
 }
 
-// sourceInTrie goes on after its last instruction (label entry+"_srcpod" follows) only if
-// the source address endpointPacket put on the stack is in the LPM trie m; else to miss.
+// sourceInTrie goes on after its last instruction only if the source address
+// endpointPacket put on the stack is in the LPM trie m; else to miss.
 // The first instruction carries label entry. It clobbers R0-R5.
 func sourceInTrie(m *ebpf.Map, entry, miss string) asm.Instructions {
 	insns := asm.Instructions{
