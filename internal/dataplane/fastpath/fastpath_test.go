@@ -80,14 +80,9 @@ func ipv6From(src string, sport uint16, dst string) []byte {
 // TestProgram runs the program on crafted frames (BPF_PROG_TEST_RUN): local pods are
 // redirected with their MAC written in, anything else passes untouched.
 func TestProgram(t *testing.T) {
-	testutil.RequireRoot(t)
-	f, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := loaded(t, nil)
 	podMAC := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
-	err = f.Sync(map[Key]Value{
+	err := f.Sync(map[Key]Value{
 		KeyOf(netip.MustParseAddr("10.1.0.5")): ValueOf(42, podMAC),
 		KeyOf(netip.MustParseAddr("fd00::5")):  ValueOf(43, podMAC),
 	})
@@ -299,6 +294,18 @@ func udp(src, dst string) []byte {
 	return ip6(17, s.Addr().String(), d.Addr().String(), l4)
 }
 
+// loaded loads the programs for a test that needs root, and closes them when it ends.
+func loaded(t *testing.T, tun *Tunnel) *Fastpath {
+	t.Helper()
+	testutil.RequireRoot(t)
+	f, err := Load(tun)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	return f
+}
+
 func runProg(p *ebpf.Program, in []byte) (uint32, []byte, error) {
 	out := make([]byte, len(in)+256)
 	opts := &ebpf.RunOptions{Data: in, DataOut: out}
@@ -348,14 +355,9 @@ func vxlanFrame(outer6 bool, port uint16, vni uint32, vtep net.HardwareAddr, inn
 // as the bare inner packet addressed to the pod, everything the program does not fully
 // recognise passes untouched to the kernel's VXLAN device.
 func TestUplinkDecap(t *testing.T) {
-	testutil.RequireRoot(t)
 	vtep := net.HardwareAddr{0x0e, 0xee, 1, 0xf2, 3, 4} // high bit set in the fourth byte: a 32-bit compare
 	const port, vni = 4789, 0x123456
-	f, err := Load(&Tunnel{Port: port, VNI: vni, VTEPMAC: vtep})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := loaded(t, &Tunnel{Port: port, VNI: vni, VTEPMAC: vtep})
 	podMAC := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
 	if err := f.Sync(map[Key]Value{
 		KeyOf(netip.MustParseAddr("10.1.0.5")): ValueOf(42, podMAC),
@@ -469,12 +471,7 @@ func extHeader(p []byte) []byte {
 // and MAC, on its own veth, is short-cut; a spoofed frame goes to the kernel's path (where
 // the anti-spoofing table drops it).
 func TestPodProgramChecksSource(t *testing.T) {
-	testutil.RequireRoot(t)
-	f, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := loaded(t, nil)
 	dstMAC := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
 	srcMAC := net.HardwareAddr{2, 0, 0, 0, 0, 0xbb} // the sender in frame()
 	// BPF_PROG_TEST_RUN runs the program on the loopback device: index 1 is the sender's veth.
@@ -530,12 +527,7 @@ func TestPodProgramChecksSource(t *testing.T) {
 // changed, and the map still ends up holding exactly what was asked; every verifyEvery-th
 // sync reads the kernel's map again and repairs what someone else changed.
 func TestSyncEndpointsWritesTheDifference(t *testing.T) {
-	testutil.RequireRoot(t)
-	f, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := loaded(t, nil)
 	key := func(i int) EndpointKey {
 		return EndpointKeyOf(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 6, 8080)
 	}
@@ -596,12 +588,7 @@ func tcpHeader(sport, dport uint16) []byte {
 // policed: redirected only when the packet and its reply would both be allowed as new
 // connections, to the kernel's path otherwise.
 func TestProgramPolicy(t *testing.T) {
-	testutil.RequireRoot(t)
-	f, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := loaded(t, nil)
 	sender := net.HardwareAddr{2, 0, 0, 0, 0, 0xbb} // frame()'s source MAC
 	podMAC := net.HardwareAddr{0x0a, 1, 2, 3, 4, 5}
 	a, b := netip.MustParseAddr("10.1.0.9"), netip.MustParseAddr("10.1.0.5")
@@ -753,12 +740,7 @@ func enter(t *testing.T, ns testutil.NS) (restore func()) {
 // kernel may not have) loads a program that calls the kfuncs and works like one loaded by
 // cilium/ebpf; a program the verifier refuses comes back with the verifier's reason.
 func TestLoadRaw(t *testing.T) {
-	testutil.RequireRoot(t)
-	f, err := Load(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := loaded(t, nil)
 	ct, err := findCtKfuncs()
 	if err != nil {
 		t.Fatal(err)
