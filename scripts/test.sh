@@ -26,7 +26,7 @@ if [ "${WEFT_TEST_INNER:-}" != 1 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt_need iproute2 util-linux procps nftables iptables iputils-ping containernetworking-plugins busybox-static \
       iperf3 sockperf podman containerd runc conmon etcd-server dnsutils bird2 frr wrk \
-      clang llvm libbpf-dev bpftool
+      clang llvm libbpf-dev bpftool conntrack
   else
     echo "not root: privileged tests will skip"
   fi

@@ -270,8 +270,11 @@ func TestServicesInLab(t *testing.T) {
 						t.Fatalf("from port %d to %s: %v", sport, to, err)
 					}
 					for _, node := range []string{node1, nodeOf[to]} {
-						out, _ := testutil.NS{Path: node}.Command("conntrack", "-L", "-p", "tcp",
+						out, err := testutil.NS{Path: node}.Command("conntrack", "-L", "-p", "tcp",
 							"--orig-src", p4IP.String(), "--sport", fmt.Sprint(sport)).CombinedOutput()
+						if err != nil || !strings.Contains(string(out), "flow entries have been shown") {
+							t.Fatalf("conntrack -L on %s: %v\n%s", node, err, out)
+						}
 						if strings.Contains(string(out), "src=") {
 							t.Errorf("a connection from p4:%d to %s:8080 was tracked:\n%s", sport, to, out)
 						}
