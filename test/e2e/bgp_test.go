@@ -149,7 +149,7 @@ func testBGPRacks(t *testing.T, tor string) {
 		t.Fatalf("lab check after the restart: %v\n%s", err, out)
 	}
 
-	var state struct{ Underlay, Store, Client string }
+	var state struct{ Underlay, Store, Client, Router string }
 	b, err := os.ReadFile(filepath.Join("/run/weft-lab", l.name, "lab.json"))
 	if err != nil || json.Unmarshal(b, &state) != nil {
 		t.Fatalf("lab state: %v", err)
@@ -165,17 +165,24 @@ func testBGPRacks(t *testing.T, tor string) {
 		t.Fatalf("service: %v %+v", err, svc)
 	}
 	vip := svc.ClusterIPs[0]
+	// announcedBy waits until the router forwards the address to node alone. Its daemon
+	// learning node's route is not enough: while the previous node's withdrawal is on its
+	// way, the router spreads flows over both (ECMP), and a connection hashed to the old
+	// node moves to the new one mid-stream, where the endpoint answers it with a reset.
+	router := testutil.NS{Path: state.Router}
 	announcedBy := func(node netip.Addr, within time.Duration) {
 		t.Helper()
 		start := time.Now()
 		for {
 			view := l.must("bgp", "router")
-			if i := strings.Index(view, vip.String()+"/32"); i >= 0 && strings.Contains(view[i:min(len(view), i+300)], node.String()) {
-				t.Logf("%s/32 announced by %s after %v", vip, node, time.Since(start).Round(time.Millisecond))
+			fib, _ := router.Command("ip", "route", "show", vip.String()+"/32").Output()
+			if i := strings.Index(view, vip.String()+"/32"); i >= 0 && strings.Contains(view[i:min(len(view), i+300)], node.String()) &&
+				strings.Count(string(fib), " via ") == 1 && strings.Contains(string(fib), " via "+node.String()+" ") {
+				t.Logf("%s/32 announced by %s, the router's only next hop, after %v", vip, node, time.Since(start).Round(time.Millisecond))
 				return
 			}
 			if time.Since(start) > within {
-				t.Fatalf("the router does not route %s/32 via %s after %v:\n%s", vip, node, within, view)
+				t.Fatalf("the router does not route %s/32 via %s alone after %v:\n%s\nits forwarding table: %s", vip, node, within, view, fib)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
