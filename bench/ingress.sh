@@ -27,6 +27,7 @@ WARMUP=${WARMUP:-1}
 TESTS=${TESTS:-keepalive newconn tlsnew h2}
 CONNS=${CONNS:-64}  # connections of wrk and h2load
 SESSIONS=${SESSIONS:-shared}
+WEFT_ARGS=${WEFT_ARGS:-}  # extra weft-ingress flags, e.g. "--workers 2" to compare worker counts
 case $SESSIONS in shared|own) ;; *) echo "SESSIONS is shared or own" >&2; exit 2 ;; esac
 
 if [ "${WEFT_INGRESS_BENCH_NS:-}" != 1 ]; then
@@ -150,7 +151,7 @@ spec:
 CONF
 "$d/weft" apply -f "$d/ingress.yaml" --store "$store" >/dev/null
 "$d/weft" ingress cert add bench --cert "$d/cert.pem" --key "$d/key.pem" --store "$store" >/dev/null
-(launch "$d/weft-ingress" --store "$store" --http 127.0.0.1:8085 --https 127.0.0.1:8445 --metrics-addr 127.0.0.1:9480 --access-log=false) >"$d/weft.log" 2>&1 &
+(launch "$d/weft-ingress" --store "$store" --http 127.0.0.1:8085 --https 127.0.0.1:8445 --metrics-addr 127.0.0.1:9480 --access-log=false $WEFT_ARGS) >"$d/weft.log" 2>&1 &
 pids+=($!); weft_pid=$!
 
 for port in 8082 8083 8084 8085 8442 8443 8444 8445; do
@@ -185,6 +186,12 @@ split() {
     awk '{print $1}' | sort -rn | paste -sd/ -
 }
 ticks() { local t=0 p; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+# switches: the proxy's context switches so far, all threads: "voluntary involuntary".
+switches() {
+  local p
+  for p in $1; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+    awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{n+=$2} END{print v+0, n+0}'
+}
 hz=$(getconf CLK_TCK)
 ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else if (v ~ /s$/) printf "%.3f", v*1000; else print v }'; }
 
@@ -200,20 +207,24 @@ for pass in $(seq "$PASSES"); do
       case $test in
         keepalive)
           wrk -t2 -c"$CONNS" -d"$WARMUP"s "$url" >/dev/null
-          before=$(ticks "$(procs $p)")
+          before=$(ticks "$(procs $p)"); sw_before=$(switches "$(procs $p)")
           wrk -t2 -c"$CONNS" -d"$T"s --latency "$url" >"$d/wrk.out" &
           sleep 1
           spread=$(split "${PORT[$p]}")
           wait $!
           out=$(cat "$d/wrk.out")
-          after=$(ticks "$(procs $p)")
+          after=$(ticks "$(procs $p)"); sw_after=$(switches "$(procs $p)")
           reqs=$(awk '/requests in/{print $1}' <<<"$out")
+          # context switches per request, voluntary/involuntary (sleeps / preemptions)
+          cs=$(awk -v a="$sw_before" -v b="$sw_after" -v n="$reqs" 'BEGIN{split(a,x," "); split(b,y," "); printf "%.2f/%.2f", (y[1]-x[1])/n, (y[2]-x[2])/n}')
           rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
           p99=$(ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
+          # the distribution's shape, p50/p75/p90 in ms (where the tails part)
+          dist=$(for q in 50 75 90; do ms "$(awk -v q="$q%" '$1==q{print $2}' <<<"$out")"; echo; done | paste -sd/ -)
           cpu=$(awk -v a="$before" -v b="$after" -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/n}')
           errs=$(grep -cE "Non-2xx|Socket errors" <<<"$out" || true)
           echo "$pass $test $p rps $rps" >>"$results"; echo "$pass $test $p p99 $p99" >>"$results"; echo "$pass $test $p cpu $cpu" >>"$results"
-          printf '%-5s %-9s %-8s %9.0f req/s  p99 %6.2f ms  %5.1f µs CPU/req  split %s%s\n' "$pass" "$test" "$p" "$rps" "$p99" "$cpu" "$spread" "$([ "$errs" = 0 ] || echo '  (errors!)')"
+          printf '%-5s %-9s %-8s %9.0f req/s  p99 %6.2f ms  %5.1f µs CPU/req  split %s  p50/75/90 %s  cs/req %s%s\n' "$pass" "$test" "$p" "$rps" "$p99" "$cpu" "$spread" "$dist" "$cs" "$([ "$errs" = 0 ] || echo '  (errors!)')"
           ;;
         newconn|tlsnew)
           u=$url; [ $test = tlsnew ] && u=$tls_url
