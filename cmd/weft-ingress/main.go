@@ -59,7 +59,7 @@ func run(args []string) error {
 	fs.BoolVar(&pprofOn, "pprof", false, "also serve Go's profiler under /debug/pprof/ on the metrics address")
 	fs.Int64Var(&maxBody, "max-body-bytes", 64<<20, "largest request body")
 	fs.IntVar(&maxHeader, "max-header-bytes", 16<<10, "largest request head")
-	fs.IntVar(&workerCount, "workers", 0, "worker processes, each running on one Go P as nginx's workers do (0: two per CPU this process may use; 1: one process of as many Ps)")
+	fs.IntVar(&workerCount, "workers", 0, "worker processes, each running on one Go P as nginx's workers do (0: one per CPU this process may use; 1: one process of as many Ps)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
 	fs.StringVar(&etcdCert, "etcd-certfile", "", "client certificate for etcd")
@@ -87,10 +87,10 @@ func run(args []string) error {
 		return errors.New("--workers must be 0 or more")
 	}
 	if workerCount == 0 {
-		// Two per CPU: a worker then often runs out of work and sleeps, and the kernel
-		// runs a waking sleeper soon; one per CPU is always busy and waits out whole
-		// time slices when preempted (p99 halved, docs/benchmarks.md "Ingress").
-		workerCount = 2 * runtime.GOMAXPROCS(0)
+		// One per CPU. Two per CPU halved the keep-alive p99 when the proxy shared a
+		// scheduling group with its load, but cost rate and not p99 in a group of its
+		// own (docs/benchmarks.md "Ingress", tried and not kept).
+		workerCount = runtime.GOMAXPROCS(0)
 	}
 
 	st, err := storeurl.Open(storeURL, storeurl.TLSFiles{CA: etcdCA, Cert: etcdCert, Key: etcdKey})
