@@ -112,7 +112,7 @@ func (h *h2Handler) RoundTrip(r *http.Request) (*http.Response, error) {
 		if !failed || attempt >= retries || r.Context().Err() != nil {
 			return resp, err
 		}
-		next, _ := t.rs.pick(t.hash, t.hasHash, &tried)
+		next, _ := t.rs.pick(time.Now().UnixNano(), t.hash, t.hasHash, &tried)
 		if next == nil || !t.rs.budget.allow() {
 			return resp, err
 		}
@@ -196,7 +196,7 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		p.observe(rs, cc, code, start, "")
 		return
 	}
-	rs.budget.request()
+	rs.budget.request(start.Unix())
 	var hash uint64
 	var hasHash bool
 	switch rs.hashKind {
@@ -212,7 +212,7 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			hash, hasHash = hashKey([]byte(c.Value)), true
 		}
 	}
-	e, h2c := rs.pick(hash, hasHash, nil)
+	e, h2c := rs.pick(start.UnixNano(), hash, hasHash, nil)
 	affinity := false
 	if rs.Balance != nil && rs.Balance.AffinityCookie != "" {
 		affinity = true
@@ -265,7 +265,7 @@ func (h *h2Handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			if status == 0 {
 				break // answered
 			}
-			next, _ := rs.pick(hash, hasHash, &tried)
+			next, _ := rs.pick(time.Now().UnixNano(), hash, hasHash, &tried)
 			if attempt >= retries || next == nil || !rs.budget.allow() || time.Now().After(start.Add(timeout)) {
 				w.WriteHeader(status)
 				break
@@ -361,12 +361,12 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 	for try := 0; ; try++ {
 		var reused bool
 		var err error
-		up, reused, err = e.get(deadline)
+		up, reused, err = e.get(time.Now(), deadline)
 		if err != nil {
 			h.p.connectFailed(e, err)
 			return http.StatusBadGateway
 		}
-		_ = up.SetDeadline(deadline)
+		up.arm(deadline, deadlineSlack(rs.Timeout.D()))
 		writeH1Head(up.bw, r, t)
 		if hasBody {
 			err = copyH1Body(up.bw, r)
@@ -398,7 +398,7 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 		return http.StatusBadGateway
 	}
 	if rs.Timeout == 0 {
-		_ = up.SetDeadline(time.Time{}) // as on the HTTP/1.1 path: the body may stream
+		up.disarm() // as on the HTTP/1.1 path: the body may stream
 	}
 	if resp.status == 502 || resp.status == 503 || resp.status == 504 {
 		e.failed()

@@ -86,7 +86,9 @@ var noRoute = &routeMetrics{}
 
 // observe counts a finished request and logs it (sampled).
 func (p *Proxy) observe(rs *routeState, cc *clientConn, status int, start time.Time, upstream string) {
-	d := time.Since(start)
+	now := time.Now()
+	d := now.Sub(start)
+	cc.end = now
 	rm := noRoute
 	routeID := ""
 	if rs != nil {

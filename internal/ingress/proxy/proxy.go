@@ -209,7 +209,32 @@ type clientConn struct {
 	req    message
 	resp   message
 	view   reqView
-	line   []byte // scratch for writing
+	line   []byte    // scratch for writing
+	readDL time.Time // the read deadline set on c (zero: none)
+	end    time.Time // when the request just served ended (observe), zero if none
+}
+
+// armRead sets the client's read deadline to now+d unless the one set already lies
+// within [now+d, now+d+d/64]: between keep-alive requests the idle deadline then moves
+// about once a second instead of twice a request (each move costs the runtime's timer
+// heap). So an idle timeout may last up to a 64th longer than configured, never shorter.
+func (cc *clientConn) armRead(now time.Time, d time.Duration) {
+	want := now.Add(d)
+	if !cc.readDL.Before(want) && cc.readDL.Sub(want) <= deadlineSlack(d) {
+		return
+	}
+	cc.setReadDeadline(want.Add(deadlineSlack(d)))
+}
+
+func (cc *clientConn) setReadDeadline(t time.Time) {
+	_ = cc.c.SetReadDeadline(t)
+	cc.readDL = t
+}
+
+// headBuffered: the buffer holds a whole request head, so reading it cannot wait.
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, crlfcrlf)
 }
 
 func (p *Proxy) serveConn(c net.Conn, tcfg *tls.Config) {
@@ -323,12 +348,20 @@ func (cc *clientConn) serve() {
 	p := cc.p
 	for {
 		// Between requests the idle timeout applies; once a request starts, its head must
-		// arrive within ReadHeaderTimeout (slowloris).
-		_ = cc.c.SetReadDeadline(time.Now().Add(p.cfg.IdleTimeout))
+		// arrive within ReadHeaderTimeout (slowloris), a deadline needed only when the
+		// head is not all here yet.
+		now := cc.end // the request just served ended a moment ago
+		if now.IsZero() {
+			now = time.Now()
+		}
+		cc.end = time.Time{}
+		cc.armRead(now, p.cfg.IdleTimeout)
 		if _, err := cc.br.Peek(1); err != nil {
 			return
 		}
-		_ = cc.c.SetReadDeadline(time.Now().Add(p.cfg.ReadHeaderTimeout))
+		if !headBuffered(cc.br) {
+			cc.setReadDeadline(time.Now().Add(p.cfg.ReadHeaderTimeout))
+		}
 		head, err := readHead(cc.br, p.cfg.MaxHeaderBytes)
 		if err == nil {
 			err = parseRequest(&cc.req, head, p.cfg.MaxHeaders)
@@ -337,9 +370,9 @@ func (cc *clientConn) serve() {
 			cc.fail(err)
 			return
 		}
-		// The header deadline stays while the request is proxied: nothing is read from the
-		// client meanwhile (a body is read under its own deadline), and the next request
-		// sets the idle one.
+		// The idle or header deadline stays while the request is proxied: nothing is read
+		// from the client meanwhile (a body is read under its own deadline), and the next
+		// request sets the idle one.
 		if !cc.handle() {
 			return
 		}
@@ -644,7 +677,7 @@ func affinityID(e *endpoint) string {
 // client connection.
 func (cc *clientConn) forward(rs *routeState, path, query string, start time.Time) bool {
 	p, m := cc.p, &cc.req
-	rs.budget.request()
+	rs.budget.request(start.Unix())
 	hasBody := m.contentLength > 0 || m.chunked
 	retries := 0
 	if rs.Retries != nil && idempotent(m.method) && !hasBody {
@@ -660,13 +693,13 @@ func (cc *clientConn) forward(rs *routeState, path, query string, start time.Tim
 	var tried [maxTries]*endpoint // a retry goes to an endpoint not tried yet (if any)
 	for attempt := 0; ; attempt++ {
 		if e == nil || attempt > 0 {
-			e, _ = rs.pick(hash, hasHash, &tried)
+			e, _ = rs.pick(start.UnixNano(), hash, hasHash, &tried)
 		}
 		if e == nil {
 			return cc.answer(503, "no endpoints", start, rs)
 		}
 		tried[attempt%maxTries] = e
-		status, done, keep := cc.exchange(rs, e, path, query, deadline, attempt == 0 && rs.Balance != nil && rs.Balance.AffinityCookie != "")
+		status, done, keep := cc.exchange(rs, e, path, query, start, deadline, attempt == 0 && rs.Balance != nil && rs.Balance.AffinityCookie != "")
 		if done {
 			p.observe(rs, cc, status, start, e.addr)
 			return keep
@@ -691,7 +724,7 @@ func (cc *clientConn) forward(rs *routeState, path, query string, start time.Tim
 // exchange sends the request to e and relays the response. done: the client got an
 // answer (status is what it got); !done: nothing was written to the client, status says
 // why (0: could not connect or the endpoint failed before answering).
-func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, deadline time.Time, setAffinity bool) (status int, done, keep bool) {
+func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, start, deadline time.Time, setAffinity bool) (status int, done, keep bool) {
 	p, m := cc.p, &cc.req
 	e.active.Add(1)
 	defer e.active.Add(-1)
@@ -700,12 +733,12 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	var reused bool
 	var err error
 	for try := 0; ; try++ {
-		up, reused, err = e.get(deadline)
+		up, reused, err = e.get(start, deadline)
 		if err != nil {
 			p.connectFailed(e, err)
 			return 0, false, false
 		}
-		_ = up.SetDeadline(deadline)
+		up.arm(deadline, deadlineSlack(deadline.Sub(start)))
 		cc.writeUpstreamHead(rs, up.bw, path, query, nil)
 		if !hasBody {
 			err = up.bw.Flush()
@@ -766,10 +799,12 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 		break
 	}
 	r := &cc.resp
-	if rs.Timeout == 0 {
+	noBody := equalFold(m.method, "head") || r.status == 204 || r.status == 304
+	if rs.Timeout == 0 && !noBody && !(r.contentLength >= 0 && int64(up.br.Buffered()) >= r.contentLength) {
 		// Without a route timeout only the answer's head has a deadline (60 s): a body may
-		// stream as long as it lasts (downloads, server-sent events).
-		_ = up.SetDeadline(time.Time{})
+		// stream as long as it lasts (downloads, server-sent events). A body already all
+		// read keeps it: the connection goes back to the pool armed (upConn.arm).
+		up.disarm()
 	}
 	if r.status == 502 || r.status == 503 || r.status == 504 {
 		e.failed()
@@ -781,7 +816,6 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 	} else {
 		e.succeeded()
 	}
-	noBody := equalFold(m.method, "head") || r.status == 204 || r.status == 304
 	untilClose := !noBody && !r.chunked && r.contentLength < 0
 	// The client connection stays open if both sides allow it and the body is framed
 	// for this client.
@@ -840,8 +874,8 @@ func (cc *clientConn) copyBody(w *bufio.Writer) error {
 	if m.chunked {
 		size = cc.p.cfg.MaxBodyBytes
 	}
-	_ = cc.c.SetReadDeadline(time.Now().Add(cc.p.cfg.IdleTimeout + time.Duration(size>>16)*time.Second))
-	defer cc.c.SetReadDeadline(time.Time{})
+	cc.setReadDeadline(time.Now().Add(cc.p.cfg.IdleTimeout + time.Duration(size>>16)*time.Second))
+	defer cc.setReadDeadline(time.Time{})
 	if v, ok := m.get("expect"); ok && equalFold(v, "100-continue") && cc.br.Buffered() == 0 {
 		// The client waits for this before it sends the body; the proxy answers it
 		// itself (the endpoint's own 100, if any, is not relayed).
@@ -1059,7 +1093,7 @@ func (cc *clientConn) writeResponseHead(rs *routeState, r *message, e *endpoint,
 func (cc *clientConn) upgrade(rs *routeState, path, query string, start time.Time) {
 	p, m := cc.p, &cc.req
 	hash, hasHash := cc.requestHash(rs)
-	e, _ := rs.pick(hash, hasHash, nil)
+	e, _ := rs.pick(start.UnixNano(), hash, hasHash, nil)
 	if e == nil {
 		cc.answer(503, "no endpoints", start, rs)
 		return

@@ -64,6 +64,10 @@ func newBackend(t *testing.T, name string, h2c bool) *backend {
 		w.(http.Flusher).Flush() // no length: chunked
 		w.Write([]byte("cd"))
 	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Second)
+		fmt.Fprint(w, "slow")
+	})
 	mux.HandleFunc("/status/", func(w http.ResponseWriter, r *http.Request) {
 		var code int
 		fmt.Sscanf(strings.TrimPrefix(r.URL.Path, "/status/"), "%d", &code)
@@ -314,6 +318,85 @@ func TestHostileRequests(t *testing.T) {
 	// Other connections are unaffected.
 	if resp := get(t, http.DefaultClient, "http://"+addr+"/", "app.example"); resp.StatusCode != 200 {
 		t.Errorf("after the hostile requests: %d", resp.StatusCode)
+	}
+}
+
+// TestKeepAliveDeadlines: the deadlines a keep-alive connection keeps armed between
+// requests (not moved on every request) still end an idle client on time, cut off a
+// slow head that follows served requests, and hold a route's timeout on a pooled
+// upstream connection.
+func TestKeepAliveDeadlines(t *testing.T) {
+	a := newBackend(t, "a", false)
+	p, addr := proxyUnder(t, Config{IdleTimeout: time.Second, ReadHeaderTimeout: 300 * time.Millisecond})
+	update(p, ing(v1.Route{Path: "/", Backends: to("a"), Timeout: v1.Duration(200 * time.Millisecond)}),
+		map[string][]*backend{"ns/a:80": {a}})
+	req := "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n"
+	// serve sends n requests on c and reads their answers.
+	serve := func(c net.Conn, br *bufio.Reader, n int) {
+		t.Helper()
+		for range n {
+			if _, err := c.Write([]byte(req)); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+	}
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+
+	// Idle: closed a second after the last answer, at most a 64th later (and scheduling).
+	c, br := dial()
+	serve(c, br, 50)
+	idleFrom := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: %v, want EOF", err)
+	}
+	if d := time.Since(idleFrom); d < 990*time.Millisecond || d > 1500*time.Millisecond {
+		t.Errorf("idle connection closed after %v, want 1 s", d)
+	}
+
+	// A head that trickles in after served requests is cut off after ReadHeaderTimeout.
+	c, br = dial()
+	serve(c, br, 50)
+	slowFrom := time.Now()
+	_, _ = c.Write([]byte("GET / HTTP/1.1\r\n"))
+	go func(c net.Conn) {
+		for range 30 {
+			time.Sleep(50 * time.Millisecond)
+			if _, err := c.Write([]byte("X-Slow: 1\r\n")); err != nil {
+				return
+			}
+		}
+	}(c)
+	_, _ = io.ReadAll(br)
+	if d := time.Since(slowFrom); d < 290*time.Millisecond || d > 800*time.Millisecond {
+		t.Errorf("slow head after keep-alive requests cut off after %v, want 300 ms", d)
+	}
+
+	// The route's 200 ms timeout holds on an upstream connection that served requests.
+	c, br = dial()
+	serve(c, br, 50)
+	slowFrom = time.Now()
+	_, _ = c.Write([]byte("GET /slow HTTP/1.1\r\nHost: app.example\r\n\r\n"))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if d := time.Since(slowFrom); resp.StatusCode != 504 || d < 190*time.Millisecond || d > 600*time.Millisecond {
+		t.Errorf("slow endpoint: %d after %v, want 504 after 200 ms", resp.StatusCode, d)
 	}
 }
 
@@ -714,7 +797,7 @@ func TestRetryBudget(t *testing.T) {
 	var b retryBudget
 	b.percent = 20
 	for range 100 {
-		b.request()
+		b.request(time.Now().Unix())
 	}
 	allowed := 0
 	for range 50 {
@@ -742,7 +825,7 @@ func TestRetryBudget(t *testing.T) {
 	}
 	var quiet retryBudget
 	quiet.percent = 20
-	quiet.request()
+	quiet.request(time.Now().Unix())
 	if !quiet.allow() || !quiet.allow() || !quiet.allow() || quiet.allow() {
 		t.Error("a quiet route gets exactly three retries a second")
 	}

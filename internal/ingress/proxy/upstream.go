@@ -39,10 +39,34 @@ type endpoint struct {
 // upConn is a connection to an endpoint.
 type upConn struct {
 	net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	used time.Time // when it went idle
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	used  time.Time // when it went idle
+	armed time.Time // the deadline set on it (zero: none)
 }
+
+// arm sets the connection's deadline to d, unless the one already set is earlier by at
+// most tol: each timer change costs the runtime's timer heap, and a keep-alive connection
+// serves requests microseconds apart whose deadlines differ by as little.
+func (c *upConn) arm(d time.Time, tol time.Duration) {
+	if !c.armed.After(d) && d.Sub(c.armed) <= tol {
+		return
+	}
+	_ = c.SetDeadline(d)
+	c.armed = d
+}
+
+// disarm clears the connection's deadline.
+func (c *upConn) disarm() {
+	if !c.armed.IsZero() {
+		_ = c.SetDeadline(time.Time{})
+		c.armed = time.Time{}
+	}
+}
+
+// deadlineSlack is how much earlier than asked a deadline may fire when an armed one is
+// kept (upConn.arm): a 64th of the timeout, so a 60 s default is kept for 0.94 s.
+func deadlineSlack(timeout time.Duration) time.Duration { return timeout / 64 }
 
 const (
 	maxIdlePerEndpoint = 256
@@ -52,9 +76,9 @@ const (
 
 var dialer = net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 
-// get returns an idle connection (reused: true) or dials one by deadline.
-func (e *endpoint) get(deadline time.Time) (*upConn, bool, error) {
-	now := time.Now()
+// get returns an idle connection (reused: true) or dials one by deadline; now is the
+// time the request started.
+func (e *endpoint) get(now, deadline time.Time) (*upConn, bool, error) {
 	e.mu.Lock()
 	for n := len(e.idle); n > 0; n = len(e.idle) {
 		c := e.idle[n-1]
@@ -194,7 +218,7 @@ type weighted struct {
 // pick chooses an endpoint for a request: a backend by weight, then an endpoint of it by
 // the route's policy, skipping unusable ones (all unusable: any of them, so a route never
 // fails only because every endpoint was ejected). hash is the request's hash key (0: none).
-func (rs *routeState) pick(hash uint64, hasHash bool, tried *[maxTries]*endpoint) (*endpoint, bool) {
+func (rs *routeState) pick(now int64, hash uint64, hasHash bool, tried *[maxTries]*endpoint) (*endpoint, bool) {
 	if rs.total == 0 {
 		return nil, false
 	}
@@ -218,7 +242,6 @@ func (rs *routeState) pick(hash uint64, hasHash bool, tried *[maxTries]*endpoint
 			return nil, false
 		}
 	}
-	now := time.Now().UnixNano()
 	ok := func(e *endpoint) bool { return !wasTried(tried, e) && e.usable(now) }
 	switch {
 	case hasHash:
@@ -300,13 +323,14 @@ type retryBudget struct {
 	retries  atomic.Int64
 }
 
-func (b *retryBudget) request() {
-	b.roll()
+// request counts a request that started at now (unix seconds).
+func (b *retryBudget) request(now int64) {
+	b.roll(now)
 	b.requests.Add(1)
 }
 
 func (b *retryBudget) allow() bool {
-	b.roll()
+	b.roll(time.Now().Unix())
 	if r := b.retries.Add(1); r <= 3 || r*100 <= b.percent*(b.requests.Load()+b.previous.Load()) {
 		return true
 	}
@@ -314,8 +338,7 @@ func (b *retryBudget) allow() bool {
 	return false
 }
 
-func (b *retryBudget) roll() {
-	now := time.Now().Unix()
+func (b *retryBudget) roll(now int64) {
 	if old := b.second.Load(); old != now && b.second.CompareAndSwap(old, now) {
 		prev := b.requests.Swap(0)
 		if old != now-1 {
