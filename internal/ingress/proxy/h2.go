@@ -444,7 +444,7 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 		up.Close()
 		return 0
 	}
-	e.put(up)
+	e.put(up, time.Now())
 	return 0
 }
 

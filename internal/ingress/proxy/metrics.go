@@ -86,9 +86,12 @@ var noRoute = &routeMetrics{}
 
 // observe counts a finished request and logs it (sampled).
 func (p *Proxy) observe(rs *routeState, cc *clientConn, status int, start time.Time, upstream string) {
-	now := time.Now()
+	now := cc.end // set when the answer went out, if it was read then
+	if now.IsZero() {
+		now = time.Now()
+		cc.end = now
+	}
 	d := now.Sub(start)
-	cc.end = now
 	rm := noRoute
 	routeID := ""
 	if rs != nil {

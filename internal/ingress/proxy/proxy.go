@@ -741,6 +741,9 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 		up.arm(deadline, deadlineSlack(deadline.Sub(start)))
 		cc.writeUpstreamHead(rs, up.bw, path, query, nil)
 		if !hasBody {
+			if rc, ok := up.Conn.(*rawConn); ok && up.br.Buffered() == 0 {
+				rc.holdNextWrite() // sent by the Peek's read
+			}
 			err = up.bw.Flush()
 			if err == nil {
 				_, err = up.br.Peek(1) // the response starts (a stale pooled connection fails here)
@@ -844,7 +847,8 @@ func (cc *clientConn) exchange(rs *routeState, e *endpoint, path, query string, 
 		up.Close()
 		return r.status, true, false
 	}
-	e.put(up)
+	cc.end = time.Now() // the answer is out: observe reads the same clock
+	e.put(up, cc.end)
 	return r.status, true, !clientClose
 }
 

@@ -105,6 +105,7 @@ func (b *backend) addr() netip.AddrPort { return netip.MustParseAddrPort(b.ln.Ad
 // backend key.
 func proxyUnder(t *testing.T, cfg Config) (*Proxy, string) {
 	t.Helper()
+	cfg.RawSyscalls = cfg.RawSyscalls || rawSyscalls
 	p := New(cfg, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -318,6 +319,40 @@ func TestHostileRequests(t *testing.T) {
 	// Other connections are unaffected.
 	if resp := get(t, http.DefaultClient, "http://"+addr+"/", "app.example"); resp.StatusCode != 200 {
 		t.Errorf("after the hostile requests: %d", resp.StatusCode)
+	}
+}
+
+// TestStalePooledConnection: an endpoint that closed a pooled connection while it was
+// idle costs the client nothing: the request goes again on a fresh connection.
+func TestStalePooledConnection(t *testing.T) {
+	a := newBackend(t, "a", false)
+	a.srv.IdleTimeout = 50 * time.Millisecond
+	p, addr := proxyUnder(t, Config{})
+	update(p, ing(v1.Route{Path: "/", Backends: to("a")}), map[string][]*backend{"ns/a:80": {a}})
+	for i := range 4 {
+		if resp := get(t, http.DefaultClient, "http://"+addr+"/", "app.example"); resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+		time.Sleep(150 * time.Millisecond) // the endpoint closes the idle connection
+	}
+}
+
+// rawSyscalls runs the proxies of TestRawSyscalls with raw system calls, as weft-ingress's
+// workers do.
+var rawSyscalls bool
+
+// TestRawSyscalls runs the HTTP/1.1 tests again on the data path of weft-ingress's
+// workers (Config.RawSyscalls: raw reads and writes, a request to an endpoint sent from
+// inside the wait for its answer).
+func TestRawSyscalls(t *testing.T) {
+	rawSyscalls = true
+	defer func() { rawSyscalls = false }()
+	for name, test := range map[string]func(*testing.T){
+		"HTTP1": TestHTTP1, "HostileRequests": TestHostileRequests, "KeepAliveDeadlines": TestKeepAliveDeadlines,
+		"Balancing": TestBalancing, "EndpointFailure": TestEndpointFailure, "ReloadKeepsWebSocket": TestReloadKeepsWebSocket,
+		"TLSAndHTTP2": TestTLSAndHTTP2, "ProxyProtocol": TestProxyProtocol, "StalePooledConnection": TestStalePooledConnection,
+	} {
+		t.Run(name, test)
 	}
 }
 

@@ -24,7 +24,13 @@ type rawConn struct {
 	wn   int
 	werr syscall.Errno
 
-	readFn, writeFn func(fd uintptr) bool // bound once: no closure per call
+	// A held write (holdNextWrite) goes out from inside the next Read's wait instead: see
+	// sendThenRead.
+	holdWrite bool
+	held      []byte // the held bytes (a copy), nil when none
+	heldBuf   []byte
+
+	readFn, writeFn, sendReadFn func(fd uintptr) bool // bound once: no closure per call
 }
 
 // newRawConn wraps tc; it returns tc itself if its socket cannot be reached.
@@ -34,8 +40,36 @@ func newRawConn(tc *net.TCPConn) net.Conn {
 		return tc
 	}
 	c := &rawConn{TCPConn: tc, rc: rc}
-	c.readFn, c.writeFn = c.read, c.write
+	c.readFn, c.writeFn, c.sendReadFn = c.read, c.write, c.sendThenRead
 	return c
+}
+
+// holdNextWrite keeps the next Write back for the Read that must follow it: a request to
+// an endpoint, then the wait for its answer. Sent from inside that Read (after Go's poller
+// has forgotten the socket's earlier readiness, so the answer's arrival is never missed),
+// the request needs no read that finds nothing before the wait, a system call a request
+// that nginx does not make either.
+func (c *rawConn) holdNextWrite() { c.holdWrite = true }
+
+// sendThenRead is the Read callback while a write is held: the first call sends it and
+// waits (false) for the answer; later calls read.
+func (c *rawConn) sendThenRead(fd uintptr) bool {
+	if c.held == nil {
+		return c.read(fd)
+	}
+	c.wbuf, c.wn, c.werr = c.held, 0, 0
+	sent := c.write(fd)
+	c.wbuf = nil
+	switch {
+	case !sent: // the send buffer is full: Read sends the rest the usual way
+		c.held = c.held[c.wn:]
+		return true
+	case c.werr != 0:
+		c.held = nil
+		return true
+	}
+	c.held = nil
+	return false
 }
 
 func (c *rawConn) read(fd uintptr) bool {
@@ -57,7 +91,27 @@ func (c *rawConn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	c.rbuf = b
-	err := c.rc.Read(c.readFn)
+	var err error
+	if c.held != nil {
+		c.werr, c.rerr, c.rn = 0, 0, 0
+		err = c.rc.Read(c.sendReadFn)
+		if c.werr != 0 && err == nil {
+			c.rbuf = nil
+			return 0, &net.OpError{Op: "write", Net: "tcp", Err: c.werr}
+		}
+		if rest := c.held; rest != nil {
+			c.held, c.rbuf = nil, nil
+			if err != nil {
+				return 0, err
+			}
+			if _, err := c.Write(rest); err != nil {
+				return 0, err
+			}
+			return c.Read(b)
+		}
+	} else {
+		err = c.rc.Read(c.readFn)
+	}
 	c.rbuf = nil
 	switch {
 	case err != nil:
@@ -91,6 +145,19 @@ func (c *rawConn) write(fd uintptr) bool {
 func (c *rawConn) Write(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if c.holdWrite {
+		c.holdWrite = false
+		c.heldBuf = append(c.heldBuf[:0], b...) // b is the caller's buffer, written again before the Read
+		c.held = c.heldBuf
+		return len(b), nil
+	}
+	if c.held != nil { // never followed by a Read: send it first
+		rest := c.held
+		c.held = nil
+		if _, err := c.Write(rest); err != nil {
+			return 0, err
+		}
 	}
 	c.wbuf, c.wn, c.werr = b, 0, 0
 	err := c.rc.Write(c.writeFn)

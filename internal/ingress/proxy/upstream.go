@@ -106,13 +106,13 @@ func (e *endpoint) get(now, deadline time.Time) (*upConn, bool, error) {
 	return &upConn{Conn: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 16<<10)}, false, nil
 }
 
-// put returns a healthy connection to the pool.
-func (e *endpoint) put(c *upConn) {
+// put returns a healthy connection to the pool, idle from now.
+func (e *endpoint) put(c *upConn, now time.Time) {
 	if e.removed.Load() {
 		c.Close()
 		return
 	}
-	c.used = time.Now() // its deadline stays: the next user sets its own
+	c.used = now // its deadline stays: the next user sets its own
 	e.mu.Lock()
 	if len(e.idle) >= maxIdlePerEndpoint {
 		e.mu.Unlock()
