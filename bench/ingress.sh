@@ -28,6 +28,10 @@ TESTS=${TESTS:-keepalive newconn tlsnew h2}
 CONNS=${CONNS:-64}  # connections of wrk and h2load
 SESSIONS=${SESSIONS:-shared}
 WEFT_ARGS=${WEFT_ARGS:-}  # extra weft-ingress flags, e.g. "--workers 2" to compare worker counts
+# REFERENCE=1 adds bench/minproxy to the keep-alive test: the least a Go proxy does per
+# request, the floor under weft's figures (MINPROXY_ARGS, e.g. "-spin 1us", adds CPU time).
+REFERENCE=${REFERENCE:-}
+MINPROXY_ARGS=${MINPROXY_ARGS:-}
 case $SESSIONS in shared|own) ;; *) echo "SESSIONS is shared or own" >&2; exit 2 ;; esac
 
 if [ "${WEFT_INGRESS_BENCH_NS:-}" != 1 ]; then
@@ -56,7 +60,7 @@ cleanup() {
   rm -rf "$d"
 }
 trap cleanup EXIT
-CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$d/" ./cmd/weft ./cmd/weft-ingress
+CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$d/" ./cmd/weft ./cmd/weft-ingress ./bench/minproxy
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench \
   -addext subjectAltName=IP:127.0.0.1 -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null
 cat "$d/cert.pem" "$d/key.pem" >"$d/both.pem"
@@ -153,8 +157,12 @@ CONF
 "$d/weft" ingress cert add bench --cert "$d/cert.pem" --key "$d/key.pem" --store "$store" >/dev/null
 (launch "$d/weft-ingress" --store "$store" --http 127.0.0.1:8085 --https 127.0.0.1:8445 --metrics-addr 127.0.0.1:9480 --access-log=false $WEFT_ARGS) >"$d/weft.log" 2>&1 &
 pids+=($!); weft_pid=$!
+if [ -n "$REFERENCE" ]; then
+  (launch "$d/minproxy" -listen 127.0.0.1:8087 -upstream 127.0.0.1:8081 $MINPROXY_ARGS) >"$d/minproxy.log" 2>&1 &
+  pids+=($!); minproxy_pid=$!
+fi
 
-for port in 8082 8083 8084 8085 8442 8443 8444 8445; do
+for port in 8082 8083 8084 8085 8442 8443 8444 8445 ${REFERENCE:+8087}; do
   scheme=http; [ "$port" -ge 8442 ] && scheme=https
   for i in $(seq 101); do
     [ "$(curl -sk -o /dev/null -w '%{http_code}' "$scheme://127.0.0.1:$port/")" = 200 ] && break
@@ -167,9 +175,10 @@ for port in 8082 8083 8084 8085 8442 8443 8444 8445; do
   done
 done
 
-declare -A PORT=([weft]=8085 [nginx]=8082 [haproxy]=8083 [caddy]=8084)
-declare -A TLSPORT=([weft]=8445 [nginx]=8442 [haproxy]=8443 [caddy]=8444)
+declare -A PORT=([minproxy]=8087 [weft]=8085 [nginx]=8082 [haproxy]=8083 [caddy]=8084)
+declare -A TLSPORT=([minproxy]=- [weft]=8445 [nginx]=8442 [haproxy]=8443 [caddy]=8444)
 proxies=(weft nginx haproxy caddy)
+[ -n "$REFERENCE" ] && proxies+=(minproxy)
 children() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '$4==p{print $1}' | tr '\n' ' '; }
 procs() { # the proxy's processes: a master and its workers for weft and nginx
   case $1 in
@@ -177,6 +186,7 @@ procs() { # the proxy's processes: a master and its workers for weft and nginx
     nginx) local m; m=$(cat "$d/ng.pid"); echo "$m $(children "$m")" ;;
     haproxy) echo "$ha_pid" ;;
     caddy) echo "$caddy_pid" ;;
+    minproxy) echo "$minproxy_pid $(children "$minproxy_pid")" ;;
   esac
 }
 # split: how the proxy's accepted connections on port $1 are spread over its processes
@@ -200,8 +210,9 @@ results=$d/results
 for pass in $(seq "$PASSES"); do
   for test in $TESTS; do
     # The order rotates each pass, so no proxy always runs first (or right after another).
-    order=("${proxies[@]:$(( (pass - 1) % 4 ))}" "${proxies[@]:0:$(( (pass - 1) % 4 ))}")
+    order=("${proxies[@]:$(( (pass - 1) % ${#proxies[@]} ))}" "${proxies[@]:0:$(( (pass - 1) % ${#proxies[@]} ))}")
     for p in "${order[@]}"; do
+      [ "$p" = minproxy ] && [ "$test" != keepalive ] && continue # keep-alive only
       url="http://127.0.0.1:${PORT[$p]}/"
       tls_url="https://127.0.0.1:${TLSPORT[$p]}/"
       case $test in
@@ -261,3 +272,17 @@ for test_metric in "keepalive rps" "keepalive p99" "keepalive cpu" "newconn rps"
       }' "$results"
   done
 done
+if [ -n "$REFERENCE" ]; then
+  echo "reference: minproxy / nginx, keep-alive"
+  for m in rps p99 cpu; do
+    awk -v m="$m" '$2=="keepalive" && $4==m { v[$1" "$3]=$5; passes[$1]=1 }
+      END {
+        n=0
+        for (p in passes) if ((p" minproxy") in v && v[p" nginx"] > 0) r[++n]=v[p" minproxy"]/v[p" nginx"]
+        if (n==0) exit
+        for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (r[j]<r[i]) { x=r[i]; r[i]=r[j]; r[j]=x }
+        med = (n%2) ? r[(n+1)/2] : (r[n/2]+r[n/2+1])/2
+        printf "keepalive  %-4s minproxy vs nginx  %.2fx  [%.2f–%.2f]\n", m, med, r[1], r[n]
+      }' "$results"
+  done
+fi
