@@ -138,11 +138,9 @@ type rconn struct {
 	rd  func(uintptr) bool
 }
 
-func newRconn(fd int) *rconn {
-	f := os.NewFile(uintptr(fd), "c")
-	rc, err := f.SyscallConn()
-	check(err)
-	c := &rconn{rc: rc, f: f}
+// newRconn wraps a connection's raw descriptor (f, if any, keeps it open).
+func newRconn(rc syscall.RawConn, f *os.File) *rconn {
+	c := &rconn{rc: rc, f: f, buf: make([]byte, 16<<10)}
 	c.rd = func(fd uintptr) bool {
 		n, e := rread(int(fd), c.b)
 		if e == syscall.EAGAIN {
@@ -163,13 +161,20 @@ func (c *rconn) read(b []byte) int {
 }
 
 func (c *rconn) write(b []byte) bool {
-	ok := false
+	var e syscall.Errno
 	c.rc.Write(func(fd uintptr) bool {
-		n, e := rwrite(int(fd), b)
-		ok = e == 0 && n == len(b)
+		for len(b) > 0 {
+			var n int
+			if n, e = rwrite(int(fd), b); e == syscall.EAGAIN {
+				return false // wait until writable
+			} else if e != 0 {
+				return true
+			}
+			b = b[n:]
+		}
 		return true
 	})
-	return ok
+	return e == 0 && len(b) == 0
 }
 
 var upPool []*rconn // idle upstream connections; one P, and no await between take and use
@@ -189,15 +194,7 @@ func serve(lfd int) {
 }
 
 func serveConn(raw syscall.RawConn) {
-	c := &rconn{rc: raw, buf: make([]byte, 16<<10)}
-	c.rd = func(fd uintptr) bool {
-		n, e := rread(int(fd), c.b)
-		if e == syscall.EAGAIN {
-			return false
-		}
-		c.r, c.e = n, e
-		return true
-	}
+	c := newRconn(raw, nil)
 	for {
 		i := bytes.Index(c.buf[:c.n], []byte("\r\n\r\n"))
 		if i < 0 {
@@ -221,8 +218,10 @@ func serveConn(raw syscall.RawConn) {
 			up = upPool[k-1]
 			upPool = upPool[:k-1]
 		} else {
-			up = newRconn(dialUp())
-			up.buf = make([]byte, 16<<10)
+			f := os.NewFile(uintptr(dialUp()), "upstream")
+			rc, err := f.SyscallConn()
+			check(err)
+			up = newRconn(rc, f)
 		}
 		if !up.write(c.buf[:i+4]) {
 			return
