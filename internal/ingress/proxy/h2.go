@@ -361,12 +361,13 @@ func (h *h2Handler) viaHTTP1(w http.ResponseWriter, r *http.Request, t *h2Target
 	for try := 0; ; try++ {
 		var reused bool
 		var err error
-		up, reused, err = e.get(time.Now(), deadline)
+		now := time.Now()
+		up, reused, err = e.get(now, deadline)
 		if err != nil {
 			h.p.connectFailed(e, err)
 			return http.StatusBadGateway
 		}
-		up.arm(deadline, deadlineSlack(rs.Timeout.D()))
+		up.arm(deadline, deadlineSlack(deadline.Sub(now)))
 		writeH1Head(up.bw, r, t)
 		if hasBody {
 			err = copyH1Body(up.bw, r)

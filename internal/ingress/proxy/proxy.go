@@ -214,16 +214,12 @@ type clientConn struct {
 	end    time.Time // when the request just served ended (observe), zero if none
 }
 
-// armRead sets the client's read deadline to now+d unless the one set already lies
-// within [now+d, now+d+d/64]: between keep-alive requests the idle deadline then moves
-// about once a second instead of twice a request (each move costs the runtime's timer
-// heap). So an idle timeout may last up to a 64th longer than configured, never shorter.
+// armRead gives the client a read deadline of now+d, kept as keptDeadline says: an idle
+// timeout may last up to a 64th longer than configured, never shorter.
 func (cc *clientConn) armRead(now time.Time, d time.Duration) {
-	want := now.Add(d)
-	if !cc.readDL.Before(want) && cc.readDL.Sub(want) <= deadlineSlack(d) {
-		return
+	if t, move := keptDeadline(cc.readDL, now.Add(d), deadlineSlack(d)); move {
+		cc.setReadDeadline(t)
 	}
-	cc.setReadDeadline(want.Add(deadlineSlack(d)))
 }
 
 func (cc *clientConn) setReadDeadline(t time.Time) {

@@ -41,6 +41,12 @@ type backend struct {
 
 func newBackend(t *testing.T, name string, h2c bool) *backend {
 	t.Helper()
+	return newBackendIdle(t, name, h2c, 0)
+}
+
+// newBackendIdle is newBackend closing connections idle for idle (0: never).
+func newBackendIdle(t *testing.T, name string, h2c bool, idle time.Duration) *backend {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +94,7 @@ func newBackend(t *testing.T, name string, h2c bool) *backend {
 		_, _ = io.Copy(c, brw) // echo
 	})
 	var h http.Handler = mux
-	b.srv = &http.Server{Handler: h}
+	b.srv = &http.Server{Handler: h, IdleTimeout: idle}
 	if h2c {
 		b.srv.Protocols = new(http.Protocols)
 		b.srv.Protocols.SetHTTP1(true)
@@ -325,8 +331,7 @@ func TestHostileRequests(t *testing.T) {
 // TestStalePooledConnection: an endpoint that closed a pooled connection while it was
 // idle costs the client nothing: the request goes again on a fresh connection.
 func TestStalePooledConnection(t *testing.T) {
-	a := newBackend(t, "a", false)
-	a.srv.IdleTimeout = 50 * time.Millisecond
+	a := newBackendIdle(t, "a", false, 50*time.Millisecond)
 	p, addr := proxyUnder(t, Config{})
 	update(p, ing(v1.Route{Path: "/", Backends: to("a")}), map[string][]*backend{"ns/a:80": {a}})
 	for i := range 4 {

@@ -45,15 +45,12 @@ type upConn struct {
 	armed time.Time // the deadline set on it (zero: none)
 }
 
-// arm sets the connection's deadline to d, unless the one already set is earlier by at
-// most tol: each timer change costs the runtime's timer heap, and a keep-alive connection
-// serves requests microseconds apart whose deadlines differ by as little.
-func (c *upConn) arm(d time.Time, tol time.Duration) {
-	if !c.armed.After(d) && d.Sub(c.armed) <= tol {
-		return
+// arm gives the connection a deadline of want (or up to slack later, see keptDeadline).
+func (c *upConn) arm(want time.Time, slack time.Duration) {
+	if d, move := keptDeadline(c.armed, want, slack); move {
+		_ = c.SetDeadline(d)
+		c.armed = d
 	}
-	_ = c.SetDeadline(d)
-	c.armed = d
 }
 
 // disarm clears the connection's deadline.
@@ -64,8 +61,20 @@ func (c *upConn) disarm() {
 	}
 }
 
-// deadlineSlack is how much earlier than asked a deadline may fire when an armed one is
-// kept (upConn.arm): a 64th of the timeout, so a 60 s default is kept for 0.94 s.
+// keptDeadline decides a keep-alive connection's deadline when want is asked for: the one
+// armed stays (move false) if it lies within [want, want+slack]; otherwise it moves to
+// want+slack. Each move is a change to the runtime's timer heap, and a keep-alive
+// connection serves requests microseconds apart, so a deadline moves about once per slack
+// instead of on every request, and fires up to slack late, never early.
+func keptDeadline(armed, want time.Time, slack time.Duration) (d time.Time, move bool) {
+	if !armed.Before(want) && armed.Sub(want) <= slack {
+		return armed, false
+	}
+	return want.Add(slack), true
+}
+
+// deadlineSlack is how late a kept deadline may fire: a 64th of its timeout (0.94 s of
+// a 60 s one).
 func deadlineSlack(timeout time.Duration) time.Duration { return timeout / 64 }
 
 const (
