@@ -44,10 +44,10 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("weft-ingress", flag.ContinueOnError)
 	hostname, _ := os.Hostname()
 	var (
-		storeURL, node, httpAddrs, httpsAddrs, metricsAddr, logLevel, etcdCA, etcdCert, etcdKey string
-		proxyProtocol, accessLog, pprofOn                                                       bool
-		maxBody                                                                                 int64
-		maxHeader, workerCount                                                                  int
+		storeURL, node, httpAddrs, httpsAddrs, metricsAddr, logLevel, etcdCA, etcdCert, etcdKey, affinity string
+		proxyProtocol, accessLog, pprofOn                                                                 bool
+		maxBody                                                                                           int64
+		maxHeader, workerCount                                                                            int
 	)
 	fs.StringVar(&storeURL, "store", "", "cluster store: etcd://HOST:PORT[,HOST:PORT] or bolt:///PATH (required)")
 	fs.StringVar(&node, "node-name", hostname, "this node's name (its status in the store)")
@@ -60,6 +60,7 @@ func run(args []string) error {
 	fs.Int64Var(&maxBody, "max-body-bytes", 64<<20, "largest request body")
 	fs.IntVar(&maxHeader, "max-header-bytes", 16<<10, "largest request head")
 	fs.IntVar(&workerCount, "workers", 0, "worker processes, each running on one Go P as nginx's workers do (0: one per CPU this process may use; 1: one process of as many Ps)")
+	fs.StringVar(&affinity, "cpu-affinity", "auto", "auto: when the workers are as many as the CPUs this process may use, each keeps to one of them (as nginx's worker_cpu_affinity auto); off: the kernel places them")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&etcdCA, "etcd-cafile", "", "CA of the etcd servers (enables TLS)")
 	fs.StringVar(&etcdCert, "etcd-certfile", "", "client certificate for etcd")
@@ -85,6 +86,9 @@ func run(args []string) error {
 	}
 	if workerCount < 0 {
 		return errors.New("--workers must be 0 or more")
+	}
+	if affinity != "auto" && affinity != "off" {
+		return fmt.Errorf("--cpu-affinity %q: auto or off", affinity)
 	}
 	if workerCount == 0 {
 		// One per CPU. Two per CPU halved the keep-alive p99 when the proxy shared a
@@ -162,6 +166,9 @@ func run(args []string) error {
 			return err
 		}
 		master = workers.NewMaster(exe, os.Args[1:], files, dir, log)
+		if affinity == "auto" {
+			master.CPUs = workers.CPUsFor(workerCount)
+		}
 		defer os.RemoveAll(master.Dir)
 		target, gatherer = master, append(gatherer, master)
 	}
@@ -204,7 +211,11 @@ func run(args []string) error {
 			}
 		}()
 	}
-	log.Info("weft-ingress ready", "node", node, "listeners", strings.Join(names, " "), "workers", workerCount)
+	cpus := "any"
+	if master != nil && master.CPUs != nil {
+		cpus = fmt.Sprint(master.CPUs)
+	}
+	log.Info("weft-ingress ready", "node", node, "listeners", strings.Join(names, " "), "workers", workerCount, "worker_cpus", cpus)
 	select {
 	case <-ctx.Done():
 	case err = <-errs:
@@ -238,6 +249,11 @@ func listenAddrs(httpAddrs, httpsAddrs string) []listenAddr {
 // master closes the stream or stops the worker.
 func runWorker(index int, addrs []listenAddr, cfg proxy.Config, pprofOn bool, log *slog.Logger) error {
 	log = log.With("worker", index)
+	if cpu, pinned, err := workers.PinFromEnv(); err != nil {
+		log.Warn("worker left to the kernel's placement", "cpu", cpu, "err", err)
+	} else if pinned {
+		log.Debug("worker pinned", "cpu", cpu)
+	}
 	listeners, err := workers.Listeners(len(addrs))
 	if err != nil {
 		return err

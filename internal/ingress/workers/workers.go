@@ -63,6 +63,8 @@ type Master struct {
 	Listeners [][]*os.File
 	Dir       string // private directory for the workers' sockets
 	Log       *slog.Logger
+	// CPUs, if set, is the CPU of each worker (CPUsFor): all its threads stay on it.
+	CPUs []int
 
 	workers []*worker // fixed by NewMaster
 	client  http.Client
@@ -172,6 +174,9 @@ func (m *Master) runOnce(ctx context.Context, w *worker) error {
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = m.Listeners[w.index]
 	cmd.Env = append(os.Environ(), EnvIndex+"="+strconv.Itoa(w.index), EnvSocket+"="+w.socket)
+	if w.index < len(m.CPUs) {
+		cmd.Env = append(cmd.Env, EnvCPU+"="+strconv.Itoa(m.CPUs[w.index]))
+	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		cmd.Env = append(cmd.Env, "GOMAXPROCS=1")
 	}
