@@ -7,6 +7,8 @@
 #   new conn:   wrk -c64 with "Connection: close": a TCP connection per request
 #   TLS new:    the same over TLS: a full handshake per request
 #   h2:         h2load -c64 -m10 over TLS with ALPN h2 (CONNS sets the 64 everywhere)
+# The keep-alive test also runs nginx-pinned: the same nginx with worker_cpu_affinity auto,
+# its workers each kept to a CPU as weft-ingress's are by default (--cpu-affinity auto).
 # Proxies take turns per test, PASSES times; the summary is the median ratio weft/peer and
 # its spread. Machines here are noisy: compare ratios of one run, not absolute numbers.
 # Nothing is pinned: the proxy, the backend and the load generator share the 2 cores, as
@@ -100,6 +102,13 @@ $(temps ng)
 CONF
 (launch nginx -c "$d/ng.conf" -g 'daemon off;') &
 pids+=($!)
+# The same nginx with each worker kept to a CPU of its own (worker_cpu_affinity auto), as
+# weft-ingress's workers are by default: keep-alive only.
+sed -e 's/^worker_processes 2;/worker_processes 2; worker_cpu_affinity auto;/' -e 's/:8082 /:8086 /' \
+  -e 's/ listen 127.0.0.1:8442 ssl http2 backlog=4096;//' -e "s|$d/ng.pid|$d/ngpin.pid|" -e "s|$d/ng-|$d/ngpin-|g" \
+  "$d/ng.conf" >"$d/ngpin.conf"
+(launch nginx -c "$d/ngpin.conf" -g 'daemon off;') &
+pids+=($!)
 
 cat >"$d/ha.cfg" <<CONF
 global
@@ -162,7 +171,7 @@ if [ -n "$REFERENCE" ]; then
   pids+=($!); minproxy_pid=$!
 fi
 
-for port in 8082 8083 8084 8085 8442 8443 8444 8445 ${REFERENCE:+8087}; do
+for port in 8082 8083 8084 8085 8086 8442 8443 8444 8445 ${REFERENCE:+8087}; do
   scheme=http; [ "$port" -ge 8442 ] && scheme=https
   for i in $(seq 101); do
     [ "$(curl -sk -o /dev/null -w '%{http_code}' "$scheme://127.0.0.1:$port/")" = 200 ] && break
@@ -175,15 +184,16 @@ for port in 8082 8083 8084 8085 8442 8443 8444 8445 ${REFERENCE:+8087}; do
   done
 done
 
-declare -A PORT=([minproxy]=8087 [weft]=8085 [nginx]=8082 [haproxy]=8083 [caddy]=8084)
-declare -A TLSPORT=([minproxy]=- [weft]=8445 [nginx]=8442 [haproxy]=8443 [caddy]=8444)
-proxies=(weft nginx haproxy caddy)
+declare -A PORT=([minproxy]=8087 [weft]=8085 [nginx]=8082 [nginx-pinned]=8086 [haproxy]=8083 [caddy]=8084)
+declare -A TLSPORT=([minproxy]=- [nginx-pinned]=- [weft]=8445 [nginx]=8442 [haproxy]=8443 [caddy]=8444)
+proxies=(weft nginx nginx-pinned haproxy caddy)
 [ -n "$REFERENCE" ] && proxies+=(minproxy)
 children() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v p="$1" '$4==p{print $1}' | tr '\n' ' '; }
 procs() { # the proxy's processes: a master and its workers for weft and nginx
   case $1 in
     weft) echo "$weft_pid $(children "$weft_pid")" ;;
     nginx) local m; m=$(cat "$d/ng.pid"); echo "$m $(children "$m")" ;;
+    nginx-pinned) local m; m=$(cat "$d/ngpin.pid"); echo "$m $(children "$m")" ;;
     haproxy) echo "$ha_pid" ;;
     caddy) echo "$caddy_pid" ;;
     minproxy) echo "$minproxy_pid $(children "$minproxy_pid")" ;;
@@ -212,7 +222,7 @@ for pass in $(seq "$PASSES"); do
     # The order rotates each pass, so no proxy always runs first (or right after another).
     order=("${proxies[@]:$(( (pass - 1) % ${#proxies[@]} ))}" "${proxies[@]:0:$(( (pass - 1) % ${#proxies[@]} ))}")
     for p in "${order[@]}"; do
-      [ "$p" = minproxy ] && [ "$test" != keepalive ] && continue # keep-alive only
+      case $p in minproxy|nginx-pinned) [ "$test" != keepalive ] && continue ;; esac # keep-alive only
       url="http://127.0.0.1:${PORT[$p]}/"
       tls_url="https://127.0.0.1:${TLSPORT[$p]}/"
       case $test in
@@ -235,20 +245,20 @@ for pass in $(seq "$PASSES"); do
           cpu=$(awk -v a="$before" -v b="$after" -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/n}')
           errs=$(grep -cE "Non-2xx|Socket errors" <<<"$out" || true)
           echo "$pass $test $p rps $rps" >>"$results"; echo "$pass $test $p p99 $p99" >>"$results"; echo "$pass $test $p cpu $cpu" >>"$results"
-          printf '%-5s %-9s %-8s %9.0f req/s  p99 %6.2f ms  %5.1f µs CPU/req  split %s  p50/75/90 %s  cs/req %s%s\n' "$pass" "$test" "$p" "$rps" "$p99" "$cpu" "$spread" "$dist" "$cs" "$([ "$errs" = 0 ] || echo '  (errors!)')"
+          printf '%-5s %-9s %-12s %9.0f req/s  p99 %6.2f ms  %5.1f µs CPU/req  split %s  p50/75/90 %s  cs/req %s%s\n' "$pass" "$test" "$p" "$rps" "$p99" "$cpu" "$spread" "$dist" "$cs" "$([ "$errs" = 0 ] || echo '  (errors!)')"
           ;;
         newconn|tlsnew)
           u=$url; [ $test = tlsnew ] && u=$tls_url
           out=$(wrk -t2 -c"$CONNS" -d"$T"s -H "Connection: close" "$u")
           rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
           echo "$pass $test $p rps $rps" >>"$results"
-          printf '%-5s %-9s %-8s %9.0f req/s\n' "$pass" "$test" "$p" "$rps"
+          printf '%-5s %-9s %-12s %9.0f req/s\n' "$pass" "$test" "$p" "$rps"
           ;;
         h2)
           out=$(h2load -c"$CONNS" -m10 -t2 -D "$T" --warm-up-time="$WARMUP" "$tls_url" 2>&1)
           rps=$(awk '/^finished in/{gsub(",","",$4); print $4}' <<<"$out")
           echo "$pass $test $p rps $rps" >>"$results"
-          printf '%-5s %-9s %-8s %9.0f req/s  (%s)\n' "$pass" "$test" "$p" "$rps" "$(grep -o '[0-9]* succeeded, [0-9]* failed' <<<"$out" | head -1)"
+          printf '%-5s %-9s %-12s %9.0f req/s  (%s)\n' "$pass" "$test" "$p" "$rps" "$(grep -o '[0-9]* succeeded, [0-9]* failed' <<<"$out" | head -1)"
           ;;
       esac
     done
@@ -259,7 +269,7 @@ echo
 echo "weft / peer, median over $PASSES passes [min–max]  (req/s and handshakes: higher is better; p99 and CPU: lower is better)"
 for test_metric in "keepalive rps" "keepalive p99" "keepalive cpu" "newconn rps" "tlsnew rps" "h2 rps"; do
   set -- $test_metric
-  for peer in nginx haproxy caddy; do
+  for peer in nginx nginx-pinned haproxy caddy; do
     awk -v t="$1" -v m="$2" -v peer="$peer" '
       $2==t && $4==m { v[$1" "$3]=$5; passes[$1]=1 }
       END {
@@ -268,7 +278,7 @@ for test_metric in "keepalive rps" "keepalive p99" "keepalive cpu" "newconn rps"
         if (n==0) exit
         for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (r[j]<r[i]) { x=r[i]; r[i]=r[j]; r[j]=x }
         med = (n%2) ? r[(n+1)/2] : (r[n/2]+r[n/2+1])/2
-        printf "%-10s %-4s vs %-8s %.2fx  [%.2f–%.2f]\n", t, m, peer, med, r[1], r[n]
+        printf "%-10s %-4s vs %-12s %.2fx  [%.2f–%.2f]\n", t, m, peer, med, r[1], r[n]
       }' "$results"
   done
 done

@@ -5,7 +5,8 @@
 // head forwarded as it came and the answer relayed when its Content-Length is in. No
 // header is checked or rewritten, nothing is counted: what it costs is the floor under
 // weft-ingress's figures. -spin adds busy CPU time per request, to show how a request's
-// CPU cost moves the tail latency on a saturated machine (docs/benchmarks.md).
+// CPU cost moves the tail latency on a saturated machine; -pin=false leaves the workers'
+// placement to the kernel (docs/benchmarks.md).
 package main
 
 import (
@@ -21,6 +22,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	ingressworkers "github.com/weftnet/weft/internal/ingress/workers"
 )
 
 var (
@@ -28,15 +31,23 @@ var (
 	upstream = flag.String("upstream", "127.0.0.1:8081", "")
 	workers  = flag.Int("workers", 2, "")
 	spin     = flag.Duration("spin", 0, "busy time per request")
+	pin      = flag.Bool("pin", true, "keep each worker on a CPU of its own when they are as many as the CPUs, as weft-ingress does")
 )
 
 func main() {
 	flag.Parse()
 	if os.Getenv("MINPROXY_WORKER") == "" {
 		var cmds []*exec.Cmd
+		var cpus []int
+		if *pin {
+			cpus = ingressworkers.CPUsFor(*workers)
+		}
 		for i := 0; i < *workers; i++ {
 			c := exec.Command(os.Args[0], os.Args[1:]...)
 			c.Env = append(os.Environ(), "MINPROXY_WORKER=1", "GOMAXPROCS=1")
+			if i < len(cpus) {
+				c.Env = append(c.Env, ingressworkers.EnvCPU+"="+strconv.Itoa(cpus[i]))
+			}
 			c.Stdout, c.Stderr = os.Stdout, os.Stderr
 			if err := c.Start(); err != nil {
 				panic(err)
@@ -50,6 +61,9 @@ func main() {
 			c.Process.Kill()
 		}
 		return
+	}
+	if _, _, err := ingressworkers.PinFromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 	}
 	serve(listenFD())
 }

@@ -19,11 +19,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/internal/testutil/kubetest"
@@ -78,9 +81,7 @@ func TestWorkers(t *testing.T) {
 		"--http", httpAddr, "--https", httpsAddr, "--metrics-addr", metricsAddr, "--access-log=false")
 	var log strings.Builder
 	master.Stdout, master.Stderr = &log, &log
-	if err := master.Start(); err != nil {
-		t.Fatal(err)
-	}
+	wantCPUs := startOnCPUs(t, master, 2) // two workers on two CPUs: one each
 	exited := make(chan struct{})
 	go func() { _ = master.Wait(); close(exited) }()
 	defer func() {
@@ -112,6 +113,7 @@ func TestWorkers(t *testing.T) {
 	every("/a", "path /a")
 	t.Log("serving")
 	workers := children(t, master.Process.Pid, 2)
+	checkPinned(t, workers, wantCPUs)
 
 	// A second weft-ingress on the same address is refused, not let into the workers'
 	// SO_REUSEPORT group.
@@ -176,6 +178,7 @@ func TestWorkers(t *testing.T) {
 	every("/a", "path /a")
 
 	workers = children(t, master.Process.Pid, 2)
+	checkPinned(t, workers, wantCPUs) // the restarted one on its predecessor's CPU
 	_ = master.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-exited:
@@ -187,6 +190,76 @@ func TestWorkers(t *testing.T) {
 			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(b), "weft-ingress") {
 				t.Errorf("worker %d outlived its master", pid)
 			}
+		}
+	}
+}
+
+// startOnCPUs starts cmd allowed on n CPUs of this process's (it inherits the affinity of
+// the thread that starts it) and returns them, or nil if this machine has fewer.
+func startOnCPUs(t *testing.T, cmd *exec.Cmd, n int) []int {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatal(err)
+	}
+	var cpus []int
+	var set unix.CPUSet
+	for cpu := 0; cpu < len(old)*64 && len(cpus) < n; cpu++ {
+		if old.IsSet(cpu) {
+			cpus = append(cpus, cpu)
+			set.Set(cpu)
+		}
+	}
+	if len(cpus) < n {
+		cpus, set = nil, old
+	}
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Start()
+	if err2 := unix.SchedSetaffinity(0, &old); err2 != nil {
+		t.Fatal(err2)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cpus
+}
+
+// checkPinned checks that all the threads of each worker keep to one of cpus, a CPU no
+// other worker has. (With cpus nil, a machine of one CPU, there is nothing to check.)
+func checkPinned(t *testing.T, workers, cpus []int) {
+	t.Helper()
+	if cpus == nil {
+		t.Log("fewer CPUs than workers: pinning not checked")
+		return
+	}
+	seen := map[string]int{}
+	for _, pid := range workers {
+		lists := map[string]bool{}
+		files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+		for _, f := range files {
+			b, _ := os.ReadFile(f)
+			for _, line := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+					lists[strings.TrimSpace(v)] = true
+				}
+			}
+		}
+		if len(lists) != 1 {
+			t.Errorf("worker %d: threads allowed on %v, want all on one set", pid, lists)
+			continue
+		}
+		for l := range lists {
+			seen[l]++
+		}
+	}
+	for _, cpu := range cpus {
+		if seen[strconv.Itoa(cpu)] != 1 {
+			t.Errorf("workers' CPUs %v, want one worker on each of %v", seen, cpus)
+			break
 		}
 	}
 }
