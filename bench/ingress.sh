@@ -11,8 +11,9 @@
 # its workers each kept to a CPU as weft-ingress's are by default (--cpu-affinity auto).
 # Proxies take turns per test, PASSES times; the summary is the median ratio weft/peer and
 # its spread. Machines here are noisy: compare ratios of one run, not absolute numbers.
-# Nothing is pinned: the proxy, the backend and the load generator share the 2 cores, as
-# they did for the figures the issue quotes (pin with taskset to study one side).
+# The backend and the load generator are not pinned: they share the 2 cores with the proxy,
+# as they did for the figures the issue quotes. Only the proxies' own option pins anything
+# (weft-ingress's default, nginx-pinned's worker_cpu_affinity).
 # SESSIONS says how the kernel's scheduler groups them (autogroup: one group per session):
 #   shared (default): every process in this script's session, so each thread competes
 #                     with every other on equal terms;

@@ -4,9 +4,9 @@
 // through Go's poller, a pooled upstream connection per request in flight, the request
 // head forwarded as it came and the answer relayed when its Content-Length is in. No
 // header is checked or rewritten, nothing is counted: what it costs is the floor under
-// weft-ingress's figures. -spin adds busy CPU time per request, to show how a request's
-// CPU cost moves the tail latency on a saturated machine; -pin=false leaves the workers'
-// placement to the kernel (docs/benchmarks.md).
+// weft-ingress's figures. -spin adds busy CPU time per request; -pin=false leaves the
+// workers' placement to the kernel, which on a saturated machine is what moves the tail
+// (docs/benchmarks.md, "Ingress").
 package main
 
 import (
