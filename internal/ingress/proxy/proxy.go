@@ -235,11 +235,9 @@ func headBuffered(br *bufio.Reader) bool {
 
 func (p *Proxy) serveConn(c net.Conn, tcfg *tls.Config) {
 	defer c.Close()
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-		if p.cfg.RawSyscalls {
-			c = newRawConn(tc)
-		}
+	// (An accepted *net.TCPConn has TCP_NODELAY already: Go sets it.)
+	if tc, ok := c.(*net.TCPConn); ok && p.cfg.RawSyscalls {
+		c = newRawConn(tc)
 	}
 	cc := &clientConn{p: p, c: c, scheme: "http"}
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {

@@ -594,7 +594,7 @@ func TestReloadKeepsWebSocket(t *testing.T) {
 func TestTLSAndHTTP2(t *testing.T) {
 	a := newBackend(t, "a", false)
 	g := newBackend(t, "g", true)
-	p := New(Config{}, nil)
+	p := New(Config{RawSyscalls: rawSyscalls}, nil) // TestRawSyscalls runs it on the raw path too
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
