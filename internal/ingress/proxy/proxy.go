@@ -687,7 +687,11 @@ func (cc *clientConn) forward(rs *routeState, path, query string, start time.Tim
 	var tried [maxTries]*endpoint // a retry goes to an endpoint not tried yet (if any)
 	for attempt := 0; ; attempt++ {
 		if e == nil || attempt > 0 {
-			e, _ = rs.pick(start.UnixNano(), hash, hasHash, &tried)
+			now := start // a retry may come a timeout later: ejections are judged now
+			if attempt > 0 {
+				now = time.Now()
+			}
+			e, _ = rs.pick(now.UnixNano(), hash, hasHash, &tried)
 		}
 		if e == nil {
 			return cc.answer(503, "no endpoints", start, rs)
